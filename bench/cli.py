@@ -1,0 +1,59 @@
+"""`bench`: a thin command line over the library.
+
+Each subcommand lives in `bench/commands/<name>.py` with `add_arguments(parser)` and `run(args) -> int`,
+imported only when chosen, so `bench --help` is instant. A `BenchError` prints its message (which
+names the file, line or field and what to do) and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .errors import BenchError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("bench.commands.run", "run an experiment: collection → first stage → rerank → metrics → records"),
+    "report": ("bench.commands.report", "print the comparison table again from the records in a folder"),
+    "eval": ("bench.commands.eval", "evaluate a TREC run against qrels with trec_eval's conventions"),
+    "compare": ("bench.commands.compare", "compare runs or records: significance tests, tables, plots"),
+    "throughput": ("bench.commands.throughput", "sweep reranker engines × batch × dtype × max_length on real pairs"),
+    "reproduce": ("bench.commands.reproduce", "check measured scores against the registry of published ones"),
+    "data": ("bench.commands.data", "inspect a collection: counts, languages, a sample"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"rerank-bench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv or ["--help"])
+        return 2
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(COMMANDS[name][0])
+    sub = argparse.ArgumentParser(prog=f"bench {name}", description=COMMANDS[name][1])
+    module.add_arguments(sub)
+    args = sub.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: everything finished so far is cached; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

