@@ -1,0 +1,246 @@
+"""A collection in BEIR's folder layout, read from local files.
+
+Layout (as BEIR's `GenericDataLoader` and the files in ../shared/data)::
+
+    corpus.jsonl or corpus.jsonl.gz   one JSON object a line: {"_id", "title" (optional), "text"}
+    queries.jsonl                     one JSON object a line: {"_id", "text"}
+    qrels/<split>.tsv                 header `query-id<TAB>corpus-id<TAB>score`, then one judgement a line
+
+Queries and qrels are read at once (they are small); the corpus is read into memory on first use
+(`n_docs`, `iter_docs`, `get_docs`), and that read also checks that every judged document exists.
+The fingerprint reads only queries, qrels and a sample of the corpus file, so it is cheap and does
+not depend on where the folder lies.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import BenchError, where
+from .base import MemoryCollection, doc_text, select_queries
+
+LAYOUT = ("corpus.jsonl[.gz] ({\"_id\", \"title\", \"text\"} a line), queries.jsonl ({\"_id\", \"text\"} a line) "
+          "and qrels/<split>.tsv (header query-id, corpus-id, score; tab-separated)")
+QRELS_HEADER = ("query-id", "corpus-id", "score")
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _jsonl(path: Path):
+    """(line number, object) for each non-blank line; a malformed line is a BenchError at file:line."""
+    try:
+        with _open_text(path) as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise BenchError(f"{where(path, lineno)}: not valid JSON ({exc.msg}); each line must be one "
+                                     "JSON object") from None
+                if not isinstance(obj, dict):
+                    raise BenchError(f"{where(path, lineno)}: expected a JSON object, got {type(obj).__name__}")
+                yield lineno, obj
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise BenchError(f"{path}: cannot read ({exc}); the file must be UTF-8 JSON lines"
+                         f"{' compressed with gzip' if path.suffix == '.gz' else ''}") from None
+
+
+def _field(obj: dict, key: str, path: Path, lineno: int, *, required: bool = True) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise BenchError(f"{where(path, lineno)}: missing field {key!r} (BEIR layout: {LAYOUT})")
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and key == "_id":
+        return str(value)
+    if not isinstance(value, str):
+        raise BenchError(f"{where(path, lineno)}: field {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def read_qrels(path: Path) -> tuple[dict[str, dict[str, int]], dict[str, int], int]:
+    """Qrels of one split: (qid -> docid -> relevance, docid -> first line, identical duplicate lines).
+
+    The header line is optional. A line with other than 3 tab-separated fields, a non-integer
+    score, or the same (query, doc) judged twice with different scores is a BenchError at file:line.
+    """
+    qrels: dict[str, dict[str, int]] = {}
+    doc_lines: dict[str, int] = {}
+    first_line: dict[tuple[str, str], int] = {}
+    duplicates = 0
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if lineno == 1 and tuple(f.strip().lower() for f in fields) == QRELS_HEADER:
+                continue
+            if len(fields) != 3:
+                raise BenchError(f"{where(path, lineno)}: expected 3 tab-separated fields (query-id, corpus-id, "
+                                 f"score), got {len(fields)}: {line[:80]!r}")
+            qid, docid, score = (f.strip() for f in fields)
+            try:
+                rel = int(score)
+            except ValueError:
+                raise BenchError(f"{where(path, lineno)}: relevance {score!r} is not an integer "
+                                 "(BEIR qrels use 0, 1, 2...)") from None
+            if not qid or not docid:
+                raise BenchError(f"{where(path, lineno)}: empty query-id or corpus-id")
+            judged = qrels.setdefault(qid, {})
+            if docid in judged:
+                if judged[docid] != rel:
+                    raise BenchError(f"{where(path, lineno)}: query {qid!r}, doc {docid!r} judged {rel} here but "
+                                     f"{judged[docid]} on line {first_line[(qid, docid)]}; keep one judgement")
+                duplicates += 1
+                continue
+            judged[docid] = rel
+            first_line[(qid, docid)] = lineno
+            doc_lines.setdefault(docid, lineno)
+    return qrels, doc_lines, duplicates
+
+
+def sampled_file_hash(path: Path, edge: int = 1 << 20, block: int = 1 << 16, n_blocks: int = 32) -> str:
+    """sha256 of a file's size, first and last MiB and 32 evenly spaced 64 KiB blocks (whole file if small).
+
+    Cheap on a 10 GB corpus, and any edit that changes the size, the ends or a sampled block changes
+    it; an edit of the same length strictly between samples does not (rename the file's content
+    version by touching its ends if you must).
+    """
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        if size <= 2 * edge + n_blocks * block:
+            h.update(fh.read())
+            return h.hexdigest()
+        offsets = [0] + [edge + i * (size - 2 * edge - block) // (n_blocks - 1) for i in range(n_blocks)]
+        for off in offsets:
+            fh.seek(off)
+            h.update(fh.read(edge if off == 0 else block))
+        fh.seek(size - edge)
+        h.update(fh.read(edge))
+    return h.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class BeirCollection(MemoryCollection):
+    """A BEIR-layout folder; only queries with qrels in the chosen split are kept."""
+
+    source = "beir"
+
+    def __init__(self, path: str | Path, split: str = "test", *, name: str | None = None,
+                 language: str | None = None, max_queries: int | None = None):
+        self.path = Path(path)
+        self.split = split
+        self.max_queries = max_queries
+        self.name = name or f"{self.path.name}/{split}"
+        self.language = language
+        if not self.path.is_dir():
+            raise BenchError(f"{self.path}: BEIR folder not found (it must hold {LAYOUT})")
+        self.corpus_path = self._corpus_file()
+        self.queries_path = self.path / "queries.jsonl"
+        if not self.queries_path.is_file():
+            raise BenchError(f"{self.queries_path}: missing; a BEIR folder holds {LAYOUT}")
+        self.qrels_path = self._qrels_file(split)
+
+        all_qrels, self._qrels_doc_lines, self.qrels_duplicates = read_qrels(self.qrels_path)
+        all_queries: dict[str, str] = {}
+        for lineno, obj in _jsonl(self.queries_path):
+            qid = _field(obj, "_id", self.queries_path, lineno)
+            if qid in all_queries:
+                raise BenchError(f"{where(self.queries_path, lineno)}: query id {qid!r} appears twice")
+            all_queries[qid] = _field(obj, "text", self.queries_path, lineno)
+        missing = [q for q in all_qrels if q not in all_queries]
+        if missing:
+            raise BenchError(f"{self.qrels_path}: judges query id {missing[0]!r} (and {len(missing) - 1} more) that "
+                             f"{self.queries_path.name} lacks; qrels and queries must come from the same collection")
+        self.queries, self.qrels, self.selection_counts = select_queries(all_queries, all_qrels, max_queries)
+        self._doc_dict: dict[str, str] | None = None
+        self._fingerprint_parts: dict[str, Any] | None = None
+
+    # --- layout ------------------------------------------------------------------------------------
+    def _corpus_file(self) -> Path:
+        candidates = [self.path / "corpus.jsonl", self.path / "corpus.jsonl.gz"]
+        found = [p for p in candidates if p.is_file()]
+        if not found:
+            raise BenchError(f"{self.path}: no corpus.jsonl or corpus.jsonl.gz; a BEIR folder holds {LAYOUT}")
+        if len(found) > 1:
+            raise BenchError(f"{self.path}: both corpus.jsonl and corpus.jsonl.gz exist; keep one so it is clear "
+                             "which is read")
+        return found[0]
+
+    def available_splits(self) -> list[str]:
+        return sorted(p.stem for p in (self.path / "qrels").glob("*.tsv"))
+
+    def _qrels_file(self, split: str) -> Path:
+        path = self.path / "qrels" / f"{split}.tsv"
+        if not path.is_file():
+            splits = self.available_splits()
+            if not splits:
+                raise BenchError(f"{self.path / 'qrels'}: no <split>.tsv files; a BEIR folder holds {LAYOUT}")
+            raise BenchError(f"{path}: split {split!r} not found; available splits: {', '.join(splits)}")
+        return path
+
+    # --- documents ---------------------------------------------------------------------------------
+    def _docs(self) -> dict[str, str]:
+        if self._doc_dict is None:
+            self._doc_dict = self._read_corpus()
+        return self._doc_dict
+
+    def _read_corpus(self) -> dict[str, str]:
+        from tqdm import tqdm
+
+        docs: dict[str, str] = {}
+        path = self.corpus_path
+        for lineno, obj in tqdm(_jsonl(path), desc=f"reading {self.path.name}/{path.name}", unit=" docs",
+                                mininterval=2.0):
+            docid = _field(obj, "_id", path, lineno)
+            if docid in docs:
+                first = next(n for n, o in _jsonl(path) if str(o.get("_id")) == docid)
+                raise BenchError(f"{where(path, lineno)}: document id {docid!r} appears again (first on line "
+                                 f"{first}); document ids must be unique")
+            docs[docid] = doc_text(_field(obj, "title", path, lineno, required=False),
+                                   _field(obj, "text", path, lineno))
+        for docid, lineno in self._qrels_doc_lines.items():
+            if docid not in docs:
+                raise BenchError(f"{where(self.qrels_path, lineno)}: corpus-id {docid!r} is not in {path.name}; "
+                                 "qrels and corpus must come from the same collection")
+        return docs
+
+    # --- identity ----------------------------------------------------------------------------------
+    def _parts(self) -> dict[str, Any]:
+        if self._fingerprint_parts is None:
+            self._fingerprint_parts = {
+                "corpus": {"format": "beir-folder", "file": self.corpus_path.name,
+                           "sample_sha256": sampled_file_hash(self.corpus_path)},
+                "selection": {"split": self.split, "max_queries": self.max_queries,
+                              "queries_sha256": _sha256(self.queries_path), "qrels_sha256": _sha256(self.qrels_path)},
+            }
+        return self._fingerprint_parts
+
+    def _identity(self) -> dict[str, Any]:
+        return self._parts()["corpus"]
+
+    def _selection(self) -> dict[str, Any]:
+        return self._parts()["selection"]
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "path": str(self.path), "split": self.split, "max_queries": self.max_queries,
+                **self.selection_counts, "qrels_duplicate_lines": self.qrels_duplicates,
+                "note": "only queries with qrels in this split are kept"}
