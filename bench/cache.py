@@ -1,0 +1,39 @@
+"""Content-addressed cache folders: a key is a hash of everything that changes the content.
+
+Keys hash a canonical JSON of their parts (model, revision, collection fingerprint, settings), so
+changing any of them makes a new entry and a rerun with the same parts finds the old one. Each
+entry keeps its parts in `key.json` beside the data, so a cache folder explains itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .records import atomic_write_json
+
+
+def cache_root(configured: str | os.PathLike | None = None) -> Path:
+    """The experiment's `cache_dir`, else $RERANK_BENCH_CACHE, else ~/.cache/rerank-bench."""
+    from .models import default_cache_dir
+
+    return Path(configured) if configured else default_cache_dir()
+
+
+def key_of(**parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
+
+
+def entry(root: str | os.PathLike, kind: str, label: str, **parts: Any) -> Path:
+    """Folder `<root>/<kind>/<label>-<key>` for these parts, with `key.json` written once."""
+    key = key_of(**parts)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:60]
+    folder = Path(root) / kind / f"{safe}-{key}"
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "key.json").exists():
+        atomic_write_json(folder / "key.json", parts)
+    return folder

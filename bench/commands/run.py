@@ -1,0 +1,35 @@
+"""`bench run EXPERIMENT.toml [--out DIR]`: run an experiment and print its table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("experiment", type=Path, help="experiment file (TOML), e.g. experiments/offline.toml")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<experiment name>)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    parser.add_argument("--skip-preflight", action="store_true",
+                        help="do not check up front that hub models can be fetched")
+
+
+def run(args) -> int:
+    import sys
+    import time
+
+    from ..config import load_experiment
+    from ..pipeline import run_experiment
+    from ..preflight import check_fetchable
+
+    exp = load_experiment(args.experiment)
+    if not args.skip_preflight:
+        check_fetchable(exp, args.experiment)
+    out = args.out or Path("runs") / exp.name
+    t0 = time.perf_counter()
+    records = run_experiment(exp, out, experiment_path=args.experiment, progress=not args.no_progress,
+                             log=lambda m: print(m, file=sys.stderr, flush=True))
+    elapsed = time.perf_counter() - t0
+    print((out / "report.md").read_text())
+    print(f"{len(records)} records in {out / 'records'}; report: {out / 'report.md'}, {out / 'report.csv'}; "
+          f"{elapsed:.1f} s")
+    return 0

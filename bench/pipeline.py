@@ -1,0 +1,177 @@
+"""An experiment end to end: collections → first stage → rerankers → metrics → records → report.
+
+The order of work keeps one model in memory at a time: every dataset's first stage first, then each
+reranker over every dataset. Every step is cached or checkpointed (embeddings, candidate runs,
+reranked blocks, records), so an interrupted `bench run` resumes where it stopped, and a finished
+one reruns in seconds (records are rewritten from the caches; `timings.cached` says so).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from pathlib import Path
+from typing import Any
+
+from .cache import cache_root, entry, key_of
+from .config import CollectionSpec, Experiment, FirstStageSpec, RerankerSpec
+from .errors import BenchError
+from .records import atomic_write_json, atomic_write_text, make_record, read_record, sha256_file
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_")
+
+
+class Pipeline:
+    """Runs one experiment into one output folder (`records/`, `runs/`, `report.md`, `report.csv`)."""
+
+    def __init__(self, experiment: Experiment, out_dir: str | Path, *, experiment_path: str | Path | None = None,
+                 progress: bool = True, log=print):
+        self.exp = experiment
+        self.out = Path(out_dir)
+        self.cache = cache_root(experiment.cache_dir)
+        self.progress = progress
+        self.log = log
+        self.experiment_info = {"name": experiment.name, "description": experiment.description}
+        if experiment_path is not None:
+            self.experiment_info.update(file=str(experiment_path), sha256=sha256_file(experiment_path))
+
+    # -- the whole experiment -------------------------------------------------------------------
+    def run(self) -> list[dict]:
+        from .data import expand, load_collection
+
+        records: list[dict] = []
+        specs = [s for spec in self.exp.datasets for s in expand(spec)]
+        prepared = []
+        for spec in specs:
+            collection = load_collection(spec, cache_dir=self.cache)
+            fs_name, fs_spec = self.exp.first_stage_for(spec)
+            self.log(f"[{collection.name}] {len(collection.queries)} queries, {collection.n_docs():,} docs; "
+                     f"first stage {fs_name}")
+            run, rec = self.first_stage(collection, fs_name, fs_spec)
+            records.append(rec)
+            prepared.append((collection, fs_name, run, rec))
+        for rspec in self.exp.rerankers:
+            holder: dict[str, Any] = {}
+            for collection, fs_name, run, fs_rec in prepared:
+                self.log(f"[{collection.name}] rerank top-{rspec.top_k} with {rspec.label}")
+                records.append(self.rerank(collection, fs_name, fs_rec, run, rspec, holder))
+            holder.clear()
+            _free_accelerator_memory()
+        self.write_report(records)
+        return records
+
+    # -- stages ---------------------------------------------------------------------------------
+    def first_stage(self, collection, name: str, spec: FirstStageSpec) -> tuple[dict, dict]:
+        from .retrieve.first_stage import FirstStage
+
+        stage = FirstStage(name, spec, self.cache, progress=self.progress)
+        run, info = stage.retrieve(collection)
+        system = {"label": name, "stage": "first_stage", "first_stage": stage.describe(), "reranker": None}
+        if info.get("encoder"):
+            system["first_stage"]["encoder"] = info["encoder"]
+        timings = {"first_stage_seconds": info.get("seconds"), "cached": info.get("cached"),
+                   "encode_seconds": info.get("encode_seconds"), "search_seconds": info.get("search_seconds"),
+                   "docs_per_second": info.get("docs_per_second")}
+        rec = self._quality_record(collection, system, run, name, timings, {}, info)
+        return run, rec
+
+    def rerank(self, collection, fs_name: str, fs_rec: dict, candidates: dict, spec: RerankerSpec,
+               holder: dict) -> dict:
+        from .rerank import build_reranker
+        from .reranking import RerankStage
+
+        spec_key = spec.model_dump(mode="json", exclude={"name", "device", "batch_size", "token_budget"})
+        checkpoints = entry(self.cache, "rerank", f"{collection.name}-{spec.label}", reranker=spec_key,
+                            candidates=fs_rec["key"])
+
+        def factory():
+            if "reranker" not in holder:
+                holder["reranker"] = build_reranker(spec, cache_dir=self.cache)
+            return holder["reranker"]
+
+        stage = RerankStage(factory, spec.top_k, checkpoints, progress=self.progress)
+        t0 = time.perf_counter()
+        run, info = stage.rerank(collection.queries, candidates, collection.get_docs)
+        pairs = info["pairs"] or 1
+        diagnostics = {
+            "pairs": info["pairs"],
+            "truncated_pairs_share": info["truncated_pairs"] / pairs,
+            "truncated_queries_share": info["truncated_queries"] / pairs,
+            "mean_tokens_per_pair": info["tokens"] / pairs,
+            "padding_share": info["padded_tokens"] / (info["padded_tokens"] + info["tokens"]) if info["tokens"] else None,
+        }
+        from . import models
+
+        described = holder["reranker"].describe() if "reranker" in holder else {
+            "engine": spec.engine, "model": models.describe(spec.model, spec.revision), "note": "all blocks resumed from cache"}
+        system = {"label": spec.label, "stage": "rerank", "first_stage": fs_rec["system"]["first_stage"],
+                  "first_stage_label": fs_name, "reranker": {**spec.model_dump(mode="json"), **described}}
+        timings = {"rerank_seconds": time.perf_counter() - t0, "rerank_scoring_seconds": info["seconds"],
+                   "rerank_pairs_per_s": info["pairs_per_second"], "resumed_blocks": info["resumed_blocks"],
+                   "blocks": info["blocks"]}
+        return self._quality_record(collection, system, run, f"{fs_name}__{spec.label}", timings, diagnostics,
+                                    {"checkpoints": str(checkpoints)}, parent=fs_rec["key"])
+
+    # -- records --------------------------------------------------------------------------------
+    def _quality_record(self, collection, system: dict, run: dict, run_name: str, timings: dict,
+                        diagnostics: dict, info: dict, parent: str | None = None) -> dict:
+        from .evaluate import Conventions, evaluate
+        from .runs import write_run
+
+        ev_spec = self.exp.evaluation
+        conventions = Conventions(depth=ev_spec.depth, rel_level=ev_spec.rel_level, judged_only=ev_spec.judged_only)
+        evaluation = evaluate(collection.qrels, run, list(ev_spec.metrics), conventions)
+        judged = evaluate(collection.qrels, run, ["judged@10"], conventions).means["judged@10"]
+        ds_slug = slug(collection.name)
+        run_path = self.out / "runs" / ds_slug / f"{slug(run_name)}.trec"
+        write_run(run, run_path, tag=slug(run_name))
+        rec = make_record(
+            "quality",
+            key=key_of(dataset=collection.fingerprint(), system=_stable(system), metrics=list(ev_spec.metrics),
+                       conventions=conventions.describe(), parent=parent),
+            experiment=self.experiment_info,
+            dataset={"label": collection.name, **collection.describe()},
+            system=system,
+            evaluation={"metrics": list(ev_spec.metrics), "conventions": conventions.describe()},
+            metrics=evaluation.means,
+            per_query=evaluation.per_query,
+            diagnostics={**diagnostics, "judged@10": judged},
+            run_file=str(run_path.relative_to(self.out)),
+            timings=timings,
+            info=info,
+        )
+        atomic_write_json(self.out / "records" / f"{ds_slug}__{slug(run_name)}.json", rec)
+        return rec
+
+    def write_report(self, records: list[dict]) -> str:
+        from .report import quality_report
+
+        text, frame = quality_report(records)
+        atomic_write_text(self.out / "report.md", text)
+        atomic_write_text(self.out / "report.csv", frame.to_csv(index=False))
+        return text
+
+
+def _stable(system: dict) -> dict:
+    """The parts of a system description that define it (not run-dependent counters)."""
+    drop = {"encoder", "note", "token_budget_used", "seconds"}
+    return {k: (_stable(v) if isinstance(v, dict) else v) for k, v in system.items() if k not in drop}
+
+
+def _free_accelerator_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def run_experiment(experiment: Experiment, out_dir: str | Path, *, experiment_path: str | Path | None = None,
+                   progress: bool = True, log=print) -> list[dict]:
+    """Run `experiment` into `out_dir` and return its quality records."""
+    return Pipeline(experiment, out_dir, experiment_path=experiment_path, progress=progress, log=log).run()

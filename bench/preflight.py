@@ -1,0 +1,52 @@
+"""Before a long run: can every model be had? Stop in seconds, not after an hour, if not.
+
+A hub model counts as available when its config is in the local Hugging Face cache or the hub
+answers for it (a few seconds at most). Local folders, `offline:` and `random:` models always are.
+When one is missing, the error names the offline experiment that runs anywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import Experiment
+from .errors import BenchError
+from .models import OFFLINE_PREFIX, RANDOM_PREFIX
+
+OFFLINE_HINT = ("Without network (or hub access), run the offline experiment instead: "
+                "`make demo` (bench run experiments/offline.toml).")
+
+
+def hub_models(exp: Experiment) -> list[tuple[str, str | None]]:
+    refs = [(fs.model, fs.revision) for fs in exp.first_stages.values() if fs.kind == "dense" and fs.model]
+    refs += [(r.model, r.revision) for r in exp.rerankers]
+    out = []
+    for ref, rev in refs:
+        if ref.startswith((OFFLINE_PREFIX, RANDOM_PREFIX)) or Path(ref).exists():
+            continue
+        if (ref, rev) not in out:
+            out.append((ref, rev))
+    return out
+
+
+def check_fetchable(exp: Experiment, source: str | Path = "experiment", timeout: float = 5.0) -> None:
+    import os
+
+    from huggingface_hub import HfApi, try_to_load_from_cache
+
+    missing = []
+    for ref, rev in hub_models(exp):
+        cached = try_to_load_from_cache(ref, "config.json", revision=rev)
+        if isinstance(cached, str):
+            continue
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+            missing.append(f"{ref}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
+            continue
+        try:
+            HfApi().model_info(ref, revision=rev, timeout=timeout)
+        except Exception as exc:  # network errors come in many types; all mean "cannot fetch"
+            missing.append(f"{ref}: cannot reach the Hugging Face hub ({type(exc).__name__}: {str(exc)[:120]})")
+            if "Connect" in type(exc).__name__ or "Timeout" in type(exc).__name__ or "resolve" in str(exc):
+                break  # the network is down: one probe says it for every model
+    if missing:
+        raise BenchError(f"{source}: models cannot be fetched:\n  " + "\n  ".join(missing) + f"\n{OFFLINE_HINT}")

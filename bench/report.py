@@ -1,0 +1,91 @@
+"""Quality tables from records: rows are datasets, columns are systems, one table per metric.
+
+Datasets that share a family (the part of the label before the first '/', e.g. `miracl` or
+`synthetic`) get an average row when there are several, as MIRACL papers report an average over
+languages. Made from records only, so `bench report DIR` reproduces the table of any run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+
+def _system_column(rec: dict) -> str:
+    sys_ = rec["system"]
+    label = sys_["label"]
+    if sys_["stage"] == "first_stage":
+        label = f"first stage: {label}"
+    untrained = (sys_.get("reranker") or {}).get("model", {}).get("untrained") or \
+        ((sys_.get("first_stage") or {}).get("model") or {}).get("untrained")
+    return f"{label} (untrained)" if untrained else label
+
+
+def long_frame(records: list[dict]) -> pd.DataFrame:
+    """One row per dataset × system × metric."""
+    rows = []
+    for rec in records:
+        if rec.get("kind") != "quality":
+            continue
+        ds = rec["dataset"]
+        for metric, value in rec["metrics"].items():
+            rows.append({"dataset": ds["label"], "language": ds.get("language"), "system": _system_column(rec),
+                         "stage": rec["system"]["stage"], "metric": metric, "value": value,
+                         "queries": ds.get("n_queries"),
+                         "rerank_pairs_per_s": rec.get("timings", {}).get("rerank_pairs_per_s")})
+    return pd.DataFrame(rows, columns=["dataset", "language", "system", "stage", "metric", "value", "queries",
+                                       "rerank_pairs_per_s"])
+
+
+def metric_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Datasets × systems for one metric, first stages first, with family averages appended."""
+    sub = frame[frame.metric == metric]
+    systems = list(dict.fromkeys(list(sub[sub.stage == "first_stage"].system) + list(sub[sub.stage == "rerank"].system)))
+    datasets = list(dict.fromkeys(sub.dataset))
+    table = sub.pivot_table(index="dataset", columns="system", values="value", aggfunc="first")
+    table = table.reindex(index=datasets, columns=systems)
+    families: dict[str, list[str]] = {}
+    for ds in datasets:
+        families.setdefault(ds.split("/")[0], []).append(ds)
+    rows = []
+    for fam, members in families.items():
+        rows.extend(members)
+        if len(members) > 1:
+            table.loc[f"{fam} average ({len(members)})"] = table.loc[members].mean(axis=0, skipna=False)
+            rows.append(f"{fam} average ({len(members)})")
+    return table.loc[rows]
+
+
+def quality_report(records: list[dict]) -> tuple[str, pd.DataFrame]:
+    """(Markdown text, long CSV frame) for a set of quality records."""
+    frame = long_frame(records)
+    if frame.empty:
+        return "No quality records.\n", frame
+    metrics = list(dict.fromkeys(frame.metric))
+    parts = []
+    for metric in metrics:
+        table = metric_table(frame, metric)
+        parts.append(f"### {metric}\n\n" + table.to_markdown(floatfmt=".4f") + "\n")
+    notes = []
+    if frame.system.str.contains("(untrained)", regex=False).any():
+        notes.append("Systems marked (untrained) have random weights: they exercise the code path, their scores "
+                     "say nothing about quality.")
+    conv = next((r["evaluation"]["conventions"] for r in records if r.get("kind") == "quality"), None)
+    if conv:
+        notes.append("Conventions: " + ", ".join(f"{k}={v}" for k, v in conv.items()) + ".")
+    speeds = frame.dropna(subset=["rerank_pairs_per_s"]).groupby("system").rerank_pairs_per_s.median()
+    if not speeds.empty:
+        notes.append("Rerank speed (median pairs/s over datasets, this machine): " +
+                     ", ".join(f"{s} {v:,.0f}" for s, v in speeds.items()) + ".")
+    return "\n".join(parts) + ("\n" + "\n".join(f"- {n}" for n in notes) + "\n" if notes else ""), frame
+
+
+def report_folder(folder: str | Path) -> str:
+    from .errors import BenchError
+    from .records import find_records
+
+    records = find_records(folder, kind="quality")
+    if not records:
+        raise BenchError(f"{folder}: no quality records found (expected <out>/records/*.json written by `bench run`)")
+    return quality_report(records)[0]

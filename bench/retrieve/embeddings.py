@@ -1,0 +1,86 @@
+"""Corpus embeddings on disk: sharded, memory-mapped, resumable.
+
+Encoding a large corpus is the most expensive step of a dense first stage, so it is done once per
+(model, revision, collection, max_length, dtype) and kept. The corpus is cut into fixed-size shards
+in the collection's own document order; each shard is written atomically as `shard-NNNNN.npy`
+(vectors) and `shard-NNNNN.ids` (doc ids), so an interrupted run resumes at the first missing shard,
+and search reads shards through memory maps without loading the whole matrix.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..errors import BenchError
+from ..records import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+DONE = "complete.json"
+
+
+class EmbeddingStore:
+    """One cache entry of corpus embeddings: a folder of shards plus a completion marker."""
+
+    def __init__(self, folder: str | Path, shard_size: int = 100_000):
+        self.folder = Path(folder)
+        self.shard_size = shard_size
+
+    def complete(self) -> bool:
+        return (self.folder / DONE).exists()
+
+    def _shard(self, i: int) -> tuple[Path, Path]:
+        return self.folder / f"shard-{i:05d}.npy", self.folder / f"shard-{i:05d}.ids"
+
+    def build(self, doc_batches: Iterator[list[tuple[str, str]]], encode: Callable[[list[str]], np.ndarray],
+              *, n_docs: int, storage_dtype: str = "float32", progress: bool = True) -> dict:
+        """Encode every shard that is not on disk yet. `doc_batches` must yield the corpus in its fixed
+        order in batches of exactly `shard_size` (the last may be shorter)."""
+        from tqdm.auto import tqdm
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        encoded = reused = 0
+        bar = tqdm(total=n_docs, desc="encode corpus", unit="doc", disable=not progress, dynamic_ncols=True)
+        for i, batch in enumerate(doc_batches):
+            vec_path, ids_path = self._shard(i)
+            ids = [doc_id for doc_id, _ in batch]
+            if vec_path.exists() and ids_path.exists():
+                if ids_path.read_text(encoding="utf-8").split("\n") != ids:
+                    raise BenchError(f"{ids_path}: cached shard does not match the collection's document order; "
+                                     f"delete {self.folder} and rerun")
+                reused += len(ids)
+            else:
+                vecs = np.ascontiguousarray(encode([text for _, text in batch]), dtype=storage_dtype)
+                if vecs.shape[0] != len(ids):
+                    raise RuntimeError(f"encoder returned {vecs.shape[0]} vectors for {len(ids)} texts")
+                buf = io.BytesIO()
+                np.save(buf, vecs)
+                atomic_write_bytes(vec_path, buf.getvalue())
+                atomic_write_text(ids_path, "\n".join(ids))
+                encoded += len(ids)
+            bar.update(len(ids))
+        bar.close()
+        total = encoded + reused
+        if total != n_docs:
+            raise BenchError(f"{self.folder}: the collection yielded {total} documents, expected {n_docs}")
+        atomic_write_json(self.folder / DONE, {"n_docs": total, "shard_size": self.shard_size,
+                                                "storage_dtype": storage_dtype})
+        return {"encoded_docs": encoded, "reused_docs": reused}
+
+    def shards(self) -> Iterator[tuple[list[str], np.ndarray]]:
+        """(doc ids, memory-mapped vectors) per shard, in corpus order."""
+        if not self.complete():
+            raise BenchError(f"{self.folder}: embeddings are incomplete; rerun to finish encoding")
+        meta = json.loads((self.folder / DONE).read_text())
+        seen = 0
+        i = 0
+        while seen < meta["n_docs"]:
+            vec_path, ids_path = self._shard(i)
+            ids = ids_path.read_text(encoding="utf-8").split("\n")
+            vecs = np.load(vec_path, mmap_mode="r")
+            yield ids, vecs
+            seen += len(ids)
+            i += 1

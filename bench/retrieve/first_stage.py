@@ -1,0 +1,148 @@
+"""The first stage: a collection in, a candidate run out (cached as a TREC run file).
+
+One object per configured first stage. `retrieve(collection)` returns the top-`depth` candidates per
+query from a dense bi-encoder (exact search over cached corpus embeddings), BM25, a TREC run file, or
+ir_datasets' scoreddocs, and caches the result keyed by the stage's settings and the collection's
+fingerprint, so a rerun (or a resumed run) costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from ..cache import entry
+from ..config import FirstStageSpec
+from ..errors import BenchError
+from ..records import atomic_write_json
+
+SHARD_SIZE = 100_000
+
+
+def queries_digest(queries: dict[str, str]) -> str:
+    h = hashlib.sha256()
+    for qid in sorted(queries):
+        h.update(f"{qid}\t{queries[qid]}\n".encode("utf-8"))
+    return h.hexdigest()[:16]
+
+
+def resolve_device(device: str) -> str:
+    """'auto' → 'cuda' when torch sees a GPU, else 'cpu'; anything else is passed through."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class FirstStage:
+    """Candidates for every query of a collection, by one configured method."""
+
+    def __init__(self, name: str, spec: FirstStageSpec, cache_root: str | Path, *, progress: bool = True):
+        self.name = name
+        self.spec = spec
+        self.cache_root = Path(cache_root)
+        self.progress = progress
+        self._encoder = None
+
+    def describe(self) -> dict:
+        from .. import models
+
+        out = {"name": self.name, **self.spec.model_dump(mode="json")}
+        if self.spec.model:
+            out["model"] = models.describe(self.spec.model, self.spec.revision)
+        if self._encoder is not None:
+            out["encoder"] = self._encoder.describe()
+        return out
+
+    # -- public ------------------------------------------------------------------------------
+    def retrieve(self, collection) -> tuple[dict[str, dict[str, float]], dict]:
+        """(run, info): the candidate run and what it cost (timings, cache hits)."""
+        from ..runs import read_run, write_run
+
+        spec_key = self.spec.model_dump(mode="json", exclude={"device", "batch_size", "token_budget", "search_chunk"})
+        folder = entry(self.cache_root, "runs", f"{collection.name}-{self.name}", stage=spec_key,
+                       collection=collection.fingerprint(), queries=queries_digest(collection.queries))
+        run_path, info_path = folder / "run.trec", folder / "info.json"
+        if run_path.exists() and info_path.exists():
+            info = json.loads(info_path.read_text())
+            return read_run(run_path), {**info, "cached": True}
+        t0 = time.perf_counter()
+        if self.spec.kind == "dense":
+            ranked, info = self._dense(collection)
+        elif self.spec.kind == "bm25":
+            ranked, info = self._bm25(collection)
+        elif self.spec.kind == "run":
+            ranked, info = self._from_run_file(collection)
+        else:
+            ranked, info = self._scoreddocs(collection)
+        info["seconds"] = time.perf_counter() - t0
+        run = {qid: {doc: score for doc, score in docs} for qid, docs in ranked.items() if docs}
+        write_run(run, run_path, tag=self.name)
+        atomic_write_json(info_path, info)
+        return run, {**info, "cached": False}
+
+    # -- methods -----------------------------------------------------------------------------
+    def _dense(self, collection):
+        from ..encode import build_encoder
+        from .embeddings import EmbeddingStore
+        from .search import exact_top_k
+
+        if self._encoder is None:
+            self._encoder = build_encoder(self.spec, cache_dir=self.cache_root)
+        enc = self._encoder
+        d = enc.describe()
+        storage = "float32" if d.get("dtype") in ("fp32", "tf32") else "float16"
+        store_folder = entry(self.cache_root, "embeddings", f"{collection.name}-{Path(self.spec.model).name}",
+                             model=self.spec.model, revision=self.spec.revision, collection=collection.fingerprint(),
+                             max_length=self.spec.max_length, dtype=d.get("dtype"), engine=self.spec.engine,
+                             storage=storage)
+        store = EmbeddingStore(store_folder, shard_size=SHARD_SIZE)
+        t0 = time.perf_counter()
+        built = {"encoded_docs": 0, "reused_docs": collection.n_docs()}
+        if not store.complete():
+            built = store.build(collection.iter_docs(batch_size=SHARD_SIZE), enc.encode_docs,
+                                n_docs=collection.n_docs(), storage_dtype=storage, progress=self.progress)
+        t_encode = time.perf_counter() - t0
+        qids = sorted(collection.queries)
+        t0 = time.perf_counter()
+        q = enc.encode_queries([collection.queries[qid] for qid in qids])
+        hits = exact_top_k(q, store.shards(), self.spec.depth, chunk=self.spec.search_chunk,
+                           device=resolve_device(self.spec.device), progress=self.progress,
+                           n_docs=collection.n_docs())
+        t_search = time.perf_counter() - t0
+        info = {"method": "dense exact inner product over L2-normalised embeddings", "encoder": d,
+                "embeddings": {"folder": str(store_folder), "storage_dtype": storage, **built},
+                "encode_seconds": t_encode, "search_seconds": t_search,
+                "docs_per_second": built["encoded_docs"] / t_encode if built["encoded_docs"] else None}
+        return dict(zip(qids, hits)), info
+
+    def _bm25(self, collection):
+        from .bm25 import bm25_settings, bm25_top_k
+
+        ranked = bm25_top_k(collection.iter_docs(), collection.queries, self.spec.depth,
+                            language=collection.language, k1=self.spec.k1, b=self.spec.b, progress=self.progress)
+        return ranked, {"method": "bm25", "bm25": bm25_settings(collection.language, self.spec.k1, self.spec.b)}
+
+    def _from_run_file(self, collection):
+        from ..runs import read_run
+
+        path = Path(self.spec.path.format(dataset=collection.name.replace("/", "_"),
+                                          language=collection.language or ""))
+        run = read_run(path)
+        unknown = [q for q in run if q not in collection.queries]
+        kept = {q: run[q] for q in collection.queries if q in run}
+        if not kept:
+            raise BenchError(f"{path}: none of the run's {len(run)} query ids is a query of {collection.name} "
+                             f"(e.g. run has {next(iter(run), None)!r}, collection has {next(iter(collection.queries), None)!r})")
+        return self._cut(kept), {"method": "run file", "path": str(path), "ignored_queries": len(unknown)}
+
+    def _scoreddocs(self, collection):
+        return self._cut(collection.scoreddocs(self.spec.depth)), {"method": "ir_datasets scoreddocs"}
+
+    def _cut(self, run):
+        from ..runs import sort_ranking
+
+        return {qid: sort_ranking(docs)[: self.spec.depth] for qid, docs in run.items()}
