@@ -1,0 +1,44 @@
+# Two commands matter: `make bench` (the main job, GPU box with network) and `make test`.
+# Both create .venv and install the project on first use. Set TORCH_SPEC to pick a torch build
+# first (CI: TORCH_SPEC=torch==2.13.0 takes the CPU build); by default pip picks torch as usual.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?=
+OUT ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install bench demo test test-all throughput reproduce report clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(if $(TORCH_SPEC),$(BIN)/python -m pip install -q "$(TORCH_SPEC)")
+	$(BIN)/python -m pip install -q -e '.[offline,test]'
+	@echo "compiling ranx's metric kernels once (numba, about a minute on first install)..."
+	$(BIN)/python -c "from bench.evaluate import warm_up; warm_up()"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+bench: $(STAMP)  ## the main job: experiments/default.toml (GPU box with network, about an hour on one H100)
+	$(BIN)/bench run experiments/default.toml $(if $(OUT),--out $(OUT))
+
+demo: $(STAMP)  ## the embedded default: runs anywhere, offline, on CPU, in a few minutes
+	$(BIN)/bench run experiments/offline.toml $(if $(OUT),--out $(OUT))
+
+test: $(STAMP)  ## the test suite (offline, CPU; tests that need ../shared/data skip with a message without it)
+	$(BIN)/python -m pytest -q
+
+throughput: $(STAMP)  ## reranker engines side by side: experiments/throughput.toml
+	$(BIN)/bench throughput experiments/throughput.toml $(if $(OUT),--out $(OUT))
+
+reproduce: $(STAMP)  ## published scores vs. measured ones (registry in bench/registry/)
+	$(BIN)/bench reproduce
+
+report: $(STAMP)  ## the table again from a run's records: make report OUT=runs/default
+	$(BIN)/bench report $(or $(OUT),runs/default)
+
+clean-venv:
+	rm -rf $(VENV)
