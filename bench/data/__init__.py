@@ -29,8 +29,13 @@ def expand(spec: CollectionSpec) -> list[CollectionSpec]:
     return expand_synthetic(spec)
 
 
-def load_collection(spec: CollectionSpec, *, cache_dir: str | Path | None = None) -> Collection:
-    """The collection a spec names. A synthetic spec must name one language (see `expand`)."""
+def load_collection(spec: CollectionSpec, *, cache_dir: str | Path | None = None, download: bool = True) -> Collection:
+    """The collection a spec names. A synthetic spec must name one language (see `expand`).
+
+    `download=False` forbids ir_datasets downloads: data missing from its cache is then an error
+    that lists the files. `cache_dir` is accepted for symmetry with the other stages; no source
+    caches anything there today (ir_datasets keeps its own cache, the generator is fast).
+    """
     if spec.source == "beir":
         from .beir import BeirCollection
 
@@ -39,7 +44,8 @@ def load_collection(spec: CollectionSpec, *, cache_dir: str | Path | None = None
     if spec.source == "ir_datasets":
         from .irds import IrDatasetsCollection
 
-        return IrDatasetsCollection(spec.id, name=spec.name, language=spec.language, max_queries=spec.max_queries)
+        return IrDatasetsCollection(spec.id, name=spec.name, language=spec.language, max_queries=spec.max_queries,
+                                    download=download)
     if spec.source == "synthetic":
         from .synthetic import load_synthetic
 
@@ -47,6 +53,7 @@ def load_collection(spec: CollectionSpec, *, cache_dir: str | Path | None = None
     raise BenchError(f"unknown collection source {spec.source!r}; use ir_datasets, beir or synthetic")  # pragma: no cover
 
 
-def load_collections(spec: CollectionSpec, *, cache_dir: str | Path | None = None) -> list[Collection]:
+def load_collections(spec: CollectionSpec, *, cache_dir: str | Path | None = None,
+                     download: bool = True) -> list[Collection]:
     """All collections a spec stands for (several for a multi-language synthetic spec)."""
-    return [load_collection(s, cache_dir=cache_dir) for s in expand(spec)]
+    return [load_collection(s, cache_dir=cache_dir, download=download) for s in expand(spec)]

@@ -68,6 +68,20 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def batched(pairs: Iterable[tuple[str, str]], batch_size: int) -> Iterator[list[tuple[str, str]]]:
+    """Lists of `batch_size` (docid, text) pairs (the last one shorter), in the input's order."""
+    if batch_size <= 0:
+        raise BenchError(f"iter_docs: batch_size must be positive, got {batch_size}")
+    batch: list[tuple[str, str]] = []
+    for item in pairs:
+        batch.append(item)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 class Collection:
     """One collection: queries and qrels in memory, documents behind `iter_docs` / `get_docs`.
 
@@ -145,16 +159,7 @@ class MemoryCollection(Collection):
         return len(self._docs())
 
     def iter_docs(self, batch_size: int = 10_000) -> Iterator[list[tuple[str, str]]]:
-        if batch_size <= 0:
-            raise BenchError(f"iter_docs: batch_size must be positive, got {batch_size}")
-        batch: list[tuple[str, str]] = []
-        for item in self._docs().items():
-            batch.append(item)
-            if len(batch) == batch_size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+        return batched(self._docs().items(), batch_size)
 
     def get_docs(self, doc_ids: Iterable[str]) -> dict[str, str]:
         docs = self._docs()
