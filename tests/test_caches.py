@@ -1,0 +1,101 @@
+"""Caches and checkpoints: an interrupted step resumes without recomputing what is done."""
+
+import numpy as np
+import pytest
+
+from bench.cache import entry, key_of
+from bench.errors import BenchError
+from bench.reranking import RerankStage
+from bench.retrieve.embeddings import EmbeddingStore
+
+
+def docs(n):
+    return [(f"d{i}", f"text {i}") for i in range(n)]
+
+
+def batches(items, size):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def test_cache_key_changes_with_every_part(tmp_path):
+    a = entry(tmp_path, "runs", "x/y", model="m", revision=None)
+    assert entry(tmp_path, "runs", "x/y", model="m", revision=None) == a
+    assert entry(tmp_path, "runs", "x/y", model="m", revision="abc") != a
+    assert (a / "key.json").exists() and a.parent.name == "runs"
+    assert key_of(a=1, b=2) == key_of(b=2, a=1)
+
+
+def test_embedding_store_resumes_after_interruption(tmp_path):
+    corpus = docs(10)
+    calls = []
+
+    def encode(texts):
+        calls.append(len(texts))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # interrupted while encoding the third shard
+        return np.array([[float(t.split()[1]), 1.0] for t in texts], dtype=np.float32)
+
+    store = EmbeddingStore(tmp_path / "emb", shard_size=4)
+    with pytest.raises(KeyboardInterrupt):
+        store.build(batches(corpus, 4), encode, n_docs=10, progress=False)
+    assert not store.complete()
+    calls.clear()
+    info = store.build(batches(corpus, 4), lambda t: np.array([[float(x.split()[1]), 1.0] for x in t], np.float32),
+                       n_docs=10, progress=False)
+    assert info == {"encoded_docs": 2, "reused_docs": 8}
+    got_ids, got = zip(*[(i, v) for ids, vecs in store.shards() for i, v in zip(ids, np.asarray(vecs))])
+    assert list(got_ids) == [d for d, _ in corpus]
+    assert [v[0] for v in got] == list(range(10))
+
+
+def test_embedding_store_refuses_a_changed_corpus(tmp_path):
+    store = EmbeddingStore(tmp_path / "emb", shard_size=4)
+    enc = lambda t: np.zeros((len(t), 2), np.float32)  # noqa: E731
+    store.build(batches(docs(6), 4), enc, n_docs=6, progress=False)
+    (tmp_path / "emb" / "complete.json").unlink()
+    reordered = list(reversed(docs(6)))
+    with pytest.raises(BenchError, match="does not match the collection's document order"):
+        store.build(batches(reordered, 4), enc, n_docs=6, progress=False)
+
+
+class CountingReranker:
+    """Scores a pair by the passage's number; fails on demand, to simulate an interruption."""
+
+    def __init__(self, fail_after=None):
+        self.calls = 0
+        self.fail_after = fail_after
+
+    def score(self, pairs):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise KeyboardInterrupt
+        return np.array([float(p.split()[1]) for _, p in pairs], dtype=np.float32)
+
+    def reset_stats(self):
+        self._n = 0
+
+    def stats(self):
+        return {"pairs": 0, "tokens": 0, "padded_tokens": 0, "truncated_pairs": 0, "truncated_queries": 0,
+                "seconds": 0.0}
+
+
+def test_rerank_stage_resumes_from_checkpoints(tmp_path, monkeypatch):
+    import bench.reranking as rr
+
+    monkeypatch.setattr(rr, "BLOCK_PAIRS", 5)
+    queries = {f"q{i}": f"query {i}" for i in range(6)}
+    texts = {f"d{j}": f"passage {j}" for j in range(20)}
+    candidates = {q: {f"d{j}": -float(j) for j in range(8)} for q in queries}  # first stage order: d0 > d1 > ...
+    first = CountingReranker(fail_after=2)
+    stage = RerankStage(lambda: first, 3, tmp_path / "ck", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        stage.rerank(queries, candidates, lambda ids: {i: texts[i] for i in ids})
+    second = CountingReranker()
+    run, info = RerankStage(lambda: second, 3, tmp_path / "ck", progress=False).rerank(
+        queries, candidates, lambda ids: {i: texts[i] for i in ids})
+    assert info["resumed_blocks"] == 2 and info["blocks"] == 3
+    assert second.calls == 1
+    # Only the first stage's top 3 were reranked, and their scores are the reranker's.
+    assert run["q0"] == {"d0": 0.0, "d1": 1.0, "d2": 2.0}
+    assert set(run) == set(queries)

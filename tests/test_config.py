@@ -1,0 +1,74 @@
+"""Experiment files: valid ones load, every kind of mistake is an error naming file and field."""
+
+from pathlib import Path
+
+import pytest
+
+from bench.config import load_experiment
+from bench.errors import BenchError
+
+REPO = Path(__file__).resolve().parents[1]
+
+GOOD = """
+name = "t"
+[first_stages.dense]
+kind = "dense"
+model = "offline:all-MiniLM-L6-v2"
+[[datasets]]
+source = "beir"
+path = "data/x"
+split = "dev"
+[[rerankers]]
+model = "random:tiny-xlmr-reranker"
+dtype = "fp32"
+"""
+
+
+def write(tmp_path, text):
+    p = tmp_path / "exp.toml"
+    p.write_text(text)
+    return p
+
+
+def test_good_experiment_resolves_relative_paths(tmp_path):
+    exp = load_experiment(write(tmp_path, GOOD))
+    assert exp.datasets[0].path == str((tmp_path / "data" / "x").resolve())
+    assert exp.rerankers[0].label == "tiny-xlmr-reranker"
+    assert exp.first_stage_for(exp.datasets[0])[0] == "dense"
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (('dtype = "fp32"', 'dtype = "fp8"'), "rerankers[0].dtype"),
+    (('dtype = "fp32"', 'dtpye = "fp32"'), "rerankers[0].dtpye: unknown field"),
+    (('split = "dev"', 'split = "dev"\nfirst_stage = "bm25"'), "first_stage = 'bm25' is not defined"),
+    (('kind = "dense"', 'kind = "sparse"'), "first_stages.dense.kind"),
+    (('model = "offline:all-MiniLM-L6-v2"', ''), "needs field 'model'"),
+    (('path = "data/x"', ''), "needs field 'path'"),
+    (('name = "t"', ''), "name: Field required"),
+])
+def test_mistakes_name_the_field(tmp_path, edit, expected):
+    path = write(tmp_path, GOOD.replace(*edit))
+    with pytest.raises(BenchError) as err:
+        load_experiment(path)
+    assert str(path) in str(err.value)
+    assert expected in str(err.value)
+
+
+def test_missing_file_and_bad_toml(tmp_path):
+    with pytest.raises(BenchError, match="experiment file not found"):
+        load_experiment(tmp_path / "nope.toml")
+    with pytest.raises(BenchError, match="not valid TOML"):
+        load_experiment(write(tmp_path, "name = "))
+
+
+def test_duplicate_reranker_labels_are_rejected(tmp_path):
+    text = GOOD + '\n[[rerankers]]\nmodel = "random:tiny-xlmr-reranker"\n'
+    with pytest.raises(BenchError, match="distinct 'name'"):
+        load_experiment(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_experiments_load(path):
+    if path.name.startswith("throughput"):
+        pytest.skip("throughput experiments are validated in tests/test_throughput.py")
+    assert load_experiment(path).name
