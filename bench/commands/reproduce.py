@@ -1,0 +1,91 @@
+"""`bench reproduce [NAME ...]`: measured scores against the registry of published ones.
+
+For each selected registry entry, the command looks for quality records of the entry's system and
+dataset (below ``--records``, default ``runs/``), runs the entry's experiment when none exists (into
+``--out``), and prints expected, measured, delta, tolerance and OK / FAIL, with the record paths and,
+for a FAIL, every setting of the record that differs from the entry's.
+
+Named entries (or patterns such as ``'pyserini-bm25/*'``) are run when their records are missing;
+without names every entry is checked against the existing records only (``--run`` to run them all:
+that is days of GPU time for all of MIRACL). Exit status: 0 when every check is OK (or, without
+names, only missing), 1 on any FAIL or on a named entry left unmeasured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help="registry entries or shell-style patterns (default: all; see --list)")
+    parser.add_argument("--list", action="store_true", help="list the entries (name, expected value, source) and stop")
+    parser.add_argument("--records", type=Path, action="append", default=None,
+                        help="folder searched (recursively) for existing records; repeatable (default: runs)")
+    parser.add_argument("--out", type=Path, default=Path("runs") / "reproduce",
+                        help="where experiments run by this command write (default: runs/reproduce/<experiment name>)")
+    run = parser.add_mutually_exclusive_group()
+    run.add_argument("--run", action="store_true", help="run the experiments of entries without records, even when no NAME is given")
+    run.add_argument("--no-run", action="store_true", help="never run anything; only read existing records")
+    parser.add_argument("--registry", type=Path, action="append", default=None,
+                        help="registry TOML file(s) to use instead of the shipped bench/registry/*.toml")
+    parser.add_argument("--json", type=Path, default=None, help="also write the checks as a 'reproduce' record to this file")
+    parser.add_argument("--skip-preflight", action="store_true",
+                        help="do not check up front that hub models can be fetched")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars while running experiments")
+
+
+def run(args) -> int:
+    import sys
+
+    from .. import registry
+    from ..records import atomic_write_json, find_records, make_record
+
+    entries = registry.select(registry.load_registry(args.registry), args.names)
+    if args.list:
+        for e in entries:
+            print(f"{e.name}\t{e.metric} {e.value:.4f} ±{e.tolerance:g}\t{e.source.title}"
+                  + (f", {e.source.section}" if e.source.section else ""))
+        return 0
+
+    folders = args.records or [Path("runs")]
+    records = [r for folder in folders if folder.exists() for r in find_records(folder, kind="quality")]
+    checks = {e.name: registry.check(e, records) for e in entries}
+
+    should_run = (args.run or bool(args.names)) and not args.no_run
+    missing = [e for e in entries if checks[e.name].status == "MISSING"]
+    if should_run and missing:
+        log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+        for path in dict.fromkeys(e.experiment_path() for e in missing):
+            records += run_experiment_file(path, args.out, preflight=not args.skip_preflight,
+                                           progress=not args.no_progress, log=log)
+        for e in missing:
+            checks[e.name] = registry.check(e, records)
+
+    results = [checks[e.name] for e in entries]
+    print(registry.format_checks(results))
+    if args.json:
+        atomic_write_json(args.json, make_record("reproduce", checks=[c.as_dict() for c in results]))
+    failed = any(c.status == "FAIL" for c in results)
+    unmeasured = bool(args.names) and any(c.status == "MISSING" for c in results)
+    return 1 if failed or unmeasured else 0
+
+
+def run_experiment_file(path: Path, out: Path, *, preflight: bool, progress: bool, log) -> list[dict]:
+    """Run one experiment file into `<out>/<experiment name>` and return its records with their paths."""
+    from ..config import load_experiment
+    from ..errors import BenchError
+    from ..pipeline import run_experiment, slug
+    from ..preflight import check_fetchable
+    from ..records import find_records
+
+    if not path.is_file():
+        raise BenchError(f"{path}: experiment file of a registry entry not found; run bench reproduce from a "
+                         "source checkout of rerank-bench (experiments/ is not installed with the package)")
+    exp = load_experiment(path)
+    if preflight:
+        check_fetchable(exp, path)
+    target = out / slug(exp.name)
+    log(f"running {path} into {target}")
+    run_experiment(exp, target, experiment_path=path, progress=progress, log=log)
+    return find_records(target / "records", kind="quality")

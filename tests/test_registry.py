@@ -1,0 +1,152 @@
+"""The registry of expected scores: the shipped entries are well formed and runnable, and bad
+entries fail with messages that name the file, the entry and the field."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from bench import registry
+from bench.config import load_experiment
+from bench.errors import BenchError
+
+GOOD = """
+[defaults]
+description = "a first stage"
+tolerance = 0.005
+tolerance_reason = "rounding"
+stage = "first_stage"
+system = "minilm"
+experiment = "experiments/reproduce-miracl-yo-minilm.toml"
+first_stage = { kind = "dense", model = "offline:all-MiniLM-L6-v2", depth = 100 }
+conventions = { depth = 100, trec_eval = "trec_eval -c -M 100 -m ndcg_cut.10" }
+
+[defaults.source]
+kind = "paper"
+title = "A paper"
+section = "Table 1"
+url = "https://example.org/paper"
+published = "61.0"
+
+[[entries]]
+name = "a/yo/nDCG@10"
+metric = "nDCG@10"
+value = 0.61
+datasets = [{ label = "miracl-yo-dev" }]
+"""
+
+
+def write(tmp_path, text, name="reg.toml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def bad(tmp_path, old, new):
+    assert old in GOOD
+    return write(tmp_path, GOOD.replace(old, new, 1))
+
+
+# -- the shipped registry ---------------------------------------------------------------------------
+def test_shipped_registry_loads_with_unique_names_and_cited_sources():
+    entries = registry.load_registry()
+    assert len(entries) >= 40
+    assert len({e.name for e in entries}) == len(entries)
+    for e in entries:
+        assert 0 < e.value < 1 and 0 < e.tolerance < 0.1, e.name
+        if e.source.kind == "measured":
+            assert e.source.command and e.source.machine and e.source.date, e.name
+        else:
+            assert e.source.url.startswith("https://") and e.source.section, e.name
+    published = {e.name: e.value for e in entries}
+    # Spot checks against the sources (see the comments in each registry file).
+    assert published["pyserini-bm25/miracl-yo-dev/nDCG@10"] == 0.4059
+    assert published["anserini-bge-base-en-v1.5/msmarco-passage-dev-small/MRR@10"] == 0.3583
+    assert sum(n.startswith("pyserini-bm25/") for n in published) == 36  # 18 languages x 2 metrics
+
+
+def test_every_entry_points_at_an_experiment_that_produces_its_records():
+    """Entry and experiment agree: the experiment defines the system label, the datasets and the metric,
+    with the same first-stage depth and trec_eval depth, so running it can yield the record."""
+    for e in registry.load_registry():
+        exp = load_experiment(e.experiment_path())
+        labels = {ds.label for ds in exp.datasets}
+        for ds in e.datasets:
+            assert ds.label in labels, (e.name, ds.label)
+        assert e.metric in exp.evaluation.metrics, e.name
+        assert exp.evaluation.depth == e.conventions.depth, e.name
+        if e.stage == "first_stage":
+            fs = exp.first_stages[e.system]
+        else:
+            assert e.system in [r.label for r in exp.rerankers], e.name
+            rr = next(r for r in exp.rerankers if r.label == e.system)
+            assert (rr.model, rr.top_k, rr.max_length) == (e.reranker.model, e.reranker.top_k, e.reranker.max_length)
+            fs = exp.first_stages[e.first_stage_label]
+        assert (fs.kind, fs.depth) == (e.first_stage.kind, e.first_stage.depth), e.name
+        if e.first_stage.model:
+            assert fs.model == e.first_stage.model, e.name
+
+
+def test_a_good_file_loads_and_defaults_merge_field_by_field(tmp_path):
+    (entry,) = registry.load_registry_file(write(tmp_path, GOOD))
+    assert entry.name == "a/yo/nDCG@10" and entry.system == "minilm"
+    assert entry.first_stage.model_fields_set == {"kind", "model", "depth"}
+    assert entry.conventions.depth == 100 and entry.source.section == "Table 1"
+    merged = write(tmp_path, GOOD + '\n[entries.source]\nsection = "Table 2"\n', "merged.toml")
+    (entry,) = registry.load_registry_file(merged)
+    assert entry.source.section == "Table 2" and entry.source.url == "https://example.org/paper"
+
+
+@pytest.mark.parametrize("old,new,expected", [
+    ('value = 0.61', 'value = 0.61\nvalu = 0.6', "entry 'a/yo/nDCG@10': valu: unknown field"),
+    ('value = 0.61', 'value = 61.0', "not on the 0-1 scale"),
+    ('tolerance = 0.005', 'tolerance = 0.0', "tolerance must be > 0"),
+    ('tolerance = 0.005', 'tolerance = -0.01', "tolerance must be > 0"),
+    ('tolerance = 0.005', 'tolerance = 0.5', "checks nothing"),
+    ('url = "https://example.org/paper"', '', "needs 'url'"),
+    ('section = "Table 1"', '', "needs 'section'"),
+    ('metric = "nDCG@10"', 'metric = "nDCG@ten"', "unknown metric"),
+    ('stage = "first_stage"', 'stage = "rerank"', "needs a [reranker] table"),
+    ('kind = "paper"', 'kind = "measured"', "needs command, machine, date"),
+    ('tolerance_reason = "rounding"\n', '', "tolerance_reason: Field required"),
+])
+def test_bad_entries_are_errors_naming_file_entry_and_field(tmp_path, old, new, expected):
+    path = bad(tmp_path, old, new)
+    with pytest.raises(BenchError) as err:
+        registry.load_registry_file(path)
+    assert str(path) in str(err.value)
+    assert expected in str(err.value)
+
+
+def test_missing_source_is_an_error(tmp_path):
+    start = GOOD.index("[defaults.source]")
+    path = write(tmp_path, GOOD[:start] + GOOD[GOOD.index("[[entries]]"):])
+    with pytest.raises(BenchError, match=r"entry 'a/yo/nDCG@10': source: Field required"):
+        registry.load_registry_file(path)
+
+
+def test_file_level_mistakes(tmp_path):
+    with pytest.raises(BenchError, match="unknown top-level field"):
+        registry.load_registry_file(write(tmp_path, GOOD + "\n[extra]\nx = 1\n"))
+    with pytest.raises(BenchError, match="no \\[\\[entries\\]\\]"):
+        registry.load_registry_file(write(tmp_path, GOOD[: GOOD.index("[[entries]]")]))
+    with pytest.raises(BenchError, match="not valid TOML"):
+        registry.load_registry_file(write(tmp_path, "[[entries]\n"))
+    with pytest.raises(BenchError, match="registry file not found"):
+        registry.load_registry_file(tmp_path / "absent.toml")
+
+
+def test_names_are_unique_across_files(tmp_path):
+    a, b = write(tmp_path, GOOD, "a.toml"), write(tmp_path, GOOD, "b.toml")
+    with pytest.raises(BenchError, match=r"b\.toml: entry 'a/yo/nDCG@10' is already defined in .*a\.toml"):
+        registry.load_registry([a, b])
+
+
+def test_select_by_name_and_pattern():
+    entries = registry.load_registry()
+    yo = registry.select(entries, ["pyserini-bm25/miracl-yo-dev/*"])
+    assert [e.metric for e in yo] == ["nDCG@10", "Recall@100"]
+    assert registry.select(entries, []) == entries
+    with pytest.raises(BenchError, match="no registry entry matches 'nope/\\*'"):
+        registry.select(entries, ["nope/*"])
