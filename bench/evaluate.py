@@ -256,12 +256,14 @@ COLD_NOTICE = ("compiling ranx's metric kernels (first use after install; about 
                "afterwards; `make install` does this ahead)...")
 
 
-def kernels_cached() -> bool:
-    """Whether numba holds an on-disk cache for every ranx kernel `evaluate` uses (so no compile).
+def kernels_cached(metrics: Sequence[str] | None = None) -> bool:
+    """Whether numba holds an on-disk cache for the ranx kernels `metrics` need (default: all that
+    `evaluate` uses), so that evaluating them compiles nothing.
 
     Reads numba's cache index for each kernel; an index that is missing, stale (ranx's source
     changed) or empty means the next call compiles."""
-    for measure in MEASURES:
+    measures = {parse_metric(m).measure for m in metrics} if metrics is not None else set(MEASURES)
+    for measure in sorted(measures):
         if MEASURES[measure][0] is None:
             continue
         cache = getattr(_kernel(measure), "_cache", None)
@@ -273,9 +275,10 @@ def kernels_cached() -> bool:
     return True
 
 
-def notify_if_cold(stream=None) -> bool:
-    """Print `COLD_NOTICE` to `stream` (stderr) when the kernels are not cached; returns whether it did."""
-    if kernels_cached():
+def notify_if_cold(metrics: Sequence[str] | None = None, stream=None) -> bool:
+    """Print `COLD_NOTICE` to `stream` (stderr) when the kernels for `metrics` are not cached yet;
+    returns whether it did."""
+    if kernels_cached(metrics):
         return False
     print(COLD_NOTICE, file=stream or sys.stderr, flush=True)
     return True

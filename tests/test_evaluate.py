@@ -201,3 +201,93 @@ def test_conventions_validate_and_describe():
     for kwargs in ({"depth": 0}, {"rel_level": 0}, {"judged_only": "yes"}):
         with pytest.raises(BenchError):
             Conventions(**kwargs)
+
+
+# ------------------------------------------------------------------------------------- bench eval
+def _miracl_like_run(qrels, seed=0):
+    """A run over real MIRACL qrels: judged documents mixed with unjudged ones, coarse scores (many
+    ties), some queries left out, 150 documents per query so that -M 100 matters."""
+    rng = random.Random(seed)
+    pool = sorted({d for docs in qrels.values() for d in docs})
+    run = {}
+    for i, (qid, docs) in enumerate(qrels.items()):
+        if i % 17 == 0:
+            continue
+        ranked = list(docs) + rng.sample(pool, 40)
+        ranked += [f"unjudged-{qid}-{j}" for j in range(150 - len(set(ranked)))]
+        run[qid] = {d: round(rng.random(), 1) for d in ranked}
+    return run
+
+
+def test_bench_eval_matches_trec_eval_on_shared_miracl(shared_data, tmp_path, capsys):
+    """`bench eval -M 100 -m ndcg@10` == trec_eval -c -M 100 -m ndcg_cut.10 (pytrec_eval) on MIRACL yo."""
+    import json
+
+    from bench.cli import main
+    from bench.runs import read_qrels, write_run
+
+    qrels_path = shared_data / "miracl-yo-dev" / "qrels" / "dev.tsv"
+    qrels = read_qrels(qrels_path)
+    run = _miracl_like_run(qrels)
+    run_path = write_run(run, tmp_path / "run.trec", tag="test")
+    code = main(["eval", "--qrels", str(qrels_path), "--run", str(run_path), "-m", "ndcg@10", "Recall@100",
+                 "--depth", "100", "--format", "json", "--per-query"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    out = json.loads(captured.out)
+    conventions = Conventions(depth=100)
+    for name, measure in (("ndcg@10", "ndcg_cut.10"), ("Recall@100", "recall.100")):
+        ref = _reference(qrels, run, measure, conventions)
+        assert out[name] == pytest.approx(sum(ref.values()) / 119, abs=TOL)
+        assert out["per_query"][name] == pytest.approx(ref, abs=TOL)
+    assert "119 in qrels, 112 ranked, 7 missing from the run (scored 0)" in captured.err
+    assert "trec_eval -c -M 100" in captured.err
+    # without -M the extra 50 documents change recall: the depth really is applied
+    code = main(["eval", "--qrels", str(qrels_path), "--run", str(run_path), "-m", "Recall@150", "--format", "json"])
+    assert json.loads(capsys.readouterr().out)["Recall@150"] > out["Recall@100"]
+
+
+def test_bench_eval_table_and_errors(tmp_path, capsys):
+    from bench.cli import main
+
+    (tmp_path / "qrels.txt").write_text("q1 0 d1 1\nq2 0 d2 1\n")
+    (tmp_path / "run.trec").write_text("q1 Q0 d1 1 0.9 t\nq1 Q0 d3 2 0.5 t\n")
+    assert main(["eval", "--qrels", str(tmp_path / "qrels.txt"), "--run", str(tmp_path / "run.trec"),
+                 "-m", "mrr@10", "-m", "P@1", "--per-query"]) == 0
+    out = capsys.readouterr().out
+    assert "| mrr@10   | 0.5000 |" in out and "| q2      |" in out
+    (tmp_path / "bad.trec").write_text("q1 Q0 d1 1 0.9 t\nq1 Q0 d3 2 zero t\n")
+    assert main(["eval", "--qrels", str(tmp_path / "qrels.txt"), "--run", str(tmp_path / "bad.trec"), "-m", "map"]) == 2
+    assert "bad.trec:2: score 'zero' is not a number" in capsys.readouterr().err
+    assert main(["eval", "--qrels", str(tmp_path / "qrels.txt"), "--run", str(tmp_path / "run.trec"), "-m", "ndcg@ten"]) == 2
+    assert "unknown metric 'ndcg@ten'" in capsys.readouterr().err
+
+
+def test_cold_notice(monkeypatch, capsys):
+    import bench.evaluate as ev
+
+    assert ev.kernels_cached()  # the session warm-up filled numba's cache
+    assert not ev.notify_if_cold()
+    monkeypatch.setattr(ev, "kernels_cached", lambda metrics=None: False)
+    assert ev.notify_if_cold()
+    assert "compiling ranx's metric kernels" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_fresh_numba_cache_says_it_compiles_then_is_quiet(tmp_path):
+    """A fresh install (empty numba cache): the first `bench eval` says it compiles; the second does not."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "qrels.txt").write_text("q1 0 d1 1\n")
+    (tmp_path / "run.trec").write_text("q1 Q0 d1 1 0.9 t\n")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    cmd = [sys.executable, "-m", "bench", "eval", "--qrels", str(tmp_path / "qrels.txt"), "--run",
+           str(tmp_path / "run.trec"), "-m", "ndcg@10", "--format", "json"]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "compiling ranx's metric kernels" in first.stderr
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0 and "compiling" not in second.stderr
+    assert second.stdout == first.stdout

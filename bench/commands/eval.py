@@ -1,0 +1,77 @@
+"""`bench eval`: score one TREC run against qrels with trec_eval's conventions (see bench.evaluate)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def add_conventions_arguments(parser) -> None:
+    """--depth / --rel-level / --judged-only, shared with `bench compare`."""
+    parser.add_argument("--depth", type=int, default=None, metavar="N",
+                        help="trec_eval -M: only the top N of each ranking count (default: all)")
+    parser.add_argument("--rel-level", type=int, default=1, metavar="L",
+                        help="trec_eval -l: judgments >= L are relevant (default 1; nDCG always uses every grade >= 1)")
+    parser.add_argument("--judged-only", action="store_true",
+                        help="trec_eval -J: drop unjudged documents from each ranking (after --depth)")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--qrels", type=Path, required=True, help="TREC qrels or BEIR qrels tsv")
+    parser.add_argument("--run", type=Path, required=True, help="TREC run (also .gz), or ranx .json/.lz4/.parquet")
+    parser.add_argument("--metric", "-m", dest="metrics", action="extend", nargs="+", required=True, metavar="M",
+                        help="metrics as written in papers: ndcg@10 mrr@10 recall@100 map map@100 precision@10 "
+                             "r-precision judged@10 (repeat or list several)")
+    add_conventions_arguments(parser)
+    parser.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
+    parser.add_argument("--per-query", action="store_true", help="also print every query's value")
+    parser.add_argument("--output", "-o", type=Path, default=None, help="write the output to this file instead of stdout")
+
+
+def run(args) -> int:
+    from ..evaluate import Conventions, evaluate, notify_if_cold, parse_metric
+    from ..records import atomic_write_text
+    from ..runs import read_qrels, read_run
+
+    for name in args.metrics:
+        parse_metric(name)  # unknown names fail before any file is read
+    conventions = Conventions(depth=args.depth, rel_level=args.rel_level, judged_only=args.judged_only)
+    qrels = read_qrels(args.qrels)
+    run_ = read_run(args.run)
+    notify_if_cold(args.metrics)
+    evaluation = evaluate(qrels, run_, args.metrics, conventions)
+    print(coverage_line(qrels, run_, conventions), file=sys.stderr)
+
+    if args.format == "json":
+        out = dict(evaluation.means)
+        if args.per_query:
+            out["per_query"] = evaluation.per_query
+        text = json.dumps(out, indent=2, ensure_ascii=False) + "\n"
+    else:
+        text = _table(evaluation, args.per_query)
+    if args.output:
+        atomic_write_text(args.output, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def coverage_line(qrels, run, conventions) -> str:
+    """Which queries counted: the numbers that make two evaluations comparable."""
+    ranked = sum(1 for q in qrels if run.get(q))
+    run_only = sum(1 for q in run if q not in qrels)
+    return (f"queries: {len(qrels)} in qrels, {ranked} ranked, {len(qrels) - ranked} missing from the run (scored 0), "
+            f"{run_only} only in the run (ignored); conventions: trec_eval {conventions.trec_eval_flags()}")
+
+
+def _table(evaluation, per_query: bool) -> str:
+    import pandas as pd
+
+    means = pd.DataFrame({"metric": list(evaluation.means), "mean": list(evaluation.means.values())})
+    text = means.to_markdown(index=False, floatfmt=".4f") + "\n"
+    if per_query:
+        frame = pd.DataFrame(evaluation.per_query)
+        frame.index.name = "query"
+        text += "\n" + frame.to_markdown(floatfmt=".4f") + "\n"
+    return text
