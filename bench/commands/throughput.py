@@ -1,0 +1,126 @@
+"""`bench throughput EXPERIMENT.toml`: reranker engines side by side on the same real pairs.
+
+Reads the experiment's ``[throughput]`` table (engines × dtypes × batch sizes / token budgets ×
+max_lengths), its first dataset and first stage (a ``run`` first stage gives the candidates; any
+other kind: relevant documents first, then judged and random ones — see
+`bench.throughput.candidates_from_qrels`), and each ``[[rerankers]]`` model. Writes, under ``--out``:
+``records/throughput-<model>.json`` (one record, all cells), ``records/fidelity-<model>.json``,
+``throughput-<model>.md`` and ``plots/throughput-<model>.png``; a quality-vs-speed plot too when
+the folder holds quality records from ``bench run``. Prints the tables. Exit status 1 when a cell
+failed (its error is in the record and the table).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("experiment", help="experiment TOML with a [throughput] table (see experiments/throughput.toml)")
+    parser.add_argument("--out", help="output folder (default: runs/<experiment name>-throughput)")
+    parser.add_argument("--dataset", help="label of the dataset whose pairs to use (default: the first)")
+    parser.add_argument("--engines", nargs="+", help="override [throughput].engines")
+    parser.add_argument("--pairs", type=int, help="override [throughput].pairs")
+    parser.add_argument("--slow-pairs", type=int, default=None,
+                        help="score at most this many pairs (whole queries) with the plain loop and "
+                             "sentence-transformers engines (recorded per cell); default: all")
+    parser.add_argument("--attention", nargs="+", default=None,
+                        help="fast-engine attention variants to sweep (e.g. varlen sdpa-padded); default: the engine's own")
+    parser.add_argument("--latency-queries", type=int, default=16, help="queries timed one call each for p50/p95")
+    parser.add_argument("--time-limit", type=float, default=None,
+                        help="seconds; cells not started by then are skipped and recorded as skipped")
+    parser.add_argument("--no-fidelity", action="store_true", help="skip the fidelity comparison against fp32")
+    parser.add_argument("--cache-dir", help="models cache (default: the experiment's cache_dir or ~/.cache/rerank-bench)")
+
+
+def run(args) -> int:
+    from .. import models
+    from ..config import load_experiment
+    from ..data import load_collection
+    from ..errors import BenchError
+    from ..fidelity import fidelity_record, markdown_table as fidelity_table, sweep_fidelity
+    from ..plots import plot_quality_speed, plot_throughput
+    from ..records import atomic_write_json, atomic_write_text, find_records
+    from ..runs import read_run
+    from ..throughput import ModelShape, Sweep, cells_from_spec, markdown_table, pairs_from_collection, reranker_factory
+
+    exp = load_experiment(args.experiment)
+    tp = exp.throughput
+    if tp is None:
+        raise BenchError(f"{args.experiment}: no [throughput] table; add one (see experiments/throughput.toml)")
+    if not exp.rerankers:
+        raise BenchError(f"{args.experiment}: no [[rerankers]]; name at least one model to measure")
+    if args.engines:
+        tp = tp.model_copy(update={"engines": args.engines})
+    n_pairs = args.pairs or tp.pairs
+    ds = exp.datasets[0]
+    if args.dataset:
+        found = [d for d in exp.datasets if d.label == args.dataset]
+        if not found:
+            raise BenchError(f"--dataset {args.dataset!r}: not in {args.experiment}; known: "
+                             f"{', '.join(d.label for d in exp.datasets)}")
+        ds = found[0]
+    cache_dir = args.cache_dir or exp.cache_dir
+    out = Path(args.out or Path("runs") / f"{exp.name}-throughput")
+
+    collection = load_collection(ds, cache_dir=cache_dir)
+    _, fs = exp.first_stage_for(ds)
+    n_queries = math.ceil(n_pairs / tp.k)
+    if fs.kind == "run":
+        path = fs.path.format(dataset=collection.name)
+        pairset = pairs_from_collection(collection, k=tp.k, max_queries=n_queries, run=read_run(path), run_source=path)
+    elif fs.kind == "scoreddocs":
+        pairset = pairs_from_collection(collection, k=tp.k, max_queries=n_queries, run=collection.scoreddocs(tp.k),
+                                        run_source="the collection's scoreddocs")
+    else:
+        pairset = pairs_from_collection(collection, k=tp.k, max_queries=n_queries, seed=exp.seed)
+    pairset = pairset.head(n_pairs)
+    print(f"{len(pairset)} pairs: {pairset.n_queries} queries × k={tp.k} from {collection.name} "
+          f"({pairset.source['candidates']})")
+
+    options = {"fast": [{"attention": a} for a in args.attention]} if args.attention else None
+    slow = {"transformers": args.slow_pairs, "sentence-transformers": args.slow_pairs} if args.slow_pairs else None
+    deadline = time.monotonic() + args.time_limit if args.time_limit else None
+    failed = 0
+    for spec in exp.rerankers:
+        from transformers import AutoConfig, AutoTokenizer
+
+        path = models.resolve(spec.model, cache_dir)
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=spec.revision)
+        shape = ModelShape.from_config(AutoConfig.from_pretrained(path, revision=spec.revision))
+        sweep = Sweep(pairset, cells_from_spec(tp, options=options, max_pairs=slow),
+                      reranker_factory(spec.model, cache_dir=cache_dir, device=spec.device,
+                                       query_max_length=spec.query_max_length, revision=spec.revision),
+                      model=spec.model, device=spec.device, warmup=tp.warmup, repeats=tp.repeats,
+                      latency_queries=args.latency_queries, tokenizer=tokenizer, shape=shape,
+                      query_max_length=spec.query_max_length, name=exp.name, deadline=deadline,
+                      settings={"experiment": str(args.experiment), "throughput": tp.model_dump(mode="json"),
+                                "reranker": spec.model_dump(mode="json")})
+        record, scores = sweep.run()
+        tag = spec.label
+        atomic_write_json(out / "records" / f"throughput-{tag}.json", record)
+        table = markdown_table(record)
+        text = f"## Throughput: {tag}\n\n{table}"
+        failed += sum(1 for c in record["cells"] if c.get("error"))
+        if not args.no_fidelity:
+            comparisons = sweep_fidelity(record, scores, pairset, qrels=collection.qrels)
+            atomic_write_json(out / "records" / f"fidelity-{tag}.json",
+                              fidelity_record(comparisons, throughput_record=record))
+            if comparisons:
+                text += f"\n## Fidelity against fp32: {tag}\n\n{fidelity_table(comparisons)}"
+            else:
+                text += "\nFidelity: no cell ran a precision other than fp32 (nothing to compare).\n"
+        atomic_write_text(out / f"throughput-{tag}.md", text)
+        if any(not c.get("error") for c in record["cells"]):
+            plot_throughput(record, out / "plots" / f"throughput-{tag}.png")
+        print(text)
+    quality = find_records(out, kind="quality") if out.exists() else []
+    if any((r.get("timings") or {}).get("rerank_pairs_per_s") for r in quality):
+        metric = exp.evaluation.metrics[0]
+        plot_quality_speed(quality, out / "plots" / "quality-vs-speed.png", metric=metric)
+    print(f"records, tables and plots in {out}")
+    if failed:
+        print(f"{failed} cell(s) failed; their errors are in the table and the record")
+    return 1 if failed else 0

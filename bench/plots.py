@@ -1,0 +1,120 @@
+"""PNG plots made from records only (matplotlib, Agg backend: no display needed).
+
+* `plot_throughput`: pairs/s against batch size (baselines, pairs per batch) and token budget (the
+  fast engine, tokens per batch), one line per engine variant × precision, log-2 x axis; one panel
+  per kind of x axis because pairs and tokens are different units.
+* `plot_quality_speed`: a quality metric against reranking speed, one point per quality record
+  (dataset × reranker), one colour per reranker.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from .errors import BenchError
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Render to bytes and write atomically (a half-written PNG never appears)."""
+    import io
+
+    from .records import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_throughput(records: Sequence[Mapping] | Mapping, path: str | Path, *, title: str | None = None) -> Path:
+    """Throughput against batch size / token budget from throughput records (failed cells are left out)."""
+    if isinstance(records, Mapping):
+        records = [records]
+    series: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    for rec in records:
+        if rec.get("kind") != "throughput":
+            raise BenchError(f"{rec.get('_path', 'record')}: kind {rec.get('kind')!r}, expected 'throughput'")
+        many_lengths = len({c["max_length"] for c in rec["cells"]}) > 1
+        for c in rec["cells"]:
+            if c.get("error"):
+                continue
+            axis = "token budget (tokens per batch)" if c.get("token_budget") else "batch size (pairs per batch)"
+            x = c.get("token_budget") or c.get("batch_size")
+            name = f"{c['variant']} {c.get('dtype_resolved', c['dtype'])}"
+            if many_lengths:
+                name += f" L{c['max_length']}"
+            series[(axis, name)][x] = max(c["pairs_per_s"], series[(axis, name)].get(x, 0.0))
+    if not series:
+        raise BenchError("no successful throughput cells to plot")
+    axes_names = sorted({axis for axis, _ in series})
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(axes_names), figsize=(6.5 * len(axes_names), 4.5), squeeze=False)
+    for ax, axis in zip(axes[0], axes_names):
+        for (a, name), points in sorted(series.items()):
+            if a != axis:
+                continue
+            xs = sorted(points)
+            ax.plot(xs, [points[x] for x in xs], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(axis)
+        ax.set_ylabel("pairs / s (end to end, median)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    rec = records[0]
+    device = (rec.get("environment") or {}).get("device", {}).get("device", rec.get("device"))
+    fig.suptitle(title or f"{rec['model']['ref']} on {device}: {rec['pairs'].get('n_pairs')} pairs")
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def plot_quality_speed(records: Iterable[Mapping], path: str | Path, *, metric: str = "nDCG@10",
+                       title: str | None = None) -> Path:
+    """Quality against reranking speed from quality records (kind 'quality' with ``metrics[metric]``
+    and ``timings.rerank_pairs_per_s``); first-stage-only records have no reranking speed and are
+    left out. One colour per reranker label, one marker per dataset."""
+    points: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    for rec in records:
+        if rec.get("kind") != "quality":
+            continue
+        speed = (rec.get("timings") or {}).get("rerank_pairs_per_s")
+        value = (rec.get("metrics") or {}).get(metric)
+        if speed is None or value is None:
+            continue
+        label = (rec.get("system") or {}).get("label", "?")
+        dataset = (rec.get("dataset") or {}).get("label") or (rec.get("dataset") or {}).get("name", "?")
+        points[label].append((float(speed), float(value), dataset))
+    if not points:
+        raise BenchError(f"no quality record with metrics[{metric!r}] and timings.rerank_pairs_per_s to plot")
+    datasets = sorted({d for pts in points.values() for _, _, d in pts})
+    markers = dict(zip(datasets, "osD^v<>phX*" * 3))
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (label, pts) in enumerate(sorted(points.items())):
+        color = f"C{i % 10}"
+        for speed, value, dataset in pts:
+            ax.scatter([speed], [value], color=color, marker=markers[dataset], s=50)
+        ax.scatter([], [], color=color, marker="o", label=label)
+    for dataset, marker in markers.items():
+        ax.scatter([], [], color="grey", marker=marker, label=f"dataset: {dataset}")
+    ax.set_xscale("log")
+    ax.set_xlabel("reranking speed (pairs / s, as measured in the run)")
+    ax.set_ylabel(metric)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or f"{metric} against reranking speed")
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)

@@ -1,0 +1,281 @@
+"""Throughput sweep: FLOP accounting, real pairs, timing cells, records, tables and plots."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+
+import numpy as np
+import pytest
+
+from bench.errors import BenchError
+from bench.throughput import (Cell, ModelShape, PairSet, PeakMemory, Sweep, add_speedups, candidates_from_qrels,
+                              cells_from_spec, markdown_table, matmul_ceiling, pair_token_lengths,
+                              pairs_from_collection, useful_flops)
+
+
+class PlainScorer:
+    """The test's own reference scorer: the plain transformers loop (input order, padded batches)
+    with the Reranker interface's counters, so the sweep is tested independently of the engines."""
+
+    def __init__(self, path: str, *, batch_size: int = 8, max_length: int = 512, dtype: str = "fp32"):
+        import torch
+
+        self.torch = torch
+        self.tok, self.model = _load(path, dtype)
+        self.batch_size, self.max_length, self.dtype_name = batch_size, max_length, dtype
+        self.reset_stats()
+
+    def score(self, pairs):
+        out = []
+        for i in range(0, len(pairs), self.batch_size):
+            chunk = pairs[i:i + self.batch_size]
+            enc = self.tok([q for q, _ in chunk], [d for _, d in chunk], padding=True, truncation="only_second",
+                           max_length=self.max_length, return_tensors="pt")
+            with self.torch.inference_mode():
+                logits = self.model(**enc).logits[:, 0]
+            out.append(logits.float().numpy())
+            self._stats["pairs"] += len(chunk)
+            self._stats["tokens"] += int(enc["attention_mask"].sum())
+            self._stats["padded_tokens"] += int(enc["attention_mask"].numel())
+        return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
+
+    def describe(self):
+        return {"engine": "test-plain", "dtype": self.dtype_name, "batch_size": self.batch_size}
+
+    def stats(self):
+        return dict(self._stats)
+
+    def reset_stats(self):
+        self._stats = {"pairs": 0, "tokens": 0, "padded_tokens": 0, "truncated_pairs": 0, "seconds": 0.0}
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: str, dtype: str):
+    """Tokenizer and model, loaded once per test session (loading dominates a tiny model's cost)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    return (AutoTokenizer.from_pretrained(path),
+            AutoModelForSequenceClassification.from_pretrained(path, dtype=torch_dtype).eval())
+
+
+@pytest.fixture(scope="module")
+def miracl(shared_data):
+    from bench.config import CollectionSpec
+    from bench.data import load_collection
+
+    return load_collection(CollectionSpec(source="beir", path=str(shared_data / "miracl-yo-dev"), split="dev"))
+
+
+@pytest.fixture(scope="module")
+def pairset(miracl):
+    return pairs_from_collection(miracl, k=12, max_queries=6, pool=5000)
+
+
+# --- FLOPs ---------------------------------------------------------------------------------------
+
+def test_useful_flops_equal_torch_flop_counter(tiny_reranker):
+    """The docstring's formula is exactly what torch counts on unpadded sequences (eager attention,
+    so that QKᵀ and AV show up as matmuls the counter sees)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_reranker, attn_implementation="eager").eval()
+    shape = ModelShape.from_config(model.config)
+    lengths = [5, 37, 128, 300]
+    counted = 0
+    for n in lengths:
+        with FlopCounterMode(display=False) as fc, torch.inference_mode():
+            model(input_ids=torch.randint(5, 1000, (1, n)))
+        counted += fc.get_total_flops()
+    assert useful_flops(shape, lengths) == counted
+    # bge-reranker-large at 94 tokens per pair: the issue's ~58 GFLOP per pair.
+    large = ModelShape(layers=24, hidden=1024, ffn=4096, head_labels=1)
+    assert useful_flops(large, [94]) / 1e9 == pytest.approx(57.7, abs=0.1)
+
+
+def test_bi_encoder_shape_has_no_head():
+    shape = ModelShape.from_config({"num_hidden_layers": 2, "hidden_size": 8, "intermediate_size": 16}, head=False)
+    assert useful_flops(shape, [3]) == 2 * (3 * 2 * (4 * 64 + 2 * 8 * 16) + 4 * 8 * 9)
+    with pytest.raises(BenchError, match="BERT-family"):
+        ModelShape.from_config({"d_model": 8})
+
+
+def test_cpu_matmul_ceiling_is_measured_and_labelled():
+    c = matmul_ceiling("cpu", n=256, repeats=3)
+    assert c["dtype"] == "fp32" and c["tflop_per_s"] > 0 and "CPU" in c["method"]
+    assert c["median_s"] > 0 and c["repeats"] == 3
+
+
+# --- pairs ---------------------------------------------------------------------------------------
+
+def test_candidates_relevant_first_then_deterministic(miracl):
+    qids = list(miracl.queries)[:5]
+    ids = [d for batch in miracl.iter_docs() for d, _ in batch][:3000]
+    a = candidates_from_qrels(qids, miracl.qrels, ids, k=20, seed=3)
+    b = candidates_from_qrels(qids, miracl.qrels, ids, k=20, seed=3)
+    c = candidates_from_qrels(qids, miracl.qrels, ids, k=20, seed=4)
+    assert a == b and a != c
+    for q in qids:
+        judged = miracl.qrels[q]
+        n_rel = sum(r > 0 for r in judged.values())
+        assert all(judged.get(d, 0) > 0 for d in a[q][:n_rel])
+        assert len(a[q]) == 20 and len(set(a[q])) == 20
+
+
+def test_pairset_groups_queries_and_heads_are_whole_queries(pairset, miracl):
+    assert len(pairset) == 6 * 12 and pairset.n_queries == 6
+    assert [q for q, _ in pairset.query_slices()] == list(miracl.queries)[:6]
+    first_q, sl = pairset.query_slices()[0]
+    assert pairset.pairs[sl.start][0] == miracl.queries[first_q]
+    docs = miracl.get_docs(pairset.doc_ids[:3])
+    assert [p[1] for p in pairset.pairs[:3]] == [docs[d] for d in pairset.doc_ids[:3]]
+    head = pairset.head(30)
+    assert len(head) == 24 and head.n_queries == 2 and head.source["subset_of_pairs"] == 72
+    assert len(pairset.head(5)) == 12  # never an empty set: at least one whole query
+    d = pairset.describe()
+    assert d["n_pairs"] == 72 and d["k"] == 12 and "relevant" in d["candidates"]
+
+
+def test_pairs_from_a_run_follow_the_ranking(miracl):
+    q = list(miracl.queries)[0]
+    docs = [d for batch in miracl.iter_docs() for d, _ in batch][:10]
+    run = {q: {d: float(i) for i, d in enumerate(docs)}}
+    ps = pairs_from_collection(miracl, k=4, run=run, run_source="test")
+    assert ps.doc_ids == docs[::-1][:4] and ps.n_queries == 1
+    with pytest.raises(BenchError, match="no .* pairs"):
+        pairs_from_collection(miracl, k=4, run={"nope": {docs[0]: 1.0}})
+
+
+def test_token_lengths_match_the_tokenizer(pairset, tiny_reranker):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_reranker)
+    pairs = pairset.pairs[:40]
+    for max_length in (512, 48):
+        got = pair_token_lengths(tok, pairs, max_length)
+        enc = tok([q for q, _ in pairs], [d for _, d in pairs], truncation="only_second", max_length=max_length)
+        assert got.tolist() == [len(x) for x in enc["input_ids"]]
+    assert pair_token_lengths(tok, pairs, 512, query_max_length=6).max() <= pair_token_lengths(tok, pairs, 512).max()
+
+
+# --- sweep ---------------------------------------------------------------------------------------
+
+def test_sweep_record_table_and_plot(pairset, tiny_reranker, tmp_path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    from bench.plots import plot_throughput
+    from bench.records import atomic_write_json, read_record
+
+    def build(cell: Cell):
+        if cell.batch_size == 999:
+            raise BenchError("this cell cannot be built")
+        return PlainScorer(tiny_reranker, batch_size=cell.batch_size, max_length=cell.max_length, dtype=cell.dtype)
+
+    cells = [Cell("transformers", "fp32", 512, batch_size=4), Cell("transformers", "fp32", 512, batch_size=16),
+             Cell("other", "bf16", 512, batch_size=16, max_pairs=30), Cell("other", "fp32", 512, batch_size=999)]
+    sweep = Sweep(pairset.head(36), cells, build, model=tiny_reranker, device="cpu", warmup=1, repeats=2,
+                  latency_queries=3,
+                  tokenizer=AutoTokenizer.from_pretrained(tiny_reranker),
+                  shape=ModelShape.from_config(AutoConfig.from_pretrained(tiny_reranker)), name="t")
+    record, scores = sweep.run(progress=False)
+    assert record["kind"] == "throughput" and record["device"] == "cpu"
+    assert record["ceiling"]["dtype"] == "fp32"
+    ok = [c for c in record["cells"] if not c["error"]]
+    assert len(ok) == 3 and record["cells"][3]["error"] == "this cell cannot be built"
+    a, b, c = ok
+    assert a["n_pairs"] == 36 and c["n_pairs"] == 24 and c["n_queries"] == 2
+    assert len(a["seconds"]) == 2 and a["pairs_per_s"] == pytest.approx(36 / np.median(a["seconds"]))
+    assert a["queries_per_s"] == pytest.approx(a["pairs_per_s"] / 12)
+    assert a["latency_ms"]["n_queries"] == 3 and a["latency_ms"]["p95"] >= a["latency_ms"]["p50"] > 0
+    # counters cover exactly the timed passes; larger batches pad more
+    assert a["stats"]["pairs"] == 2 * 36
+    assert 0 < a["padding_fraction"] < b["padding_fraction"] < 1
+    assert a["flop_tokens"] == a["stats"]["tokens"] // 2 and "flop_tokens_note" not in a
+    assert a["useful_tflop_per_s"] > 0 and a["ceiling_share"] == pytest.approx(
+        a["useful_tflop_per_s"] / record["ceiling"]["tflop_per_s"])
+    assert a["speedup_vs_plain"] == 1.0 and b["speedup_reference"] == a["label"]
+    mem = a["peak_memory"]
+    assert mem["bytes"] is None or mem["bytes"] > 10 * 2**20
+    assert record["pairs"]["mean_tokens_per_pair"]["512"] == pytest.approx(a["mean_tokens_per_pair"])
+    assert scores[a["label"]].dtype == np.float32 and len(scores[c["label"]]) == 24
+    np.testing.assert_allclose(scores[a["label"]], scores[b["label"]], atol=1e-5)
+
+    table = markdown_table(record)
+    assert table.count("\n| ") == 5 and "this cell cannot be built" in table and "1.00×" in table
+    path = atomic_write_json(tmp_path / "records" / "t.json", record)
+    again = read_record(path)
+    png = plot_throughput(again, tmp_path / "plots" / "t.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_deadline_skips_remaining_cells_and_says_so(pairset, tiny_reranker):
+    calls = []
+
+    def build(cell):
+        calls.append(cell)
+        return PlainScorer(tiny_reranker, batch_size=cell.batch_size)
+
+    cells = [Cell("transformers", "fp32", 512, batch_size=8)] * 2
+    sweep = Sweep(pairset.head(12), cells, build, model=tiny_reranker, device="cpu", warmup=0, repeats=1,
+                  latency_queries=1, deadline=time.monotonic() - 1)
+    record, scores = sweep.run(ceiling={"tflop_per_s": 1.0, "dtype": "fp32"}, progress=False)
+    assert calls == [] and all("time limit" in c["error"] for c in record["cells"]) and scores == {}
+
+
+def test_cells_from_spec_budgets_for_fast_batches_for_baselines():
+    from bench.config import ThroughputSpec
+
+    spec = ThroughputSpec(engines=["fast", "transformers"], dtypes=["fp32", "bf16"], batch_sizes=[8, 32],
+                          token_budgets=[1024], max_lengths=[256])
+    cells = cells_from_spec(spec, options={"fast": [{"attention": "varlen"}, {"attention": "sdpa-padded"}]},
+                            max_pairs={"transformers": 100})
+    fast = [c for c in cells if c.engine == "fast"]
+    plain = [c for c in cells if c.engine == "transformers"]
+    assert len(fast) == 4 and all(c.token_budget == 1024 and c.batch_size is None for c in fast)
+    assert len(plain) == 4 and {c.batch_size for c in plain} == {8, 32} and all(c.max_pairs == 100 for c in plain)
+    assert "attention=varlen" in fast[0].label and fast[0].to_dict()["options"] == {"attention": "varlen"}
+
+
+def test_speedups_use_the_plain_fp32_cell_of_the_same_length():
+    cells = [{"label": "p", "engine": "transformers", "dtype_resolved": "fp32", "max_length": 512, "pairs_per_s": 10.0},
+             {"label": "f", "engine": "fast", "dtype_resolved": "bf16", "max_length": 512, "pairs_per_s": 40.0},
+             {"label": "g", "engine": "fast", "dtype_resolved": "bf16", "max_length": 128, "pairs_per_s": 80.0},
+             {"label": "x", "engine": "fast", "max_length": 512, "error": "boom"}]
+    add_speedups(cells)
+    assert cells[1]["speedup_vs_plain"] == 4.0 and cells[1]["speedup_reference"] == "p"
+    assert cells[2]["speedup_vs_plain"] is None and "no plain-loop" in cells[2]["speedup_reference"]
+    assert "speedup_vs_plain" not in cells[3]
+
+
+def test_cpu_peak_memory_sees_an_allocation():
+    mem = PeakMemory("cpu")
+    mem.reset()
+    before = mem.result()["bytes"]
+    if before is None:
+        pytest.skip(mem.result()["what"])
+    block = np.ones(64 * 2**20 // 8)  # 64 MiB touched
+    after = mem.result()["bytes"]
+    del block
+    assert after - before >= 60 * 2**20
+    mem.reset()
+    assert mem.result()["bytes"] < after
+
+
+def test_quality_speed_plot_from_quality_records(tmp_path):
+    from bench.plots import plot_quality_speed
+
+    recs = [{"kind": "quality", "system": {"label": lab}, "dataset": {"label": ds},
+             "metrics": {"nDCG@10": v}, "timings": {"rerank_pairs_per_s": s}}
+            for lab, ds, v, s in [("bge-large bf16", "yo", 0.6, 900.0), ("bge-large fp32", "yo", 0.61, 300.0),
+                                  ("bge-base", "vaswani", 0.4, 2000.0)]]
+    recs.append({"kind": "quality", "system": {"label": "first stage"}, "metrics": {"nDCG@10": 0.3}, "timings": {}})
+    png = plot_quality_speed(recs, tmp_path / "q.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(BenchError, match="MRR@10"):
+        plot_quality_speed(recs, tmp_path / "x.png", metric="MRR@10")
+    assert json.dumps(recs)  # the shape the pipeline writes is plain JSON
