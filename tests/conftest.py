@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# One cache for the whole test session (random models, corpus embeddings, candidate runs), so that
+# expensive steps such as encoding the 49,043 MIRACL Yoruba passages happen once per session.
+# Never the user's own cache; set RERANK_BENCH_TEST_CACHE to keep it between local runs.
+SESSION_CACHE = Path(os.environ.get("RERANK_BENCH_TEST_CACHE") or tempfile.mkdtemp(prefix="rerank-bench-test-cache-"))
+os.environ["RERANK_BENCH_CACHE"] = str(SESSION_CACHE)
 
 SHARED_DATA = Path(os.environ.get("RERANK_BENCH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -23,10 +30,9 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> Path:
-    """One cache folder for the session so random models are built once."""
-    path = tmp_path_factory.mktemp("bench-cache")
-    return path
+def cache_dir() -> Path:
+    """The session's cache folder (also $RERANK_BENCH_CACHE for code that uses the default)."""
+    return SESSION_CACHE
 
 
 @pytest.fixture(scope="session")
