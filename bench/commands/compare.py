@@ -1,0 +1,141 @@
+"""`bench compare`: paired significance tests, bootstrap intervals and tables over runs or records.
+
+Inputs are TREC run files (with --qrels; one dataset) or quality records / folders of records
+written by `bench run` (any number of datasets). Prints the Markdown table; with --out also writes
+comparison.md, comparison.tex, pairs.csv, means.csv, a PNG of per-query differences per metric and
+a comparison record (comparison.json).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .eval import add_conventions_arguments
+
+def add_arguments(parser) -> None:
+    parser.add_argument("inputs", nargs="+", type=Path,
+                        help="TREC run files (need --qrels) and/or quality records (.json) or folders of records")
+    parser.add_argument("--qrels", type=Path, default=None, help="qrels for run-file inputs (TREC or BEIR tsv)")
+    parser.add_argument("--label", action="append", default=None, metavar="NAME",
+                        help="system name of each run file, in order (default: the file name without suffix)")
+    parser.add_argument("--dataset", default=None, help="dataset label of the run files (default: the qrels file name)")
+    parser.add_argument("--language", default=None, help="language code of the run files' dataset")
+    parser.add_argument("--metric", "-m", dest="metrics", action="extend", nargs="+", default=None, metavar="M",
+                        help="metrics to compare (runs: default ndcg@10; records: default every metric they share)")
+    add_conventions_arguments(parser)
+    parser.add_argument("--baseline", default=None, help="system the plot subtracts (default: the first system)")
+    parser.add_argument("--test", choices=("randomization", "t-test"), default="randomization",
+                        help="test that sets the significance marks (both are computed; default randomization)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    parser.add_argument("--correction", choices=("holm", "none"), default="holm",
+                        help="multiple-comparison correction over each table (default holm)")
+    parser.add_argument("--permutations", type=int, default=10_000, help="randomization test swaps (default 10000)")
+    parser.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples (default 10000)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the randomization test and bootstrap")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the tables, CSVs, plots and record")
+
+
+def run(args) -> int:
+    import sys
+
+    import pandas as pd
+
+    from ..compare import Settings, compare, load_records, scores_from_records
+    from ..errors import BenchError
+    from ..evaluate import Conventions
+
+    settings = Settings(test=args.test, alpha=args.alpha, correction=args.correction,
+                        permutations=args.permutations, bootstrap=args.bootstrap, seed=args.seed)
+    for p in args.inputs:
+        if not p.exists():
+            raise BenchError(f"{p}: not found (give run files, record files or folders of records)")
+    run_files = [p for p in args.inputs if p.is_file() and not _is_record(p)]
+    record_inputs = [p for p in args.inputs if p not in run_files]
+
+    frames, conventions = [], None
+    if run_files:
+        frames.append(_run_scores(args, run_files))
+        conventions = Conventions(depth=args.depth, rel_level=args.rel_level, judged_only=args.judged_only).trec_eval_flags()
+    elif args.label or args.qrels:
+        raise BenchError("--label and --qrels apply to run files; no run file was given")
+    if record_inputs:
+        records = load_records(record_inputs)
+        frames.append(scores_from_records(records, args.metrics))
+        flags = {((r.get("evaluation") or {}).get("conventions") or {}).get("trec_eval_flags") for r in records} - {None}
+        if conventions and flags and flags != {conventions}:
+            raise BenchError(f"the records were evaluated with trec_eval {sorted(flags)}, the run files with "
+                             f"{conventions}; pass the same --depth/--rel-level/--judged-only")
+        conventions = conventions or (flags.pop() if len(flags) == 1 else None)
+
+    comparison = compare(pd.concat(frames, ignore_index=True), settings, conventions=conventions)
+    if args.baseline is not None and args.baseline not in comparison.systems:
+        raise BenchError(f"--baseline {args.baseline!r} is not one of the systems {comparison.systems}")
+    text = comparison.markdown()
+    print(text)
+    if args.out:
+        written = _write_outputs(comparison, args, text)
+        print(f"wrote {', '.join(written)} to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _is_record(path: Path) -> bool:
+    """A .json file holding a rerank-bench record (other .json files are ranx runs)."""
+    if path.suffix.lower() != ".json":
+        return False
+    from ..records import SCHEMA
+
+    try:
+        head = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(head, dict) and head.get("schema") == SCHEMA
+
+
+def _run_scores(args, run_files: list[Path]):
+    from ..compare import scores_from_runs
+    from ..errors import BenchError
+    from ..evaluate import Conventions, notify_if_cold
+    from ..runs import read_qrels, read_run
+
+    if args.qrels is None:
+        raise BenchError(f"run files {[str(p) for p in run_files]} need --qrels to be scored")
+    labels = args.label or [_stem(p) for p in run_files]
+    if len(labels) != len(run_files):
+        raise BenchError(f"{len(labels)} --label for {len(run_files)} run files; give one label per run file")
+    if len(set(labels)) != len(labels):
+        raise BenchError(f"system labels repeat: {labels}; name each run with --label")
+    metrics = args.metrics or ["ndcg@10"]
+    conventions = Conventions(depth=args.depth, rel_level=args.rel_level, judged_only=args.judged_only)
+    qrels = read_qrels(args.qrels)
+    runs = {label: read_run(path) for label, path in zip(labels, run_files)}
+    notify_if_cold(metrics)
+    return scores_from_runs(qrels, runs, metrics, conventions, dataset=args.dataset or _stem(args.qrels),
+                            language=args.language)
+
+
+def _stem(path: Path) -> str:
+    """File name without .gz and its format suffix: runs/bm25.trec.gz -> bm25."""
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    return Path(name).stem or name
+
+
+def _write_outputs(comparison, args, text: str) -> list[str]:
+    from ..records import atomic_write_json, atomic_write_text
+
+    out = args.out
+    written = [atomic_write_text(out / "comparison.md", text), atomic_write_text(out / "comparison.tex", comparison.latex()),
+               atomic_write_text(out / "pairs.csv", comparison.pairs_csv()),
+               atomic_write_text(out / "means.csv", comparison.means_csv())]
+    plots = []
+    if len(comparison.systems) > 1:
+        for metric in dict.fromkeys(comparison.means.metric):
+            plots.append(comparison.plot(metric, out / f"differences_{_file_safe(metric)}.png", args.baseline))
+    record = comparison.to_record([str(p) for p in args.inputs])
+    record["plots"] = [p.name for p in plots]
+    written += plots + [atomic_write_json(out / "comparison.json", record)]
+    return [p.name for p in written]
+
+
+def _file_safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in name)

@@ -1,0 +1,471 @@
+"""Comparing systems on the same queries: paired tests, bootstrap intervals, Holm, tables and plots.
+
+Everything starts from one long table of per-query scores (dataset × system × metric × query), so a
+comparison can be built from run files plus qrels (`scores_from_runs`) or from the quality records
+the pipeline writes (`scores_from_records`) alike.
+
+For each dataset and metric every pair of systems gets
+
+* a paired two-sided t-test (ranx's ``paired_student_t_test``, i.e. scipy's ``ttest_rel``);
+* a paired two-sided randomization test (swap the two systems' scores of a query with probability
+  1/2, as ranx's Fisher test does). It is computed here with a seeded numpy generator because
+  ranx's numba version seeds only the calling thread and so gives a different p-value on every
+  call; p = (extreme + 1) / (permutations + 1), never 0;
+* a percentile bootstrap confidence interval on the mean difference (queries resampled with
+  replacement, seeded);
+* Holm's correction over every comparison in the same table (all datasets × all pairs of one
+  metric), for the test that sets the marks.
+
+Identical per-query scores (all differences 0) get p = 1 for both tests (scipy would say NaN).
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import BenchError
+
+SCORE_COLUMNS = ["dataset", "language", "system", "metric", "query", "value"]
+TESTS = {"randomization": "paired randomization test", "t-test": "paired t-test"}
+
+
+# ----------------------------------------------------------------------------------- score tables
+def scores_from_evaluation(evaluation, dataset: str, system: str, language: str | None = None) -> pd.DataFrame:
+    """Long per-query table of one `bench.evaluate.Evaluation`."""
+    return _long_rows(evaluation.per_query, dataset, system, language)
+
+
+def _long_rows(per_query: dict[str, dict[str, float]], dataset: str, system: str, language: str | None) -> pd.DataFrame:
+    rows = [(dataset, language, system, metric, qid, float(v)) for metric, values in per_query.items()
+            for qid, v in values.items()]
+    return pd.DataFrame(rows, columns=SCORE_COLUMNS)
+
+
+def scores_from_runs(qrels, runs: dict[str, dict], metrics: Sequence[str], conventions=None,
+                     dataset: str = "dataset", language: str | None = None) -> pd.DataFrame:
+    """Evaluate each named run against `qrels` and stack the per-query scores."""
+    from .evaluate import Conventions, evaluate
+
+    conventions = conventions or Conventions()
+    frames = [scores_from_evaluation(evaluate(qrels, run, metrics, conventions), dataset, name, language)
+              for name, run in runs.items()]
+    return pd.concat(frames, ignore_index=True)
+
+
+def load_records(paths: Sequence[str | Path]) -> list[dict]:
+    """Quality records from files or folders (searched recursively), in the order given."""
+    from .records import find_records, read_record
+
+    out = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = find_records(path, kind="quality")
+            if not found:
+                raise BenchError(f"{path}: no quality records in this folder (files *.json with kind 'quality')")
+            out.extend(found)
+        else:
+            rec = read_record(path)
+            if rec.get("kind") != "quality":
+                raise BenchError(f"{path}: a {rec.get('kind')!r} record; compare reads 'quality' records")
+            rec["_path"] = str(path)
+            out.append(rec)
+    return out
+
+
+def scores_from_records(records: list[dict], metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per-query scores from quality records (`dataset.label`, `dataset.language`, `system.label`,
+    `per_query`). `metrics` are matched by meaning (``ndcg@10`` finds ``nDCG@10``) and keep the
+    spelling given; by default, the metrics every record holds."""
+    from .evaluate import parse_metric
+
+    if not records:
+        raise BenchError("no records to compare")
+    if metrics is None:
+        metrics = [m for m in records[0].get("per_query", {}) if all(m in r.get("per_query", {}) for r in records)]
+        if not metrics:
+            raise BenchError("the records share no metric with per-query values; name one with --metric")
+    wanted = {m: (parse_metric(m).measure, parse_metric(m).k) for m in metrics}
+    _check_conventions(records)
+    frames = []
+    # first stages first (they are the baseline and letter a), otherwise in the order given
+    for rec in sorted(records, key=lambda r: (r.get("system") or {}).get("stage") != "first_stage"):
+        where = rec.get("_path", "record")
+        try:
+            dataset, system = rec["dataset"]["label"], rec["system"]["label"]
+            per_query = rec["per_query"]
+        except (KeyError, TypeError):
+            raise BenchError(f"{where}: a quality record needs dataset.label, system.label and per_query") from None
+        by_meaning = {}
+        for key in per_query:
+            try:
+                parsed = parse_metric(key)
+            except BenchError:
+                continue
+            by_meaning[parsed.measure, parsed.k] = key
+        chosen = {}
+        for name, meaning in wanted.items():
+            if meaning not in by_meaning:
+                raise BenchError(f"{where}: no per-query values for {name!r}; it holds {sorted(per_query)}")
+            chosen[name] = per_query[by_meaning[meaning]]
+        frames.append(_long_rows(chosen, dataset, system, rec["dataset"].get("language")))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _check_conventions(records: list[dict]) -> None:
+    """Numbers under different trec_eval conventions are not comparable: refuse to mix them."""
+    seen: dict[str, str] = {}
+    for rec in records:
+        flags = ((rec.get("evaluation") or {}).get("conventions") or {}).get("trec_eval_flags")
+        if flags is not None:
+            seen.setdefault(flags, rec.get("_path", "record"))
+    if len(seen) > 1:
+        listed = "; ".join(f"{flags!r} ({path})" for flags, path in seen.items())
+        raise BenchError(f"records were evaluated under different conventions: {listed}; compare like with like")
+
+
+# ------------------------------------------------------------------------------------------ tests
+def paired_t_test(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided paired t-test p-value (ranx's, which is scipy's ttest_rel); 1.0 when a == b everywhere."""
+    if np.all(a == b):
+        return 1.0
+    from ranx.statistical_tests import paired_student_t_test
+
+    p, _ = paired_student_t_test(a, b)
+    return float(p)
+
+
+def paired_randomization_test(a: np.ndarray, b: np.ndarray, permutations: int = 10_000, seed: int = 42,
+                              chunk: int = 1000) -> float:
+    """Two-sided paired randomization test: how often a random swap of each query's pair gives a mean
+    difference at least as large (in absolute value) as the observed one; p = (count + 1) / (n + 1)."""
+    diff = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
+    if not np.any(diff):
+        return 1.0
+    observed = abs(diff.mean())
+    rng = np.random.default_rng(seed)
+    extreme = 0
+    for start in range(0, permutations, chunk):
+        n = min(chunk, permutations - start)
+        signs = rng.integers(0, 2, size=(n, diff.size), dtype=np.int8) * 2 - 1
+        extreme += int(np.count_nonzero(np.abs(signs @ diff) / diff.size >= observed - 1e-12))
+    return (extreme + 1) / (permutations + 1)
+
+
+def bootstrap_ci(a: np.ndarray, b: np.ndarray, resamples: int = 10_000, confidence: float = 0.95,
+                 seed: int = 42, chunk: int = 1000) -> tuple[float, float]:
+    """Percentile bootstrap interval of mean(b - a), resampling queries with replacement."""
+    diff = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    for start in range(0, resamples, chunk):
+        n = min(chunk, resamples - start)
+        means[start:start + n] = diff[rng.integers(0, diff.size, size=(n, diff.size))].mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error over all of `pvalues`)."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    order = np.argsort(p, kind="stable")
+    m = p.size
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+# ------------------------------------------------------------------------------------- comparison
+@dataclass(frozen=True)
+class Settings:
+    """How systems are compared; every field is stated under the tables."""
+
+    test: str = "randomization"  # which test sets the marks: "randomization" or "t-test"
+    alpha: float = 0.05
+    correction: str = "holm"  # "holm" or "none"
+    permutations: int = 10_000
+    bootstrap: int = 10_000
+    confidence: float = 0.95
+    seed: int = 42
+
+    def __post_init__(self):
+        if self.test not in TESTS:
+            raise BenchError(f"test {self.test!r}: one of {', '.join(TESTS)}")
+        if self.correction not in ("holm", "none"):
+            raise BenchError(f"correction {self.correction!r}: 'holm' or 'none'")
+        if not 0 < self.alpha < 1 or not 0 < self.confidence < 1:
+            raise BenchError("alpha and confidence must lie strictly between 0 and 1")
+        if self.permutations < 1 or self.bootstrap < 1:
+            raise BenchError("permutations and bootstrap resamples must be at least 1")
+
+
+@dataclass
+class Comparison:
+    """Means with significance marks and every pairwise test, for each metric."""
+
+    means: pd.DataFrame  # dataset, language, metric, system, letter, mean, queries, better_than
+    pairs: pd.DataFrame  # dataset, language, metric, system_a, system_b, mean_a, mean_b, diff, ci_low, ci_high, p_*
+    scores: pd.DataFrame = field(repr=False)
+    settings: Settings = field(default_factory=Settings)
+    systems: list[str] = field(default_factory=list)
+    conventions: str | None = None
+
+    # -- tables -----------------------------------------------------------------------------------
+    def columns(self) -> tuple[list[str], dict[str, str]]:
+        """Datasets in order and their column headers: the language code when every dataset has its
+        own (the MIRACL per-language table), else the dataset label."""
+        datasets = list(dict.fromkeys(self.means["dataset"]))
+        langs = {d: self.means.loc[self.means.dataset == d, "language"].iloc[0] for d in datasets}
+        if all(isinstance(v, str) and v for v in langs.values()) and len(set(langs.values())) == len(datasets):
+            return datasets, langs
+        return datasets, {d: d for d in datasets}
+
+    def wide(self, metric: str) -> pd.DataFrame:
+        """Systems × datasets of one metric (numbers), with the unweighted average over datasets."""
+        sub = self.means[self.means.metric == metric]
+        datasets, headers = self.columns()
+        table = sub.pivot(index="system", columns="dataset", values="mean").reindex(index=self._systems(metric), columns=datasets)
+        if len(datasets) > 1:
+            table["Avg"] = table[datasets].mean(axis=1, skipna=False)
+        return table.rename(columns=headers)
+
+    def _systems(self, metric: str) -> list[str]:
+        present = set(self.means.loc[self.means.metric == metric, "system"])
+        return [s for s in self.systems if s in present]
+
+    def _cells(self, metric: str, mark) -> pd.DataFrame:
+        """The wide table as text: 4 decimals plus the marks `mark(letters)` renders."""
+        sub = self.means[self.means.metric == metric].set_index(["system", "dataset"])
+        datasets, headers = self.columns()
+        numbers = self.wide(metric)
+        letters = self.letters()
+        rows = []
+        for system, values in numbers.iterrows():
+            row = {}
+            for dataset in datasets:
+                value = values[headers[dataset]]
+                better = sub.loc[(system, dataset), "better_than"] if (system, dataset) in sub.index else ""
+                row[headers[dataset]] = "–" if pd.isna(value) else f"{value:.4f}" + (mark(better) if better else "")
+            if "Avg" in numbers.columns:
+                row["Avg"] = "–" if pd.isna(values["Avg"]) else f"{values['Avg']:.4f}"
+            rows.append(row)
+        out = pd.DataFrame(rows, index=[f"({letters[s]}) {s}" for s in numbers.index], columns=list(numbers.columns))
+        out.index.name = "system"
+        return out
+
+    def letters(self) -> dict[str, str]:
+        return {s: _letter(i) for i, s in enumerate(self.systems)}
+
+    def footnote(self, metric: str) -> str:
+        n = int(((self.pairs.metric == metric)).sum())
+        test = TESTS[self.settings.test]
+        detail = f"{self.settings.permutations:,} random swaps, " if self.settings.test == "randomization" else ""
+        correction = (f"Holm correction over the {n} comparisons of this table" if self.settings.correction == "holm"
+                      else "no correction for multiple comparisons")
+        datasets, _ = self.columns()
+        text = (f"Superscript letters: significantly better than the system with that letter on that dataset "
+                f"({test}, {detail}two-sided, α = {self.settings.alpha:g}; {correction}).")
+        if len(datasets) > 1:
+            text += f" Avg: unweighted mean over the {len(datasets)} datasets (not tested)."
+        if self.conventions:
+            text += f" Metrics under trec_eval {self.conventions}."
+        return text
+
+    def markdown(self) -> str:
+        parts = []
+        for metric in dict.fromkeys(self.means.metric):
+            parts.append(f"### {metric}\n")
+            parts.append(self._cells(metric, lambda s: f"<sup>{s}</sup>").to_markdown(disable_numparse=True) + "\n")
+            parts.append(self.footnote(metric) + "\n")
+            pairs = self.pairs[self.pairs.metric == metric]
+            if len(pairs):
+                parts.append(f"\nPairwise ({int(self.settings.confidence * 100)}% bootstrap interval of the mean "
+                             f"difference B − A, {self.settings.bootstrap:,} resamples; p-values raw and adjusted):\n")
+                parts.append(_pairs_text(pairs, self.settings).to_markdown(index=False, disable_numparse=True) + "\n")
+        return "\n".join(parts)
+
+    def latex(self) -> str:
+        parts = []
+        for metric in dict.fromkeys(self.means.metric):
+            cells = self._cells(metric, lambda s: f"$^{{{s}}}$")
+            cells.index = [_latex_escape(i) for i in cells.index]
+            cells.columns = [_latex_escape(str(c)) for c in cells.columns]
+            cells.index.name = "System"
+            body = cells.reset_index().to_latex(index=False, escape=False, column_format="l" + "r" * len(cells.columns))
+            parts.append(f"% {metric}\n\\begin{{table}}[t]\n\\centering\n{body}"
+                         f"\\caption{{{_latex_escape(metric)}. {_latex_escape(self.footnote(metric))}}}\n\\end{{table}}\n")
+        return "\n".join(parts)
+
+    def pairs_csv(self) -> str:
+        return self.pairs.to_csv(index=False)
+
+    def means_csv(self) -> str:
+        return self.means.to_csv(index=False)
+
+    # -- plot ---------------------------------------------------------------------------------------
+    def plot(self, metric: str, path: str | Path, baseline: str | None = None) -> Path:
+        """PNG of per-query differences (system − baseline), sorted, one panel per dataset."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        from .records import atomic_write_bytes
+
+        baseline = baseline or self.systems[0]
+        datasets, headers = self.columns()
+        others = [s for s in self._systems(metric) if s != baseline]
+        if not others:
+            raise BenchError(f"nothing to plot for {metric}: only the baseline {baseline!r} has scores")
+        ncols = min(len(datasets), 3)
+        nrows = math.ceil(len(datasets) / ncols)
+        fig = Figure(figsize=(4.2 * ncols, 3.0 * nrows), layout="constrained")
+        FigureCanvasAgg(fig)
+        sub = self.scores[self.scores.metric == metric]
+        for i, dataset in enumerate(datasets):
+            ax = fig.add_subplot(nrows, ncols, i + 1)
+            table = sub[sub.dataset == dataset].pivot(index="query", columns="system", values="value")
+            if baseline not in table.columns:
+                ax.set_title(f"{headers[dataset]} (no {baseline})", fontsize=9)
+                continue
+            for system in others:
+                if system in table.columns:
+                    diff = np.sort((table[system] - table[baseline]).to_numpy())[::-1]
+                    label = f"{system}: mean {diff.mean():+.3f}, {int((diff > 0).sum())} up / {int((diff < 0).sum())} down"
+                    ax.plot(np.arange(1, diff.size + 1), diff, drawstyle="steps-mid", label=label)
+            ax.axhline(0.0, color="black", linewidth=0.8)
+            ax.set_title(headers[dataset], fontsize=9)
+            ax.set_xlabel("queries (sorted)", fontsize=8)
+            ax.set_ylabel(f"Δ {metric}", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.legend(fontsize=6, title=f"minus {baseline}", title_fontsize=6)
+        fig.suptitle(f"Per-query {metric} differences against {baseline}", fontsize=10)
+        import io
+
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=120)
+        return atomic_write_bytes(path, buffer.getvalue())
+
+    def to_record(self, inputs: list[str]) -> dict:
+        from .records import make_record
+
+        return make_record("comparison", inputs=inputs, settings=asdict(self.settings), systems=self.systems,
+                           conventions=self.conventions, means=self.means.to_dict(orient="records"),
+                           pairs=self.pairs.to_dict(orient="records"))
+
+
+def compare(scores: pd.DataFrame, settings: Settings = Settings(), systems: Sequence[str] | None = None,
+            conventions: str | None = None) -> Comparison:
+    """Every pair of systems on every dataset and metric of `scores` (columns `SCORE_COLUMNS`).
+
+    `systems` fixes the order (and hence the letters); by default the order of first appearance."""
+    missing = set(SCORE_COLUMNS) - set(scores.columns)
+    if missing:
+        raise BenchError(f"score table lacks columns {sorted(missing)}")
+    if scores.empty:
+        raise BenchError("no per-query scores to compare")
+    dupes = scores.duplicated(["dataset", "system", "metric", "query"])
+    if dupes.any():
+        row = scores[dupes].iloc[0]
+        raise BenchError(f"system {row.system!r} appears twice for dataset {row.dataset!r} (metric {row.metric!r}); "
+                         f"give each input its own label")
+    order = list(systems) if systems is not None else list(dict.fromkeys(scores["system"]))
+    unknown = set(scores["system"]) - set(order)
+    if unknown:
+        raise BenchError(f"systems {sorted(unknown)} are not in the given order {order}")
+
+    mean_rows, pair_rows = [], []
+    for (metric, dataset), group in scores.groupby(["metric", "dataset"], sort=False):
+        language = group["language"].iloc[0]
+        table = group.pivot(index="query", columns="system", values="value")
+        present = [s for s in order if s in table.columns]
+        _check_same_queries(table, present, dataset, metric)
+        for s in present:
+            mean_rows.append({"dataset": dataset, "language": language, "metric": metric, "system": s,
+                              "mean": float(table[s].mean()), "queries": int(table[s].size)})
+        for i, a in enumerate(present):
+            for b in present[i + 1:]:
+                x, y = table[a].to_numpy(), table[b].to_numpy()
+                low, high = bootstrap_ci(x, y, settings.bootstrap, settings.confidence, settings.seed)
+                pair_rows.append({"dataset": dataset, "language": language, "metric": metric, "system_a": a,
+                                  "system_b": b, "mean_a": float(x.mean()), "mean_b": float(y.mean()),
+                                  "diff": float((y - x).mean()), "ci_low": low, "ci_high": high,
+                                  "p_t_test": paired_t_test(x, y),
+                                  "p_randomization": paired_randomization_test(x, y, settings.permutations, settings.seed)})
+    means = pd.DataFrame(mean_rows)
+    pairs = pd.DataFrame(pair_rows, columns=["dataset", "language", "metric", "system_a", "system_b", "mean_a", "mean_b",
+                                             "diff", "ci_low", "ci_high", "p_t_test", "p_randomization"])
+    _adjust_and_mark(means, pairs, settings, order)
+    return Comparison(means=means, pairs=pairs, scores=scores, settings=settings, systems=order, conventions=conventions)
+
+
+def _check_same_queries(table: pd.DataFrame, systems: list[str], dataset: str, metric: str) -> None:
+    """A paired test needs each query scored by both systems."""
+    holes = table[systems].isna()
+    if holes.any().any():
+        system = holes.any()[lambda s: s].index[0]
+        missing = list(table.index[holes[system]])[:3]
+        raise BenchError(f"dataset {dataset!r}, {metric}: system {system!r} has no score for queries {missing} that "
+                         f"others have; evaluate every system against the same qrels")
+
+
+def _adjust_and_mark(means: pd.DataFrame, pairs: pd.DataFrame, settings: Settings, order: list[str]) -> None:
+    """Holm per metric (all datasets × pairs of one table), then each system's 'better than' letters."""
+    for test in ("t_test", "randomization"):
+        pairs[f"p_{test}_adjusted"] = np.nan
+        for _, index in pairs.groupby("metric", sort=False).groups.items():
+            raw = pairs.loc[index, f"p_{test}"].to_numpy()
+            pairs.loc[index, f"p_{test}_adjusted"] = holm(raw) if settings.correction == "holm" else raw
+    pairs["significant"] = pairs[_adjusted_column(settings)] <= settings.alpha
+    letters = {s: _letter(i) for i, s in enumerate(order)}
+    means["letter"] = means["system"].map(letters)
+    means["better_than"] = ""
+    for row in pairs[pairs.significant].itertuples():
+        winner, loser = (row.system_b, row.system_a) if row.diff > 0 else (row.system_a, row.system_b)
+        mask = (means.dataset == row.dataset) & (means.metric == row.metric) & (means.system == winner)
+        means.loc[mask, "better_than"] += letters[loser]
+    means["better_than"] = means["better_than"].map(lambda marks: "".join(sorted(marks)))
+
+
+def _adjusted_column(settings: Settings) -> str:
+    return "p_randomization_adjusted" if settings.test == "randomization" else "p_t_test_adjusted"
+
+
+def _letter(i: int) -> str:
+    return string.ascii_lowercase[i] if i < 26 else f"s{i}"
+
+
+def _pairs_text(pairs: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    return pd.DataFrame({
+        "dataset": pairs.dataset,
+        "A": pairs.system_a,
+        "B": pairs.system_b,
+        "mean A": pairs.mean_a.map("{:.4f}".format),
+        "mean B": pairs.mean_b.map("{:.4f}".format),
+        "Δ (B − A)": pairs["diff"].map("{:+.4f}".format),
+        "CI": [f"[{lo:+.4f}, {hi:+.4f}]" for lo, hi in zip(pairs.ci_low, pairs.ci_high)],
+        "p t-test": pairs.p_t_test.map(_p),
+        "p rand.": pairs.p_randomization.map(_p),
+        f"p adj. ({settings.test})": pairs[_adjusted_column(settings)].map(_p),
+    })
+
+
+def _p(value: float) -> str:
+    return "<0.0001" if value < 1e-4 else f"{value:.4f}"
+
+
+_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+          "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}", "α": r"$\alpha$", "Δ": r"$\Delta$", "−": "--",
+          "<": r"\textless{}", ">": r"\textgreater{}"}
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(_LATEX.get(c, c) for c in text)
