@@ -192,3 +192,14 @@ def test_msmarco_trec_dl_2019_judged_and_its_unranked_scoreddocs(msmarco_home):
     assert set(out["all"]) == {"100", "200"} and len(out["all"]["100"]) == 10
     assert set(out["all"]["100"].values()) == {0.0}
     assert "unranked" in out["cut"] and "depth >= 10" in out["cut"]
+
+
+def test_bench_data_command_on_an_ir_datasets_id(miracl_home):
+    env = {**os.environ, "IR_DATASETS_HOME": str(miracl_home), "HOME": str(miracl_home.parent / "home")}
+    proc = subprocess.run([sys.executable, "-m", "bench", "data", "miracl/yo/dev", "--no-download", "--max-queries", "3"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "miracl/yo/dev  (ir_datasets, language yo)" in proc.stdout
+    assert "queries 3   docs 49,043   qrels 30" in proc.stdout
+    assert "sample query 2596#0: Ki ni oluilu orile ede Albania?" in proc.stdout
+    assert "relevance 1 doc 2596#1: Albáníà Albáníà je" in proc.stdout
