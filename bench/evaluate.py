@@ -212,17 +212,15 @@ def _ranx_arrays(qrels: Qrels, qids: list[str], rankings: list[list[str]]):
     for qid, ranking in zip(qids, rankings):
         judged = sorted(qrels[qid].items(), key=lambda item: -item[1])
         ids = {doc_id: i for i, (doc_id, _) in enumerate(judged)}
-        q_arr = np.array([[i, rel] for i, (_, rel) in enumerate(judged)], dtype=np.float64).reshape(-1, 2)
-        next_id = len(ids)
-        r_rows = []
-        for pos, doc_id in enumerate(ranking):
-            doc_index = ids.get(doc_id)
-            if doc_index is None:
-                doc_index, next_id = next_id, next_id + 1
-            r_rows.append((doc_index, len(ranking) - pos))
-        r_arr = np.array(r_rows, dtype=np.float64).reshape(-1, 2)
-        q_list.append(np.ascontiguousarray(q_arr))
-        r_list.append(np.ascontiguousarray(r_arr))
+        q_arr = np.empty((len(judged), 2))
+        q_arr[:, 0] = np.arange(len(judged))
+        q_arr[:, 1] = [rel for _, rel in judged]
+        offset = len(judged)  # unjudged documents get ids past the judged ones, unique by position
+        r_arr = np.empty((len(ranking), 2))
+        r_arr[:, 0] = [ids.get(doc_id, offset + pos) for pos, doc_id in enumerate(ranking)]
+        r_arr[:, 1] = np.arange(len(ranking), 0, -1)
+        q_list.append(q_arr)
+        r_list.append(r_arr)
     return TypedList(q_list), TypedList(r_list)
 
 
