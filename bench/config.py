@@ -57,15 +57,25 @@ class CollectionSpec(Spec):
     source: Literal["ir_datasets", "beir", "synthetic"]
     id: str | None = None
     path: str | None = None
-    split: str = "test"
+    split: str | None = Field(None, description="beir: picks qrels/<split>.tsv (default test); ir_datasets ids include the split")
     name: str | None = Field(None, description="label in tables; default derived from id/path")
     language: str | None = Field(None, description="ISO 639-1 code; ir_datasets/MIRACL ids set it")
     max_queries: int | None = Field(None, gt=0, description="keep the first N queries (sorted by id) to bound run time")
     synthetic: dict | None = Field(None, description="generator options (languages, docs per language, seed...)")
     first_stage: str | None = Field(None, description="name of an entry in [first_stages]; default: the only one")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_split(cls, data):
+        if isinstance(data, dict) and data.get("source") == "beir" and data.get("split") is None:
+            data = {**data, "split": "test"}
+        return data
+
     @model_validator(mode="after")
     def _source_fields(self):
+        if self.source == "ir_datasets" and self.split is not None:
+            raise ValueError(f"split = {self.split!r} has no effect for ir_datasets: the id names the split "
+                             f"(e.g. 'miracl/yo/dev'); remove the field")
         need = {"ir_datasets": "id", "beir": "path", "synthetic": None}[self.source]
         if need and not getattr(self, need):
             raise ValueError(f"source = {self.source!r} needs field '{need}'")
