@@ -250,7 +250,7 @@ def _ranx_kernel(metric: Metric, arrays, conventions: Conventions):
 
 
 # ------------------------------------------------------------------------------------ numba warm-up
-COLD_NOTICE = ("compiling ranx's metric kernels (first use after install; about a minute, cached "
+COLD_NOTICE = ("compiling ranx's metric kernels (first use after install; up to a minute, cached "
                "afterwards; `make install` does this ahead)...")
 
 

@@ -117,13 +117,13 @@ def test_compare_refuses_unpaired_queries():
         compare(twice)
 
 
-def _quality_record(out, dataset, language, system, stage, qrels, run, metrics, conventions):
+def _quality_record(out, dataset, language, system, stage, qrels, run, metrics, conventions, **system_fields):
     """A record in the shape the pipeline writes (bench/pipeline.py `_quality_record`)."""
     evaluation = evaluate(qrels, run, metrics, conventions)
     run_path = out / "runs" / dataset.replace("/", "_") / f"{system}.trec"
     write_run(run, run_path, tag=system)
     rec = make_record("quality", dataset={"label": dataset, "language": language, "n_queries": len(qrels)},
-                      system={"label": system, "stage": stage},
+                      system={"label": system, "stage": stage, **system_fields},
                       evaluation={"metrics": metrics, "conventions": conventions.describe()},
                       metrics=evaluation.means, per_query=evaluation.per_query,
                       run_file=str(run_path.relative_to(out)))
@@ -202,3 +202,15 @@ def test_records_metric_matching_and_mixed_conventions(tmp_path):
     assert set(scores.metric) == {"ndcg@10"} and len(scores) == 2
     with pytest.raises(BenchError, match="no per-query values for 'map'"):
         scores_from_records(records[:1], ["map"])
+
+
+def test_untrained_systems_are_marked(tmp_path):
+    from bench.compare import load_records
+
+    qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}}
+    run = {"q1": {"d1": 1.0}, "q2": {"d3": 1.0}}
+    _quality_record(tmp_path, "toy", None, "rnd", "rerank", qrels, run, ["nDCG@10"], Conventions(),
+                    reranker={"model": {"id": "random:tiny-xlmr-reranker", "untrained": True}})
+    _quality_record(tmp_path, "toy", None, "bm25", "first_stage", qrels, run, ["nDCG@10"], Conventions())
+    scores = scores_from_records(load_records([tmp_path / "records"]))
+    assert list(dict.fromkeys(scores.system)) == ["bm25", "rnd (untrained)"]  # first stage first
