@@ -1,0 +1,11 @@
+"""The machinery every model-running stage shares.
+
+* ``device``: which devices and which precision a model runs in, resolved once and recorded as resolved;
+* ``tokens``: tokenize once with the fast tokenizer, flatten, sort longest first;
+* ``batching``: token-budget batches, background tokenization, the out-of-memory budget search;
+* ``packed``: a padding-free forward for the BERT family (BERT, RoBERTa, XLM-RoBERTa) that reuses a
+  loaded Hugging Face model's parameters;
+* ``loop``: the loop that feeds batches to a device and returns outputs in input order.
+
+Nothing here imports torch at ``import bench.engine`` time.
+"""

@@ -1,0 +1,264 @@
+"""A padding-free forward for the BERT family (BERT, RoBERTa, XLM-RoBERTa, CamemBERT).
+
+Sequences of a batch are laid end to end as one ``[total_tokens, hidden]`` tensor, so the linear
+layers (nearly all the work) compute no padding. The loaded Hugging Face model's parameters are used
+in place; the only new tensors are the fused query/key/value weights (one matmul instead of three),
+whose size ``fused_qkv_bytes`` records. Each step follows the Hugging Face modules it replaces:
+embeddings (word + token type + position, LayerNorm), then per layer self-attention, output dense,
+residual LayerNorm, intermediate activation, output dense, residual LayerNorm.
+
+Attention paths (``attention=``):
+
+* ``varlen``: ``torch.nn.attention.varlen.varlen_attn`` over cumulative sequence lengths (flash
+  attention, CUDA, fp16/bf16); where that module is missing, ``torch.ops.aten._flash_attention_forward``
+  with the same arguments, recorded as ``varlen-aten``;
+* ``sdpa-padded``: each layer scatters q/k/v into a padded ``[batch, heads, longest, dim]`` tensor,
+  runs ``scaled_dot_product_attention`` with a key padding mask, and gathers the real tokens back.
+  Works on every device and dtype (the CPU path).
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..errors import BenchError
+
+#: model_type -> whether position ids start after the padding index (RoBERTa style) or at 0 (BERT)
+FAMILY = {"bert": False, "roberta": True, "xlm-roberta": True, "camembert": True}
+ACTIVATIONS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "relu": None}
+ATTENTION_PATHS = ("auto", "varlen", "sdpa-padded")
+
+
+def unsupported_reason(config) -> str | None:
+    """Why the packed forward cannot run a model with this config (None when it can)."""
+    if config.model_type not in FAMILY:
+        return f"model_type {config.model_type!r} is not one of {sorted(FAMILY)}"
+    if getattr(config, "position_embedding_type", "absolute") not in (None, "absolute"):
+        return f"position_embedding_type {config.position_embedding_type!r} (only absolute is implemented)"
+    if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
+        return "decoder / cross-attention configuration"
+    if not isinstance(config.hidden_act, str) or config.hidden_act not in ACTIVATIONS:
+        return f"hidden_act {config.hidden_act!r} (implemented: {sorted(ACTIVATIONS)})"
+    return None
+
+
+def varlen_available() -> str | None:
+    """Which variable-length attention this torch offers: 'varlen', 'varlen-aten' or None."""
+    import torch
+
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+
+        return "varlen"
+    except ImportError:
+        pass
+    if hasattr(torch.ops.aten, "_flash_attention_forward"):
+        return "varlen-aten"
+    return None
+
+
+def choose_attention(requested: str, device: str, half: bool) -> str:
+    """Resolve ``auto`` and check an explicit choice can run here (never switched silently)."""
+    if requested not in ATTENTION_PATHS:
+        raise BenchError(f"attention {requested!r}: use one of {', '.join(ATTENTION_PATHS)}")
+    flash_ok = device.startswith("cuda") and half
+    if requested == "auto":
+        return (varlen_available() or "sdpa-padded") if flash_ok else "sdpa-padded"
+    if requested == "varlen":
+        if not flash_ok:
+            raise BenchError("attention 'varlen' needs a CUDA device and fp16/bf16 (flash attention); "
+                             "use attention 'sdpa-padded' or 'auto'")
+        found = varlen_available()
+        if found is None:
+            raise BenchError("attention 'varlen': this torch has neither torch.nn.attention.varlen nor "
+                             "aten._flash_attention_forward; use 'sdpa-padded'")
+        return found
+    return requested
+
+
+class PackedEncoder:
+    """``forward(batch) -> [total_tokens, hidden]`` for a BERT-family base model (``model.base_model``).
+
+    ``batch`` carries ``input_ids``, ``token_type_ids`` (or None), ``position_ids``, ``cu_seqlens``
+    (int32, ``[n + 1]``) and ``max_len``: the layout ``bench.engine.loop`` produces."""
+
+    def __init__(self, base_model, attention: str = "sdpa-padded", compile: bool = False):
+        import torch
+
+        reason = unsupported_reason(base_model.config)
+        if reason:
+            raise BenchError(f"packed forward: unsupported model ({reason})")
+        cfg = base_model.config
+        self.config = cfg
+        self.attention = attention
+        self.heads = cfg.num_attention_heads
+        self.head_dim = cfg.hidden_size // cfg.num_attention_heads
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        self.gelu = ACTIVATIONS[cfg.hidden_act]
+        emb = base_model.embeddings
+        self.emb = emb
+        self.position_offset = (emb.padding_idx + 1) if FAMILY[cfg.model_type] else 0
+        self.layers = []
+        self.fused_qkv_bytes = 0
+        with torch.no_grad():
+            for layer in base_model.encoder.layer:
+                sa = layer.attention.self
+                w = torch.cat([sa.query.weight, sa.key.weight, sa.value.weight], 0).contiguous()
+                b = torch.cat([sa.query.bias, sa.key.bias, sa.value.bias], 0).contiguous()
+                self.fused_qkv_bytes += (w.numel() + b.numel()) * w.element_size()
+                self.layers.append((w, b, layer.attention.output.dense, layer.attention.output.LayerNorm,
+                                    layer.intermediate.dense, layer.output.dense, layer.output.LayerNorm))
+        self._attend = {"varlen": self._varlen, "varlen-aten": self._varlen_aten,
+                        "sdpa-padded": self._sdpa_padded}[attention]
+        self._layer = torch.compile(self._layer_eager, dynamic=True) if compile else self._layer_eager
+
+    def embed(self, batch):
+        import torch.nn.functional as F
+
+        emb = self.emb
+        x = emb.word_embeddings(batch.input_ids)
+        if batch.token_type_ids is None:
+            x = x + emb.token_type_embeddings.weight[0]
+        else:
+            x = x + emb.token_type_embeddings(batch.token_type_ids)
+        x = x + emb.position_embeddings(batch.position_ids)
+        return F.layer_norm(x, emb.LayerNorm.normalized_shape, emb.LayerNorm.weight, emb.LayerNorm.bias,
+                            emb.LayerNorm.eps)
+
+    def forward(self, batch):
+        import torch
+
+        x = self.embed(batch)
+        ctx = self._attention_context(batch)
+        for params in self.layers:
+            x = self._layer(x, params, ctx)
+        return x
+
+    __call__ = forward
+
+    # -- one transformer layer, as BertLayer / XLMRobertaLayer compute it --------------------------------
+    def _layer_eager(self, x, params, ctx):
+        import torch.nn.functional as F
+
+        w_qkv, b_qkv, attn_out, ln1, inter, out, ln2 = params
+        t = x.shape[0]
+        qkv = F.linear(x, w_qkv, b_qkv).view(t, 3, self.heads, self.head_dim)
+        a = self._attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], ctx).reshape(t, -1)
+        x = F.layer_norm(F.linear(a, attn_out.weight, attn_out.bias) + x, ln1.normalized_shape,
+                         ln1.weight, ln1.bias, ln1.eps)
+        h = F.linear(x, inter.weight, inter.bias)
+        h = F.relu(h) if self.gelu is None else F.gelu(h, approximate=self.gelu)
+        return F.layer_norm(F.linear(h, out.weight, out.bias) + x, ln2.normalized_shape,
+                            ln2.weight, ln2.bias, ln2.eps)
+
+    # -- attention paths ----------------------------------------------------------------------------------
+    def _attention_context(self, batch):
+        """What the attention path needs beyond q/k/v, computed once per batch (not per layer)."""
+        if self.attention != "sdpa-padded":
+            return batch
+        import torch
+
+        cu = batch.cu_seqlens.long()
+        n, longest = cu.numel() - 1, batch.max_len
+        lengths = cu[1:] - cu[:-1]
+        t = batch.input_ids.numel()
+        seq = torch.repeat_interleave(torch.arange(n, device=cu.device), lengths, output_size=t)
+        slot = seq * longest + (batch.position_ids - self.position_offset)
+        keep = torch.arange(longest, device=cu.device)[None, :] < lengths[:, None]
+        return slot, keep[:, None, None, :], n, longest
+
+    def _varlen(self, q, k, v, batch):
+        from torch.nn.attention.varlen import varlen_attn
+
+        cu = batch.cu_seqlens
+        return varlen_attn(q, k, v, cu, cu, batch.max_len, batch.max_len)
+
+    def _varlen_aten(self, q, k, v, batch):
+        import torch
+
+        cu = batch.cu_seqlens
+        return torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, batch.max_len, batch.max_len,
+                                                       0.0, False, False)[0]
+
+    def _sdpa_padded(self, q, k, v, ctx):
+        import torch
+        import torch.nn.functional as F
+
+        slot, mask, n, longest = ctx
+        t, h, d = q.shape
+
+        def pad(x):
+            out = x.new_zeros(n * longest, h, d)
+            out.index_copy_(0, slot, x)
+            return out.view(n, longest, h, d).transpose(1, 2)
+
+        o = F.scaled_dot_product_attention(pad(q), pad(k), pad(v), attn_mask=mask, scale=self.scale)
+        return o.transpose(1, 2).reshape(n * longest, h, d).index_select(0, slot)
+
+    def describe(self) -> dict:
+        return {"forward": "packed", "attention": self.attention, "fused_qkv_bytes": self.fused_qkv_bytes,
+                "activation": self.config.hidden_act}
+
+
+def first_tokens(hidden, batch):
+    """Hidden state of each sequence's first token (``[CLS]`` / ``<s>``): ``[n, hidden]``."""
+    return hidden.index_select(0, batch.cu_seqlens[:-1].long())
+
+
+def classify(model, hidden, batch):
+    """The sequence-classification head of ``model`` on each sequence's first token, through the
+    model's own head modules: XLM-R/RoBERTa ``classifier`` (dense, tanh, out_proj) or BERT
+    ``pooler`` then ``classifier``."""
+    first = first_tokens(hidden, batch)[:, None, :]
+    kind = model.config.model_type
+    if FAMILY.get(kind):
+        return model.classifier(first)
+    pooled = model.base_model.pooler(first)
+    return model.classifier(model.dropout(pooled))
+
+
+def head_supported(model) -> str | None:
+    """Why ``classify`` cannot reproduce this model's head (None when it can)."""
+    kind = model.config.model_type
+    if kind not in FAMILY:
+        return f"model_type {kind!r}"
+    if FAMILY[kind]:
+        ok = hasattr(model, "classifier") and hasattr(model.classifier, "out_proj")
+    else:
+        ok = (hasattr(model, "classifier") and hasattr(model, "dropout")
+              and getattr(model.base_model, "pooler", None) is not None)
+    return None if ok else f"{type(model).__name__} has a head the packed path does not know"
+
+
+def pool(hidden, batch, modes: tuple[str, ...]):
+    """sentence-transformers pooling over packed tokens (``cls``, ``mean``, ``max``,
+    ``mean_sqrt_len_tokens``, ``lasttoken``), concatenated in ``modes`` order, accumulated in fp32."""
+    import torch
+
+    cu = batch.cu_seqlens.long()
+    n = cu.numel() - 1
+    lengths = (cu[1:] - cu[:-1])
+    seq = None
+    out = []
+    for mode in modes:
+        if mode == "cls":
+            out.append(hidden.index_select(0, cu[:-1]).float())
+        elif mode == "lasttoken":
+            out.append(hidden.index_select(0, cu[1:] - 1).float())
+        elif mode in ("mean", "mean_sqrt_len_tokens", "max"):
+            if seq is None:
+                seq = torch.repeat_interleave(torch.arange(n, device=cu.device), lengths,
+                                              output_size=hidden.shape[0])
+            if mode == "max":
+                m = hidden.new_full((n, hidden.shape[1]), float("-inf"))
+                m.index_reduce_(0, seq, hidden, "amax", include_self=True)
+                out.append(m.float())
+                continue
+            s = torch.zeros(n, hidden.shape[1], dtype=torch.float32, device=hidden.device)
+            s.index_add_(0, seq, hidden.float())
+            denom = lengths.float()[:, None]
+            out.append(s / (denom if mode == "mean" else denom.sqrt()))
+        else:
+            raise BenchError(f"pooling mode {mode!r} is not implemented by the fast encoder; "
+                             "use engine = 'sentence-transformers'")
+    return torch.cat(out, dim=-1)

@@ -1,0 +1,139 @@
+"""What every reranker engine shares: counters, input and output checks, model loading."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import BenchError
+
+
+class Stats:
+    """The counters ``Reranker.stats()`` reports.
+
+    ``tokens`` are real tokens, ``padded_tokens`` the tokens the forward computed (padding
+    included; equal to ``tokens`` for packed batches). ``truncated_pairs`` counts pairs whose
+    length reached max_length, ``truncated_queries`` queries that reached query_max_length (None
+    when the engine has no query limit). ``seconds`` is wall time inside ``score``."""
+
+    def __init__(self, query_limit: bool = True):
+        self.query_limit = query_limit
+        self.reset()
+
+    def reset(self) -> None:
+        self.pairs = self.tokens = self.padded_tokens = self.truncated_pairs = self.truncated_queries = 0
+        self.seconds = 0.0
+        self.calls = 0
+
+    def add(self, *, pairs=0, tokens=0, padded_tokens=0, truncated_pairs=0, truncated_queries=0, seconds=0.0):
+        self.pairs += int(pairs)
+        self.tokens += int(tokens)
+        self.padded_tokens += int(padded_tokens)
+        self.truncated_pairs += int(truncated_pairs)
+        self.truncated_queries += int(truncated_queries)
+        self.seconds += float(seconds)
+        self.calls += 1
+
+    def as_dict(self) -> dict:
+        return {"pairs": self.pairs, "tokens": self.tokens, "padded_tokens": self.padded_tokens,
+                "truncated_pairs": self.truncated_pairs,
+                "truncated_queries": self.truncated_queries if self.query_limit else None,
+                "seconds": self.seconds, "calls": self.calls}
+
+
+def check_pairs(pairs) -> list[tuple[str, str]]:
+    """Pairs as a list of (str, str); anything else is an error naming the index."""
+    out = []
+    for i, pair in enumerate(pairs):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], str)
+                and isinstance(pair[1], str)):
+            raise BenchError(f"pairs[{i}]: expected a (query, passage) pair of strings, got {type(pair).__name__} "
+                             f"{str(pair)[:80]!r}")
+        out.append((pair[0], pair[1]))
+    return out
+
+
+def check_scores(scores: np.ndarray, pairs: Sequence[tuple[str, str]], label: str) -> np.ndarray:
+    """float32 scores, or a BenchError naming the first pair whose score is NaN or infinite."""
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+    if len(scores) != len(pairs):
+        raise BenchError(f"reranker {label}: {len(scores)} scores for {len(pairs)} pairs (engine bug)")
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if len(bad):
+        i = int(bad[0])
+        raise BenchError(f"reranker {label}: score of pair {i} is {scores[i]} (query {pairs[i][0][:100]!r}); "
+                         f"{len(bad)} of {len(scores)} scores are not finite. With fp16 this is usually an "
+                         "overflow: use dtype bf16 or fp32")
+    return scores
+
+
+def load_error(spec, exc: Exception) -> BenchError:
+    return BenchError(f"reranker model {spec.model!r} (revision {spec.revision}): cannot load: {exc}. "
+                      "Check the hub id or folder; offline (HF_HUB_OFFLINE=1) only cached models load")
+
+
+def usable_positions(config) -> int:
+    """Longest sequence the model's position table allows (RoBERTa/XLM-R lose padding_idx + 1)."""
+    n = int(getattr(config, "max_position_embeddings", 0) or 0)
+    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        n -= int(config.pad_token_id) + 1
+    return n
+
+
+def check_max_length(config, max_length: int, what: str) -> None:
+    limit = usable_positions(config)
+    if limit > 0 and max_length > limit:
+        raise BenchError(f"{what}: max_length = {max_length} but the model has positions for {limit} tokens; "
+                         f"set max_length <= {limit}")
+
+
+def load_cross_encoder(spec, device: str, precision, cache_dir=None):
+    """Tokenizer and ``AutoModelForSequenceClassification`` for ``spec``, on ``device`` in ``precision``,
+    in eval mode; one logit per pair is required."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from .. import models
+
+    source = models.resolve(spec.model, cache_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision)
+        model = AutoModelForSequenceClassification.from_pretrained(source, revision=spec.revision,
+                                                                   dtype=precision.torch_dtype)
+    except (OSError, ValueError) as exc:
+        raise load_error(spec, exc) from None
+    if model.config.num_labels != 1:
+        raise BenchError(f"reranker model {spec.model!r} has {model.config.num_labels} labels; a reranker "
+                         "must output one logit per pair (num_labels = 1)")
+    check_max_length(model.config, spec.max_length, f"reranker {spec.label}")
+    model.to(device).eval()
+    return tokenizer, model
+
+
+class EngineBase:
+    """Shared plumbing of the engines: label, resolved precision and device, counters, describe()."""
+
+    engine = ""
+
+    def __init__(self, spec, device: str, precision, *, query_limit: bool):
+        self.spec = spec
+        self.label = spec.label
+        self.device = device
+        self.precision = precision
+        self._stats = Stats(query_limit=query_limit)
+
+    def stats(self) -> dict:
+        return self._stats.as_dict()
+
+    def reset_stats(self) -> None:
+        self._stats.reset()
+
+    def _describe(self, **fields) -> dict:
+        from .. import models
+
+        model = models.describe(self.spec.model, self.spec.revision)
+        if not model["untrained"]:
+            model["untrained"] = models.describe(getattr(self, "source", self.spec.model))["untrained"]
+        return {"engine": self.engine, "label": self.label, "model": model, "dtype": self.precision.name,
+                "dtype_requested": self.precision.requested, "device": self.device,
+                "max_length": self.spec.max_length, **fields}
