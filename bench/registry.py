@@ -401,8 +401,10 @@ def check(entry: Entry, records: list[dict]) -> Check:
             if isinstance(v, (int, float)):
                 diag.setdefault(k, []).append(float(v))
     if missing:
-        what = (f"no record of system {entry.system!r} ({entry.stage}) with {entry.metric} on "
-                f"{', '.join(missing)}; produce it with: bench run {entry.experiment}")
+        where = ", ".join(missing) if len(missing) <= 3 else f"{len(missing)} of its {len(entry.datasets)} datasets " \
+            f"({', '.join(missing[:3])}, ...)"
+        what = (f"no record of system {entry.system!r} ({entry.stage}) with {entry.metric} on {where}; "
+                f"produce it with: bench run {entry.experiment}")
         return Check(entry, "MISSING", records=paths, reasons=[what])
     measured = sum(values) / len(values)
     diagnostics = {k: sum(v) / len(v) for k, v in diag.items()}
@@ -436,6 +438,8 @@ def format_checks(checks: list[Check]) -> str:
         lines.append(f"{c.status} {e.name}: expected {e.value:.4f} from {e.source.title}"
                      + (f", {e.source.section}" if e.source.section else "")
                      + (f" ({e.source.url})" if e.source.url else "") + f"; published as {e.source.published}")
+        if e.source.note:
+            lines.append(f"    note: {e.source.note}")
         for path in c.records:
             lines.append(f"    record: {path}")
         if c.diagnostics:
