@@ -84,6 +84,7 @@ def scores_from_records(records: list[dict], metrics: Sequence[str] | None = Non
     `per_query`). `metrics` are matched by meaning (``ndcg@10`` finds ``nDCG@10``) and keep the
     spelling given; by default, the metrics every record holds."""
     from .evaluate import parse_metric
+    from .report import system_label
 
     if not records:
         raise BenchError("no records to compare")
@@ -98,10 +99,8 @@ def scores_from_records(records: list[dict], metrics: Sequence[str] | None = Non
     for rec in sorted(records, key=lambda r: (r.get("system") or {}).get("stage") != "first_stage"):
         where = rec.get("_path", "record")
         try:
-            dataset, system = rec["dataset"]["label"], rec["system"]["label"]
+            dataset, system = rec["dataset"]["label"], system_label(rec)  # marks untrained models
             per_query = rec["per_query"]
-            if _untrained(rec["system"]):
-                system += " (untrained)"  # random weights: the table must not pass it off as a model
         except (KeyError, TypeError):
             raise BenchError(f"{where}: a quality record needs dataset.label, system.label and per_query") from None
         by_meaning = {}
@@ -118,12 +117,6 @@ def scores_from_records(records: list[dict], metrics: Sequence[str] | None = Non
             chosen[name] = per_query[by_meaning[meaning]]
         frames.append(_long_rows(chosen, dataset, system, rec["dataset"].get("language")))
     return pd.concat(frames, ignore_index=True)
-
-
-def _untrained(system: dict) -> bool:
-    """Whether the record's reranker (or first-stage model) is a `random:` model with untrained weights."""
-    models = [(system.get("reranker") or {}).get("model"), ((system.get("first_stage") or {}).get("model"))]
-    return any(isinstance(m, dict) and m.get("untrained") for m in models)
 
 
 def _check_conventions(records: list[dict]) -> None:

@@ -122,8 +122,13 @@ class Pipeline:
 
         ev_spec = self.exp.evaluation
         conventions = Conventions(depth=ev_spec.depth, rel_level=ev_spec.rel_level, judged_only=ev_spec.judged_only)
-        evaluation = evaluate(collection.qrels, run, list(ev_spec.metrics), conventions)
-        judged = evaluate(collection.qrels, run, ["judged@10"], conventions).means["judged@10"]
+        names = list(ev_spec.metrics)
+        extra = [] if "judged@10" in names else ["judged@10"]
+        evaluation = evaluate(collection.qrels, run, names + extra, conventions)
+        judged = evaluation.means["judged@10"]
+        for name in extra:  # a diagnostic, not one of the experiment's metrics
+            evaluation.means.pop(name)
+            evaluation.per_query.pop(name)
         ds_slug = slug(collection.name)
         run_path = self.out / "runs" / ds_slug / f"{slug(run_name)}.trec"
         write_run(run, run_path, tag=slug(run_name))

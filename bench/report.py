@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 
-def _system_column(rec: dict) -> str:
+def system_label(rec: dict) -> str:
+    """A system's column name: first stages say so, untrained models are marked."""
     sys_ = rec["system"]
     label = sys_["label"]
     if sys_["stage"] == "first_stage":
@@ -30,7 +31,7 @@ def long_frame(records: list[dict]) -> pd.DataFrame:
             continue
         ds = rec["dataset"]
         for metric, value in rec["metrics"].items():
-            rows.append({"dataset": ds["label"], "language": ds.get("language"), "system": _system_column(rec),
+            rows.append({"dataset": ds["label"], "language": ds.get("language"), "system": system_label(rec),
                          "stage": rec["system"]["stage"], "metric": metric, "value": value,
                          "queries": ds.get("n_queries"),
                          "rerank_pairs_per_s": rec.get("timings", {}).get("rerank_pairs_per_s")})

@@ -213,4 +213,4 @@ def test_untrained_systems_are_marked(tmp_path):
                     reranker={"model": {"id": "random:tiny-xlmr-reranker", "untrained": True}})
     _quality_record(tmp_path, "toy", None, "bm25", "first_stage", qrels, run, ["nDCG@10"], Conventions())
     scores = scores_from_records(load_records([tmp_path / "records"]))
-    assert list(dict.fromkeys(scores.system)) == ["bm25", "rnd (untrained)"]  # first stage first
+    assert list(dict.fromkeys(scores.system)) == ["first stage: bm25", "rnd (untrained)"]  # first stage first
