@@ -74,7 +74,8 @@ def quality_report(records: list[dict]) -> tuple[str, pd.DataFrame]:
                      "say nothing about quality.")
     conv = next((r["evaluation"]["conventions"] for r in records if r.get("kind") == "quality"), None)
     if conv:
-        notes.append("Conventions: " + ", ".join(f"{k}={v}" for k, v in conv.items()) + ".")
+        notes.append(f"Evaluation: trec_eval {conv.get('trec_eval_flags', '')} conventions "
+                     f"({conv.get('ties', 'ties as trec_eval')}); see README, 'Evaluation conventions'.")
     speeds = frame.dropna(subset=["rerank_pairs_per_s"]).groupby("system").rerank_pairs_per_s.median()
     if not speeds.empty:
         notes.append("Rerank speed (median pairs/s over datasets, this machine): " +

@@ -5,8 +5,10 @@ reranker. Queries are scored in blocks; each finished block is written atomicall
 folder with its scores and the reranker's counters, so an interrupted run resumes at the first
 missing block and its diagnostics still cover every pair.
 
-The reranked run holds only the `top_k` reranked documents per query (candidates below `top_k` are
-dropped, as in FlagEmbedding's and MTEB's evaluations), with the reranker's float32 scores.
+The reranked run holds the `top_k` reranked documents per query with the reranker's float32 scores,
+followed by the first stage's remaining candidates in first-stage order (scored below every reranked
+one), so reranking a prefix never changes Recall at the first stage's depth. With the usual
+`top_k` = first-stage depth there is no remainder.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class RerankStage:
         resumed = 0
         bar = tqdm(total=sum(len(t) for t in tops.values()), desc="rerank", unit="pair", disable=not self.progress,
                    dynamic_ncols=True)
+        rest = {q: [d for d, _ in sort_ranking(candidates[q])[self.top_k:]] for q in qids}
         for i, block in enumerate(blocks):
             path = self.checkpoint_dir / f"block-{i:05d}.json"
             done = _read_block(path, block)
@@ -90,7 +93,12 @@ class RerankStage:
                 totals[k] += done["stats"].get(k if k != "seconds" else "wall_seconds", 0) or 0
             bar.update(sum(len(v) for v in done["scores"].values()))
         bar.close()
-        info = {"top_k": self.top_k, "blocks": len(blocks), "resumed_blocks": resumed, **totals}
+        for q, below in rest.items():
+            if below:
+                floor = min(run[q].values()) if run.get(q) else 0.0
+                for i, d in enumerate(below, start=1):
+                    run[q][d] = floor - i  # keeps first-stage order under the reranked prefix
+        info = {"top_k": self.top_k, "below_top_k": "first-stage order, scored under the reranked prefix", "blocks": len(blocks), "resumed_blocks": resumed, **totals}
         info["pairs_per_second"] = totals["pairs"] / totals["seconds"] if totals["seconds"] else None
         return run, info
 

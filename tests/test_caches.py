@@ -97,5 +97,7 @@ def test_rerank_stage_resumes_from_checkpoints(tmp_path, monkeypatch):
     assert info["resumed_blocks"] == 2 and info["blocks"] == 3
     assert second.calls == 1
     # Only the first stage's top 3 were reranked, and their scores are the reranker's.
-    assert run["q0"] == {"d0": 0.0, "d1": 1.0, "d2": 2.0}
+    assert {d: run["q0"][d] for d in ("d0", "d1", "d2")} == {"d0": 0.0, "d1": 1.0, "d2": 2.0}
+    # The rest of the candidates follow in first-stage order, under the reranked prefix.
+    assert sorted(run["q0"], key=run["q0"].get, reverse=True) == ["d2", "d1", "d0", "d3", "d4", "d5", "d6", "d7"]
     assert set(run) == set(queries)
