@@ -136,7 +136,9 @@ def compare(reference: np.ndarray, candidate: np.ndarray, pairset: PairSet, *,
         "n_pairs": len(pairset), "n_queries": len(slices),
         "max_abs_diff": float(diff.max()) if len(diff) else 0.0,
         "mean_abs_diff": float(diff.mean()) if len(diff) else 0.0,
+        # how far apart the reference scores are: a precision error is small or large against this
         "reference_score_std": float(ref.std()) if len(ref) else 0.0,
+        "max_abs_diff_over_std": float(diff.max() / ref.std()) if len(ref) and ref.std() > 0 else None,
         "kendall_tau": {"mean": _stat(taus, np.mean), "median": _stat(taus, np.median), "min": _stat(taus, np.min),
                         "n_queries": len(taus), "tau_undefined": undefined, "method": "scipy.stats.kendalltau (tau-b)"},
         f"top{top}_identical": identical / len(slices) if slices else None,
@@ -159,11 +161,13 @@ def _stat(values: Sequence[float], fn) -> float | None:
 
 
 def reference_for(cell: Mapping, cells: Sequence[Mapping]) -> Mapping | None:
-    """The fp32 cell a cell is compared with: the same engine and options at the same max_length if
-    the sweep has one (isolates precision), else the plain loop's fp32 cell, else any fp32 cell."""
+    """The fp32 cell a cell is compared with, at the same max_length: the same engine and options if
+    the sweep has one (isolates precision), else the same engine, else the plain loop's fp32 cell,
+    else any fp32 cell."""
     ok = [c for c in cells if not c.get("error") and c.get("dtype_resolved") == "fp32"
           and c["max_length"] == cell["max_length"] and c["label"] != cell["label"]]
-    for pick in (lambda c: c["variant"] == cell["variant"], lambda c: c["engine"] == "transformers", lambda c: True):
+    for pick in (lambda c: c["variant"] == cell["variant"], lambda c: c["engine"] == cell["engine"],
+                 lambda c: c["engine"] == "transformers", lambda c: True):
         found = [c for c in ok if pick(c)]
         if found:
             return max(found, key=lambda c: c["n_pairs"])
@@ -208,8 +212,8 @@ def fidelity_record(comparisons: list[dict], *, throughput_record: Mapping | Non
 
 def markdown_table(comparisons: Sequence[Mapping]) -> str:
     """Fidelity as a Markdown table (one row per compared cell)."""
-    head = ["cell", "vs (fp32)", "queries", "max |Δ|", "mean |Δ|", "τ median", "τ min", "top-10 identical",
-            "nDCG@10 ref → cell (Δ)"]
+    head = ["cell", "vs (fp32)", "queries", "max |Δ|", "mean |Δ|", "max |Δ| / σ(ref)", "τ median", "τ min",
+            "top-10 identical", "nDCG@10 ref → cell (Δ)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in comparisons:
         tau = c["kendall_tau"]
@@ -219,6 +223,7 @@ def markdown_table(comparisons: Sequence[Mapping]) -> str:
         top = c.get("top10_identical")
         lines.append("| " + " | ".join([
             c["cell"], c["reference"], str(c["n_queries"]), f"{c['max_abs_diff']:.2e}", f"{c['mean_abs_diff']:.2e}",
+            "–" if c.get("max_abs_diff_over_std") is None else f"{c['max_abs_diff_over_std']:.3g}",
             "–" if tau["median"] is None else f"{tau['median']:.4f}", "–" if tau["min"] is None else f"{tau['min']:.4f}",
             "–" if top is None else f"{100 * top:.1f}%", nd_txt]) + " |")
     return "\n".join(lines) + "\n"

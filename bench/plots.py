@@ -58,7 +58,8 @@ def plot_throughput(records: Sequence[Mapping] | Mapping, path: str | Path, *, t
         raise BenchError("no successful throughput cells to plot")
     axes_names = sorted({axis for axis, _ in series})
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(axes_names), figsize=(6.5 * len(axes_names), 4.5), squeeze=False)
+    # one y scale for both panels, from 0, so engines compare at a glance across panels
+    fig, axes = plt.subplots(1, len(axes_names), figsize=(6.5 * len(axes_names), 4.5), squeeze=False, sharey=True)
     for ax, axis in zip(axes[0], axes_names):
         for (a, name), points in sorted(series.items()):
             if a != axis:
@@ -66,6 +67,7 @@ def plot_throughput(records: Sequence[Mapping] | Mapping, path: str | Path, *, t
             xs = sorted(points)
             ax.plot(xs, [points[x] for x in xs], marker="o", label=name)
         ax.set_xscale("log", base=2)
+        ax.set_ylim(bottom=0)
         ax.set_xlabel(axis)
         ax.set_ylabel("pairs / s (end to end, median)")
         ax.grid(True, alpha=0.3)

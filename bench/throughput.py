@@ -505,6 +505,36 @@ def run_cell(reranker, cell: Cell, pairset: PairSet, *, shape: ModelShape | None
     return out, np.asarray(scores)
 
 
+def text_token_lengths(tokenizer, texts: Sequence[str], max_length: int) -> np.ndarray:
+    """Tokens of each text after truncation to `max_length`, special tokens included (bi-encoders)."""
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    return np.array([len(x) for x in ids], dtype=np.int64)
+
+
+def run_encoder_cell(encoder, texts: Sequence[str], *, label: str, shape: ModelShape | None,
+                     lengths: np.ndarray | None, ceiling: Mapping | None, device: str, warmup: int,
+                     repeats: int) -> dict:
+    """Time a bi-encoder's ``encode_docs`` over `texts` end to end (raw text in, float32 embeddings on
+    the host out): passages/s, useful TFLOP/s (no head: pooling is not a matmul), peak memory."""
+    memory = PeakMemory(device)
+    memory.reset()
+    times, emb = time_passes(encoder.encode_docs, list(texts), warmup=warmup, repeats=repeats, device=device)
+    med = statistics.median(times)
+    emb = np.asarray(emb)
+    if not np.isfinite(emb).all():
+        bad = int(np.flatnonzero(~np.isfinite(emb).all(axis=1))[0])
+        raise BenchError(f"{label}: embedding of passage {bad} ({texts[bad][:60]!r}) is not finite")
+    out = {"label": label, "describe": _jsonable(encoder.describe()), "n_texts": len(texts), "warmup": warmup,
+           "repeats": repeats, "seconds": times, "median_s": med, "texts_per_s": len(texts) / med,
+           "dim": int(emb.shape[1]) if emb.ndim == 2 else None, "peak_memory": memory.result(), "error": None}
+    if shape is not None and lengths is not None:
+        flops = useful_flops(shape, lengths)
+        out.update(useful_flop=flops, useful_tflop_per_s=flops / med / 1e12,
+                   mean_tokens_per_text=float(np.mean(lengths)) if len(lengths) else None,
+                   ceiling_share=(flops / med / 1e12 / ceiling["tflop_per_s"]) if ceiling else None)
+    return out
+
+
 def _padding_fraction(stats: Mapping) -> float | None:
     tokens, padded = stats.get("tokens"), stats.get("padded_tokens")
     if not padded:
@@ -563,7 +593,9 @@ class Sweep:
     deadline: float | None = None  # time.monotonic() after which remaining cells are skipped (recorded)
     settings: dict = field(default_factory=dict)
 
-    def run(self, *, ceiling: Mapping | None = None, progress: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
+    def run(self, *, ceiling: Mapping | None = None, progress: bool = True,
+            on_cell: Callable[[dict], None] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+        """Every cell in order; `on_cell(result)` after each (e.g. to save partial results)."""
         from tqdm.auto import tqdm
 
         from . import models
@@ -607,6 +639,8 @@ class Sweep:
                 del reranker
                 release(device)
             results.append(result)
+            if on_cell is not None:
+                on_cell(result)
         add_speedups(results)
         shape = asdict(self.shape) if self.shape else None
         record = make_record(
@@ -666,7 +700,7 @@ def table_rows(record: Mapping) -> list[list[str]]:
             f"{c['pairs_per_s']:,.0f}", f"{c['queries_per_s']:,.1f}", _fmt(lat.get("p50"), "{:.1f}"),
             _fmt(lat.get("p95"), "{:.1f}"), _fmt(mem and mem / 2**30, "{:.2f} GiB"),
             _fmt(c.get("padding_fraction") if c.get("padding_fraction") is None else 100 * c["padding_fraction"], "{:.1f}%"),
-            _fmt(c.get("useful_tflop_per_s"), "{:.2f}"),
+            _fmt(c.get("useful_tflop_per_s"), "{:.3g}"),
             _fmt(c.get("ceiling_share") if c.get("ceiling_share") is None else 100 * c["ceiling_share"], "{:.1f}%"),
             _fmt(c.get("speedup_vs_plain"), "{:.2f}×"),
         ])
@@ -686,7 +720,7 @@ def markdown_table(record: Mapping) -> str:
             f"{(record.get('environment') or {}).get('device', {}).get('device', record.get('device'))}; "
             f"{pairs.get('n_pairs')} pairs, {pairs.get('n_queries')} queries × k={pairs.get('k')}"
             f" from {pairs.get('collection')}; mean tokens per pair {mean_tok or '?'}; "
-            f"ceiling {ceil.get('tflop_per_s', float('nan')):.1f} TFLOP/s ({ceil.get('dtype')} matmul, measured).")
+            f"ceiling {ceil.get('tflop_per_s', float('nan')):.3g} TFLOP/s ({ceil.get('dtype')} matmul, measured).")
     lines = [head, "", "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(record)]
     return "\n".join(lines) + "\n"

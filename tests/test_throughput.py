@@ -177,8 +177,8 @@ def test_sweep_record_table_and_plot(pairset, tiny_reranker, tmp_path):
         return PlainScorer(tiny_reranker, batch_size=cell.batch_size, max_length=cell.max_length, dtype=cell.dtype)
 
     cells = [Cell("transformers", "fp32", 512, batch_size=4), Cell("transformers", "fp32", 512, batch_size=16),
-             Cell("other", "bf16", 512, batch_size=16, max_pairs=30), Cell("other", "fp32", 512, batch_size=999)]
-    sweep = Sweep(pairset.head(36), cells, build, model=tiny_reranker, device="cpu", warmup=1, repeats=2,
+             Cell("other", "bf16", 512, batch_size=16, max_pairs=20), Cell("other", "fp32", 512, batch_size=999)]
+    sweep = Sweep(pairset.head(24), cells, build, model=tiny_reranker, device="cpu", warmup=1, repeats=2,
                   latency_queries=3,
                   tokenizer=AutoTokenizer.from_pretrained(tiny_reranker),
                   shape=ModelShape.from_config(AutoConfig.from_pretrained(tiny_reranker)), name="t")
@@ -188,12 +188,12 @@ def test_sweep_record_table_and_plot(pairset, tiny_reranker, tmp_path):
     ok = [c for c in record["cells"] if not c["error"]]
     assert len(ok) == 3 and record["cells"][3]["error"] == "this cell cannot be built"
     a, b, c = ok
-    assert a["n_pairs"] == 36 and c["n_pairs"] == 24 and c["n_queries"] == 2
-    assert len(a["seconds"]) == 2 and a["pairs_per_s"] == pytest.approx(36 / np.median(a["seconds"]))
+    assert a["n_pairs"] == 24 and c["n_pairs"] == 12 and c["n_queries"] == 1
+    assert len(a["seconds"]) == 2 and a["pairs_per_s"] == pytest.approx(24 / np.median(a["seconds"]))
     assert a["queries_per_s"] == pytest.approx(a["pairs_per_s"] / 12)
-    assert a["latency_ms"]["n_queries"] == 3 and a["latency_ms"]["p95"] >= a["latency_ms"]["p50"] > 0
+    assert a["latency_ms"]["n_queries"] == 2 and a["latency_ms"]["p95"] >= a["latency_ms"]["p50"] > 0
     # counters cover exactly the timed passes; larger batches pad more
-    assert a["stats"]["pairs"] == 2 * 36
+    assert a["stats"]["pairs"] == 2 * 24
     assert 0 < a["padding_fraction"] < b["padding_fraction"] < 1
     assert a["flop_tokens"] == a["stats"]["tokens"] // 2 and "flop_tokens_note" not in a
     assert a["useful_tflop_per_s"] > 0 and a["ceiling_share"] == pytest.approx(
@@ -202,7 +202,7 @@ def test_sweep_record_table_and_plot(pairset, tiny_reranker, tmp_path):
     mem = a["peak_memory"]
     assert mem["bytes"] is None or mem["bytes"] > 10 * 2**20
     assert record["pairs"]["mean_tokens_per_pair"]["512"] == pytest.approx(a["mean_tokens_per_pair"])
-    assert scores[a["label"]].dtype == np.float32 and len(scores[c["label"]]) == 24
+    assert scores[a["label"]].dtype == np.float32 and len(scores[c["label"]]) == 12
     np.testing.assert_allclose(scores[a["label"]], scores[b["label"]], atol=1e-5)
 
     table = markdown_table(record)
@@ -279,3 +279,90 @@ def test_quality_speed_plot_from_quality_records(tmp_path):
     with pytest.raises(BenchError, match="MRR@10"):
         plot_quality_speed(recs, tmp_path / "x.png", metric="MRR@10")
     assert json.dumps(recs)  # the shape the pipeline writes is plain JSON
+
+
+# --- the command and the GPU script ----------------------------------------------------------------
+
+def test_bench_throughput_command_writes_records_table_and_plot(shared_data, tiny_reranker, cache_dir, tmp_path, capsys):
+    """`bench throughput` end to end on real pairs (qrels-based candidates: no first stage to build),
+    the engines B1 wrote, fidelity of bf16 against fp32, and the files it promises."""
+    from bench.cli import main
+    from bench.records import find_records
+
+    exp = tmp_path / "tp.toml"
+    exp.write_text(f"""
+name = "tp-test"
+cache_dir = "{cache_dir}"
+[first_stages.bm25]
+kind = "bm25"
+[[datasets]]
+source = "beir"
+path = "{shared_data / 'miracl-yo-dev'}"
+split = "dev"
+[[rerankers]]
+model = "random:tiny-xlmr-reranker"
+name = "tiny"
+device = "cpu"
+[throughput]
+engines = ["fast", "transformers"]
+dtypes = ["fp32", "bf16"]
+batch_sizes = [16]
+token_budgets = [2048]
+pairs = 24
+k = 8
+warmup = 0
+repeats = 1
+""")
+    out = tmp_path / "out"
+    rc = main(["throughput", str(exp), "--out", str(out), "--candidates", "qrels", "--latency-queries", "2"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "24 pairs: 3 queries × k=8" in printed and "| fast | bf16 | 2048 tok |" in printed
+    (tp,) = find_records(out, kind="throughput")
+    (fid,) = find_records(out, kind="fidelity")
+    assert len(tp["cells"]) == 4 and not any(c["error"] for c in tp["cells"])
+    assert {c["dtype_resolved"] for c in tp["cells"]} == {"fp32", "bf16"}
+    fast_fp32 = next(c for c in tp["cells"] if c["engine"] == "fast" and c["dtype_resolved"] == "fp32")
+    assert fast_fp32["padding_fraction"] == 0 and fast_fp32["engine_describe"]["engine"] == "fast"
+    assert fast_fp32["speedup_vs_plain"] > 0
+    assert {(c["cell"].split()[0], c["dtype"]) for c in fid["comparisons"]} == {("fast", "bf16"), ("transformers", "bf16")}
+    assert all(c["reference"].split()[1] == "fp32" for c in fid["comparisons"])
+    assert (out / "throughput-tiny.md").read_text().count("| fast |") == 2
+    assert (out / "plots" / "throughput-tiny.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_throughput_needs_a_throughput_table(tmp_path, capsys):
+    from bench.cli import main
+
+    exp = tmp_path / "x.toml"
+    exp.write_text('name = "x"\n[first_stages.b]\nkind = "bm25"\n[[datasets]]\nsource = "synthetic"\n')
+    assert main(["throughput", str(exp)]) == 2
+    assert "no [throughput] table" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_gpu_script_smoke_runs_on_cpu(shared_data, tmp_path):
+    """The one-shot GPU script, --smoke on CPU: every step runs (or is recorded), the files it
+    promises exist, and the short table is printed last."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "DATA": str(shared_data),
+           "RERANK_BENCH_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(["bash", str(root / "experiments" / "gpu" / "run_checks.sh"), "--smoke"], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["log.txt", "results.json", "table.md", "throughput.png"]
+    res = json.loads((out / "results.json").read_text())
+    status = {s["step"]: s["status"] for s in res["steps"]}
+    assert status == {"ceiling": "ok", "pairs": "ok", "model": "ok", "sweep": "ok", "fidelity": "ok",
+                      "encoders": "ok"}, res["steps"]
+    cells = res["records"]["throughput"]["cells"]
+    assert len(cells) == 9 and not any(c["error"] for c in cells)
+    assert any(c["dtype"] == "bf16" for c in res["records"]["fidelity"]["comparisons"])
+    assert not any(c.get("error") for c in res["records"]["encoders"]["cells"])
+    assert "short table" in proc.stdout
+    assert proc.stdout.rstrip().splitlines()[-1].startswith("elapsed")

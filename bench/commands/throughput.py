@@ -1,9 +1,11 @@
 """`bench throughput EXPERIMENT.toml`: reranker engines side by side on the same real pairs.
 
 Reads the experiment's ``[throughput]`` table (engines × dtypes × batch sizes / token budgets ×
-max_lengths), its first dataset and first stage (a ``run`` first stage gives the candidates; any
-other kind: relevant documents first, then judged and random ones — see
-`bench.throughput.candidates_from_qrels`), and each ``[[rerankers]]`` model. Writes, under ``--out``:
+max_lengths), its first dataset (or ``--dataset``) with its first stage, and each ``[[rerankers]]``
+model. The pairs are each query with its first-stage top-k (the pipeline's own first stage, cached
+like ``bench run`` caches it; a ``run`` first stage reads its TREC file), or with
+``--candidates qrels`` relevant documents first, then judged and random ones (see
+`bench.throughput.candidates_from_qrels`). Writes, under ``--out``:
 ``records/throughput-<model>.json`` (one record, all cells), ``records/fidelity-<model>.json``,
 ``throughput-<model>.md`` and ``plots/throughput-<model>.png``; a quality-vs-speed plot too when
 the folder holds quality records from ``bench run``. Prints the tables. Exit status 1 when a cell
@@ -23,6 +25,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dataset", help="label of the dataset whose pairs to use (default: the first)")
     parser.add_argument("--engines", nargs="+", help="override [throughput].engines")
     parser.add_argument("--pairs", type=int, help="override [throughput].pairs")
+    parser.add_argument("--candidates", choices=["first-stage", "qrels"], default="first-stage",
+                        help="each query's k candidates: the first stage's top-k (default) or qrels-based")
     parser.add_argument("--slow-pairs", type=int, default=None,
                         help="score at most this many pairs (whole queries) with the plain loop and "
                              "sentence-transformers engines (recorded per cell); default: all")
@@ -43,7 +47,8 @@ def run(args) -> int:
     from ..fidelity import fidelity_record, markdown_table as fidelity_table, sweep_fidelity
     from ..plots import plot_quality_speed, plot_throughput
     from ..records import atomic_write_json, atomic_write_text, find_records
-    from ..runs import read_run
+    from ..cache import cache_root
+    from ..retrieve.first_stage import FirstStage
     from ..throughput import ModelShape, Sweep, cells_from_spec, markdown_table, pairs_from_collection, reranker_factory
 
     exp = load_experiment(args.experiment)
@@ -65,15 +70,17 @@ def run(args) -> int:
     cache_dir = args.cache_dir or exp.cache_dir
     out = Path(args.out or Path("runs") / f"{exp.name}-throughput")
 
-    collection = load_collection(ds, cache_dir=cache_dir)
-    _, fs = exp.first_stage_for(ds)
+    collection = load_collection(ds, cache_dir=cache_root(cache_dir))
     n_queries = math.ceil(n_pairs / tp.k)
-    if fs.kind == "run":
-        path = fs.path.format(dataset=collection.name)
-        pairset = pairs_from_collection(collection, k=tp.k, max_queries=n_queries, run=read_run(path), run_source=path)
-    elif fs.kind == "scoreddocs":
-        pairset = pairs_from_collection(collection, k=tp.k, max_queries=n_queries, run=collection.scoreddocs(tp.k),
-                                        run_source="the collection's scoreddocs")
+    if args.candidates == "first-stage":
+        fs_name, fs = exp.first_stage_for(ds)
+        if fs.depth < tp.k:
+            raise BenchError(f"{args.experiment}: first stage {fs_name!r} keeps depth = {fs.depth} candidates, "
+                             f"fewer than [throughput].k = {tp.k}; raise its depth or lower k")
+        run_, info = FirstStage(fs_name, fs, cache_root(cache_dir)).retrieve(collection)
+        pairset = pairs_from_collection(collection, k=tp.k, max_queries=n_queries, run=run_,
+                                        run_source=f"first stage {fs_name!r} ({fs.kind}"
+                                                   f"{', cached' if info.get('cached') else ''})")
     else:
         pairset = pairs_from_collection(collection, k=tp.k, max_queries=n_queries, seed=exp.seed)
     pairset = pairset.head(n_pairs)
