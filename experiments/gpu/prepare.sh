@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Prepare, on a machine with this project's .venv and network to PyPI, what run_checks.sh needs on a
+# GPU box that has no network and no pydantic: fills the git-ignored folders .gpu/ and .whl/, which
+# the device call then carries (about 30 MiB in all). Run from anywhere:
+#
+#   bash experiments/gpu/prepare.sh
+#
+# .gpu/data/miracl-yo-dev                  copy of ../shared/data/miracl-yo-dev (the pairs' text)
+# .gpu/tokenizers/xlm-roberta/tokenizer.json  XLM-R's tokenizer (random:bge-reranker-large, random:bge-m3)
+# .gpu/tokenizers/bert-base-uncased/       bert-base-uncased's tokenizer files (random:bge-base-en-v1.5)
+# .whl/                                    pydantic and its dependencies for CPython 3.10-3.14, x86_64/aarch64
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT="$PWD"
+PY="${PYTHON:-$ROOT/.venv/bin/python}"
+SHARED="${SHARED_DATA:-$ROOT/../shared/data}"
+
+rm -rf .gpu/data .gpu/tokenizers
+mkdir -p .gpu/data .gpu/tokenizers/xlm-roberta .gpu/tokenizers/bert-base-uncased .whl
+cp -r "$SHARED/miracl-yo-dev" .gpu/data/
+chmod -R u+w .gpu/data
+
+XLMR=$("$PY" -c "from bench import models; print(models.xlmr_tokenizer_file())")
+cp "$XLMR" .gpu/tokenizers/xlm-roberta/tokenizer.json
+MINILM=$("$PY" -c "from bench import models; print(models.minilm_dir())")
+for f in tokenizer.json tokenizer_config.json vocab.txt special_tokens_map.json; do
+  cp "$MINILM/$f" .gpu/tokenizers/bert-base-uncased/
+done
+
+for v in 3.10 3.11 3.12 3.13 3.14; do
+  for plat in manylinux2014_x86_64 manylinux2014_aarch64; do
+    "$PY" -m pip download -q pydantic --only-binary=:all: --implementation cp --python-version "$v" \
+      --platform "$plat" -d .whl 2>&1 | grep -v "^WARNING: Location" || true
+  done
+done
+
+echo "prepared:"
+du -sh .gpu/data .gpu/tokenizers .whl
+echo "carry: [\".gpu/data\", \".gpu/tokenizers\", \".whl\"]"
