@@ -387,13 +387,16 @@ class Cell:
 
 
 def cells_from_spec(spec, *, options: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
-                    max_pairs: Mapping[str, int] | None = None) -> list[Cell]:
+                    max_pairs: Mapping[str, int] | None = None,
+                    engine_dtypes: Mapping[str, Sequence[str]] | None = None) -> list[Cell]:
     """The product a `ThroughputSpec` asks for: engines × dtypes × max_lengths × (token budgets for
     the fast engine, batch sizes for the baselines). `options` maps an engine to a list of keyword
-    sets (one cell each); `max_pairs` caps the pairs of slow engines."""
+    sets (one cell each); `max_pairs` caps the pairs of slow engines; `engine_dtypes` replaces the
+    dtypes for the engines it names (a faithful baseline runs its users' precision: the plain loop
+    fp32, FlagEmbedding-style fp16)."""
     cells = []
     for engine in spec.engines:
-        for dtype in spec.dtypes:
+        for dtype in (engine_dtypes or {}).get(engine) or spec.dtypes:
             for max_length in spec.max_lengths:
                 for opts in (options or {}).get(engine) or [{}]:
                     opts_t = tuple(sorted(opts.items()))

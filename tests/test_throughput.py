@@ -239,6 +239,19 @@ def test_cells_from_spec_budgets_for_fast_batches_for_baselines():
     assert len(fast) == 4 and all(c.token_budget == 1024 and c.batch_size is None for c in fast)
     assert len(plain) == 4 and {c.batch_size for c in plain} == {8, 32} and all(c.max_pairs == 100 for c in plain)
     assert "attention=varlen" in fast[0].label and fast[0].to_dict()["options"] == {"attention": "varlen"}
+    faithful = cells_from_spec(spec, engine_dtypes={"transformers": ["fp32"]})
+    assert {c.dtype for c in faithful if c.engine == "transformers"} == {"fp32"}
+    assert {c.dtype for c in faithful if c.engine == "fast"} == {"fp32", "bf16"}
+
+
+def test_engine_dtypes_option_is_checked():
+    from bench.commands.throughput import parse_engine_dtypes
+
+    assert parse_engine_dtypes(["flag=fp16", "fast=bf16,fp32"]) == {"flag": ["fp16"], "fast": ["bf16", "fp32"]}
+    with pytest.raises(BenchError, match="ENGINE one of fast"):
+        parse_engine_dtypes(["flg=fp16"])
+    with pytest.raises(BenchError, match="fp8"):
+        parse_engine_dtypes(["flag=fp8"])
 
 
 def test_speedups_use_the_plain_fp32_cell_of_the_same_length():

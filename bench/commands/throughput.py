@@ -30,6 +30,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--slow-pairs", type=int, default=None,
                         help="score at most this many pairs (whole queries) with the plain loop and "
                              "sentence-transformers engines (recorded per cell); default: all")
+    parser.add_argument("--engine-dtypes", nargs="+", default=None, metavar="ENGINE=DTYPE[,DTYPE]",
+                        help="dtypes for one engine instead of [throughput].dtypes, e.g. transformers=fp32 flag=fp16")
     parser.add_argument("--attention", nargs="+", default=None,
                         help="fast-engine attention variants to sweep (e.g. varlen sdpa-padded); default: the engine's own")
     parser.add_argument("--latency-queries", type=int, default=16, help="queries timed one call each for p50/p95")
@@ -88,6 +90,7 @@ def run(args) -> int:
           f"({pairset.source['candidates']})")
 
     options = {"fast": [{"attention": a} for a in args.attention]} if args.attention else None
+    engine_dtypes = parse_engine_dtypes(args.engine_dtypes or [])
     slow = {"transformers": args.slow_pairs, "sentence-transformers": args.slow_pairs} if args.slow_pairs else None
     deadline = time.monotonic() + args.time_limit if args.time_limit else None
     failed = 0
@@ -97,7 +100,7 @@ def run(args) -> int:
         path = models.resolve(spec.model, cache_dir)
         tokenizer = AutoTokenizer.from_pretrained(path, revision=spec.revision)
         shape = ModelShape.from_config(AutoConfig.from_pretrained(path, revision=spec.revision))
-        sweep = Sweep(pairset, cells_from_spec(tp, options=options, max_pairs=slow),
+        sweep = Sweep(pairset, cells_from_spec(tp, options=options, max_pairs=slow, engine_dtypes=engine_dtypes),
                       reranker_factory(spec.model, cache_dir=cache_dir, device=spec.device,
                                        query_max_length=spec.query_max_length, revision=spec.revision),
                       model=spec.model, device=spec.device, warmup=tp.warmup, repeats=tp.repeats,
@@ -131,3 +134,25 @@ def run(args) -> int:
     if failed:
         print(f"{failed} cell(s) failed; their errors are in the table and the record")
     return 1 if failed else 0
+
+
+def parse_engine_dtypes(items: list[str]) -> dict[str, list[str]]:
+    """``["flag=fp16", "fast=bf16,fp32"]`` → ``{"flag": ["fp16"], "fast": ["bf16", "fp32"]}``."""
+    from typing import get_args
+
+    from ..config import DTYPE_HELP, Dtype
+    from ..errors import BenchError
+    from ..rerank import ENGINES as engines
+
+    dtypes = get_args(Dtype)
+    out: dict[str, list[str]] = {}
+    for item in items:
+        engine, sep, values = item.partition("=")
+        if not sep or engine not in engines:
+            raise BenchError(f"--engine-dtypes {item!r}: expected ENGINE=DTYPE[,DTYPE] with ENGINE one of "
+                             f"{', '.join(engines)}")
+        out[engine] = [v for v in values.split(",") if v]
+        bad = [v for v in out[engine] if v not in dtypes]
+        if bad or not out[engine]:
+            raise BenchError(f"--engine-dtypes {item!r}: dtype {bad or values!r}: {DTYPE_HELP}")
+    return out
