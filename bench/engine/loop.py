@@ -1,7 +1,7 @@
 """The loop that keeps a device fed: token chunks in, outputs in input order out.
 
 Chunks of the input are tokenized and flattened in a background thread (``batching.prefetch``)
-while the device computes. Host tensors are pinned and copied with ``non_blocking=True``; outputs
+while a CUDA device computes (inline on the CPU, where the cores are busy computing). Host tensors are pinned and copied with ``non_blocking=True``; outputs
 stay on the device until the next chunk's work is queued, then come back with one copy per chunk,
 so there is no per-batch synchronisation.
 """
@@ -74,6 +74,7 @@ class BatchLoop:
         self.first_chunk = first_chunk
         self.largest_chunk = largest_chunk
         self.pin = device.startswith("cuda")
+        self.prefetch_depth = 2 if self.pin else 0  # background tokenization only beside an accelerator
 
     def run(self, items: Sequence, encode: Callable[[Sequence], Encoded], forward: Callable[[Batch], Any],
             *, desc: str = "batches", unit: str = "it") -> tuple[np.ndarray | None, Counts]:
@@ -92,7 +93,8 @@ class BatchLoop:
             return chunk, self._host(chunk)
 
         try:
-            for chunk, host in prefetch(make, chunk_bounds(len(items), self.first_chunk, self.largest_chunk)):
+            bounds = chunk_bounds(len(items), self.first_chunk, self.largest_chunk)
+            for chunk, host in prefetch(make, bounds, self.prefetch_depth):
                 out = self._run_chunk(chunk, host, forward, counts)
                 if pending is not None:
                     result = self._collect(*pending, result, len(items))

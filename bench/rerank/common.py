@@ -91,21 +91,22 @@ def check_max_length(config, max_length: int, what: str) -> None:
 def load_cross_encoder(spec, device: str, precision, cache_dir=None):
     """Tokenizer and ``AutoModelForSequenceClassification`` for ``spec``, on ``device`` in ``precision``,
     in eval mode; one logit per pair is required."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from .. import models
 
     source = models.resolve(spec.model, cache_dir)
     try:
+        config = AutoConfig.from_pretrained(source, revision=spec.revision)
+        if getattr(config, "num_labels", 1) != 1:
+            raise BenchError(f"reranker model {spec.model!r} has {config.num_labels} labels; a reranker "
+                             "must output one logit per pair (num_labels = 1)")
+        check_max_length(config, spec.max_length, f"reranker {spec.label}")
         tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision)
         model = AutoModelForSequenceClassification.from_pretrained(source, revision=spec.revision,
                                                                    dtype=precision.torch_dtype)
     except (OSError, ValueError) as exc:
         raise load_error(spec, exc) from None
-    if model.config.num_labels != 1:
-        raise BenchError(f"reranker model {spec.model!r} has {model.config.num_labels} labels; a reranker "
-                         "must output one logit per pair (num_labels = 1)")
-    check_max_length(model.config, spec.max_length, f"reranker {spec.label}")
     model.to(device).eval()
     return tokenizer, model
 

@@ -41,19 +41,19 @@ class FastReranker(EngineBase):
         from .. import models
         from ..engine import packed
 
+        if forward not in ("auto", "packed", "hf"):
+            raise BenchError(f"forward {forward!r}: use auto, packed or hf")
+        path = packed.choose_attention(attention, device, self.precision.half)  # checked before loading
         self.source = models.resolve(spec.model, cache_dir)
         self.tokenizer, self.model = load_cross_encoder(spec, device, self.precision, cache_dir)
         self.pair_tokenizer = PairTokenizer(self.tokenizer, spec.max_length, spec.query_max_length)
         reason = packed.unsupported_reason(self.model.config) or packed.head_supported(self.model)
-        if forward not in ("auto", "packed", "hf"):
-            raise BenchError(f"forward {forward!r}: use auto, packed or hf")
         if forward == "packed" and reason:
             raise BenchError(f"forward 'packed' cannot run {spec.model!r}: {reason}; use forward 'auto' or 'hf'")
         self.forward_kind = "packed" if forward in ("auto", "packed") and not reason else "hf"
         self.fallback_reason = reason if forward == "auto" else None
         self.compile = compile
         if self.forward_kind == "packed":
-            path = packed.choose_attention(attention, device, self.precision.half)
             self.encoder = packed.PackedEncoder(self.model.base_model, path, compile=compile)
             self._forward = self._forward_packed
             position_offset, padded = self.encoder.position_offset, False
@@ -67,11 +67,16 @@ class FastReranker(EngineBase):
             self._forward = self._forward_hf
             position_offset, padded = 0, True
         kind = "cuda" if device.startswith("cuda") else "cpu"
-        self.budget = TokenBudget(token_budget or spec.token_budget or DEFAULT_BUDGET[kind])
         self.max_pairs = spec.batch_size if "batch_size" in spec.model_fields_set else None
-        self.loop = BatchLoop(device, self.budget, padded=padded, pad_id=self.tokenizer.pad_token_id or 0,
+        self.loop = BatchLoop(device, None, padded=padded, pad_id=self.tokenizer.pad_token_id or 0,
                               position_offset=position_offset, max_items=self.max_pairs,
                               first_chunk=first_chunk, largest_chunk=largest_chunk)
+        self.set_token_budget(token_budget or spec.token_budget or DEFAULT_BUDGET[kind])
+
+    def set_token_budget(self, tokens: int) -> None:
+        """Start the budget search over from ``tokens`` (a sweep can reuse one loaded model)."""
+        self.budget = TokenBudget(int(tokens))
+        self.loop.budget = self.budget
 
     def _forward_packed(self, batch):
         from ..engine.packed import classify
@@ -104,7 +109,8 @@ class FastReranker(EngineBase):
                              query_max_length_requested=self.spec.query_max_length,
                              truncation="query to query_max_length, then only_second",
                              forward=self.forward_kind, compile=self.compile,
-                             max_pairs_per_batch=self.max_pairs, **self.budget.describe())
+                             max_pairs_per_batch=self.max_pairs, **self.budget.describe(),
+                             tokenization="background thread" if self.loop.prefetch_depth else "inline")
         if self.encoder is not None:
             out.update(self.encoder.describe())
         else:
