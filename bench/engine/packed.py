@@ -251,7 +251,7 @@ def pool(hidden, batch, modes: tuple[str, ...]):
                                               output_size=hidden.shape[0])
             if mode == "max":
                 m = hidden.new_full((n, hidden.shape[1]), float("-inf"))
-                m.index_reduce_(0, seq, hidden, "amax", include_self=True)
+                m.scatter_reduce_(0, seq[:, None].expand_as(hidden), hidden, "amax", include_self=True)
                 out.append(m.float())
                 continue
             s = torch.zeros(n, hidden.shape[1], dtype=torch.float32, device=hidden.device)

@@ -1,0 +1,116 @@
+"""The packed (padding-free) forward equals the Hugging Face forward token for token, for
+XLM-R and BERT, on every attention path. The flash kernel behind 'varlen' needs CUDA; here a
+per-sequence reference stands in for it, which checks everything around the kernel (packing,
+cumulative lengths, longest length, head layout)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.engine.loop import Batch
+from bench.engine.packed import PackedEncoder, choose_attention, pool
+from bench.engine.tokens import PairTokenizer, flatten
+from bench.errors import BenchError
+
+PAIRS = [("ìbéèrè kúkúrú", "Èdè Yorùbá jẹ́ ọ̀kan lára àwọn èdè " * 5), ("who wrote it", "A short passage."),
+         ("light", "Reflected light " * 30), ("q", "")]
+
+
+def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *rest, **kw):
+    import torch
+    import torch.nn.functional as F
+
+    assert cu_q.dtype == torch.int32 and cu_q is cu_k and max_q == max_k
+    lengths = (cu_q[1:] - cu_q[:-1]).tolist()
+    assert max(lengths) == max_q and cu_q[0] == 0 and cu_q[-1] == q.shape[0]
+    out = []
+    for a, b in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+        out.append(F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1),
+                                                  v[a:b].transpose(0, 1)).transpose(0, 1))
+    return torch.cat(out)
+
+
+def packed_batch(tokenizer, offset):
+    import torch
+
+    chunk = flatten(PairTokenizer(tokenizer, 64)(PAIRS), 0, offset)
+    cu = torch.from_numpy(chunk.offsets.astype(np.int32))
+    types = None if chunk.types is None else torch.from_numpy(chunk.types)
+    return chunk, Batch(n=chunk.n, max_len=int(chunk.lengths[0]), tokens=chunk.tokens, padded_tokens=chunk.tokens,
+                        input_ids=torch.from_numpy(chunk.ids), token_type_ids=types,
+                        position_ids=torch.from_numpy(chunk.positions), cu_seqlens=cu)
+
+
+def hf_hidden(model, tokenizer, chunk):
+    """Hugging Face's last hidden states of each sequence (one at a time: no padding)."""
+    import torch
+
+    out = []
+    for i in range(chunk.n):
+        ids = torch.from_numpy(chunk.ids[chunk.offsets[i]:chunk.offsets[i + 1]])[None]
+        kw = {}
+        if chunk.types is not None:
+            kw["token_type_ids"] = torch.from_numpy(chunk.types[chunk.offsets[i]:chunk.offsets[i + 1]])[None]
+        out.append(model(input_ids=ids, **kw).last_hidden_state[0])
+    return torch.cat(out)
+
+
+@pytest.fixture(scope="module")
+def models(tiny_reranker, minilm):
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    xlmr = AutoModelForSequenceClassification.from_pretrained(tiny_reranker).eval().base_model
+    return {"xlmr": (xlmr, AutoTokenizer.from_pretrained(tiny_reranker)),
+            "bert": (AutoModel.from_pretrained(minilm).eval(), AutoTokenizer.from_pretrained(minilm))}
+
+
+@pytest.mark.parametrize("family", ["xlmr", "bert"])
+@pytest.mark.parametrize("attention", ["sdpa-padded", "varlen", "varlen-aten"])
+def test_packed_forward_equals_hugging_face(models, family, attention, monkeypatch):
+    import torch
+
+    model, tokenizer = models[family]
+    if attention == "varlen":
+        import torch.nn.attention.varlen as varlen
+
+        monkeypatch.setattr(varlen, "varlen_attn", reference_varlen)
+    if attention == "varlen-aten":
+        monkeypatch.setattr(torch.ops.aten, "_flash_attention_forward",
+                            lambda *a: (reference_varlen(*a[:7]), None, None, None, None))
+    enc = PackedEncoder(model, attention)
+    assert enc.position_offset == (2 if family == "xlmr" else 0)
+    chunk, batch = packed_batch(tokenizer, enc.position_offset)
+    with torch.inference_mode():
+        got = enc(batch)
+        ref = hf_hidden(model, tokenizer, chunk)
+        assert got.shape == ref.shape
+        torch.testing.assert_close(got, ref, atol=2e-5, rtol=0)
+        first = pool(got, batch, ("cls", "mean", "max", "lasttoken"))
+    cu, h = chunk.offsets, model.config.hidden_size
+    seqs = [got[a:b] for a, b in zip(cu[:-1], cu[1:])]
+    expect = torch.cat([torch.stack([x[0] for x in seqs]), torch.stack([x.mean(0) for x in seqs]),
+                        torch.stack([x.max(0).values for x in seqs]), torch.stack([x[-1] for x in seqs])], 1)
+    torch.testing.assert_close(first, expect, atol=1e-6, rtol=0)
+    assert first.shape == (chunk.n, 4 * h)
+
+
+def test_attention_choice_is_explicit():
+    assert choose_attention("auto", "cpu", half=True) == "sdpa-padded"
+    assert choose_attention("sdpa-padded", "cpu", half=False) == "sdpa-padded"
+    with pytest.raises(BenchError, match="CUDA device and fp16/bf16"):
+        choose_attention("varlen", "cpu", half=True)
+    with pytest.raises(BenchError, match="use one of"):
+        choose_attention("flash", "cpu", half=True)
+
+
+@pytest.mark.slow
+def test_compiled_layers_equal_eager(models):
+    import torch
+
+    model, tokenizer = models["xlmr"]
+    eager = PackedEncoder(model, "sdpa-padded")
+    compiled = PackedEncoder(model, "sdpa-padded", compile=True)
+    _, batch = packed_batch(tokenizer, eager.position_offset)
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled(batch), eager(batch), atol=1e-5, rtol=0)
