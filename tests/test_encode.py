@@ -84,11 +84,11 @@ def test_minilm_fast_equals_sentence_transformers_for_any_budget(minilm, texts):
     ref = st_reference(minilm, texts)
     enc = build_encoder(spec(minilm))
     assert enc.dim == 384 and enc.describe()["max_length"] == 256  # the model's own max_seq_length
-    for budget in (1, 300, 8192):
+    for budget, n in ((1, 24), (300, len(texts)), (8192, len(texts))):  # budget 1: one text per batch
         enc.budget.used = enc.budget.requested = budget
-        out = enc.encode_docs(texts)
-        assert out.dtype == np.float32 and out.shape == (len(texts), 384)
-        np.testing.assert_allclose(out, ref, atol=TOL, rtol=0)
+        out = enc.encode_docs(texts[-n:])
+        assert out.dtype == np.float32 and out.shape == (n, 384)
+        np.testing.assert_allclose(out, ref[-n:], atol=TOL, rtol=0)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
     d = enc.describe()
     assert d["pooling"] == ["mean"] and d["forward"] == "packed" and d["normalize"] == "model"
@@ -151,3 +151,18 @@ def test_encoder_errors(minilm):
         build_encoder(spec(minilm + "-missing"))
     with pytest.raises(BenchError, match=r"docs\[1\]"):
         build_encoder(spec(minilm)).encode_docs(["ok", None])
+
+
+@pytest.mark.parametrize("arch", ["tiny-bge-m3", pytest.param("bge-base-en-v1.5", marks=pytest.mark.slow)])
+def test_random_bi_encoders_build_as_sentence_transformers_folders(arch, cache_dir):
+    from bench import models
+
+    enc = build_encoder(spec(f"random:{arch}", max_length=64), cache_dir=cache_dir)
+    d = enc.describe()
+    assert d["model"]["untrained"] is True and d["pooling"] == ["cls"] and d["normalize"] == "model"
+    assert d["dim"] == models.BIENCODER_ARCHITECTURES[arch]["hidden_size"]
+    assert d["query_instruction"] == default_query_instruction(arch)
+    texts = ["Èdè Yorùbá jẹ́ ọ̀kan lára àwọn èdè", "measurement of reflected light"]
+    ref = st_reference(models.resolve(f"random:{arch}", cache_dir), texts, max_length=64)
+    np.testing.assert_allclose(enc.encode_docs(texts), ref, atol=TOL, rtol=0)
+
