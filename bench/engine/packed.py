@@ -100,14 +100,19 @@ class PackedEncoder:
         self.position_offset = (emb.padding_idx + 1) if FAMILY[cfg.model_type] else 0
         self.layers = []
         self.fused_qkv_bytes = 0
+        self.eps = (base_model.encoder.layer[0].attention.output.LayerNorm.eps,
+                    base_model.encoder.layer[0].output.LayerNorm.eps)
         with torch.no_grad():
             for layer in base_model.encoder.layer:
                 sa = layer.attention.self
                 w = torch.cat([sa.query.weight, sa.key.weight, sa.value.weight], 0).contiguous()
                 b = torch.cat([sa.query.bias, sa.key.bias, sa.value.bias], 0).contiguous()
                 self.fused_qkv_bytes += (w.numel() + b.numel()) * w.element_size()
-                self.layers.append((w, b, layer.attention.output.dense, layer.attention.output.LayerNorm,
-                                    layer.intermediate.dense, layer.output.dense, layer.output.LayerNorm))
+                # Plain tensors (detached views, no copies): torch.compile then sees every layer as
+                # the same graph with different inputs instead of recompiling per module.
+                mods = (layer.attention.output.dense, layer.attention.output.LayerNorm, layer.intermediate.dense,
+                        layer.output.dense, layer.output.LayerNorm)
+                self.layers.append((w, b) + tuple(t.detach() for m in mods for t in (m.weight, m.bias)))
         self._attend = {"varlen": self._varlen, "varlen-aten": self._varlen_aten,
                         "sdpa-padded": self._sdpa_padded}[attention]
         self._layer = torch.compile(self._layer_eager, dynamic=True) if compile else self._layer_eager
@@ -140,16 +145,14 @@ class PackedEncoder:
     def _layer_eager(self, x, params, ctx):
         import torch.nn.functional as F
 
-        w_qkv, b_qkv, attn_out, ln1, inter, out, ln2 = params
-        t = x.shape[0]
+        w_qkv, b_qkv, w_ao, b_ao, g1, beta1, w_in, b_in, w_out, b_out, g2, beta2 = params
+        t, width = x.shape
         qkv = F.linear(x, w_qkv, b_qkv).view(t, 3, self.heads, self.head_dim)
-        a = self._attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], ctx).reshape(t, -1)
-        x = F.layer_norm(F.linear(a, attn_out.weight, attn_out.bias) + x, ln1.normalized_shape,
-                         ln1.weight, ln1.bias, ln1.eps)
-        h = F.linear(x, inter.weight, inter.bias)
+        a = self._attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], ctx).reshape(t, width)
+        x = F.layer_norm(F.linear(a, w_ao, b_ao) + x, (width,), g1, beta1, self.eps[0])
+        h = F.linear(x, w_in, b_in)
         h = F.relu(h) if self.gelu is None else F.gelu(h, approximate=self.gelu)
-        return F.layer_norm(F.linear(h, out.weight, out.bias) + x, ln2.normalized_shape,
-                            ln2.weight, ln2.bias, ln2.eps)
+        return F.layer_norm(F.linear(h, w_out, b_out) + x, (width,), g2, beta2, self.eps[1])
 
     # -- attention paths ----------------------------------------------------------------------------------
     def _attention_context(self, batch):
