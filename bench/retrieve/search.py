@@ -32,7 +32,7 @@ def exact_top_k(queries: np.ndarray, shards: Iterable[tuple[list[str], np.ndarra
         base = len(all_ids)
         all_ids.extend(ids)
         for start in range(0, len(ids), chunk):
-            block = torch.from_numpy(np.ascontiguousarray(vecs[start:start + chunk], dtype=np.float32)).to(device)
+            block = torch.from_numpy(np.array(vecs[start:start + chunk], dtype=np.float32)).to(device)  # a writable copy of the memory-mapped rows
             scores = q @ block.T
             chunk_scores, chunk_pos = _chunk_top(scores, k)
             cand_scores = torch.cat([best_scores, chunk_scores], dim=1)
