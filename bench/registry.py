@@ -281,6 +281,22 @@ def _differ(out: list[str], what: str, expected: Any, actual: Any) -> None:
         out.append(f"{what}: expected {expected!r}, record has {actual!r}")
 
 
+def _section_differences(prefix: str, expect: Spec, section: dict) -> list[str]:
+    """The fields `expect` states that the record's first-stage or reranker `section` does not share."""
+    out: list[str] = []
+    for f in sorted(expect.model_fields_set):
+        if f == "model":
+            actual = _model_ref(section.get("model"))
+        elif f == "revision":
+            actual = _model_revision(section)
+        else:
+            actual = section.get(f)
+        _differ(out, f"{prefix}.{f}", getattr(expect, f), actual)
+    if isinstance(section.get("model"), dict) and section["model"].get("untrained"):
+        out.append(f"{prefix}.model: the record's model has random (untrained) weights")
+    return out
+
+
 def setting_differences(entry: Entry, record: dict, dataset: DatasetExpect) -> list[str]:
     """Every setting the entry states that the record does not share, in words."""
     out: list[str] = []
@@ -298,34 +314,11 @@ def setting_differences(entry: Entry, record: dict, dataset: DatasetExpect) -> l
 
     system = record.get("system") or {}
     fs = system.get("first_stage") or {}
-    exp_fs = entry.first_stage
-    for f in sorted(exp_fs.model_fields_set):
-        expected = getattr(exp_fs, f)
-        if f == "model":
-            actual = _model_ref(fs.get("model"))
-        elif f == "revision":
-            actual = _model_revision(fs)
-        elif f == "query_instruction":
-            actual = (fs.get("encoder") or {}).get("query_instruction", fs.get("query_instruction"))
-        else:
-            actual = fs.get(f)
-        _differ(out, f"first_stage.{f}", expected, actual)
-    if isinstance(fs.get("model"), dict) and fs["model"].get("untrained"):
-        out.append("first_stage.model: the record's model has random (untrained) weights")
-
+    # The encoder's own account (query instruction, effective max_length) wins over the requested spec.
+    used = {k: v for k, v in (fs.get("encoder") or {}).items() if k in ("query_instruction", "max_length")}
+    out += _section_differences("first_stage", entry.first_stage, {**fs, **used})
     if entry.reranker is not None:
-        rr = system.get("reranker") or {}
-        for f in sorted(entry.reranker.model_fields_set):
-            expected = getattr(entry.reranker, f)
-            if f == "model":
-                actual = _model_ref(rr.get("model"))
-            elif f == "revision":
-                actual = _model_revision(rr)
-            else:
-                actual = rr.get(f)
-            _differ(out, f"reranker.{f}", expected, actual)
-        if isinstance(rr.get("model"), dict) and rr["model"].get("untrained"):
-            out.append("reranker.model: the record's model has random (untrained) weights")
+        out += _section_differences("reranker", entry.reranker, system.get("reranker") or {})
         if entry.first_stage_label is not None:
             _differ(out, "first_stage_label", entry.first_stage_label, system.get("first_stage_label"))
 
