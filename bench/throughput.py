@@ -498,11 +498,17 @@ def run_cell(reranker, cell: Cell, pairset: PairSet, *, shape: ModelShape | None
     }
     resolved = out["engine_describe"].get("dtype")
     out["dtype_resolved"] = resolved if isinstance(resolved, str) else cell.dtype
+    # Data-parallel engines score in worker processes, one per device: the ceiling is per device,
+    # and this process' allocator does not see the workers' memory.
+    n_devices = len((out["engine_describe"].get("data_parallel") or {}).get("devices") or []) or 1
+    out["devices"] = n_devices
+    if n_devices > 1:
+        out["peak_memory"] = {"bytes": None, "what": f"{n_devices} data-parallel worker processes: not measured here"}
     if shape is not None and lengths is not None:
         flops = useful_flops(shape, lengths)
         out["useful_flop"] = flops
         out["useful_tflop_per_s"] = flops / med / 1e12
-        out["ceiling_share"] = (out["useful_tflop_per_s"] / ceiling["tflop_per_s"]) if ceiling else None
+        out["ceiling_share"] = (out["useful_tflop_per_s"] / (ceiling["tflop_per_s"] * n_devices)) if ceiling else None
         counted = int(np.asarray(lengths).sum())
         out["flop_tokens"] = counted
         if stats.get("tokens") is not None and stats["tokens"] != counted * repeats:
@@ -642,6 +648,8 @@ class Sweep:
                     msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 result = {**cell.to_dict(), "label": cell.label, "variant": cell.variant, "error": msg}
             finally:
+                if reranker is not None and hasattr(reranker, "close"):
+                    reranker.close()  # data-parallel engines hold worker processes
                 del reranker
                 release(device)
             results.append(result)

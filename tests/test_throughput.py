@@ -379,3 +379,21 @@ def test_gpu_script_smoke_runs_on_cpu(shared_data, tmp_path):
     assert not any(c.get("error") for c in res["records"]["encoders"]["cells"])
     assert "short table" in proc.stdout
     assert proc.stdout.rstrip().splitlines()[-1].startswith("elapsed")
+
+
+def test_data_parallel_cell_counts_devices_and_closes_its_workers(pairset, tiny_reranker, cache_dir):
+    """Two CPU worker processes (the multi-GPU code path): the ceiling share is per device, the
+    main process' memory is not passed off as the workers', and the workers are stopped."""
+    import multiprocessing
+
+    from bench.throughput import reranker_factory
+
+    cells = [Cell("fast", "fp32", 512, token_budget=2048)]
+    sweep = Sweep(pairset.head(8), cells, reranker_factory(tiny_reranker, cache_dir=cache_dir, device="cpu,cpu"),
+                  model=tiny_reranker, device="cpu", warmup=0, repeats=1, latency_queries=1,
+                  tokenizer=None, shape=None)
+    record, scores = sweep.run(ceiling={"tflop_per_s": 1.0, "dtype": "fp32"}, progress=False)
+    (cell,) = record["cells"]
+    assert cell["error"] is None and cell["devices"] == 2 and cell["peak_memory"]["bytes"] is None
+    assert len(scores[cell["label"]]) == 12  # one whole query
+    assert not [p for p in multiprocessing.active_children() if p.is_alive()]
