@@ -326,8 +326,16 @@ k = 8
 warmup = 0
 repeats = 1
 """)
+    from bench.records import atomic_write_json, make_record
+
+    quality = tmp_path / "run-out"
+    for label, speed in (("tiny fp32", 120.0), ("tiny bf16", 300.0)):
+        atomic_write_json(quality / "records" / f"{label}.json", make_record(
+            "quality", system={"label": label}, dataset={"label": "miracl-yo-dev"},
+            metrics={"nDCG@10": 0.5}, timings={"rerank_pairs_per_s": speed}))
     out = tmp_path / "out"
-    rc = main(["throughput", str(exp), "--out", str(out), "--candidates", "qrels", "--latency-queries", "2"])
+    rc = main(["throughput", str(exp), "--out", str(out), "--candidates", "qrels", "--latency-queries", "2",
+               "--quality-records", str(quality)])
     printed = capsys.readouterr().out
     assert rc == 0, printed
     assert "24 pairs: 3 queries × k=8" in printed and "| fast | bf16 | 2048 tok |" in printed
@@ -342,6 +350,8 @@ repeats = 1
     assert all(c["reference"].split()[1] == "fp32" for c in fid["comparisons"])
     assert (out / "throughput-tiny.md").read_text().count("| fast |") == 2
     assert (out / "plots" / "throughput-tiny.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "plots" / "quality-vs-speed.png").read_bytes()[:4] == b"\x89PNG"
+    assert "2 quality records" in printed
 
 
 def test_bench_throughput_needs_a_throughput_table(tmp_path, capsys):

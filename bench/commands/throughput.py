@@ -37,6 +37,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--latency-queries", type=int, default=16, help="queries timed one call each for p50/p95")
     parser.add_argument("--time-limit", type=float, default=None,
                         help="seconds; cells not started by then are skipped and recorded as skipped")
+    parser.add_argument("--quality-records", default=None,
+                        help="folder of `bench run` output whose quality records to plot against speed "
+                             "(default: --out); the plot is made when it holds any")
     parser.add_argument("--no-fidelity", action="store_true", help="skip the fidelity comparison against fp32")
     parser.add_argument("--cache-dir", help="models cache (default: the experiment's cache_dir or ~/.cache/rerank-bench)")
 
@@ -126,10 +129,14 @@ def run(args) -> int:
         if any(not c.get("error") for c in record["cells"]):
             plot_throughput(record, out / "plots" / f"throughput-{tag}.png")
         print(text)
-    quality = find_records(out, kind="quality") if out.exists() else []
+    qfolder = Path(args.quality_records) if args.quality_records else out
+    if args.quality_records and not qfolder.is_dir():
+        raise BenchError(f"--quality-records {qfolder}: no such folder (give the --out of a `bench run`)")
+    quality = find_records(qfolder, kind="quality") if qfolder.exists() else []
     if any((r.get("timings") or {}).get("rerank_pairs_per_s") for r in quality):
         metric = exp.evaluation.metrics[0]
-        plot_quality_speed(quality, out / "plots" / "quality-vs-speed.png", metric=metric)
+        path = plot_quality_speed(quality, out / "plots" / "quality-vs-speed.png", metric=metric)
+        print(f"quality against speed ({metric}, {len(quality)} quality records from {qfolder}): {path}")
     print(f"records, tables and plots in {out}")
     if failed:
         print(f"{failed} cell(s) failed; their errors are in the table and the record")
