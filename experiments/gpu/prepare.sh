@@ -8,7 +8,7 @@
 # .gpu/data/miracl-yo-dev                  copy of ../shared/data/miracl-yo-dev (the pairs' text)
 # .gpu/tokenizers/xlm-roberta/tokenizer.json  XLM-R's tokenizer (random:bge-reranker-large, random:bge-m3)
 # .gpu/tokenizers/bert-base-uncased/       bert-base-uncased's tokenizer files (random:bge-base-en-v1.5)
-# .whl/                                    pydantic and its dependencies for CPython 3.10-3.14, x86_64/aarch64
+# .whl/                                    pydantic and its dependencies for CPython 3.10-3.14, x86_64/aarch64; tomli
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
@@ -33,6 +33,9 @@ for v in 3.10 3.11 3.12 3.13 3.14; do
       --platform "$plat" -d .whl 2>&1 | grep -v "^WARNING: Location" || true
   done
 done
+
+# tomli: the tomllib of Python 3.10 (pure Python), in case the box's Python is older than 3.11
+"$PY" -m pip download -q tomli --only-binary=:all: --python-version 3.10 -d .whl 2>&1 | grep -v "^WARNING: Location" || true
 
 echo "prepared:"
 du -sh .gpu/data .gpu/tokenizers .whl

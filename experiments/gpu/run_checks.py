@@ -24,6 +24,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+if sys.version_info < (3, 11):  # bench.config imports tomllib (3.11+); tomli is the same parser, carried in .whl/
+    try:
+        import tomllib  # noqa: F401
+    except ModuleNotFoundError:
+        import tomli
+
+        sys.modules["tomllib"] = tomli
 
 # Issue 3's anchors and targets (H100): used only to print the comparison, never to change a number.
 TARGETS = {"fast_pairs_per_s": 8000, "fast_vs_flag": 3.0, "bf16_top10_identical": 0.99,

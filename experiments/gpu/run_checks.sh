@@ -45,12 +45,16 @@ fi
 {
   echo "rerank-bench GPU checks: $(date -u +%FT%TZ) python=${PY:-none} DATA=$DATA OUT=$OUT smoke=$SMOKE"
   if [ -z "$PY" ]; then echo "no python with torch found; set PYTHON=..."; exit 0; fi
-  # pydantic (bench.config) from the carried wheels when the box lacks it: installed beside, not into, its Python.
-  if ! "$PY" -c "import pydantic, sys; sys.exit(int(pydantic.VERSION.split('.')[0]) < 2)" >/dev/null 2>&1; then
+  # pydantic 2 (bench.config) and, on Python 3.10, tomli (bench.config imports tomllib) from the carried
+  # wheels when the box lacks them: installed beside, not into, its Python.
+  NEED=""
+  "$PY" -c "import pydantic, sys; sys.exit(int(pydantic.VERSION.split('.')[0]) < 2)" >/dev/null 2>&1 || NEED="pydantic"
+  "$PY" -c "import tomllib" >/dev/null 2>&1 || "$PY" -c "import tomli" >/dev/null 2>&1 || NEED="$NEED tomli"
+  if [ -n "$NEED" ]; then
     SITE="$ROOT/.gpu/site"
-    echo "pydantic missing: installing from .whl/ into $SITE"
-    "$PY" -m pip install -q --no-index --find-links "$ROOT/.whl" --target "$SITE" pydantic 2>&1 | tail -3
-    if ! PYTHONPATH="$SITE" "$PY" -c "import pydantic" >/dev/null 2>&1; then
+    echo "missing:$NEED; installing from .whl/ into $SITE"
+    "$PY" -m pip install -q --no-index --find-links "$ROOT/.whl" --target "$SITE" $NEED 2>&1 | tail -3
+    if ! PYTHONPATH="$SITE" "$PY" -c "import pydantic; import sys; sys.version_info >= (3, 11) or __import__('tomli')" >/dev/null 2>&1; then
       echo "pip could not install it; unpacking the matching wheels directly"
       "$PY" "$ROOT/experiments/gpu/unpack_wheels.py" "$ROOT/.whl" "$SITE"
     fi
