@@ -480,7 +480,16 @@ def run_cell(reranker, cell: Cell, pairset: PairSet, *, shape: ModelShape | None
     times, scores = time_passes(reranker.score, pairset.pairs, warmup=0, repeats=repeats, device=device)
     stats = dict(reranker.stats())
     latencies = query_latencies(reranker.score, pairset, n_queries=latency_queries, device=device)
-    mem = memory.result()
+    result = cell_result(reranker, cell, pairset, times=times, stats=stats, latencies=latencies,
+                         memory=memory.result(), shape=shape, lengths=lengths, ceiling=ceiling, warmup=warmup)
+    return result, np.asarray(scores)
+
+
+def cell_result(reranker, cell: Cell, pairset: PairSet, *, times: list[float], stats: Mapping,
+                latencies: list[float], memory: dict, shape: ModelShape | None, lengths: np.ndarray | None,
+                ceiling: Mapping | None, warmup: int) -> dict:
+    """What a cell reports, from its timed passes, the engine's counters over them and its latencies."""
+    repeats = len(times)
     med = statistics.median(times)
     n = len(pairset)
     out: dict[str, Any] = {
@@ -491,7 +500,7 @@ def run_cell(reranker, cell: Cell, pairset: PairSet, *, shape: ModelShape | None
         "pairs_per_s": n / med, "queries_per_s": n / med / pairset.k,
         "latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
                        "n_queries": len(latencies), "pairs_per_query": pairset.k},
-        "peak_memory": mem, "stats": _jsonable(stats),
+        "peak_memory": memory, "stats": _jsonable(stats),
         "padding_fraction": _padding_fraction(stats),
         "mean_tokens_per_pair": (stats.get("tokens", 0) / stats["pairs"]) if stats.get("pairs") else None,
         "error": None,
@@ -514,7 +523,7 @@ def run_cell(reranker, cell: Cell, pairset: PairSet, *, shape: ModelShape | None
         if stats.get("tokens") is not None and stats["tokens"] != counted * repeats:
             out["flop_tokens_note"] = (f"FLOPs counted on {counted} tokens per pass (pair_token_lengths); the "
                                        f"engine reported {stats['tokens'] / repeats:.0f} real tokens per pass")
-    return out, np.asarray(scores)
+    return out
 
 
 def text_token_lengths(tokenizer, texts: Sequence[str], max_length: int) -> np.ndarray:
@@ -603,71 +612,165 @@ class Sweep:
     query_max_length: int | None = None
     name: str = "throughput"
     deadline: float | None = None  # time.monotonic() after which remaining cells are skipped (recorded)
+    interleave: bool = False  # see _run_interleaved: for shared CPUs
     settings: dict = field(default_factory=dict)
 
     def run(self, *, ceiling: Mapping | None = None, progress: bool = True,
             on_cell: Callable[[dict], None] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
-        """Every cell in order; `on_cell(result)` after each (e.g. to save partial results)."""
-        from tqdm.auto import tqdm
-
+        """Every cell (in order, or interleaved); `on_cell(result)` after each (e.g. to save partial
+        results)."""
         from . import models
         from .records import make_record
 
+        labels = [c.label for c in self.cells]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise BenchError(f"throughput sweep: cells repeat {dup}; each cell must differ in a knob")
         device = resolve_device(self.device)
         if ceiling is None:
             ceiling = matmul_ceiling(device)
-        lengths_cache: dict[int, np.ndarray] = {}
+        self._lengths: dict[int, np.ndarray] = {}
+        runner = self._run_interleaved if self.interleave else self._run_in_order
+        results, scores = runner(device, ceiling, progress, on_cell)
+        add_speedups(results)
+        shape = asdict(self.shape) if self.shape else None
+        record = make_record(
+            "throughput", name=self.name, model={**models.describe(self.model), "shape": shape},
+            device=device, pairs=self.pairset.describe() | self._token_summary(self._lengths),
+            settings={"warmup": self.warmup, "repeats": self.repeats, "latency_queries": self.latency_queries,
+                      "query_max_length": self.query_max_length, "interleave": self.interleave, **self.settings},
+            ceiling=dict(ceiling), cells=results)
+        return record, scores
+
+    def _lengths_for(self, cell: Cell, n_pairs: int) -> np.ndarray | None:
+        """Per-pair token counts at the cell's max_length (for FLOPs), computed once per max_length."""
+        if self.tokenizer is None:
+            return None
+        if cell.max_length not in self._lengths:
+            self._lengths[cell.max_length] = pair_token_lengths(self.tokenizer, self.pairset.pairs, cell.max_length,
+                                                                self.query_max_length)
+        return self._lengths[cell.max_length][:n_pairs]
+
+    def _run_in_order(self, device, ceiling, progress, on_cell):
+        """One cell after the other, each alone in memory (per-cell peak memory is exact)."""
+        from tqdm.auto import tqdm
+
         results, scores = [], {}
         bar = tqdm(self.cells, desc="throughput cells", unit="cell", disable=not progress, file=sys.stderr)
         for cell in bar:
             bar.set_postfix_str(cell.label)
             pairs = self.pairset.head(cell.max_pairs)
             if self.deadline is not None and time.monotonic() > self.deadline:
-                results.append({**cell.to_dict(), "label": cell.label, "variant": cell.variant,
-                                "error": "skipped: the sweep's time limit was reached"})
+                results.append(_failed(cell, "skipped: the sweep's time limit was reached"))
                 continue
-            lengths = None
-            if self.tokenizer is not None:
-                if cell.max_length not in lengths_cache:
-                    lengths_cache[cell.max_length] = pair_token_lengths(self.tokenizer, self.pairset.pairs,
-                                                                        cell.max_length, self.query_max_length)
-                lengths = lengths_cache[cell.max_length][: len(pairs)]
             reranker = None
             try:
                 reranker = self.build(cell)
-                result, cell_scores = run_cell(reranker, cell, pairs, shape=self.shape, lengths=lengths,
-                                               ceiling=ceiling, device=device, warmup=self.warmup,
-                                               repeats=self.repeats, latency_queries=self.latency_queries)
-                scores[cell.label] = cell_scores
-            except BenchError as exc:
-                result = {**cell.to_dict(), "label": cell.label, "variant": cell.variant, "error": str(exc)}
+                result, scores[cell.label] = run_cell(
+                    reranker, cell, pairs, shape=self.shape, lengths=self._lengths_for(cell, len(pairs)),
+                    ceiling=ceiling, device=device, warmup=self.warmup, repeats=self.repeats,
+                    latency_queries=self.latency_queries)
             except Exception as exc:  # an engine crash must not lose the other cells: recorded, then reported
-                if _is_oom(exc):
-                    msg = f"out of memory: {exc}".splitlines()[0]
-                else:
-                    msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                result = {**cell.to_dict(), "label": cell.label, "variant": cell.variant, "error": msg}
+                result = _failed(cell, _error_text(exc))
             finally:
-                if reranker is not None and hasattr(reranker, "close"):
-                    reranker.close()  # data-parallel engines hold worker processes
+                _close(reranker)
                 del reranker
                 release(device)
             results.append(result)
             if on_cell is not None:
                 on_cell(result)
-        add_speedups(results)
-        shape = asdict(self.shape) if self.shape else None
-        record = make_record(
-            "throughput", name=self.name, model={**models.describe(self.model), "shape": shape},
-            device=device, pairs=self.pairset.describe() | self._token_summary(lengths_cache),
-            settings={"warmup": self.warmup, "repeats": self.repeats, "latency_queries": self.latency_queries,
-                      "query_max_length": self.query_max_length, **self.settings},
-            ceiling=dict(ceiling), cells=results)
-        return record, scores
+        return results, scores
+
+    def _run_interleaved(self, device, ceiling, progress, on_cell):
+        """All cells' engines loaded together; warm-ups, then timed pass r of every cell before pass
+        r+1 of any. On a shared machine (a CPU running other work) load changes then spread over all
+        cells instead of favouring whichever cell ran in a quiet moment. Per-cell peak memory cannot
+        be told apart this way and is recorded as not measured."""
+        from tqdm.auto import tqdm
+
+        built: dict[str, Any] = {}        # label -> reranker (every one is closed at the end)
+        failed: dict[str, dict] = {}      # label -> error result
+        times: dict[str, list[float]] = {}
+        scores: dict[str, np.ndarray] = {}
+        results: dict[str, dict] = {}
+        cells = {c.label: (c, self.pairset.head(c.max_pairs)) for c in self.cells}
+
+        def live():
+            return [label for label in built if label not in failed]
+
+        def guarded(label, fn):
+            try:
+                fn()
+            except Exception as exc:  # recorded per cell; the other cells go on
+                failed[label] = _failed(cells[label][0], _error_text(exc))
+
+        def timed_pass(label):
+            t, scores[label] = time_passes(built[label].score, cells[label][1].pairs, warmup=0, repeats=1,
+                                           device=device)
+            times[label] += t
+
+        def finish(label):
+            cell, pairs = cells[label]
+            reranker = built[label]
+            stats = dict(reranker.stats())
+            lat = query_latencies(reranker.score, pairs, n_queries=self.latency_queries, device=device)
+            results[label] = cell_result(
+                reranker, cell, pairs, times=times[label], stats=stats, latencies=lat,
+                memory={"bytes": None, "what": "interleaved cells share the process: per-cell peak not measured"},
+                shape=self.shape, lengths=self._lengths_for(cell, len(pairs)), ceiling=ceiling, warmup=self.warmup)
+
+        try:
+            for label, (cell, _) in cells.items():
+                try:
+                    built[label] = self.build(cell)
+                except Exception as exc:
+                    failed[label] = _failed(cell, _error_text(exc))
+            for label in live():
+                guarded(label, lambda label=label: [built[label].score(cells[label][1].pairs)
+                                                    for _ in range(self.warmup)])
+                built[label].reset_stats()  # the counters then cover exactly the timed passes
+                times[label] = []
+            for r in tqdm(range(self.repeats), desc="interleaved passes", unit="pass", disable=not progress,
+                          file=sys.stderr):
+                if r > 0 and self.deadline is not None and time.monotonic() > self.deadline:
+                    break  # every cell keeps the passes done so far (its `repeats` says how many)
+                for label in live():
+                    guarded(label, lambda label=label: timed_pass(label))
+            for label in live():
+                guarded(label, lambda label=label: finish(label))
+        finally:
+            for reranker in built.values():
+                _close(reranker)
+            built.clear()
+            release(device)
+        ordered = [results.get(c.label) or failed[c.label] for c in self.cells]
+        if on_cell is not None:
+            for result in ordered:
+                on_cell(result)
+        return ordered, {label: v for label, v in scores.items() if label in results}
 
     def _token_summary(self, lengths_cache: Mapping[int, np.ndarray]) -> dict:
         return {"mean_tokens_per_pair": {str(L): float(v.mean()) for L, v in lengths_cache.items() if len(v)},
                 "truncated_share": {str(L): float((v >= L).mean()) for L, v in lengths_cache.items() if len(v)}}
+
+
+def _failed(cell: Cell, error: str) -> dict:
+    return {**cell.to_dict(), "label": cell.label, "variant": cell.variant, "error": error}
+
+
+def _error_text(exc: BaseException) -> str:
+    """One line for the record: the message of a BenchError, the type and message of anything else."""
+    if isinstance(exc, BenchError):
+        return str(exc)
+    if _is_oom(exc):
+        return f"out of memory: {exc}".splitlines()[0]
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def _close(reranker) -> None:
+    """Data-parallel engines hold worker processes: stop them."""
+    if reranker is not None and hasattr(reranker, "close"):
+        reranker.close()
 
 
 def _is_oom(exc: BaseException) -> bool:

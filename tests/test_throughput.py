@@ -220,11 +220,47 @@ def test_deadline_skips_remaining_cells_and_says_so(pairset, tiny_reranker):
         calls.append(cell)
         return PlainScorer(tiny_reranker, batch_size=cell.batch_size)
 
-    cells = [Cell("transformers", "fp32", 512, batch_size=8)] * 2
+    cells = [Cell("transformers", "fp32", 512, batch_size=8), Cell("transformers", "fp32", 512, batch_size=4)]
     sweep = Sweep(pairset.head(12), cells, build, model=tiny_reranker, device="cpu", warmup=0, repeats=1,
                   latency_queries=1, deadline=time.monotonic() - 1)
     record, scores = sweep.run(ceiling={"tflop_per_s": 1.0, "dtype": "fp32"}, progress=False)
     assert calls == [] and all("time limit" in c["error"] for c in record["cells"]) and scores == {}
+
+
+def test_interleaved_passes_alternate_cells_and_record_failures(pairset, tiny_reranker):
+    """Interleaved order: every cell's pass r runs before any cell's pass r+1; a cell that cannot be
+    built or fails mid-way is recorded and the others finish; the engines are all closed."""
+    calls, closed = [], []
+
+    class Traced(PlainScorer):
+        def score(self, pairs):
+            calls.append(self.batch_size)
+            if self.batch_size == 3 and len(calls) > 4:
+                raise RuntimeError("engine crashed")
+            return super().score(pairs)
+
+        def close(self):
+            closed.append(self.batch_size)
+
+    def build(cell):
+        if cell.batch_size == 5:
+            raise BenchError("cannot build")
+        return Traced(tiny_reranker, batch_size=cell.batch_size)
+
+    cells = [Cell("transformers", "fp32", 512, batch_size=b) for b in (8, 5, 4, 3)]
+    sweep = Sweep(pairset.head(12), cells, build, model=tiny_reranker, device="cpu", warmup=1, repeats=3,
+                  latency_queries=0, interleave=True)
+    seen = []
+    record, scores = sweep.run(ceiling={"tflop_per_s": 1.0, "dtype": "fp32"}, progress=False, on_cell=seen.append)
+    assert calls[:3] == [8, 4, 3] and calls[3:6] == [8, 4, 3]  # warm-ups, then pass 1 of every cell
+    assert calls[6:] == [8, 4, 8, 4]  # the crashed cell is out, the others go on
+    a, b, c, d = record["cells"]
+    assert b["error"] == "cannot build" and d["error"] == "RuntimeError: engine crashed"
+    assert a["repeats"] == c["repeats"] == 3 and a["peak_memory"]["bytes"] is None
+    assert record["settings"]["interleave"] is True and set(scores) == {a["label"], c["label"]}
+    assert sorted(closed) == [3, 4, 8] and [r["label"] for r in seen] == [x.label for x in cells]
+    with pytest.raises(BenchError, match="cells repeat"):
+        Sweep(pairset, [cells[0], cells[0]], build, model=tiny_reranker, device="cpu").run(ceiling={}, progress=False)
 
 
 def test_cells_from_spec_budgets_for_fast_batches_for_baselines():

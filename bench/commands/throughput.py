@@ -35,6 +35,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--attention", nargs="+", default=None,
                         help="fast-engine attention variants to sweep (e.g. varlen sdpa-padded); default: the engine's own")
     parser.add_argument("--latency-queries", type=int, default=16, help="queries timed one call each for p50/p95")
+    parser.add_argument("--order", choices=["auto", "interleaved", "in-order"], default="auto",
+                        help="interleaved: all engines loaded, pass r of every cell before pass r+1 of any (fair "
+                             "on a shared CPU; no per-cell peak memory); in-order: one cell after the other "
+                             "(exact peak memory). auto: interleaved on CPU, in-order on GPU")
     parser.add_argument("--time-limit", type=float, default=None,
                         help="seconds; cells not started by then are skipped and recorded as skipped")
     parser.add_argument("--quality-records", default=None,
@@ -100,6 +104,8 @@ def run(args) -> int:
     for spec in exp.rerankers:
         from transformers import AutoConfig, AutoTokenizer
 
+        from ..throughput import resolve_device
+
         path = models.resolve(spec.model, cache_dir)
         tokenizer = AutoTokenizer.from_pretrained(path, revision=spec.revision)
         shape = ModelShape.from_config(AutoConfig.from_pretrained(path, revision=spec.revision))
@@ -109,6 +115,8 @@ def run(args) -> int:
                       model=spec.model, device=spec.device, warmup=tp.warmup, repeats=tp.repeats,
                       latency_queries=args.latency_queries, tokenizer=tokenizer, shape=shape,
                       query_max_length=spec.query_max_length, name=exp.name, deadline=deadline,
+                      interleave=(args.order == "interleaved" or
+                                  (args.order == "auto" and resolve_device(spec.device).startswith("cpu"))),
                       settings={"experiment": str(args.experiment), "throughput": tp.model_dump(mode="json"),
                                 "reranker": spec.model_dump(mode="json")})
         record, scores = sweep.run()
