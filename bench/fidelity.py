@@ -212,8 +212,10 @@ def fidelity_record(comparisons: list[dict], *, throughput_record: Mapping | Non
 
 def markdown_table(comparisons: Sequence[Mapping]) -> str:
     """Fidelity as a Markdown table (one row per compared cell)."""
-    head = ["cell", "vs (fp32)", "queries", "max |Δ|", "mean |Δ|", "max |Δ| / σ(ref)", "τ median", "τ min",
-            "top-10 identical", "nDCG@10 ref → cell (Δ)"]
+    sets = any("pairs_set" in c for c in comparisons)  # comparisons on more than one set of pairs
+    head = (["pairs"] if sets else []) + [
+        "cell", "vs (fp32)", "queries", "max |Δ|", "mean |Δ|", "max |Δ| / σ(ref)", "τ median", "τ min",
+        "top-10 identical", "nDCG@10 ref → cell (Δ)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in comparisons:
         tau = c["kendall_tau"]
@@ -221,7 +223,7 @@ def markdown_table(comparisons: Sequence[Mapping]) -> str:
         nd_txt = (f"{nd['reference']:.4f} → {nd['candidate']:.4f} ({nd['delta']:+.4f})"
                   if nd.get("delta") is not None else "–")
         top = c.get("top10_identical")
-        lines.append("| " + " | ".join([
+        lines.append("| " + " | ".join(([c.get("pairs_set", "")] if sets else []) + [
             c["cell"], c["reference"], str(c["n_queries"]), f"{c['max_abs_diff']:.2e}", f"{c['mean_abs_diff']:.2e}",
             "–" if c.get("max_abs_diff_over_std") is None else f"{c['max_abs_diff_over_std']:.3g}",
             "–" if tau["median"] is None else f"{tau['median']:.4f}", "–" if tau["min"] is None else f"{tau['min']:.4f}",

@@ -420,7 +420,7 @@ def encoder_table(cells) -> str:
             continue
         mem = (c.get("peak_memory") or {}).get("bytes")
         lines.append(f"| {c['architecture']} | {c['engine']} | {c['dtype']} | {c['n_texts']} | {c['texts_per_s']:,.0f} | "
-                     f"{c.get('mean_tokens_per_text', 0):.1f} | {c.get('useful_tflop_per_s', 0):.1f} | "
+                     f"{c.get('mean_tokens_per_text', 0):.1f} | {c.get('useful_tflop_per_s', 0):.3g} | "
                      f"{100 * (c.get('ceiling_share') or 0):.1f}% | {'–' if mem is None else f'{mem / 2**30:.2f} GiB'} |")
     return "\n".join(lines) + "\n"
 
