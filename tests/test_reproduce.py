@@ -172,6 +172,8 @@ def test_command_reads_existing_records_and_exits_by_the_verdict(entries, tmp_pa
     # Without names nothing runs: entries without records are MISSING, and that alone is no failure.
     assert main(["reproduce", "--registry", str(reg), "--records", str(tmp_path / "nothing")]) == 0
     assert "0 OK, 0 FAIL, 3 MISSING" in capsys.readouterr().out
+    assert main(["reproduce", "--list", "--registry", str(reg)]) == 0
+    assert "rerank/yo/nDCG@10\tnDCG@10 0.6400 ±0.005\tA paper, Table 1" in capsys.readouterr().out
     assert main(["reproduce", "nope", "--registry", str(reg)]) == 2
     assert "no registry entry matches 'nope'" in capsys.readouterr().err
 
