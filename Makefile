@@ -34,8 +34,8 @@ test: $(STAMP)  ## the test suite (offline, CPU; tests that need ../shared/data 
 throughput: $(STAMP)  ## reranker engines side by side: experiments/throughput.toml
 	$(BIN)/bench throughput experiments/throughput.toml $(if $(OUT),--out $(OUT))
 
-reproduce: $(STAMP)  ## published scores vs. measured ones (registry in bench/registry/)
-	$(BIN)/bench reproduce
+reproduce: $(STAMP)  ## published vs. measured scores: make reproduce NAMES='measured/miracl-yo-dev/minilm/*'
+	$(BIN)/bench reproduce $(NAMES)
 
 report: $(STAMP)  ## the table again from a run's records: make report OUT=runs/default
 	$(BIN)/bench report $(or $(OUT),runs/default)

@@ -123,12 +123,16 @@ class Pipeline:
         ev_spec = self.exp.evaluation
         conventions = Conventions(depth=ev_spec.depth, rel_level=ev_spec.rel_level, judged_only=ev_spec.judged_only)
         names = list(ev_spec.metrics)
-        extra = [] if "judged@10" in names else ["judged@10"]
-        evaluation = evaluate(collection.qrels, run, names + extra, conventions)
-        judged = evaluation.means["judged@10"]
-        for name in extra:  # a diagnostic, not one of the experiment's metrics
-            evaluation.means.pop(name)
-            evaluation.per_query.pop(name)
+        # judged@10 (holes in the judgements) is read on the plain top 10: no -J, and a -M under 10
+        # would hide part of it. One pass serves both when the conventions allow.
+        plain = Conventions(rel_level=ev_spec.rel_level)
+        shared = "judged@10" not in names and not ev_spec.judged_only and (ev_spec.depth or 10) >= 10
+        evaluation = evaluate(collection.qrels, run, names + (["judged@10"] if shared else []), conventions)
+        if shared:
+            judged = evaluation.means.pop("judged@10")
+            evaluation.per_query.pop("judged@10")
+        else:
+            judged = evaluate(collection.qrels, run, ["judged@10"], plain).means["judged@10"]
         ds_slug = slug(collection.name)
         run_path = self.out / "runs" / ds_slug / f"{slug(run_name)}.trec"
         write_run(run, run_path, tag=slug(run_name))
