@@ -51,7 +51,7 @@ FULL = dict(
 )
 SMOKE = dict(
     device="cpu", reranker="random:tiny-xlmr-reranker", k=8, sweep_pairs=32, fidelity_queries=6,
-    warmup=1, repeats=2, latency_queries=2, total_s=400, plain_pairs=16, st_pairs=24,
+    warmup=1, repeats=1, latency_queries=1, total_s=400, plain_pairs=16, st_pairs=24,
     budgets=[512, 2048], encoder_texts=48, encoder_st_texts={"bge-base-en-v1.5": 32, "bge-m3": 32},
     encoders={"bge-base-en-v1.5": "offline:all-MiniLM-L6-v2", "bge-m3": "random:tiny-xlmr-encoder"},
     encoder_budget=1024,
