@@ -67,7 +67,10 @@ class Pipeline:
         from .retrieve.first_stage import FirstStage
 
         stage = FirstStage(name, spec, self.cache, progress=self.progress)
-        run, info = stage.retrieve(collection)
+        try:
+            run, info = stage.retrieve(collection)
+        finally:
+            stage.close()
         system = {"label": name, "stage": "first_stage", "first_stage": stage.describe(), "reranker": None}
         if info.get("encoder"):
             system["first_stage"]["encoder"] = info["encoder"]

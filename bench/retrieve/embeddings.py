@@ -35,40 +35,58 @@ class EmbeddingStore:
     def _shard(self, i: int) -> tuple[Path, Path]:
         return self.folder / f"shard-{i:05d}.npy", self.folder / f"shard-{i:05d}.ids"
 
-    def build(self, doc_batches: Iterator[list[tuple[str, str]]], encode: Callable[[list[str]], np.ndarray],
-              *, n_docs: int, storage_dtype: str = "float32", progress: bool = True) -> dict:
+    def build(self, doc_batches: Iterator[list[tuple[str, str]]], encode: Callable[[list[str]], np.ndarray] | None = None,
+              *, n_docs: int, storage_dtype: str = "float32", progress: bool = True,
+              encode_shards: Callable[[Iterator[tuple[int, list[str]]]], Iterator[tuple[int, np.ndarray]]] | None = None
+              ) -> dict:
         """Encode every shard that is not on disk yet. `doc_batches` must yield the corpus in its fixed
-        order in batches of exactly `shard_size` (the last may be shorter)."""
+        order in batches of exactly `shard_size` (the last may be shorter). Either `encode(texts)` (one
+        device) or `encode_shards` (an iterator of (index, texts) in, (index, vectors) out, in any
+        order: several devices) does the encoding; each shard is written as soon as it is done."""
         from tqdm.auto import tqdm
 
+        if (encode is None) == (encode_shards is None):
+            raise ValueError("give exactly one of encode and encode_shards")
+        if encode_shards is None:
+            encode_shards = lambda items: ((i, encode(texts)) for i, texts in items)  # noqa: E731
         self.folder.mkdir(parents=True, exist_ok=True)
-        encoded = reused = 0
+        counts = {"encoded_docs": 0, "reused_docs": 0}
         bar = tqdm(total=n_docs, desc="encode corpus", unit="doc", disable=not progress, dynamic_ncols=True)
-        for i, batch in enumerate(doc_batches):
+        pending_ids: dict[int, list[str]] = {}
+
+        def missing():
+            for i, batch in enumerate(doc_batches):
+                vec_path, ids_path = self._shard(i)
+                ids = [doc_id for doc_id, _ in batch]
+                if vec_path.exists() and ids_path.exists():
+                    if ids_path.read_text(encoding="utf-8").split("\n") != ids:
+                        raise BenchError(f"{ids_path}: cached shard does not match the collection's document "
+                                         f"order; delete {self.folder} and rerun")
+                    counts["reused_docs"] += len(ids)
+                    bar.update(len(ids))
+                    continue
+                pending_ids[i] = ids
+                yield i, [text for _, text in batch]
+
+        for i, vecs in encode_shards(missing()):
+            ids = pending_ids.pop(i)
+            vecs = np.ascontiguousarray(vecs, dtype=storage_dtype)
+            if vecs.shape[0] != len(ids):
+                raise RuntimeError(f"encoder returned {vecs.shape[0]} vectors for {len(ids)} texts")
             vec_path, ids_path = self._shard(i)
-            ids = [doc_id for doc_id, _ in batch]
-            if vec_path.exists() and ids_path.exists():
-                if ids_path.read_text(encoding="utf-8").split("\n") != ids:
-                    raise BenchError(f"{ids_path}: cached shard does not match the collection's document order; "
-                                     f"delete {self.folder} and rerun")
-                reused += len(ids)
-            else:
-                vecs = np.ascontiguousarray(encode([text for _, text in batch]), dtype=storage_dtype)
-                if vecs.shape[0] != len(ids):
-                    raise RuntimeError(f"encoder returned {vecs.shape[0]} vectors for {len(ids)} texts")
-                buf = io.BytesIO()
-                np.save(buf, vecs)
-                atomic_write_bytes(vec_path, buf.getvalue())
-                atomic_write_text(ids_path, "\n".join(ids))
-                encoded += len(ids)
+            buf = io.BytesIO()
+            np.save(buf, vecs)
+            atomic_write_bytes(vec_path, buf.getvalue())
+            atomic_write_text(ids_path, "\n".join(ids))
+            counts["encoded_docs"] += len(ids)
             bar.update(len(ids))
         bar.close()
-        total = encoded + reused
+        total = counts["encoded_docs"] + counts["reused_docs"]
         if total != n_docs:
             raise BenchError(f"{self.folder}: the collection yielded {total} documents, expected {n_docs}")
         atomic_write_json(self.folder / DONE, {"n_docs": total, "shard_size": self.shard_size,
                                                 "storage_dtype": storage_dtype})
-        return {"encoded_docs": encoded, "reused_docs": reused}
+        return counts
 
     def shards(self) -> Iterator[tuple[list[str], np.ndarray]]:
         """(doc ids, memory-mapped vectors) per shard, in corpus order."""

@@ -28,15 +28,6 @@ def queries_digest(queries: dict[str, str]) -> str:
     return h.hexdigest()[:16]
 
 
-def resolve_device(device: str) -> str:
-    """'auto' → 'cuda' when torch sees a GPU, else 'cpu'; anything else is passed through."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 class FirstStage:
     """Candidates for every query of a collection, by one configured method."""
 
@@ -86,12 +77,20 @@ class FirstStage:
 
     # -- methods -----------------------------------------------------------------------------
     def _dense(self, collection):
-        from ..encode import build_encoder
+        from ..engine.device import resolve_devices
         from .embeddings import EmbeddingStore
         from .search import exact_top_k
 
+        devices = resolve_devices(self.spec.device)
         if self._encoder is None:
-            self._encoder = build_encoder(self.spec, cache_dir=self.cache_root)
+            if len(devices) > 1:  # one encoder process per device, whole shards each
+                from .parallel_encode import ShardEncoderPool
+
+                self._encoder = ShardEncoderPool(self.spec, devices, cache_dir=self.cache_root)
+            else:
+                from ..encode import build_encoder
+
+                self._encoder = build_encoder(self.spec, cache_dir=self.cache_root, device=devices[0])
         enc = self._encoder
         d = enc.describe()
         storage = "float32" if d.get("dtype") in ("fp32", "tf32") else "float16"
@@ -103,21 +102,31 @@ class FirstStage:
         t0 = time.perf_counter()
         built = {"encoded_docs": 0, "reused_docs": collection.n_docs()}
         if not store.complete():
-            built = store.build(collection.iter_docs(batch_size=SHARD_SIZE), enc.encode_docs,
-                                n_docs=collection.n_docs(), storage_dtype=storage, progress=self.progress)
+            batches = collection.iter_docs(batch_size=SHARD_SIZE)
+            if len(devices) > 1:
+                built = store.build(batches, encode_shards=enc.imap, n_docs=collection.n_docs(),
+                                    storage_dtype=storage, progress=self.progress)
+            else:
+                built = store.build(batches, enc.encode_docs, n_docs=collection.n_docs(), storage_dtype=storage,
+                                    progress=self.progress)
         t_encode = time.perf_counter() - t0
         qids = sorted(collection.queries)
         t0 = time.perf_counter()
         q = enc.encode_queries([collection.queries[qid] for qid in qids])
         hits = exact_top_k(q, store.shards(), self.spec.depth, chunk=self.spec.search_chunk,
-                           device=resolve_device(self.spec.device), progress=self.progress,
-                           n_docs=collection.n_docs())
+                           device=devices[0], progress=self.progress, n_docs=collection.n_docs())
         t_search = time.perf_counter() - t0
         info = {"method": "dense exact inner product over L2-normalised embeddings", "encoder": d,
                 "embeddings": {"folder": str(store_folder), "storage_dtype": storage, **built},
                 "encode_seconds": t_encode, "search_seconds": t_search,
                 "docs_per_second": built["encoded_docs"] / t_encode if built["encoded_docs"] else None}
         return dict(zip(qids, hits)), info
+
+    def close(self) -> None:
+        """Release the encoder (and its worker processes, if several devices)."""
+        if self._encoder is not None and hasattr(self._encoder, "close"):
+            self._encoder.close()
+        self._encoder = None
 
     def _bm25(self, collection):
         from .bm25 import bm25_settings, bm25_top_k

@@ -1,0 +1,56 @@
+"""The dense first stage: cached embeddings, and corpus encoding spread over several devices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import bench.retrieve.first_stage as fs_mod
+from bench.config import CollectionSpec, FirstStageSpec
+from bench.data import load_collection
+from bench.retrieve.first_stage import FirstStage
+
+
+@pytest.fixture(scope="module")
+def collection():
+    spec = CollectionSpec(source="synthetic", synthetic={"languages": ["en"], "docs_per_language": 160,
+                                                         "queries_per_language": 10})
+    return load_collection(spec)
+
+
+def embeddings(stage, collection):
+    from bench.retrieve.embeddings import EmbeddingStore
+
+    run, info = stage.retrieve(collection)
+    store = EmbeddingStore(info["embeddings"]["folder"])
+    ids, vecs = zip(*[(i, np.asarray(v)) for s_ids, s_vecs in store.shards() for i, v in zip(s_ids, s_vecs)])
+    return run, info, list(ids), np.stack(vecs)
+
+
+def test_two_worker_processes_encode_like_one(collection, minilm, tmp_path, monkeypatch):
+    monkeypatch.setattr(fs_mod, "SHARD_SIZE", 50)  # 4 shards for 2 workers
+    spec = FirstStageSpec(kind="dense", model=minilm, dtype="fp32", depth=20, max_length=64, device="cpu")
+    one = FirstStage("one", spec, tmp_path / "a", progress=False)
+    run1, info1, ids1, vecs1 = embeddings(one, collection)
+    one.close()
+    two = FirstStage("two", spec.model_copy(update={"device": "cpu,cpu"}), tmp_path / "b", progress=False)
+    run2, info2, ids2, vecs2 = embeddings(two, collection)
+    two.close()
+    assert info2["encoder"]["data_parallel"]["processes"] == 2
+    assert info2["embeddings"]["encoded_docs"] == 160
+    assert ids1 == ids2 == [d for batch in collection.iter_docs(50) for d, _ in batch]
+    np.testing.assert_allclose(vecs1, vecs2, atol=1e-5)
+    assert {q: list(d) for q, d in run1.items()} == {q: list(d) for q, d in run2.items()}
+
+
+def test_rerun_reuses_embeddings_and_run(collection, minilm, tmp_path):
+    spec = FirstStageSpec(kind="dense", model=minilm, dtype="fp32", depth=10, max_length=64, device="cpu")
+    stage = FirstStage("s", spec, tmp_path, progress=False)
+    run, info = stage.retrieve(collection)
+    assert not info["cached"] and info["embeddings"]["encoded_docs"] == 160
+    again, info2 = FirstStage("s", spec, tmp_path, progress=False).retrieve(collection)
+    assert info2["cached"] and again == run
+    # Another depth: a new candidate run, but the corpus is not encoded again.
+    deeper, info3 = FirstStage("s", spec.model_copy(update={"depth": 15}), tmp_path, progress=False).retrieve(collection)
+    assert info3["embeddings"]["encoded_docs"] == 0 and info3["embeddings"]["reused_docs"] == 160
+    assert all(list(deeper[q])[:10] == list(run[q]) for q in run)
