@@ -8,9 +8,6 @@ from pair to pair.
 
 from __future__ import annotations
 
-import gzip
-import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -19,37 +16,9 @@ import pytest
 from bench.config import RerankerSpec
 from bench.errors import BenchError
 from bench.rerank import build_reranker
+from bench.rerank.speed import beir_pairs
 
 TOL = 1e-5
-
-
-def yoruba_pairs(shared_data: Path, n: int = 160, seed: int = 0) -> list[tuple[str, str]]:
-    """Real MIRACL Yoruba queries with judged passages (half) and random corpus passages (half)."""
-    folder = shared_data / "miracl-yo-dev"
-    queries = {}
-    for line in (folder / "queries.jsonl").read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        queries[row["_id"]] = row["text"]
-    qrels = [line.split("\t") for line in (folder / "qrels" / "dev.tsv").read_text().splitlines()[1:]][:400]
-    wanted = {doc for _, doc, _ in qrels}
-    docs, pool = {}, []
-    with gzip.open(folder / "corpus.jsonl.gz", "rt", encoding="utf-8") as fh:
-        for i, line in enumerate(fh):
-            row = json.loads(line)
-            text = (row.get("title", "") + " " + row["text"]).strip()
-            if row["_id"] in wanted:
-                docs[row["_id"]] = text
-            if i < 3000:
-                pool.append(text)
-            elif len(docs) == len(wanted):
-                break
-    rng = random.Random(seed)
-    judged = [(queries[q], docs[d]) for q, d, _ in qrels if d in docs and q in queries]
-    rng.shuffle(judged)
-    qtexts = sorted(set(queries.values()))
-    pairs = judged[: n // 2] + [(rng.choice(qtexts), rng.choice(pool)) for _ in range(n - n // 2)]
-    rng.shuffle(pairs)
-    return pairs
 
 
 def spread(src: str, dst: Path, seed: int = 0, scale: float = 0.15) -> str:
@@ -72,7 +41,8 @@ def spread(src: str, dst: Path, seed: int = 0, scale: float = 0.15) -> str:
 
 @pytest.fixture(scope="session")
 def pairs(shared_data):
-    return yoruba_pairs(shared_data)
+    """Real MIRACL Yoruba queries with judged passages (half) and random corpus passages (half)."""
+    return beir_pairs(shared_data / "miracl-yo-dev", 160)
 
 
 @pytest.fixture(scope="session")

@@ -148,7 +148,7 @@ class PackedEncoder:
         w_qkv, b_qkv, w_ao, b_ao, g1, beta1, w_in, b_in, w_out, b_out, g2, beta2 = params
         t, width = x.shape
         qkv = F.linear(x, w_qkv, b_qkv).view(t, 3, self.heads, self.head_dim)
-        a = self._attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], ctx).reshape(t, width)
+        a = self._attend(qkv, ctx).reshape(t, width)
         x = F.layer_norm(F.linear(a, w_ao, b_ao) + x, (width,), g1, beta1, self.eps[0])
         h = F.linear(x, w_in, b_in)
         h = F.relu(h) if self.gelu is None else F.gelu(h, approximate=self.gelu)
@@ -170,32 +170,28 @@ class PackedEncoder:
         keep = torch.arange(longest, device=cu.device)[None, :] < lengths[:, None]
         return slot, keep[:, None, None, :], n, longest
 
-    def _varlen(self, q, k, v, batch):
+    def _varlen(self, qkv, batch):
         from torch.nn.attention.varlen import varlen_attn
 
         cu = batch.cu_seqlens
-        return varlen_attn(q, k, v, cu, cu, batch.max_len, batch.max_len)
+        return varlen_attn(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, cu, batch.max_len, batch.max_len)
 
-    def _varlen_aten(self, q, k, v, batch):
+    def _varlen_aten(self, qkv, batch):
         import torch
 
         cu = batch.cu_seqlens
-        return torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, batch.max_len, batch.max_len,
-                                                       0.0, False, False)[0]
+        return torch.ops.aten._flash_attention_forward(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, cu, batch.max_len,
+                                                       batch.max_len, 0.0, False, False)[0]
 
-    def _sdpa_padded(self, q, k, v, ctx):
-        import torch
+    def _sdpa_padded(self, qkv, ctx):
         import torch.nn.functional as F
 
         slot, mask, n, longest = ctx
-        t, h, d = q.shape
-
-        def pad(x):
-            out = x.new_zeros(n * longest, h, d)
-            out.index_copy_(0, slot, x)
-            return out.view(n, longest, h, d).transpose(1, 2)
-
-        o = F.scaled_dot_product_attention(pad(q), pad(k), pad(v), attn_mask=mask, scale=self.scale)
+        t, three, h, d = qkv.shape
+        padded = qkv.new_zeros(n * longest, three, h, d)
+        padded.index_copy_(0, slot, qkv)
+        padded = padded.view(n, longest, three, h, d).permute(2, 0, 3, 1, 4)  # [3, n, heads, longest, dim]
+        o = F.scaled_dot_product_attention(padded[0], padded[1], padded[2], attn_mask=mask, scale=self.scale)
         return o.transpose(1, 2).reshape(n * longest, h, d).index_select(0, slot)
 
     def describe(self) -> dict:
