@@ -161,10 +161,13 @@ class EvaluationSpec(Spec):
     judged_only: bool = False
 
 
+Engine = Literal["fast", "transformers", "sentence-transformers", "flag"]
+
+
 class ThroughputSpec(Spec):
     """A throughput sweep: engines × budgets × dtypes × max_lengths on real pairs."""
 
-    engines: list[Literal["fast", "transformers", "sentence-transformers", "flag"]] = ["fast", "transformers"]
+    engines: list[Engine] = ["fast", "transformers"]
     dtypes: list[Dtype] = ["auto"]
     batch_sizes: list[int] = [32]
     token_budgets: list[int] = [16384]
@@ -173,6 +176,17 @@ class ThroughputSpec(Spec):
     k: int = Field(100, gt=0, description="pairs per query for queries/s and per-query latency")
     warmup: int = Field(1, ge=0)
     repeats: int = Field(3, gt=0)
+    engine_dtypes: dict[Engine, list[Dtype]] = Field({}, description="per-engine dtypes instead of `dtypes` "
+                                                     "(run baselines as their users do: transformers=fp32, flag=fp16)")
+    candidates: Literal["first-stage", "qrels"] = Field("first-stage", description="each query's k pairs: the "
+                                                         "first stage's top-k, or relevant + judged + random docs")
+    slow_pairs: int | None = Field(None, gt=0, description="at most this many pairs (whole queries) for the "
+                                                           "transformers and sentence-transformers engines")
+    latency_queries: int = Field(16, ge=0, description="queries timed one call each for latency p50/p95")
+    order: Literal["auto", "interleaved", "in-order"] = Field("auto", description="interleaved: pass r of every "
+                                                              "cell before pass r+1 of any; auto: interleaved on CPU")
+    time_limit_s: float | None = Field(None, gt=0, description="cells not started by then are recorded as skipped")
+    fidelity: bool = Field(True, description="compare every precision's scores with fp32 on the same pairs")
 
 
 class Experiment(Spec):

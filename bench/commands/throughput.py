@@ -25,22 +25,22 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dataset", help="label of the dataset whose pairs to use (default: the first)")
     parser.add_argument("--engines", nargs="+", help="override [throughput].engines")
     parser.add_argument("--pairs", type=int, help="override [throughput].pairs")
-    parser.add_argument("--candidates", choices=["first-stage", "qrels"], default="first-stage",
-                        help="each query's k candidates: the first stage's top-k (default) or qrels-based")
+    parser.add_argument("--candidates", choices=["first-stage", "qrels"], default=None,
+                        help="override [throughput].candidates: the first stage's top-k or qrels-based")
     parser.add_argument("--slow-pairs", type=int, default=None,
-                        help="score at most this many pairs (whole queries) with the plain loop and "
-                             "sentence-transformers engines (recorded per cell); default: all")
+                        help="override [throughput].slow_pairs: at most this many pairs (whole queries) for the "
+                             "plain loop and sentence-transformers engines (recorded per cell)")
     parser.add_argument("--engine-dtypes", nargs="+", default=None, metavar="ENGINE=DTYPE[,DTYPE]",
-                        help="dtypes for one engine instead of [throughput].dtypes, e.g. transformers=fp32 flag=fp16")
+                        help="override [throughput].engine_dtypes, e.g. transformers=fp32 flag=fp16")
     parser.add_argument("--attention", nargs="+", default=None,
                         help="fast-engine attention variants to sweep (e.g. varlen sdpa-padded); default: the engine's own")
-    parser.add_argument("--latency-queries", type=int, default=16, help="queries timed one call each for p50/p95")
-    parser.add_argument("--order", choices=["auto", "interleaved", "in-order"], default="auto",
+    parser.add_argument("--latency-queries", type=int, default=None, help="override [throughput].latency_queries")
+    parser.add_argument("--order", choices=["auto", "interleaved", "in-order"], default=None,
                         help="interleaved: all engines loaded, pass r of every cell before pass r+1 of any (fair "
                              "on a shared CPU; no per-cell peak memory); in-order: one cell after the other "
-                             "(exact peak memory). auto: interleaved on CPU, in-order on GPU")
+                             "(exact peak memory). auto: interleaved on CPU, in-order on GPU. Overrides [throughput].order")
     parser.add_argument("--time-limit", type=float, default=None,
-                        help="seconds; cells not started by then are skipped and recorded as skipped")
+                        help="override [throughput].time_limit_s: cells not started by then are recorded as skipped")
     parser.add_argument("--quality-records", default=None,
                         help="folder of `bench run` output whose quality records to plot against speed "
                              "(default: --out); the plot is made when it holds any")
@@ -66,8 +66,11 @@ def run(args) -> int:
         raise BenchError(f"{args.experiment}: no [throughput] table; add one (see experiments/throughput.toml)")
     if not exp.rerankers:
         raise BenchError(f"{args.experiment}: no [[rerankers]]; name at least one model to measure")
-    if args.engines:
-        tp = tp.model_copy(update={"engines": args.engines})
+    overrides = {"engines": args.engines, "candidates": args.candidates, "slow_pairs": args.slow_pairs,
+                 "engine_dtypes": parse_engine_dtypes(args.engine_dtypes) if args.engine_dtypes else None,
+                 "latency_queries": args.latency_queries, "order": args.order, "time_limit_s": args.time_limit,
+                 "fidelity": False if args.no_fidelity else None}
+    tp = tp.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     n_pairs = args.pairs or tp.pairs
     ds = exp.datasets[0]
     if args.dataset:
@@ -81,7 +84,7 @@ def run(args) -> int:
 
     collection = load_collection(ds, cache_dir=cache_root(cache_dir))
     n_queries = math.ceil(n_pairs / tp.k)
-    if args.candidates == "first-stage":
+    if tp.candidates == "first-stage":
         fs_name, fs = exp.first_stage_for(ds)
         if fs.depth < tp.k:
             raise BenchError(f"{args.experiment}: first stage {fs_name!r} keeps depth = {fs.depth} candidates, "
@@ -97,9 +100,9 @@ def run(args) -> int:
           f"({pairset.source['candidates']})")
 
     options = {"fast": [{"attention": a} for a in args.attention]} if args.attention else None
-    engine_dtypes = parse_engine_dtypes(args.engine_dtypes or [])
-    slow = {"transformers": args.slow_pairs, "sentence-transformers": args.slow_pairs} if args.slow_pairs else None
-    deadline = time.monotonic() + args.time_limit if args.time_limit else None
+    engine_dtypes = {k: list(v) for k, v in tp.engine_dtypes.items()}
+    slow = {"transformers": tp.slow_pairs, "sentence-transformers": tp.slow_pairs} if tp.slow_pairs else None
+    deadline = time.monotonic() + tp.time_limit_s if tp.time_limit_s else None
     failed = 0
     for spec in exp.rerankers:
         from transformers import AutoConfig, AutoTokenizer
@@ -113,10 +116,10 @@ def run(args) -> int:
                       reranker_factory(spec.model, cache_dir=cache_dir, device=spec.device,
                                        query_max_length=spec.query_max_length, revision=spec.revision),
                       model=spec.model, device=spec.device, warmup=tp.warmup, repeats=tp.repeats,
-                      latency_queries=args.latency_queries, tokenizer=tokenizer, shape=shape,
+                      latency_queries=tp.latency_queries, tokenizer=tokenizer, shape=shape,
                       query_max_length=spec.query_max_length, name=exp.name, deadline=deadline,
-                      interleave=(args.order == "interleaved" or
-                                  (args.order == "auto" and resolve_device(spec.device).startswith("cpu"))),
+                      interleave=(tp.order == "interleaved" or
+                                  (tp.order == "auto" and resolve_device(spec.device).startswith("cpu"))),
                       settings={"experiment": str(args.experiment), "throughput": tp.model_dump(mode="json"),
                                 "reranker": spec.model_dump(mode="json")})
         record, scores = sweep.run()
@@ -125,7 +128,7 @@ def run(args) -> int:
         table = markdown_table(record)
         text = f"## Throughput: {tag}\n\n{table}"
         failed += sum(1 for c in record["cells"] if c.get("error"))
-        if not args.no_fidelity:
+        if tp.fidelity:
             comparisons = sweep_fidelity(record, scores, pairset, qrels=collection.qrels)
             atomic_write_json(out / "records" / f"fidelity-{tag}.json",
                               fidelity_record(comparisons, throughput_record=record))
