@@ -47,7 +47,7 @@ def varlen_available() -> str | None:
     import torch
 
     try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+        import torch.nn.attention.varlen  # noqa: F401  (absent from older torch)
 
         return "varlen"
     except ImportError:
@@ -131,8 +131,6 @@ class PackedEncoder:
                             emb.LayerNorm.eps)
 
     def forward(self, batch):
-        import torch
-
         x = self.embed(batch)
         ctx = self._attention_context(batch)
         for params in self.layers:

@@ -93,7 +93,6 @@ class FastReranker(EngineBase):
 
         pairs = check_pairs(pairs)
         t0 = time.perf_counter()
-        scores = None
         with torch.inference_mode(), matmul_precision(self.precision):
             scores, counts = self.loop.run(pairs, self.pair_tokenizer, self._forward,
                                            desc=f"rerank {self.label}", unit="pair")
