@@ -187,19 +187,15 @@ def pairs_from_collection(collection, *, k: int, max_queries: int | None = None,
 
 def pair_token_lengths(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int,
                        query_max_length: int | None = None) -> np.ndarray:
-    """Tokens each pair has after truncation as the engines do it (query cut to `query_max_length`
-    first, then the passage cut so the pair fits `max_length`), special tokens included."""
+    """Tokens each pair has after truncation, special tokens included: the fast engine's own
+    tokenizer (query cut to `query_max_length` first, then the passage so the pair fits `max_length`),
+    so FLOP counts and the engines agree by construction."""
     if not pairs:
         return np.zeros(0, dtype=np.int64)
-    specials = tokenizer.num_special_tokens_to_add(pair=True)
-    q_ids = tokenizer([q for q, _ in pairs], add_special_tokens=False)["input_ids"]
-    d_ids = tokenizer([d for _, d in pairs], add_special_tokens=False)["input_ids"]
-    q_len = np.array([len(x) for x in q_ids], dtype=np.int64)
-    if query_max_length is not None:
-        # query_max_length counts the query's own special tokens (as a single-text encoding would).
-        q_len = np.minimum(q_len, max(query_max_length - tokenizer.num_special_tokens_to_add(pair=False), 0))
-    d_len = np.array([len(x) for x in d_ids], dtype=np.int64)
-    return np.minimum(q_len + d_len + specials, max_length)
+    from .engine.tokens import PairTokenizer
+
+    encoded = PairTokenizer(tokenizer, max_length, query_max_length)(pairs)
+    return np.array([len(seq) for seq in encoded.seqs], dtype=np.int64)
 
 
 # ------------------------------------------------------------------------------------------------
