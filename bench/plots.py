@@ -67,11 +67,14 @@ def plot_throughput(records: Sequence[Mapping] | Mapping, path: str | Path, *, t
             xs = sorted(points)
             ax.plot(xs, [points[x] for x in xs], marker="o", label=name)
         ax.set_xscale("log", base=2)
-        ax.set_ylim(bottom=0)
         ax.set_xlabel(axis)
         ax.set_ylabel("pairs / s (end to end, median)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
+    # Limits once all panels are drawn: setting them per panel would freeze the shared scale at the
+    # first panel's data and cut off faster engines in the others.
+    top = max(v for points in series.values() for v in points.values())
+    axes[0][0].set_ylim(0, top * 1.08)
     rec = records[0]
     device = (rec.get("environment") or {}).get("device", {}).get("device", rec.get("device"))
     fig.suptitle(title or f"{rec['model']['ref']} on {device}: {rec['pairs'].get('n_pairs')} pairs")

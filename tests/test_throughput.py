@@ -443,3 +443,29 @@ def test_data_parallel_cell_counts_devices_and_closes_its_workers(pairset, tiny_
     assert cell["error"] is None and cell["devices"] == 2 and cell["peak_memory"]["bytes"] is None
     assert len(scores[cell["label"]]) == 12  # one whole query
     assert not [p for p in multiprocessing.active_children() if p.is_alive()]
+
+
+def test_plot_shows_every_cell_within_the_shared_scale(monkeypatch, tmp_path):
+    """Regression: the committed H100 sweep's bf16 cells (~6,500 pairs/s) were cut off by a y scale
+    frozen at the baselines' panel (~2,600)."""
+    import json
+    from pathlib import Path
+
+    import bench.plots as plots
+
+    results = json.loads((Path(__file__).resolve().parents[1] / "results" / "gpu-checks-h100" / "results.json").read_text())
+    record = results["records"]["throughput"]
+    seen = {}
+
+    def capture(fig, path):
+        seen["fig"] = fig
+        return Path(path)
+
+    monkeypatch.setattr(plots, "_save", capture)
+    plots.plot_throughput(record, tmp_path / "t.png")
+    axes = seen["fig"].axes
+    top = axes[0].get_ylim()[1]
+    ys = [y for ax in axes for line in ax.get_lines() for y in line.get_ydata()]
+    ok = [c["pairs_per_s"] for c in record["cells"] if not c.get("error")]
+    assert len(ys) == len(ok) and max(ys) == pytest.approx(max(ok))
+    assert all(0 <= y <= top for y in ys)
