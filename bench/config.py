@@ -116,7 +116,8 @@ class FirstStageSpec(Spec):
     path: str | None = None
     k1: float = 1.5
     b: float = 0.75
-    device: str = "auto"
+    device: str = Field("auto", description="auto = every visible GPU (corpus shards spread over them) else "
+                                            "the CPU; cpu; cuda:N; or several joined by commas")
 
     @model_validator(mode="after")
     def _kind_fields(self):
@@ -143,9 +144,11 @@ class RerankerSpec(Spec):
     top_k: int = Field(100, gt=0)
     max_length: int = Field(512, gt=0)
     query_max_length: int | None = Field(None, gt=0, description="truncate queries first; None: no separate limit")
-    batch_size: int = Field(32, gt=0, description="pairs per batch (baselines; upper bound for fast)")
+    batch_size: int = Field(32, gt=0, description="pairs per batch (baselines); caps the fast engine's pairs "
+                                                  "per batch only when set explicitly")
     token_budget: int | None = Field(None, gt=0, description="max tokens per batch for the fast engine; None: its default")
-    device: str = "auto"
+    device: str = Field("auto", description="auto = every visible GPU (one process each) else the CPU; cpu; "
+                                            "cuda:N; or several joined by commas")
 
     @property
     def label(self) -> str:
