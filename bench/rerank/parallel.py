@@ -9,47 +9,33 @@ with several CPU workers, which is how CI tests it.
 from __future__ import annotations
 
 import time
-import traceback
 from typing import Sequence
 
 import numpy as np
 
-from ..errors import BenchError
 from .common import Stats, check_pairs, check_scores
 
 
-def _worker(conn, spec, device: str, cache_dir, options: dict, cpu_threads: int | None) -> None:
-    """Worker main loop: build the engine, then answer ("score", pairs) / ("stats",) / ("stop",)."""
-    try:
-        import torch
+def _worker(conn, device: str, cpu_threads: int | None, spec, cache_dir, options: dict) -> None:
+    """Worker: build the engine on `device`, then answer ("score", pairs) / ("stats",) / ("reset",) / ("describe",)."""
+    from ..engine.workers import prepare_device, serve
 
-        if cpu_threads:
-            torch.set_num_threads(cpu_threads)
-        if device.startswith("cuda"):
-            torch.cuda.set_device(device)
+    def build():
+        prepare_device(device, cpu_threads)
         from . import build_single
 
-        engine = build_single(spec, device, cache_dir=cache_dir, options=options)
-        conn.send(("ready", engine.describe()))
-    except BaseException as exc:  # reported to the parent, which raises it
-        conn.send(("error", isinstance(exc, BenchError), f"{exc}\n{traceback.format_exc()}"))
-        return
-    while True:
-        msg = conn.recv()
-        if msg[0] == "stop":
-            return
-        try:
-            if msg[0] == "score":
-                conn.send(("ok", engine.score(msg[1])))
-            elif msg[0] == "stats":
-                conn.send(("ok", engine.stats()))
-            elif msg[0] == "reset":
-                engine.reset_stats()
-                conn.send(("ok", None))
-            elif msg[0] == "describe":
-                conn.send(("ok", engine.describe()))
-        except BaseException as exc:
-            conn.send(("error", isinstance(exc, BenchError), f"{exc}\n{traceback.format_exc()}"))
+        return build_single(spec, device, cache_dir=cache_dir, options=options)
+
+    def handle(engine, msg):
+        if msg[0] == "score":
+            return engine.score(msg[1])
+        if msg[0] == "stats":
+            return engine.stats()
+        if msg[0] == "reset":
+            return engine.reset_stats()
+        return engine.describe()
+
+    serve(conn, build, handle)
 
 
 def shard_bounds(pairs: Sequence[tuple[str, str]], parts: int) -> list[tuple[int, int]]:
@@ -68,49 +54,22 @@ class DataParallelReranker:
     """``score(pairs)`` over several devices, one process each (``torch.multiprocessing`` spawn)."""
 
     def __init__(self, spec, devices: Sequence[str], *, cache_dir=None, options: dict | None = None):
-        import os
-
-        import torch.multiprocessing as mp
+        from ..engine.workers import DevicePool
 
         self.spec = spec
         self.label = spec.label
         self.devices = list(devices)
-        cpu_workers = sum(d == "cpu" for d in self.devices)
-        threads = max(1, (os.cpu_count() or 1) // cpu_workers) if cpu_workers else None
-        ctx = mp.get_context("spawn")
-        self._workers = []
-        for dev in self.devices:
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, spec, dev, cache_dir, dict(options or {}),
-                                                     threads if dev == "cpu" else None), daemon=True)
-            proc.start()
-            child.close()
-            self._workers.append((proc, parent))
-        self._describes = [self._receive(conn, dev) for (_, conn), dev in zip(self._workers, self.devices)]
+        self._pool = DevicePool(_worker, self.devices, (spec, cache_dir, dict(options or {})), role="reranker")
+        self._describes = self._pool.describes
         self._stats = Stats()
 
-    def _receive(self, conn, device: str):
-        try:
-            msg = conn.recv()
-        except EOFError:
-            self.close()
-            raise BenchError(f"reranker worker on {device} exited without answering (out of host memory?)") from None
-        if msg[0] == "error":
-            self.close()
-            if msg[1]:
-                raise BenchError(f"worker on {device}: {msg[2].splitlines()[0]}")
-            raise RuntimeError(f"reranker worker on {device} failed:\n{msg[2]}")
-        return msg[1]
-
     def _ask(self, messages) -> list:
-        for (_, conn), msg in zip(self._workers, messages):
-            conn.send(msg)
-        return [self._receive(conn, dev) for (_, conn), dev in zip(self._workers, self.devices)]
+        return self._pool.ask(messages)
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         pairs = check_pairs(pairs)
         t0 = time.perf_counter()
-        bounds = shard_bounds(pairs, len(self._workers)) if pairs else [(0, 0)] * len(self._workers)
+        bounds = shard_bounds(pairs, len(self.devices)) if pairs else [(0, 0)] * len(self.devices)
         parts = self._ask([("score", pairs[s:e]) for s, e in bounds])
         scores = np.concatenate([np.asarray(p, dtype=np.float32) for p in parts])
         self._stats.add(pairs=len(pairs), seconds=time.perf_counter() - t0)
@@ -119,7 +78,7 @@ class DataParallelReranker:
     def stats(self) -> dict:
         """Workers' counters summed; ``seconds`` is wall time of the parallel calls."""
         out = self._stats.as_dict()
-        per = self._ask([("stats",)] * len(self._workers))
+        per = self._ask([("stats",)] * len(self.devices))
         for key in ("tokens", "padded_tokens", "truncated_pairs", "truncated_queries"):
             vals = [p.get(key) for p in per]
             out[key] = None if any(v is None for v in vals) else sum(vals)
@@ -127,7 +86,7 @@ class DataParallelReranker:
         return out
 
     def reset_stats(self) -> None:
-        self._ask([("reset",)] * len(self._workers))
+        self._ask([("reset",)] * len(self.devices))
         self._stats.reset()
 
     def describe(self) -> dict:
@@ -135,21 +94,12 @@ class DataParallelReranker:
         first["device"] = ",".join(self.devices)
         first["data_parallel"] = {"devices": self.devices, "processes": len(self.devices),
                                   "sharding": "contiguous, balanced by characters",
-                                  "workers": self._ask([("describe",)] * len(self._workers))}
+                                  "workers": self._ask([("describe",)] * len(self.devices))}
         return first
 
     def close(self) -> None:
-        for proc, conn in getattr(self, "_workers", []):
-            try:
-                conn.send(("stop",))
-            except (OSError, BrokenPipeError):
-                pass
-        for proc, conn in getattr(self, "_workers", []):
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.terminate()
-            conn.close()
-        self._workers = []
+        if getattr(self, "_pool", None) is not None:
+            self._pool.close()
 
     def __del__(self):
         self.close()
