@@ -105,6 +105,17 @@ def xlmr_tokenizer_file() -> Path:
     return path
 
 
+def bert_tokenizer_dir() -> Path:
+    """bert-base-uncased's WordPiece tokenizer (bge-base-en-v1.5's), from the MiniLM package, or from
+    ``RERANK_BENCH_BERT_TOKENIZER_DIR`` (a folder with its tokenizer files; for GPU machines)."""
+    override = os.environ.get("RERANK_BENCH_BERT_TOKENIZER_DIR")
+    if override:
+        if not (Path(override) / "vocab.txt").is_file():
+            raise BenchError(f"RERANK_BENCH_BERT_TOKENIZER_DIR={override}: no vocab.txt there")
+        return Path(override)
+    return minilm_dir()
+
+
 def xlmr_tokenizer():
     from transformers import XLMRobertaTokenizerFast
 
@@ -150,7 +161,7 @@ def build_random_biencoder(architecture: str, folder: str | os.PathLike, seed: i
 
         model = BertModel(BertConfig(vocab_size=30522, type_vocab_size=2, layer_norm_eps=1e-12, **shape),
                           add_pooling_layer=False)
-        tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+        tokenizer = AutoTokenizer.from_pretrained(bert_tokenizer_dir())
     else:
         from transformers import XLMRobertaConfig, XLMRobertaModel
 

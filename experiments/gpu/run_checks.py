@@ -53,75 +53,10 @@ SMOKE = dict(
     device="cpu", reranker="random:tiny-xlmr-reranker", k=8, sweep_pairs=32, fidelity_queries=6,
     warmup=1, repeats=1, latency_queries=1, total_s=400, plain_pairs=16, st_pairs=24,
     budgets=[512, 2048], encoder_texts=48, encoder_st_texts={"bge-base-en-v1.5": 32, "bge-m3": 32},
-    encoders={"bge-base-en-v1.5": "offline:all-MiniLM-L6-v2", "bge-m3": "random:tiny-xlmr-encoder"},
+    encoders={"bge-base-en-v1.5": "offline:all-MiniLM-L6-v2", "bge-m3": "random:tiny-bge-m3"},
     encoder_budget=1024,
     limits={"ceiling": 30, "pairs": 60, "model": 60, "sweep": 180, "fidelity": 60, "encoders": 90},
 )
-
-
-# Bi-encoder shapes for the encoder step (the real models' config.json; CLS pooling + normalize, as
-# both models define it). Used only when bench.models cannot give a `random:<name>` itself.
-BI_ENCODERS = {
-    "bge-base-en-v1.5": ("bert", dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                                      intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2,
-                                      layer_norm_eps=1e-12)),
-    "bge-m3": ("xlm-roberta", dict(vocab_size=250002, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                                   intermediate_size=4096, max_position_embeddings=8194, type_vocab_size=1,
-                                   layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2)),
-    "tiny-xlmr-encoder": ("xlm-roberta", dict(vocab_size=250002, hidden_size=64, num_hidden_layers=2,
-                                              num_attention_heads=4, intermediate_size=128, max_position_embeddings=514,
-                                              type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0,
-                                              eos_token_id=2)),
-}
-
-
-def build_bi_encoder(arch: str, folder: Path) -> Path:
-    """A sentence-transformers folder with random weights of `arch`'s exact shape and its real
-    tokenizer (BERT uncased WordPiece from $RERANK_BENCH_BERT_TOKENIZER_DIR or the MiniLM package;
-    XLM-R from bench.models), CLS pooling, Normalize."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers import models as st_models
-    from transformers import BertConfig, BertModel, BertTokenizerFast, XLMRobertaConfig, XLMRobertaModel
-
-    from bench import models
-
-    family, cfg = BI_ENCODERS[arch]
-    hf_dir = folder.with_name(folder.name + ".hf")
-    torch.manual_seed(0)
-    if family == "bert":
-        tok_dir = os.environ.get("RERANK_BENCH_BERT_TOKENIZER_DIR") or str(models.minilm_dir())
-        tokenizer = BertTokenizerFast.from_pretrained(tok_dir)
-        model = BertModel(BertConfig(hidden_act="gelu", **cfg), add_pooling_layer=False)
-    else:
-        tokenizer = models.xlmr_tokenizer()
-        model = XLMRobertaModel(XLMRobertaConfig(hidden_act="gelu", **cfg), add_pooling_layer=False)
-    model.config.rerank_bench = {"untrained": True, "architecture": arch, "seed": 0}  # read by models.describe
-    model.eval().save_pretrained(hf_dir)
-    tokenizer.save_pretrained(hf_dir)
-    word = st_models.Transformer(str(hf_dir), max_seq_length=512)
-    st = SentenceTransformer(modules=[word, st_models.Pooling(cfg["hidden_size"], pooling_mode="cls"),
-                                      st_models.Normalize()], device="cpu")
-    st.save(str(folder))
-    return folder
-
-
-def resolve_encoder(ref: str, cache: str | None) -> tuple[str, str]:
-    """(folder, where it came from): bench.models' own reference, else (a `random:` name this script
-    knows) a folder built by `build_bi_encoder` — the record says which."""
-    from bench import models
-    from bench.errors import BenchError
-
-    try:
-        return models.resolve(ref, cache), "bench.models"
-    except BenchError as exc:
-        arch = ref.removeprefix("random:")
-        if not ref.startswith("random:") or arch not in BI_ENCODERS:
-            raise
-        folder = Path(cache or models.default_cache_dir()) / "models" / f"gpu-checks-random-{arch}"
-        if not (folder / "modules.json").exists():
-            build_bi_encoder(arch, folder)
-        return str(folder), f"built by experiments/gpu/run_checks.py (bench.models: {exc})"
 
 
 def log(msg: str) -> None:
@@ -326,6 +261,7 @@ class Checks:
     def encoders(self, deadline: float) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
+        from bench import models
         from bench.config import FirstStageSpec
         from bench.encode import build_encoder
         from bench.throughput import ModelShape, release, run_encoder_cell, text_token_lengths
@@ -339,7 +275,7 @@ class Checks:
                 out.append({"label": arch, "error": "skipped: the step's time limit was reached"})
                 continue
             try:
-                path, source = resolve_encoder(ref, cache)
+                path, source = models.resolve(ref, cache), "bench.models"
                 tok = AutoTokenizer.from_pretrained(path)
                 shape = ModelShape.from_config(AutoConfig.from_pretrained(path), head=False)
             except Exception as exc:
