@@ -21,6 +21,10 @@ def run(args) -> int:
     from ..pipeline import run_experiment
     from ..preflight import check_fetchable
 
+    if args.no_progress:  # also the bars inside the engines and libraries (tqdm reads this)
+        import os
+
+        os.environ["TQDM_DISABLE"] = "1"
     exp = load_experiment(args.experiment)
     if not args.skip_preflight:
         check_fetchable(exp, args.experiment)
