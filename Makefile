@@ -29,7 +29,7 @@ demo: $(STAMP)  ## the embedded default: runs anywhere, offline, on CPU, in a fe
 	$(BIN)/bench run experiments/offline.toml $(if $(OUT),--out $(OUT))
 
 test: $(STAMP)  ## the test suite (offline, CPU; tests that need ../shared/data skip with a message without it)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 throughput: $(STAMP)  ## reranker engines side by side: experiments/throughput.toml
 	$(BIN)/bench throughput experiments/throughput.toml $(if $(OUT),--out $(OUT))
