@@ -17,7 +17,7 @@ SHARED="${SHARED_DATA:-$ROOT/../shared/data}"
 
 rm -rf .gpu/data .gpu/tokenizers
 mkdir -p .gpu/data .gpu/tokenizers/xlm-roberta .gpu/tokenizers/bert-base-uncased .whl
-cp -r "$SHARED/miracl-yo-dev" .gpu/data/
+cp -r "$SHARED/miracl-yo-dev" "$SHARED/vaswani" .gpu/data/
 chmod -R u+w .gpu/data
 
 XLMR=$("$PY" -c "from bench import models; print(models.xlmr_tokenizer_file())")

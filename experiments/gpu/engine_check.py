@@ -1,9 +1,13 @@
-"""Follow-up GPU check: does torch.compile (dynamic shapes, one graph for all layers) or a larger
-budget move the fast engine past eager? Same pairs as run_checks.py (MIRACL-yo, 40 queries × 100),
-random bge-reranker-large, bf16, end to end (tokenization included); eager measured in the same
-process as the baseline. Also times tokenization alone, to see how much of a pass is host work.
+"""Follow-up GPU checks of single engine variants on one collection's pairs, side by side in one
+process: random bge-reranker-large, end to end (tokenization included), warm-up then the median of 3
+passes. Also times tokenization alone, to see how much of a pass is host work.
 
-    python experiments/gpu/compile_check.py --out $OUT [--smoke]
+    python experiments/gpu/engine_check.py --out $OUT --cells fast fast-compile fast-262144   # MIRACL-yo
+    python experiments/gpu/engine_check.py --out $OUT --collection vaswani --split test --cells fast flag
+
+Cells: fast (bf16, 65,536-token budget), fast-compile (the same with torch.compile), fast-262144,
+fast-fp16, flag (FlagEmbedding-style fp16, batch 128). 40-41 queries × 100 candidates (qrels-based:
+relevant, judged, then seeded random passages), as run_checks.py builds them.
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--collection", default="miracl-yo-dev")
+    ap.add_argument("--split", default="dev")
+    ap.add_argument("--queries", type=int, default=40)
+    ap.add_argument("--cells", nargs="+", default=["fast", "fast-compile", "fast-262144"])
     args = ap.parse_args()
     import torch
 
@@ -33,14 +41,14 @@ def main() -> int:
     from bench.throughput import pairs_from_collection
 
     data = Path(os.environ.get("DATA", ROOT / ".gpu" / "data"))
-    coll = load_collection(CollectionSpec(source="beir", path=str(data / "miracl-yo-dev"), split="dev"))
+    coll = load_collection(CollectionSpec(source="beir", path=str(data / args.collection), split=args.split))
     model = "random:tiny-xlmr-reranker" if args.smoke else "random:bge-reranker-large"
     device = "cpu" if args.smoke else "cuda"
-    ps = pairs_from_collection(coll, k=8 if args.smoke else 100, max_queries=4 if args.smoke else 40)
+    ps = pairs_from_collection(coll, k=8 if args.smoke else 100, max_queries=4 if args.smoke else args.queries)
     pairs = ps.pairs
     spec = RerankerSpec(model=model, dtype="bf16", device=device, max_length=512)
     results = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "pairs": len(pairs),
-               "model": model, "cells": []}
+               "collection": f"{args.collection}/{args.split}", "model": model, "cells": []}
 
     from transformers import AutoTokenizer
 
@@ -51,14 +59,18 @@ def main() -> int:
     enc = PairTokenizer(hf_tok, 512)(pairs)
     results["tokenize_seconds"] = time.perf_counter() - t0
     results["tokens"] = sum(len(s) for s in enc.seqs)
+    results["mean_tokens_per_pair"] = results["tokens"] / len(pairs)
+    print(f"{len(pairs)} pairs from {args.collection}, mean {results['mean_tokens_per_pair']:.1f} tokens", flush=True)
     print(f"tokenize only: {len(pairs) / results['tokenize_seconds']:,.0f} pairs/s", flush=True)
 
-    cells = [("eager 65536", {"token_budget": 65536}), ("compile 65536", {"token_budget": 65536, "compile": True}),
-             ("eager 262144", {"token_budget": 262144})]
-    for name, opts in cells:
+    known = {"fast": ({}, {"token_budget": 65536}), "fast-compile": ({}, {"token_budget": 65536, "compile": True}),
+             "fast-262144": ({}, {"token_budget": 262144}), "fast-fp16": ({"dtype": "fp16"}, {"token_budget": 65536}),
+             "flag": ({"engine": "flag", "dtype": "fp16" if device == "cuda" else "fp32"}, {})}
+    for name in args.cells:
+        spec_update, opts = known[name]
         t_build = time.perf_counter()
         try:
-            rr = build_reranker(spec, **opts)
+            rr = build_reranker(spec.model_copy(update=spec_update), **opts)
             warm = []
             for _ in range(3 if opts.get("compile") else 1):
                 t0 = time.perf_counter()
@@ -70,18 +82,18 @@ def main() -> int:
                 rr.score(pairs)
                 times.append(time.perf_counter() - t0)
             times.sort()
-            cell = {"cell": name, "options": opts, "warmup_seconds": warm, "seconds": times,
+            cell = {"cell": name, "spec": spec_update, "options": opts, "warmup_seconds": warm, "seconds": times,
                     "pairs_per_s": len(pairs) / times[1], "describe": {k: v for k, v in rr.describe().items()
                                                                       if isinstance(v, (str, int, float, bool))}}
             del rr
             torch.cuda.empty_cache() if device == "cuda" else None
         except Exception as exc:  # recorded, the next cell still runs
-            cell = {"cell": name, "options": opts, "error": f"{type(exc).__name__}: {exc}"[:2000]}
+            cell = {"cell": name, "spec": spec_update, "options": opts, "error": f"{type(exc).__name__}: {exc}"[:2000]}
         cell["total_seconds"] = time.perf_counter() - t_build
         results["cells"].append(cell)
         print(json.dumps({k: cell.get(k) for k in ("cell", "pairs_per_s", "warmup_seconds", "error")}), flush=True)
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "compile_check.json").write_text(json.dumps(results, indent=2))
+        (args.out / f"engine_check-{args.collection}.json").write_text(json.dumps(results, indent=2))
     return 0
 
 
