@@ -248,15 +248,21 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def read_toml(path: str | Path, what: str = "experiment file", hint: str = "") -> dict:
+    """A TOML file as a dict; a missing file or a syntax error is a BenchError naming the file."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BenchError(f"{path}: {what} not found{hint}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise BenchError(f"{path}: not valid TOML: {exc}") from None
+
+
 def load_experiment(path: str | Path) -> Experiment:
     """Read and validate an experiment TOML; relative paths inside are resolved against its folder."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BenchError(f"{path}: experiment file not found (see experiments/ for examples)") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise BenchError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(path, "experiment file", " (see experiments/ for examples)")
     base = path.resolve().parent
     for ds in raw.get("datasets", []) or []:
         if isinstance(ds, dict) and isinstance(ds.get("path"), str) and not Path(ds["path"]).is_absolute():

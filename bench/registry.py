@@ -33,14 +33,13 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config import Dtype, format_validation_error
+from .config import Dtype, format_validation_error, read_toml
 from .errors import BenchError
 
 #: The registry shipped with the package.
@@ -201,12 +200,7 @@ def _merge(base: dict, over: dict) -> dict:
 def load_registry_file(path: str | Path) -> list[Entry]:
     """Entries of one registry TOML; every problem is a BenchError naming the file and the entry."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BenchError(f"{path}: registry file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise BenchError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(path, "registry file")
     unknown = sorted(set(raw) - {"defaults", "entries"})
     if unknown:
         raise BenchError(f"{path}: unknown top-level field(s) {unknown}; a registry file holds [defaults] and [[entries]]")
