@@ -98,12 +98,15 @@ class Pipeline:
         t0 = time.perf_counter()
         run, info = stage.rerank(collection.queries, candidates, collection.get_docs)
         pairs = info["pairs"] or 1
+        share = lambda part, whole: part / whole if part is not None and whole else None  # noqa: E731
         diagnostics = {
             "pairs": info["pairs"],
-            "truncated_pairs_share": info["truncated_pairs"] / pairs,
-            "truncated_queries_share": info["truncated_queries"] / pairs,
-            "mean_tokens_per_pair": info["tokens"] / pairs,
-            "padding_share": info["padded_tokens"] / (info["padded_tokens"] + info["tokens"]) if info["tokens"] else None,
+            "truncated_pairs_share": share(info["truncated_pairs"], pairs),
+            "truncated_queries_share": share(info["truncated_queries"], pairs),
+            "mean_tokens_per_pair": share(info["tokens"], pairs),
+            # padded_tokens counts every position the model computed (real tokens included)
+            "padding_share": share(info["padded_tokens"] - info["tokens"], info["padded_tokens"])
+            if info["padded_tokens"] and info["tokens"] is not None else None,
         }
         from . import models
 

@@ -89,8 +89,9 @@ class RerankStage:
             else:
                 resumed += 1
             run.update(done["scores"])
-            for k in totals:
-                totals[k] += done["stats"].get(k if k != "seconds" else "wall_seconds", 0) or 0
+            for k in totals:  # an engine that does not count something reports None: keep it None
+                value = done["stats"].get(k if k != "seconds" else "wall_seconds")
+                totals[k] = None if value is None or totals[k] is None else totals[k] + value
             bar.update(sum(len(v) for v in done["scores"].values()))
         bar.close()
         for q, below in rest.items():

@@ -68,6 +68,8 @@ def test_end_to_end_records_runs_report(tmp_path):
     first_run = read_run(out / records[0]["run_file"])
     assert rr["diagnostics"]["pairs"] == sum(min(10, len(docs)) for docs in first_run.values())
     assert rr["diagnostics"]["mean_tokens_per_pair"] > 5
+    assert rr["diagnostics"]["padding_share"] == 0.0  # the packed forward computes real tokens only
+    assert 0 <= rr["diagnostics"]["truncated_pairs_share"] <= 1
     # Reranking the top 10 of 30 leaves the candidate set, hence Recall@30, unchanged.
     assert rr["metrics"]["Recall@30"] == pytest.approx(records[0]["metrics"]["Recall@30"])
     report = (out / "report.md").read_text()
