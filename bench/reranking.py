@@ -47,7 +47,9 @@ class RerankStage:
         from .runs import sort_ranking
 
         qids = [q for q in sorted(candidates) if q in queries and candidates[q]]
-        tops = {q: [d for d, _ in sort_ranking(candidates[q])[: self.top_k]] for q in qids}
+        ranked = {q: [d for d, _ in sort_ranking(candidates[q])] for q in qids}
+        tops = {q: docs[: self.top_k] for q, docs in ranked.items()}
+        rest = {q: docs[self.top_k:] for q, docs in ranked.items()}
         blocks, cur, size = [], [], 0
         for q in qids:
             cur.append(q)
@@ -64,7 +66,6 @@ class RerankStage:
         resumed = 0
         bar = tqdm(total=sum(len(t) for t in tops.values()), desc="rerank", unit="pair", disable=not self.progress,
                    dynamic_ncols=True)
-        rest = {q: [d for d, _ in sort_ranking(candidates[q])[self.top_k:]] for q in qids}
         for i, block in enumerate(blocks):
             path = self.checkpoint_dir / f"block-{i:05d}.json"
             done = _read_block(path, block)
