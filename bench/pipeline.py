@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .cache import cache_root, entry, key_of
-from .config import CollectionSpec, Experiment, FirstStageSpec, RerankerSpec
-from .errors import BenchError
-from .records import atomic_write_json, atomic_write_text, make_record, read_record, sha256_file
+from .config import Experiment, RerankerSpec
+from .records import atomic_write_json, atomic_write_text, make_record, sha256_file
 
 
 def slug(text: str) -> str:
@@ -41,17 +40,27 @@ class Pipeline:
     def run(self) -> list[dict]:
         from .data import expand, load_collection
 
+        from .retrieve.first_stage import FirstStage
+
         records: list[dict] = []
         specs = [s for spec in self.exp.datasets for s in expand(spec)]
         prepared = []
-        for spec in specs:
-            collection = load_collection(spec, cache_dir=self.cache)
-            fs_name, fs_spec = self.exp.first_stage_for(spec)
-            self.log(f"[{collection.name}] {len(collection.queries)} queries, {collection.n_docs():,} docs; "
-                     f"first stage {fs_name}")
-            run, rec = self.first_stage(collection, fs_name, fs_spec)
-            records.append(rec)
-            prepared.append((collection, fs_name, run, rec))
+        stages: dict[str, FirstStage] = {}  # one per name: datasets sharing it load its model once
+        try:
+            for spec in specs:
+                collection = load_collection(spec, cache_dir=self.cache)
+                fs_name, fs_spec = self.exp.first_stage_for(spec)
+                self.log(f"[{collection.name}] {len(collection.queries)} queries, {collection.n_docs():,} docs; "
+                         f"first stage {fs_name}")
+                if fs_name not in stages:
+                    stages[fs_name] = FirstStage(fs_name, fs_spec, self.cache, progress=self.progress)
+                run, rec = self.first_stage(collection, stages[fs_name])
+                records.append(rec)
+                prepared.append((collection, fs_name, run, rec))
+        finally:
+            for stage in stages.values():
+                stage.close()
+        _free_accelerator_memory()
         for rspec in self.exp.rerankers:
             holder: dict[str, Any] = {}
             for collection, fs_name, run, fs_rec in prepared:
@@ -63,14 +72,9 @@ class Pipeline:
         return records
 
     # -- stages ---------------------------------------------------------------------------------
-    def first_stage(self, collection, name: str, spec: FirstStageSpec) -> tuple[dict, dict]:
-        from .retrieve.first_stage import FirstStage
-
-        stage = FirstStage(name, spec, self.cache, progress=self.progress)
-        try:
-            run, info = stage.retrieve(collection)
-        finally:
-            stage.close()
+    def first_stage(self, collection, stage) -> tuple[dict, dict]:
+        run, info = stage.retrieve(collection)
+        name = stage.name
         system = {"label": name, "stage": "first_stage", "first_stage": stage.describe(), "reranker": None}
         if info.get("encoder"):
             system["first_stage"]["encoder"] = info["encoder"]

@@ -161,3 +161,28 @@ def test_make_bench_without_network_names_the_offline_experiment(tmp_path):
     assert "BAAI/bge-reranker-large" in proc.stderr
     assert "experiments/offline.toml" in proc.stderr and "make demo" in proc.stderr
     assert not (tmp_path / "o").exists(), "nothing may be started before the check"
+
+
+def test_datasets_sharing_a_first_stage_load_its_encoder_once(tmp_path, minilm, monkeypatch):
+    import bench.encode
+
+    real = bench.encode.build_encoder
+    built = []
+    monkeypatch.setattr(bench.encode, "build_encoder", lambda *a, **k: built.append(1) or real(*a, **k))
+    path = tmp_path / "dense.toml"
+    path.write_text(f"""
+name = "dense"
+[first_stages.minilm]
+kind = "dense"
+model = "{minilm}"
+dtype = "fp32"
+depth = 10
+max_length = 64
+device = "cpu"
+[[datasets]]
+source = "synthetic"
+synthetic = {{ languages = ["en", "de"], docs_per_language = 40, queries_per_language = 4 }}
+""")
+    records = run_experiment(load_experiment(path), tmp_path / "out", progress=False, log=lambda m: None)
+    assert [r["dataset"]["label"] for r in records] == ["synthetic/en", "synthetic/de"]
+    assert len(built) == 1
