@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -190,6 +190,24 @@ class ThroughputSpec(Spec):
                                                               "cell before pass r+1 of any; auto: interleaved on CPU")
     time_limit_s: float | None = Field(None, gt=0, description="cells not started by then are recorded as skipped")
     fidelity: bool = Field(True, description="compare every precision's scores with fp32 on the same pairs")
+    variants: dict[Engine, list[dict[str, Any]]] = Field(
+        {}, description="engine keyword variants, each its own cells (fast engine: e.g. "
+                        "[{prune_last_layer = false}, {}], see bench.rerank.fast.FAST_OPTIONS)")
+
+    @field_validator("variants")
+    @classmethod
+    def _known_variants(cls, v):
+        from .rerank.fast import FAST_OPTIONS
+
+        for engine, variants in v.items():
+            if engine != "fast" and any(variants):
+                raise ValueError(f"variants.{engine}: only the fast engine takes keyword variants")
+            for i, opts in enumerate(variants):
+                unknown = sorted(set(opts) - set(FAST_OPTIONS))
+                if unknown:
+                    raise ValueError(f"variants.{engine}[{i}]: unknown option(s) {unknown}; "
+                                     f"known: {', '.join(FAST_OPTIONS)}")
+        return v
 
 
 class Experiment(Spec):

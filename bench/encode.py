@@ -6,8 +6,9 @@ runs over normalised vectors; ``describe()`` says which). Engines:
 
 * ``fast``: the same token-budget batching and padding-free packed forward as the fast reranker
   (``bench.engine``), reusing the loaded model's parameters; equal to ``SentenceTransformer.encode``
-  within 1e-4 in fp32. Architectures outside the BERT family run the Hugging Face forward over
-  padded, length-sorted batches (recorded as ``forward = "hf"``);
+  within 1e-4 in fp32. With CLS pooling alone (the BGE models) the last layer is computed for the
+  first tokens only (``bench.engine.packed``). Architectures outside the BERT family run the Hugging
+  Face forward over padded, length-sorted batches (recorded as ``forward = "hf"``);
 * ``sentence-transformers``: ``SentenceTransformer.encode(texts, batch_size, normalize_embeddings=True)``.
 """
 
@@ -116,6 +117,7 @@ class Encoder:
             offset, padded = self.packed.position_offset, False
         else:
             self.packed, offset, padded = None, 0, True
+        self.first_only = self.pooling == ("cls",) and self.packed is not None
         kind = "cuda" if self.device.startswith("cuda") else "cpu"
         self.budget = TokenBudget(token_budget or self.spec.token_budget or DEFAULT_BUDGET[kind])
         self.max_texts = self.spec.batch_size if "batch_size" in self.spec.model_fields_set else None
@@ -129,6 +131,8 @@ class Encoder:
 
         from .engine.packed import pool
 
+        if self.first_only:  # CLS pooling reads the first tokens only
+            return F.normalize(self.packed(batch, first_only=True).float(), dim=-1)
         if self.packed is not None:
             hidden, seqs = self.packed(batch), batch
         else:
@@ -195,7 +199,7 @@ class Encoder:
         if len(self.devices_visible) > 1:
             out["devices_unused"] = self.devices_visible[1:]  # encoding is single-device
         if self.engine == "fast":
-            out.update(pooling=list(self.pooling), forward=self.forward_kind,
+            out.update(pooling=list(self.pooling), forward=self.forward_kind, prune_last_layer=self.first_only,
                        max_texts_per_batch=self.max_texts, **self.budget.describe())
             out.update(self.packed.describe() if self.packed is not None else
                        {"attention": f"hf-{self.hf.config._attn_implementation}-padded",

@@ -810,7 +810,7 @@ def table_rows(record: Mapping) -> list[list[str]]:
         mem = c.get("peak_memory", {}).get("bytes")
         rows.append([
             name, c.get("dtype_resolved", c["dtype"]), size, str(c["max_length"]), str(c["n_pairs"]),
-            f"{c['pairs_per_s']:,.0f}", f"{c['queries_per_s']:,.1f}", _fmt(lat.get("p50"), "{:.1f}"),
+            _rate(c["pairs_per_s"]), _rate(c["queries_per_s"]), _fmt(lat.get("p50"), "{:.1f}"),
             _fmt(lat.get("p95"), "{:.1f}"), _fmt(mem and mem / 2**30, "{:.2f} GiB"),
             _fmt(c.get("padding_fraction") if c.get("padding_fraction") is None else 100 * c["padding_fraction"], "{:.1f}%"),
             _fmt(c.get("useful_tflop_per_s"), "{:.3g}"),
@@ -822,6 +822,11 @@ def table_rows(record: Mapping) -> list[list[str]]:
 
 def _fmt(value, pattern: str) -> str:
     return "–" if value is None else pattern.format(value)
+
+
+def _rate(value: float) -> str:
+    """Whole numbers with separators from 100 up; three significant figures below (CPU rates)."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def markdown_table(record: Mapping) -> str:

@@ -92,7 +92,7 @@ def test_minilm_fast_equals_sentence_transformers_for_any_budget(minilm, texts):
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
     d = enc.describe()
     assert d["pooling"] == ["mean"] and d["forward"] == "packed" and d["normalize"] == "model"
-    assert d["dtype"] == "fp32" and d["engine"] == "fast"
+    assert d["dtype"] == "fp32" and d["engine"] == "fast" and d["prune_last_layer"] is False
     assert np.abs(ref[:60] @ ref[:60].T - np.eye(60)).max() > 0.1  # distinct texts, distinct vectors
 
 
@@ -102,6 +102,7 @@ def test_tiny_bge_m3_cls_pooling_equals_sentence_transformers(tiny_m3, texts):
     enc = build_encoder(spec(folder, max_length=128, token_budget=700))
     np.testing.assert_allclose(enc.encode_docs(texts), ref, atol=TOL, rtol=0)
     assert enc.describe()["pooling"] == ["cls"] and enc.describe()["max_length"] == 128
+    assert enc.describe()["prune_last_layer"] is True  # CLS pooling: last layer on first tokens only
     assert np.abs(ref[:40] @ ref[:40].T - np.eye(40)).max() > 0.1
 
 

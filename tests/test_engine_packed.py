@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bench.engine.loop import Batch
-from bench.engine.packed import PackedEncoder, choose_attention, pool
+from bench.engine.packed import PackedEncoder, choose_attention, first_tokens, pool
 from bench.engine.tokens import PairTokenizer, flatten
 from bench.errors import BenchError
 
@@ -21,14 +21,27 @@ def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *rest, **kw):
     import torch
     import torch.nn.functional as F
 
-    assert cu_q.dtype == torch.int32 and cu_q is cu_k and max_q == max_k
-    lengths = (cu_q[1:] - cu_q[:-1]).tolist()
-    assert max(lengths) == max_q and cu_q[0] == 0 and cu_q[-1] == q.shape[0]
+    assert cu_q.dtype == cu_k.dtype == torch.int32 and cu_q.shape == cu_k.shape
+    for cu, max_len, x in ((cu_q, max_q, q), (cu_k, max_k, k)):
+        assert int((cu[1:] - cu[:-1]).max()) == max_len and cu[0] == 0 and cu[-1] == x.shape[0]
     out = []
-    for a, b in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
-        out.append(F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1),
-                                                  v[a:b].transpose(0, 1)).transpose(0, 1))
+    for qa, qb, ka, kb in zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), cu_k[:-1].tolist(), cu_k[1:].tolist()):
+        out.append(F.scaled_dot_product_attention(q[qa:qb].transpose(0, 1), k[ka:kb].transpose(0, 1),
+                                                  v[ka:kb].transpose(0, 1)).transpose(0, 1))
     return torch.cat(out)
+
+
+def use_reference_kernels(attention, monkeypatch):
+    """Stand the per-sequence reference in for the CUDA flash kernel behind ``attention``."""
+    import torch
+
+    if attention == "varlen":
+        import torch.nn.attention.varlen as varlen
+
+        monkeypatch.setattr(varlen, "varlen_attn", reference_varlen)
+    if attention == "varlen-aten":
+        monkeypatch.setattr(torch.ops.aten, "_flash_attention_forward",
+                            lambda *a: (reference_varlen(*a[:7]), None, None, None, None))
 
 
 def packed_batch(tokenizer, offset):
@@ -71,13 +84,7 @@ def test_packed_forward_equals_hugging_face(models, family, attention, monkeypat
     import torch
 
     model, tokenizer = models[family]
-    if attention == "varlen":
-        import torch.nn.attention.varlen as varlen
-
-        monkeypatch.setattr(varlen, "varlen_attn", reference_varlen)
-    if attention == "varlen-aten":
-        monkeypatch.setattr(torch.ops.aten, "_flash_attention_forward",
-                            lambda *a: (reference_varlen(*a[:7]), None, None, None, None))
+    use_reference_kernels(attention, monkeypatch)
     enc = PackedEncoder(model, attention)
     assert enc.position_offset == (2 if family == "xlmr" else 0)
     chunk, batch = packed_batch(tokenizer, enc.position_offset)
@@ -93,6 +100,39 @@ def test_packed_forward_equals_hugging_face(models, family, attention, monkeypat
                         torch.stack([x.max(0).values for x in seqs]), torch.stack([x[-1] for x in seqs])], 1)
     torch.testing.assert_close(first, expect, atol=1e-6, rtol=0)
     assert first.shape == (chunk.n, 4 * h)
+
+
+@pytest.mark.parametrize("family", ["xlmr", "bert"])
+@pytest.mark.parametrize("attention", ["sdpa-padded", "varlen", "varlen-aten"])
+def test_last_layer_for_first_tokens_only_equals_the_full_forward(models, family, attention, monkeypatch):
+    """``first_only`` computes the last layer's query side for the first tokens only: the first-token
+    states must be those of the full forward (and of Hugging Face's)."""
+    import torch
+
+    model, tokenizer = models[family]
+    use_reference_kernels(attention, monkeypatch)
+    enc = PackedEncoder(model, attention)
+    chunk, batch = packed_batch(tokenizer, enc.position_offset)
+    with torch.inference_mode():
+        got = enc(batch, first_only=True)
+        full = first_tokens(enc(batch), batch)
+        ref = first_tokens(hf_hidden(model, tokenizer, chunk), batch)
+    assert got.shape == (chunk.n, model.config.hidden_size)
+    torch.testing.assert_close(got, full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got, ref, atol=2e-5, rtol=0)
+
+
+def test_gelu_epilogue_is_exact_gelu_on_the_cpu(models):
+    """On the CPU ``torch._addmm_activation`` is the matmul, bias and exact GELU: the same numbers."""
+    import torch
+
+    model, tokenizer = models["xlmr"]
+    plain, fused = PackedEncoder(model), PackedEncoder(model, gelu_epilogue=True)
+    _, batch = packed_batch(tokenizer, plain.position_offset)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(batch), plain(batch), atol=1e-5, rtol=0)
+    assert fused.describe()["gelu_epilogue"] and "epilogue" in fused.describe()["activation"]
+    assert not plain.describe()["gelu_epilogue"]
 
 
 def test_attention_choice_is_explicit():
@@ -111,6 +151,10 @@ def test_compiled_layers_equal_eager(models):
     model, tokenizer = models["xlmr"]
     eager = PackedEncoder(model, "sdpa-padded")
     compiled = PackedEncoder(model, "sdpa-padded", compile=True)
+    fused = PackedEncoder(model, "sdpa-padded", fused_add_norm=True)
     _, batch = packed_batch(tokenizer, eager.position_offset)
     with torch.inference_mode():
-        torch.testing.assert_close(compiled(batch), eager(batch), atol=1e-5, rtol=0)
+        expect = eager(batch)
+        torch.testing.assert_close(compiled(batch), expect, atol=1e-5, rtol=0)
+        torch.testing.assert_close(fused(batch), expect, atol=1e-5, rtol=0)
+        torch.testing.assert_close(fused(batch, first_only=True), first_tokens(expect, batch), atol=1e-5, rtol=0)

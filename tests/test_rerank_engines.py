@@ -128,6 +128,18 @@ def test_fast_hf_forward_and_baselines_equal_plain_loop(spread_reranker, pairs, 
         assert st["pairs"] == len(pairs) and st["padded_tokens"] >= st["tokens"] > 0, name
 
 
+def test_fast_variants_equal_plain_loop(spread_reranker, pairs, plain_scores):
+    """The full last layer (prune_last_layer off) and the GELU epilogue give the same scores; the
+    default prunes the last layer, and the record says which ran."""
+    default = engine(spread_reranker, "fast", max_length=128)
+    assert default.describe()["prune_last_layer"] is True and default.describe()["gelu_epilogue"] is False
+    for opts in ({"prune_last_layer": False}, {"gelu_epilogue": True}):
+        r = engine(spread_reranker, "fast", max_length=128, options=opts)
+        np.testing.assert_allclose(r.score(pairs), plain_scores, atol=TOL, rtol=0, err_msg=str(opts))
+        d = r.describe()
+        assert all(d[k] == v for k, v in opts.items()), d
+
+
 def test_same_tokens_counted_by_all_engines(spread_reranker, pairs):
     counts = {}
     for name in ("transformers", "fast", "sentence-transformers", "flag"):
@@ -280,6 +292,8 @@ def test_bad_settings_are_errors(spread_reranker):
         build_reranker(RerankerSpec(model=spread_reranker, device="cpu"), atention="varlen")
     with pytest.raises(BenchError, match="takes no options"):
         build_reranker(RerankerSpec(model=spread_reranker, engine="flag", device="cpu"), compile=True)
+    with pytest.raises(BenchError, match="gelu_epilogue: implemented for the packed forward only"):
+        build_reranker(RerankerSpec(model=spread_reranker, device="cpu"), forward="hf", gelu_epilogue=True)
     with pytest.raises(BenchError, match="cannot load"):
         build_reranker(RerankerSpec(model=str(Path(spread_reranker).parent / "missing"), device="cpu"))
     with pytest.raises(BenchError, match=r"pairs\[1\]"):

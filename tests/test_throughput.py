@@ -361,6 +361,7 @@ pairs = 24
 k = 8
 warmup = 0
 repeats = 1
+variants = {{fast = [{{}}, {{prune_last_layer = false}}]}}
 """)
     from bench.records import atomic_write_json, make_record
 
@@ -377,7 +378,9 @@ repeats = 1
     assert "24 pairs: 3 queries × k=8" in printed and "| fast | bf16 | 2048 tok |" in printed
     (tp,) = find_records(out, kind="throughput")
     (fid,) = find_records(out, kind="fidelity")
-    assert len(tp["cells"]) == 4 and not any(c["error"] for c in tp["cells"])
+    assert len(tp["cells"]) == 6 and not any(c["error"] for c in tp["cells"])
+    full = [c for c in tp["cells"] if c.get("options") == {"prune_last_layer": False}]
+    assert len(full) == 2 and all(c["engine_describe"]["prune_last_layer"] is False for c in full)
     assert {c["dtype_resolved"] for c in tp["cells"]} == {"fp32", "bf16"}
     fast_fp32 = next(c for c in tp["cells"] if c["engine"] == "fast" and c["dtype_resolved"] == "fp32")
     assert fast_fp32["padding_fraction"] == 0 and fast_fp32["engine_describe"]["engine"] == "fast"
@@ -385,6 +388,7 @@ repeats = 1
     assert {(c["cell"].split()[0], c["dtype"]) for c in fid["comparisons"]} == {("fast", "bf16"), ("transformers", "bf16")}
     assert all(c["reference"].split()[1] == "fp32" for c in fid["comparisons"])
     assert (out / "throughput-tiny.md").read_text().count("| fast |") == 2
+    assert (out / "throughput-tiny.md").read_text().count("| fast prune_last_layer=False |") == 2
     assert (out / "plots" / "throughput-tiny.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "plots" / "quality-vs-speed.png").read_bytes()[:4] == b"\x89PNG"
     assert "2 quality records" in printed
@@ -469,3 +473,9 @@ def test_plot_shows_every_cell_within_the_shared_scale(monkeypatch, tmp_path):
     ok = [c["pairs_per_s"] for c in record["cells"] if not c.get("error")]
     assert len(ys) == len(ok) and max(ys) == pytest.approx(max(ok))
     assert all(0 <= y <= top for y in ys)
+
+
+def test_rates_keep_three_figures_below_one_hundred():
+    from bench.throughput import _rate
+
+    assert (_rate(6584.2), _rate(152.0), _rate(7.273), _rate(0.1454)) == ("6,584", "152", "7.27", "0.145")

@@ -99,7 +99,10 @@ def run(args) -> int:
     print(f"{len(pairset)} pairs: {pairset.n_queries} queries × k={tp.k} from {collection.name} "
           f"({pairset.source['candidates']})")
 
-    options = {"fast": [{"attention": a} for a in args.attention]} if args.attention else None
+    options = {k: [dict(o) for o in v] for k, v in tp.variants.items()} or None
+    if args.attention:  # each attention path crossed with the file's fast variants
+        options = dict(options or {})
+        options["fast"] = [{**o, "attention": a} for o in options.get("fast") or [{}] for a in args.attention]
     engine_dtypes = {k: list(v) for k, v in tp.engine_dtypes.items()}
     slow = {"transformers": tp.slow_pairs, "sentence-transformers": tp.slow_pairs} if tp.slow_pairs else None
     deadline = time.monotonic() + tp.time_limit_s if tp.time_limit_s else None

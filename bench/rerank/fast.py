@@ -9,7 +9,9 @@ halves on out-of-memory and the value that fit is kept and recorded.
 
 Variants the throughput sweep compares are keywords: ``attention`` ("auto", "varlen",
 "sdpa-padded"), ``forward`` ("auto", "packed", "hf"), ``compile`` (torch.compile of the layer
-function, off by default: unmeasured), ``token_budget`` (overrides the spec), ``largest_chunk``.
+function; off: slower on an H100), ``prune_last_layer`` (on: the last layer computed for the first
+tokens only, which the head reads), ``gelu_epilogue`` and ``fused_add_norm`` (off; see
+``bench.engine.packed``), ``token_budget`` (overrides the spec), ``largest_chunk``.
 """
 
 from __future__ import annotations
@@ -28,14 +30,16 @@ from .common import EngineBase, check_pairs, check_scores, load_cross_encoder
 
 #: Default token budgets: tokens per batch (packed) or padded tokens per batch (hf forward).
 DEFAULT_BUDGET = {"cuda": 65536, "cpu": 8192}
-FAST_OPTIONS = ("attention", "forward", "compile", "token_budget", "first_chunk", "largest_chunk")
+FAST_OPTIONS = ("attention", "forward", "compile", "prune_last_layer", "gelu_epilogue", "fused_add_norm",
+                "token_budget", "first_chunk", "largest_chunk")
 
 
 class FastReranker(EngineBase):
     engine = "fast"
 
     def __init__(self, spec, device: str = "cpu", cache_dir=None, *, attention: str = "auto",
-                 forward: str = "auto", compile: bool = False, token_budget: int | None = None,
+                 forward: str = "auto", compile: bool = False, prune_last_layer: bool = True,
+                 gelu_epilogue: bool = False, fused_add_norm: bool = False, token_budget: int | None = None,
                  first_chunk: int = 512, largest_chunk: int = 16384):
         super().__init__(spec, device, resolve_precision(spec.dtype, device), query_limit=True)
         from .. import models
@@ -53,16 +57,21 @@ class FastReranker(EngineBase):
         self.forward_kind = "packed" if forward in ("auto", "packed") and not reason else "hf"
         self.fallback_reason = reason if forward == "auto" else None
         self.compile = compile
+        self.prune_last_layer = prune_last_layer
         if self.forward_kind == "packed":
-            self.encoder = packed.PackedEncoder(self.model.base_model, path, compile=compile)
+            self.encoder = packed.PackedEncoder(self.model.base_model, path, compile=compile,
+                                                gelu_epilogue=gelu_epilogue, fused_add_norm=fused_add_norm)
             self._forward = self._forward_packed
             position_offset, padded = self.encoder.position_offset, False
         else:
             if attention not in ("auto", "sdpa-padded"):
                 raise BenchError(f"attention {attention!r} needs the packed forward; this model runs the "
                                  "Hugging Face forward (attention 'auto')")
-            if compile:
-                raise BenchError("compile = True is implemented for the packed forward only")
+            asked = [k for k, v in (("compile", compile), ("gelu_epilogue", gelu_epilogue),
+                                    ("fused_add_norm", fused_add_norm)) if v]
+            if asked:
+                raise BenchError(f"{', '.join(asked)}: implemented for the packed forward only, which this model "
+                                 "does not run")
             self.encoder = None
             self._forward = self._forward_hf
             position_offset, padded = 0, True
@@ -79,10 +88,13 @@ class FastReranker(EngineBase):
         self.loop.budget = self.budget
 
     def _forward_packed(self, batch):
-        from ..engine.packed import classify
+        from ..engine.packed import classify, first_tokens
 
-        hidden = self.encoder(batch)
-        return classify(self.model, hidden, batch).view(-1)
+        if self.prune_last_layer:
+            first = self.encoder(batch, first_only=True)
+        else:
+            first = first_tokens(self.encoder(batch), batch)
+        return classify(self.model, first).view(-1)
 
     def _forward_hf(self, batch):
         return self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
@@ -111,7 +123,7 @@ class FastReranker(EngineBase):
                              max_pairs_per_batch=self.max_pairs, **self.budget.describe(),
                              tokenization="background thread" if self.loop.prefetch_depth else "inline")
         if self.encoder is not None:
-            out.update(self.encoder.describe())
+            out.update(self.encoder.describe(), prune_last_layer=self.prune_last_layer)
         else:
             out["attention"] = f"hf-{self.model.config._attn_implementation}-padded"
             if self.fallback_reason:
