@@ -19,7 +19,10 @@ What one cell reports (see `run_cell`):
   ``stats()``.
 * ``useful_tflop_per_s`` and ``ceiling_share``: matmul FLOPs on the real (unpadded) tokens
   (`useful_flops`) ÷ median seconds, and that rate ÷ the device's measured matrix rate
-  (`matmul_ceiling`, measured once per sweep).
+  (`matmul_ceiling`, measured once per sweep). The count is the full model's on every real token, the
+  same for every engine: work an engine skips (padding it never computes, the last layer's query
+  side that only the first token needs with ``prune_last_layer``) shows as a higher rate, not a
+  smaller count.
 * ``speedup_vs_plain``: pairs/s ÷ that of the plain transformers loop (fp32) in the same sweep.
 
 Records: ONE record of kind ``throughput`` per sweep, its cells inside (so a table or plot is made
