@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 import time
 
 import numpy as np
@@ -479,3 +480,27 @@ def test_rates_keep_three_figures_below_one_hundred():
     from bench.throughput import _rate
 
     assert (_rate(6584.2), _rate(152.0), _rate(7.273), _rate(0.1454)) == ("6,584", "152", "7.27", "0.145")
+
+
+@pytest.mark.slow
+def test_engine_check_variants_and_fidelity_smoke_on_cpu(shared_data, tmp_path):
+    """The follow-up GPU script, --smoke on CPU: each variant cell runs, and fidelity rows compare
+    every cell with fp32 and every fast variant with the default bf16 cell."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cells = ["fp32", "flag", "fast", "fast-full-last", "fast-gelu-epilogue"]
+    env = {**os.environ, "DATA": str(shared_data), "RERANK_BENCH_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, str(root / "experiments" / "gpu" / "engine_check.py"), "--smoke",
+                           "--out", str(tmp_path), "--collection", "vaswani", "--split", "test", "--cells", *cells],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "engine_check-vaswani.json").read_text())
+    assert [c["cell"] for c in res["cells"]] == cells and not any(c.get("error") for c in res["cells"])
+    by = {(r["cell"], r["reference"]): r for r in res["fidelity"]}
+    assert set(by) == {(c, "fp32") for c in cells[1:]} | {(c, "fast") for c in cells[3:]}
+    assert by["flag", "fp32"]["max_abs_diff"] < 1e-5  # flag-style runs fp32 on the CPU
+    assert by["fast-full-last", "fast"]["max_abs_diff"] < 1e-2  # same function, bf16 rounding at most
+    assert res["cells"][3]["describe"]["prune_last_layer"] is False

@@ -5,9 +5,19 @@ passes. Also times tokenization alone, to see how much of a pass is host work.
     python experiments/gpu/engine_check.py --out $OUT --cells fast fast-compile fast-262144   # MIRACL-yo
     python experiments/gpu/engine_check.py --out $OUT --collection vaswani --split test --cells fast flag
 
-Cells: fast (bf16, 65,536-token budget), fast-compile (the same with torch.compile), fast-262144,
-fast-fp16, flag (FlagEmbedding-style fp16, batch 128). 40-41 queries × 100 candidates (qrels-based:
-relevant, judged, then seeded random passages), as run_checks.py builds them.
+    python experiments/gpu/engine_check.py --out $OUT --collection vaswani --split test --queries 41 \
+        --cells fp32 flag fast fast-full-last fast-gelu-epilogue fast-add-norm fast-fused
+
+Cells: fast (bf16, 65,536-token budget, the engine's defaults), fast-compile (the same with
+torch.compile), fast-262144, fast-fp16, fast-full-last (prune_last_layer off: every token through
+the last layer, as before it existed), fast-gelu-epilogue, fast-add-norm (fused_add_norm), fast-fused
+(both), fp32 (the fast engine in fp32: the fidelity reference), flag (FlagEmbedding-style fp16,
+batch 128). 40-41 queries × 100 candidates (qrels-based: relevant, judged, then seeded random
+passages), as run_checks.py builds them.
+
+Fidelity: when the fp32 cell ran, every other cell's scores are compared with it (max |Δ|, Kendall τ,
+top-10 identical, ΔnDCG@10 against the collection's qrels), and every fast variant's with the default
+bf16 cell's (how far a variant moves scores, next to how far bf16 itself moves them from fp32).
 """
 
 from __future__ import annotations
@@ -63,18 +73,28 @@ def main() -> int:
     print(f"{len(pairs)} pairs from {args.collection}, mean {results['mean_tokens_per_pair']:.1f} tokens", flush=True)
     print(f"tokenize only: {len(pairs) / results['tokenize_seconds']:,.0f} pairs/s", flush=True)
 
-    known = {"fast": ({}, {"token_budget": 65536}), "fast-compile": ({}, {"token_budget": 65536, "compile": True}),
-             "fast-262144": ({}, {"token_budget": 262144}), "fast-fp16": ({"dtype": "fp16"}, {"token_budget": 65536}),
+    budget = {"token_budget": 65536}
+    known = {"fast": ({}, budget), "fast-compile": ({}, {**budget, "compile": True}),
+             "fast-262144": ({}, {"token_budget": 262144}), "fast-fp16": ({"dtype": "fp16"}, budget),
+             "fast-full-last": ({}, {**budget, "prune_last_layer": False}),
+             "fast-gelu-epilogue": ({}, {**budget, "gelu_epilogue": True}),
+             "fast-add-norm": ({}, {**budget, "fused_add_norm": True}),
+             "fast-fused": ({}, {**budget, "gelu_epilogue": True, "fused_add_norm": True}),
+             "fp32": ({"dtype": "fp32"}, budget),
              "flag": ({"engine": "flag", "dtype": "fp16" if device == "cuda" else "fp32"}, {})}
+    unknown = sorted(set(args.cells) - set(known))
+    if unknown:
+        ap.error(f"unknown cells {unknown}; known: {', '.join(known)}")
+    scores = {}
     for name in args.cells:
         spec_update, opts = known[name]
         t_build = time.perf_counter()
         try:
             rr = build_reranker(spec.model_copy(update=spec_update), **opts)
             warm = []
-            for _ in range(3 if opts.get("compile") else 1):
+            for _ in range(3 if opts.get("compile") or opts.get("fused_add_norm") else 1):
                 t0 = time.perf_counter()
-                rr.score(pairs)
+                scores[name] = rr.score(pairs)
                 warm.append(time.perf_counter() - t0)
             times = []
             for _ in range(3):
@@ -92,9 +112,33 @@ def main() -> int:
         cell["total_seconds"] = time.perf_counter() - t_build
         results["cells"].append(cell)
         print(json.dumps({k: cell.get(k) for k in ("cell", "pairs_per_s", "warmup_seconds", "error")}), flush=True)
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"engine_check-{args.collection}.json").write_text(json.dumps(results, indent=2))
+        write(args, results)
+    results["fidelity"] = fidelity(scores, ps, coll.qrels)
+    for row in results["fidelity"]:
+        print(json.dumps({k: row.get(k) for k in ("cell", "reference", "max_abs_diff", "top10_identical")}))
+    write(args, results)
     return 0
+
+
+def fidelity(scores, pairset, qrels) -> list[dict]:
+    """Each cell against fp32, and each fast variant against the default bf16 cell, on the same pairs."""
+    from bench.fidelity import compare
+
+    rows = []
+    for ref in ("fp32", "fast"):
+        if ref not in scores:
+            continue
+        for name, got in scores.items():
+            if name == ref or name == "fp32" or (ref == "fast" and not name.startswith("fast")):
+                continue
+            row = compare(scores[ref], got, pairset, qrels=qrels, labels=(ref, name))
+            rows.append({"cell": name, "reference": ref, **row})
+    return rows
+
+
+def write(args, results) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"engine_check-{args.collection}.json").write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
