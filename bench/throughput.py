@@ -585,12 +585,12 @@ def release(device: str) -> None:
 
 
 def resolve_device(device: str) -> str:
-    """'auto' → 'cuda' when torch sees a GPU, else 'cpu' (the record states which)."""
-    if device != "auto":
-        return device
-    import torch
+    """The one device a sweep measures its ceiling and memory on: the first of
+    ``bench.engine.device.resolve_devices(device)`` (``auto`` → ``cuda:0`` when torch sees a GPU, else
+    ``cpu``). Data-parallel cells run on all of them; each records its devices."""
+    from .engine.device import resolve_devices
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_devices(device)[0]
 
 
 @dataclass

@@ -504,3 +504,13 @@ def test_engine_check_variants_and_fidelity_smoke_on_cpu(shared_data, tmp_path):
     assert by["flag", "fp32"]["max_abs_diff"] < 1e-5  # flag-style runs fp32 on the CPU
     assert by["fast-full-last", "fast"]["max_abs_diff"] < 1e-2  # same function, bf16 rounding at most
     assert res["cells"][3]["describe"]["prune_last_layer"] is False
+
+
+def test_sweep_device_is_the_first_resolved_device():
+    from bench.throughput import resolve_device
+
+    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"  # no GPU here
+    with pytest.raises(BenchError, match="not a device name"):
+        resolve_device("gpu0")
+    with pytest.raises(BenchError, match="CUDA is not available"):
+        resolve_device("cuda:0,cuda:1")
