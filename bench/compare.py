@@ -79,10 +79,12 @@ def load_records(paths: Sequence[str | Path]) -> list[dict]:
     return out
 
 
-def scores_from_records(records: list[dict], metrics: Sequence[str] | None = None) -> pd.DataFrame:
+def scores_from_records(records: list[dict], metrics: Sequence[str] | None = None,
+                        notes: list[str] | None = None) -> pd.DataFrame:
     """Per-query scores from quality records (`dataset.label`, `dataset.language`, `system.label`,
     `per_query`). `metrics` are matched by meaning (``ndcg@10`` finds ``nDCG@10``) and keep the
-    spelling given; by default, the metrics every record holds."""
+    spelling given; by default, the metrics every record holds. A metric a record lacks is computed
+    from the run and qrels files beside it (`reevaluate`); `notes` collects a line for each."""
     from .evaluate import parse_metric
     from .report import system_label
 
@@ -110,13 +112,54 @@ def scores_from_records(records: list[dict], metrics: Sequence[str] | None = Non
             except BenchError:
                 continue
             by_meaning[parsed.measure, parsed.k] = key
-        chosen = {}
-        for name, meaning in wanted.items():
-            if meaning not in by_meaning:
-                raise BenchError(f"{where}: no per-query values for {name!r}; it holds {sorted(per_query)}")
-            chosen[name] = per_query[by_meaning[meaning]]
-        frames.append(_long_rows(chosen, dataset, system, rec["dataset"].get("language")))
+        chosen = {name: per_query[by_meaning[meaning]] for name, meaning in wanted.items() if meaning in by_meaning}
+        missing = [name for name in wanted if name not in chosen]
+        if missing:
+            chosen.update(reevaluate(rec, missing, check=by_meaning))
+            if notes is not None:
+                notes.append(f"{where}: {', '.join(missing)} computed from its run file {rec['run_file']} and "
+                             f"qrels {rec['qrels_file']} under the record's conventions")
+        frames.append(_long_rows({name: chosen[name] for name in wanted}, dataset, system,
+                                 rec["dataset"].get("language")))
     return pd.concat(frames, ignore_index=True)
+
+
+def reevaluate(rec: dict, metrics: Sequence[str], *, check: dict) -> dict[str, dict[str, float]]:
+    """Per-query values of `metrics` for a record that lacks them, from the run and qrels files the
+    pipeline writes beside its records, under the record's own conventions. The files must first
+    reproduce one metric the record holds (to 1e-9 per query), or they are not the record's."""
+    from .evaluate import Conventions, evaluate
+    from .runs import read_qrels, read_run
+
+    where = rec.get("_path", "record")
+    held = sorted(rec.get("per_query") or {})
+    files = {key: rec.get(key) for key in ("run_file", "qrels_file")}
+    if not all(files.values()) or "_path" not in rec:
+        lacking = [k for k, v in files.items() if not v] or ["its path"]
+        raise BenchError(f"{where}: no per-query values for {', '.join(map(repr, metrics))}; it holds {held}, and "
+                         f"it names no {' or '.join(lacking)} to compute them from (records of an older bench run): "
+                         "run `bench eval --qrels QRELS --run RUN` or `bench run` again with the metric")
+    base = Path(rec["_path"]).resolve().parent.parent  # records/ sits beside runs/ in a bench run's folder
+    paths = {k: base / v for k, v in files.items()}
+    for key, path in paths.items():
+        if not path.is_file():
+            raise BenchError(f"{where}: no per-query values for {', '.join(map(repr, metrics))}, and its {key} "
+                             f"{path} is missing; keep the run folder whole (records/ beside runs/)")
+    conv = (rec.get("evaluation") or {}).get("conventions") or {}
+    conventions = Conventions(depth=conv.get("depth"), rel_level=conv.get("rel_level", 1),
+                              judged_only=conv.get("judged_only", False))
+    qrels, run = read_qrels(paths["qrels_file"]), read_run(paths["run_file"])
+    probe = next(iter(check.values()), None)
+    names = list(metrics) + ([probe] if probe else [])
+    evaluation = evaluate(qrels, run, names, conventions)
+    if probe:
+        stored, again = rec["per_query"][probe], evaluation.per_query[probe]
+        worst = max((abs(stored[q] - again.get(q, float("nan"))) for q in stored), default=0.0)
+        if set(stored) != set(again) or not worst <= 1e-9:
+            raise BenchError(f"{where}: its run file {paths['run_file']} and qrels {paths['qrels_file']} do not "
+                             f"reproduce its own {probe} (largest per-query difference {worst:.3g}); they are not "
+                             "this record's files, so nothing is computed from them")
+    return {name: evaluation.per_query[name] for name in metrics}
 
 
 def _check_conventions(records: list[dict]) -> None:

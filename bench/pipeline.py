@@ -128,7 +128,7 @@ class Pipeline:
     def _quality_record(self, collection, system: dict, run: dict, run_name: str, timings: dict,
                         diagnostics: dict, info: dict, parent: str | None = None) -> dict:
         from .evaluate import Conventions, evaluate
-        from .runs import write_run
+        from .runs import read_qrels, write_qrels, write_run
 
         ev_spec = self.exp.evaluation
         conventions = Conventions(depth=ev_spec.depth, rel_level=ev_spec.rel_level, judged_only=ev_spec.judged_only)
@@ -146,6 +146,9 @@ class Pipeline:
         ds_slug = slug(collection.name)
         run_path = self.out / "runs" / ds_slug / f"{slug(run_name)}.trec"
         write_run(run, run_path, tag=slug(run_name))
+        qrels_path = self.out / "runs" / ds_slug / "qrels.txt"  # beside the runs: re-evaluable without the dataset
+        if not qrels_path.is_file() or read_qrels(qrels_path) != collection.qrels:
+            write_qrels(collection.qrels, qrels_path)
         rec = make_record(
             "quality",
             key=key_of(dataset=collection.fingerprint(), system=_stable(system), metrics=list(ev_spec.metrics),
@@ -158,6 +161,7 @@ class Pipeline:
             per_query=evaluation.per_query,
             diagnostics={**diagnostics, "judged@10": judged},
             run_file=str(run_path.relative_to(self.out)),
+            qrels_file=str(qrels_path.relative_to(self.out)),
             timings=timings,
             info=info,
         )

@@ -99,6 +99,16 @@ def read_qrels(path: str | os.PathLike) -> Qrels:
     return qrels
 
 
+def write_qrels(qrels: Qrels, path: str | os.PathLike) -> Path:
+    """Write `qrels` atomically as TREC qrels (``qid 0 docid relevance``), which `read_qrels` and
+    trec_eval read back."""
+    for qid, docs in qrels.items():
+        _check_ids([qid], "query id")
+        _check_ids(docs, f"document id (query {qid!r})")
+    text = "".join(f"{qid} 0 {doc_id} {int(rel)}\n" for qid, docs in qrels.items() for doc_id, rel in docs.items())
+    return atomic_write_text(path, text)
+
+
 # ------------------------------------------------------------------------------------------------ runs
 def read_run(path: str | os.PathLike) -> Run:
     """A run from a TREC run file (``qid Q0 docid rank score tag``, optionally .gz), or from ranx's

@@ -14,7 +14,7 @@ from bench.compare import (SCORE_COLUMNS, Settings, bootstrap_ci, compare, holm,
 from bench.errors import BenchError
 from bench.evaluate import Conventions, evaluate
 from bench.records import atomic_write_json, make_record, read_record
-from bench.runs import read_qrels, write_run
+from bench.runs import read_qrels, read_run, write_qrels, write_run
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -122,11 +122,12 @@ def _quality_record(out, dataset, language, system, stage, qrels, run, metrics, 
     evaluation = evaluate(qrels, run, metrics, conventions)
     run_path = out / "runs" / dataset.replace("/", "_") / f"{system}.trec"
     write_run(run, run_path, tag=system)
+    qrels_path = write_qrels(qrels, run_path.parent / "qrels.txt")
     rec = make_record("quality", dataset={"label": dataset, "language": language, "n_queries": len(qrels)},
                       system={"label": system, "stage": stage, **system_fields},
                       evaluation={"metrics": metrics, "conventions": conventions.describe()},
                       metrics=evaluation.means, per_query=evaluation.per_query,
-                      run_file=str(run_path.relative_to(out)))
+                      run_file=str(run_path.relative_to(out)), qrels_file=str(qrels_path.relative_to(out)))
     atomic_write_json(out / "records" / f"{dataset.replace('/', '_')}__{system}.json", rec)
 
 
@@ -171,6 +172,43 @@ def test_bench_compare_records_over_both_shared_collections(shared_records, tmp_
     assert means.loc[("miracl/yo/dev", "reranker"), "mean"] == pytest.approx(yo["metrics"]["nDCG@10"])
 
 
+def test_a_metric_the_records_lack_comes_from_their_run_files(shared_records, shared_data, tmp_path, capsys):
+    """MRR@10 is in no record: compare computes it from the run and qrels files beside each record,
+    under the record's conventions (-M 100), says so, and gets what evaluating those files gives."""
+    import shutil
+
+    from bench.cli import main
+    from bench.compare import load_records, scores_from_records
+
+    folder = tmp_path / "copy"
+    shutil.copytree(shared_records, folder)
+    code = main(["compare", str(folder / "records"), "-m", "mrr@10", "ndcg@10", "--permutations", "500",
+                 "--bootstrap", "500"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.err.count("note:") == 4 and "mrr@10 computed from its run file runs/" in captured.err
+    assert "MRR@10" in captured.out or "mrr@10" in captured.out
+    rec = json.loads((folder / "records" / "vaswani__reranker.json").read_text())
+    qrels = read_qrels(folder / rec["qrels_file"])
+    assert qrels == read_qrels(next((shared_data / "vaswani" / "qrels").glob("*.tsv")))
+    expect = evaluate(qrels, read_run(folder / rec["run_file"]), ["mrr@10"], Conventions(depth=100))
+    scores = scores_from_records(load_records([folder / "records" / "vaswani__reranker.json"]), ["mrr@10"])
+    got = scores.set_index("query")["value"].to_dict()
+    assert got == pytest.approx(expect.per_query["mrr@10"], abs=1e-12) and len(got) == len(qrels)
+
+    # files that do not reproduce the record's own nDCG@10 are refused, by name
+    run_path = folder / rec["run_file"]
+    reversed_run = {q: {d: -s for d, s in docs.items()} for q, docs in read_run(run_path).items()}
+    write_run(reversed_run, run_path, tag="reversed")
+    with pytest.raises(BenchError, match="do not reproduce its own nDCG@10"):
+        scores_from_records(load_records([folder / "records" / "vaswani__reranker.json"]), ["mrr@10"])
+    # a record without the files says what to do instead
+    del rec["qrels_file"]
+    (folder / "old.json").write_text(json.dumps(rec))
+    with pytest.raises(BenchError, match="names no qrels_file.*bench eval"):
+        scores_from_records(load_records([folder / "old.json"]), ["mrr@10"])
+
+
 def test_bench_compare_run_files(shared_data, tmp_path, capsys):
     from bench.cli import main
 
@@ -200,8 +238,9 @@ def test_records_metric_matching_and_mixed_conventions(tmp_path):
         scores_from_records(records, ["ndcg@10"])
     scores = scores_from_records(records[:1], ["ndcg@10"])
     assert set(scores.metric) == {"ndcg@10"} and len(scores) == 2
-    with pytest.raises(BenchError, match="no per-query values for 'map'"):
-        scores_from_records(records[:1], ["map"])
+    notes = []
+    mapped = scores_from_records(records[:1], ["map"], notes=notes)  # not in the record: from its files
+    assert mapped.set_index("query")["value"].to_dict() == {"q1": 1.0, "q2": 0.0} and len(notes) == 1
 
 
 def test_untrained_systems_are_marked(tmp_path):

@@ -15,7 +15,7 @@ from bench.config import load_experiment
 from bench.errors import BenchError
 from bench.evaluate import evaluate
 from bench.pipeline import run_experiment
-from bench.runs import read_run
+from bench.runs import read_qrels, read_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,6 +57,7 @@ def test_end_to_end_records_runs_report(tmp_path):
     for rec in records:
         # The saved run reproduces the recorded metrics, and every number has its context.
         run = read_run(out / rec["run_file"])
+        assert read_qrels(out / rec["qrels_file"]) == qrels[rec["dataset"]["label"]]  # beside the run
         ev = evaluate(qrels[rec["dataset"]["label"]], run, ["nDCG@10", "Recall@30"])
         assert ev.means == pytest.approx(rec["metrics"], abs=1e-12)
         assert set(rec["per_query"]["nDCG@10"]) == set(qrels[rec["dataset"]["label"]])

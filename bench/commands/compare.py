@@ -22,7 +22,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dataset", default=None, help="dataset label of the run files (default: the qrels file name)")
     parser.add_argument("--language", default=None, help="language code of the run files' dataset")
     parser.add_argument("--metric", "-m", dest="metrics", action="extend", nargs="+", default=None, metavar="M",
-                        help="metrics to compare (runs: default ndcg@10; records: default every metric they share)")
+                        help="metrics to compare (runs: default ndcg@10; records: default every metric they share; "
+                             "one a record lacks is computed from the run and qrels files beside it)")
     add_conventions_arguments(parser)
     parser.add_argument("--baseline", default=None, help="system the plot subtracts (default: the first system)")
     parser.add_argument("--test", choices=("randomization", "t-test"), default="randomization",
@@ -61,7 +62,10 @@ def run(args) -> int:
         raise BenchError("--label and --qrels apply to run files; no run file was given")
     if record_inputs:
         records = load_records(record_inputs)
-        frames.append(scores_from_records(records, args.metrics))
+        notes: list[str] = []
+        frames.append(scores_from_records(records, args.metrics, notes=notes))
+        for line in notes:
+            print(f"note: {line}", file=sys.stderr)
         flags = {((r.get("evaluation") or {}).get("conventions") or {}).get("trec_eval_flags") for r in records} - {None}
         if conventions and flags and flags != {conventions}:
             raise BenchError(f"the records were evaluated with trec_eval {sorted(flags)}, the run files with "
