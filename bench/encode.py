@@ -25,6 +25,8 @@ from .errors import BenchError
 BGE_EN_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 BGE_ZH_INSTRUCTION = "为这个句子生成表示以用于检索相关文章："
 DEFAULT_BUDGET = {"cuda": 65536, "cpu": 8192}
+#: PackedEncoder keywords a fast bi-encoder passes through (see bench.engine.packed)
+PACKED_OPTIONS = ("gelu_epilogue", "fused_add_norm", "fp32_residual")
 
 
 def default_query_instruction(model_ref: str) -> str:
@@ -53,7 +55,7 @@ class Encoder:
 
     def __init__(self, spec, *, cache_dir=None, device: str | None = None, attention: str = "auto",
                  compile: bool = False, token_budget: int | None = None, first_chunk: int = 512,
-                 largest_chunk: int = 16384):
+                 largest_chunk: int = 16384, **packed_options):
         from sentence_transformers import SentenceTransformer
 
         from . import models
@@ -90,10 +92,12 @@ class Encoder:
         self.model_normalizes = "Normalize" in self.modules
         self._seconds, self._texts, self._tokens = 0.0, 0, 0
         if self.engine == "fast":
-            self._setup_fast(attention, compile, token_budget, first_chunk, largest_chunk)
+            self._setup_fast(attention, compile, token_budget, first_chunk, largest_chunk, packed_options)
+        elif packed_options:
+            raise BenchError(f"bi-encoder options {sorted(packed_options)} need engine = 'fast'")
 
     # -- fast engine --------------------------------------------------------------------------------------
-    def _setup_fast(self, attention, compile, token_budget, first_chunk, largest_chunk):
+    def _setup_fast(self, attention, compile, token_budget, first_chunk, largest_chunk, packed_options):
         from .engine import packed
         from .engine.batching import TokenBudget
         from .engine.loop import BatchLoop
@@ -113,8 +117,14 @@ class Encoder:
         self.forward_kind = "packed" if reason is None else "hf"
         self.fallback_reason = reason
         if reason is None:
-            self.packed = packed.PackedEncoder(self.hf, attention, compile=compile)
+            unknown = sorted(set(packed_options) - set(PACKED_OPTIONS))
+            if unknown:
+                raise BenchError(f"bi-encoder: unknown option(s) {unknown}; known: {', '.join(PACKED_OPTIONS)}")
+            self.packed = packed.PackedEncoder(self.hf, attention, compile=compile, **packed_options)
             offset, padded = self.packed.position_offset, False
+        elif packed_options:
+            raise BenchError(f"bi-encoder {self.spec.model!r}: options {sorted(packed_options)} need the packed "
+                             f"forward, which this model does not run ({reason})")
         else:
             self.packed, offset, padded = None, 0, True
         self.first_only = self.pooling == ("cls",) and self.packed is not None
@@ -211,7 +221,8 @@ class Encoder:
 
 def build_encoder(spec, *, cache_dir=None, **options) -> Encoder:
     """The bi-encoder of a dense first stage. ``options``: fast-engine keywords (``attention``,
-    ``compile``, ``token_budget``, ``device``, ``first_chunk``, ``largest_chunk``)."""
+    ``compile``, ``token_budget``, ``device``, ``first_chunk``, ``largest_chunk``, and the packed
+    forward's ``gelu_epilogue``, ``fused_add_norm``, ``fp32_residual``)."""
     if options and spec.engine != "fast":
         raise BenchError(f"bi-encoder engine {spec.engine!r} takes no options (got {sorted(options)})")
     return Encoder(spec, cache_dir=cache_dir, **options)
