@@ -36,7 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import BenchError
 
 Dtype = Literal["auto", "fp32", "tf32", "fp16", "bf16"]
-DTYPE_HELP = "one of auto (bf16 on CUDA, fp32 on CPU; the record states which), fp32, tf32, fp16, bf16"
+DTYPE_HELP = ("one of auto (the engine's own default on CUDA: fp16 for the fast engine, fp32 on CPU; the record "
+              "states which), fp32, tf32, fp16, bf16")
 
 
 class Spec(BaseModel):

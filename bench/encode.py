@@ -26,7 +26,7 @@ BGE_EN_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 BGE_ZH_INSTRUCTION = "为这个句子生成表示以用于检索相关文章："
 DEFAULT_BUDGET = {"cuda": 65536, "cpu": 8192}
 #: PackedEncoder keywords a fast bi-encoder passes through (see bench.engine.packed)
-PACKED_OPTIONS = ("gelu_epilogue", "fused_add_norm", "fp32_residual")
+PACKED_OPTIONS = ("gelu_epilogue", "fused_add_norm")
 
 
 def default_query_instruction(model_ref: str) -> str:
@@ -59,7 +59,7 @@ class Encoder:
         from sentence_transformers import SentenceTransformer
 
         from . import models
-        from .engine.device import resolve_devices, resolve_precision
+        from .engine.device import FAST_AUTO_CUDA, resolve_devices, resolve_precision
         from .rerank.common import check_max_length
 
         if spec.kind != "dense" or not spec.model:
@@ -69,7 +69,7 @@ class Encoder:
         self.devices_visible = devices
         self.spec = spec
         self.engine = spec.engine
-        self.precision = resolve_precision(spec.dtype, self.device, auto_cuda="bf16" if spec.engine == "fast" else "fp32")
+        self.precision = resolve_precision(spec.dtype, self.device, auto_cuda=FAST_AUTO_CUDA if spec.engine == "fast" else "fp32")
         if spec.engine == "fast":
             from .engine.packed import choose_attention
 
@@ -222,7 +222,7 @@ class Encoder:
 def build_encoder(spec, *, cache_dir=None, **options) -> Encoder:
     """The bi-encoder of a dense first stage. ``options``: fast-engine keywords (``attention``,
     ``compile``, ``token_budget``, ``device``, ``first_chunk``, ``largest_chunk``, and the packed
-    forward's ``gelu_epilogue``, ``fused_add_norm``, ``fp32_residual``)."""
+    forward's ``gelu_epilogue`` and ``fused_add_norm``)."""
     if options and spec.engine != "fast":
         raise BenchError(f"bi-encoder engine {spec.engine!r} takes no options (got {sorted(options)})")
     return Encoder(spec, cache_dir=cache_dir, **options)

@@ -133,7 +133,7 @@ def test_fast_variants_equal_plain_loop(spread_reranker, pairs, plain_scores):
     default prunes the last layer, and the record says which ran."""
     default = engine(spread_reranker, "fast", max_length=128)
     assert default.describe()["prune_last_layer"] is True and default.describe()["gelu_epilogue"] is False
-    for opts in ({"prune_last_layer": False}, {"gelu_epilogue": True}, {"fp32_residual": True}):
+    for opts in ({"prune_last_layer": False}, {"gelu_epilogue": True}):
         r = engine(spread_reranker, "fast", max_length=128, options=opts)
         np.testing.assert_allclose(r.score(pairs), plain_scores, atol=TOL, rtol=0, err_msg=str(opts))
         d = r.describe()
@@ -199,11 +199,6 @@ def test_bf16_runs_on_cpu_close_to_fp32(spread_reranker, pairs, plain_scores):
     s = r.score(pairs)
     assert r.describe()["dtype"] == "bf16" and s.dtype == np.float32
     assert np.corrcoef(s, plain_scores)[0, 1] > 0.95
-    # fp32 residual stream: fp32 LayerNorms and adds, head back in the model's dtype
-    mixed = engine(spread_reranker, "fast", max_length=128, dtype="bf16", options={"fp32_residual": True})
-    m = mixed.score(pairs)
-    assert mixed.describe()["fp32_residual"] is True and m.dtype == np.float32
-    assert np.corrcoef(m, plain_scores)[0, 1] > 0.95
 
 
 def test_nan_scores_name_the_pair(spread_reranker, pairs):
@@ -320,3 +315,15 @@ def test_data_parallel_two_cpu_workers_match_one_process(spread_reranker, pairs,
         assert r.score([]).shape == (0,)
     finally:
         r.close()
+
+
+def test_auto_precision_per_engine():
+    """`auto` on CUDA: fp16 for the fast engines (fidelity on trained weights, FlagEmbedding's choice),
+    each baseline as its users run it; fp32 on the CPU. Resolved without touching a GPU."""
+    from bench.engine.device import FAST_AUTO_CUDA, resolve_precision
+
+    assert FAST_AUTO_CUDA == "fp16" and resolve_precision("auto", "cuda:0").name == "fp16"
+    assert resolve_precision("auto", "cuda:0", auto_cuda="fp32").name == "fp32"
+    assert resolve_precision("auto", "cpu").name == "fp32" and resolve_precision("bf16", "cpu").name == "bf16"
+    with pytest.raises(BenchError, match="tf32"):
+        resolve_precision("tf32", "cpu")

@@ -33,11 +33,6 @@ recorded by ``describe()``:
   exact GELU.
 * ``fused_add_norm``: residual add and LayerNorm as one ``torch.compile``'d function (one pass over
   the hidden states instead of two); the matmuls and attention stay eager.
-* ``fp32_residual``: for a model loaded in fp16/bf16, the residual stream, embeddings sum and
-  LayerNorms in fp32 (as ``torch.autocast`` keeps them); matmuls and attention still run in the
-  model's dtype on inputs cast to it. Rounding then enters through the weights and the matmul
-  inputs and outputs only, not through every residual add: closer to fp32 (measured on trained
-  weights in ``results/bf16-fidelity-minilm``), at the cost of fp32 traffic in the elementwise steps.
 """
 
 from __future__ import annotations
@@ -106,7 +101,7 @@ class PackedEncoder:
     (int32, ``[n + 1]``) and ``max_len``: the layout ``bench.engine.loop`` produces."""
 
     def __init__(self, base_model, attention: str = "sdpa-padded", compile: bool = False, *,
-                 gelu_epilogue: bool = False, fused_add_norm: bool = False, fp32_residual: bool = False):
+                 gelu_epilogue: bool = False, fused_add_norm: bool = False):
         import torch
 
         reason = unsupported_reason(base_model.config)
@@ -136,15 +131,7 @@ class PackedEncoder:
                 # the same graph with different inputs instead of recompiling per module.
                 mods = (layer.attention.output.dense, layer.attention.output.LayerNorm, layer.intermediate.dense,
                         layer.output.dense, layer.output.LayerNorm)
-                params = [t.detach() for m in mods for t in (m.weight, m.bias)]
-                if fp32_residual:  # fp32 copies of the LayerNorm parameters (2 × hidden each: tiny)
-                    params[2:4] = [t.float() for t in params[2:4]]
-                    params[8:10] = [t.float() for t in params[8:10]]
-                self.layers.append((w, b) + tuple(params))
-        self.dtype = w.dtype
-        self.fp32_residual = fp32_residual
-        ln = emb.LayerNorm
-        self.emb_norm = (ln.weight.detach().float(), ln.bias.detach().float()) if fp32_residual else (ln.weight, ln.bias)
+                self.layers.append((w, b) + tuple(t.detach() for m in mods for t in (m.weight, m.bias)))
         self._attend = {"varlen": self._varlen, "varlen-aten": self._varlen_aten,
                         "sdpa-padded": self._sdpa_padded}[attention]
         self._attend_first = {"varlen": self._varlen_first, "varlen-aten": self._varlen_aten_first,
@@ -160,18 +147,13 @@ class PackedEncoder:
 
         emb = self.emb
         x = emb.word_embeddings(batch.input_ids)
-        if self.fp32_residual:
-            x = x.float()
         if batch.token_type_ids is None:
             x = x + emb.token_type_embeddings.weight[0]
         else:
             x = x + emb.token_type_embeddings(batch.token_type_ids)
         x = x + emb.position_embeddings(batch.position_ids)
-        return F.layer_norm(x, emb.LayerNorm.normalized_shape, *self.emb_norm, emb.LayerNorm.eps)
-
-    def _in(self, x):
-        """A matmul's input in the weights' dtype (a cast only with ``fp32_residual``)."""
-        return x.to(self.dtype) if self.fp32_residual else x
+        return F.layer_norm(x, emb.LayerNorm.normalized_shape, emb.LayerNorm.weight, emb.LayerNorm.bias,
+                            emb.LayerNorm.eps)
 
     def forward(self, batch, *, first_only: bool = False):
         """Hidden states ``[total_tokens, hidden]``; with ``first_only`` each sequence's first-token
@@ -193,7 +175,7 @@ class PackedEncoder:
 
         w_qkv, b_qkv, w_ao, b_ao, g1, beta1 = params[:6]
         t, width = x.shape
-        qkv = F.linear(self._in(x), w_qkv, b_qkv).view(t, 3, self.heads, self.head_dim)
+        qkv = F.linear(x, w_qkv, b_qkv).view(t, 3, self.heads, self.head_dim)
         a = self._attend(qkv, ctx).reshape(t, width)
         x = self._add_norm(F.linear(a, w_ao, b_ao), x, g1, beta1, self.eps[0])
         return self._feed_forward(x, params)
@@ -203,11 +185,10 @@ class PackedEncoder:
         import torch.nn.functional as F
 
         w_in, b_in, w_out, b_out, g2, beta2 = params[6:]
-        xin = self._in(x)
         if self.gelu_epilogue:
-            h = torch._addmm_activation(b_in, xin, w_in.t(), use_gelu=self.gelu is not None)
+            h = torch._addmm_activation(b_in, x, w_in.t(), use_gelu=self.gelu is not None)
         else:
-            h = F.linear(xin, w_in, b_in)
+            h = F.linear(x, w_in, b_in)
             h = F.relu(h) if self.gelu is None else F.gelu(h, approximate=self.gelu)
         return self._add_norm(F.linear(h, w_out, b_out), x, g2, beta2, self.eps[1])
 
@@ -220,8 +201,8 @@ class PackedEncoder:
         t, width = x.shape
         x0 = x.index_select(0, batch.cu_seqlens[:-1].long())
         n = x0.shape[0]
-        q = F.linear(self._in(x0), w_qkv[:width], b_qkv[:width]).view(n, self.heads, self.head_dim)
-        kv = F.linear(self._in(x), w_qkv[width:], b_qkv[width:]).view(t, 2, self.heads, self.head_dim)
+        q = F.linear(x0, w_qkv[:width], b_qkv[:width]).view(n, self.heads, self.head_dim)
+        kv = F.linear(x, w_qkv[width:], b_qkv[width:]).view(t, 2, self.heads, self.head_dim)
         a = self._attend_first(q, kv, ctx).reshape(n, width)
         x0 = self._add_norm(F.linear(a, w_ao, b_ao), x0, g1, beta1, self.eps[0])
         return self._feed_forward(x0, params)
@@ -295,8 +276,7 @@ class PackedEncoder:
         if self.gelu_epilogue and self.gelu is not None:
             act += " (matmul epilogue: tanh form on CUDA)"
         return {"forward": "packed", "attention": self.attention, "fused_qkv_bytes": self.fused_qkv_bytes,
-                "activation": act, "gelu_epilogue": self.gelu_epilogue, "fused_add_norm": self.fused_add_norm,
-                "fp32_residual": self.fp32_residual}
+                "activation": act, "gelu_epilogue": self.gelu_epilogue, "fused_add_norm": self.fused_add_norm}
 
 
 def _add_norm(y, x, weight, bias, eps: float):
@@ -323,7 +303,7 @@ def classify(model, first):
     (``first_tokens`` of the hidden states, or ``PackedEncoder(..., first_only=True)``), through the
     model's own head modules: XLM-R/RoBERTa ``classifier`` (dense, tanh, out_proj) or BERT
     ``pooler`` then ``classifier``."""
-    first = first[:, None, :].to(model.dtype)  # fp32 with fp32_residual: the head runs in the model's dtype
+    first = first[:, None, :]
     kind = model.config.model_type
     if FAMILY.get(kind):
         return model.classifier(first)

@@ -10,8 +10,8 @@ halves on out-of-memory and the value that fit is kept and recorded.
 Variants the throughput sweep compares are keywords: ``attention`` ("auto", "varlen",
 "sdpa-padded"), ``forward`` ("auto", "packed", "hf"), ``compile`` (torch.compile of the layer
 function; off: slower on an H100), ``prune_last_layer`` (on: the last layer computed for the first
-tokens only, which the head reads), ``gelu_epilogue``, ``fused_add_norm`` and ``fp32_residual``
-(off; see ``bench.engine.packed``), ``token_budget`` (overrides the spec), ``largest_chunk``.
+tokens only, which the head reads), ``gelu_epilogue`` and ``fused_add_norm`` (off; see
+``bench.engine.packed``), ``token_budget`` (overrides the spec), ``largest_chunk``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from .common import EngineBase, check_pairs, check_scores, load_cross_encoder
 #: Default token budgets: tokens per batch (packed) or padded tokens per batch (hf forward).
 DEFAULT_BUDGET = {"cuda": 65536, "cpu": 8192}
 FAST_OPTIONS = ("attention", "forward", "compile", "prune_last_layer", "gelu_epilogue", "fused_add_norm",
-                "fp32_residual", "token_budget", "first_chunk", "largest_chunk")
+                "token_budget", "first_chunk", "largest_chunk")
 
 
 class FastReranker(EngineBase):
@@ -39,8 +39,7 @@ class FastReranker(EngineBase):
 
     def __init__(self, spec, device: str = "cpu", cache_dir=None, *, attention: str = "auto",
                  forward: str = "auto", compile: bool = False, prune_last_layer: bool = True,
-                 gelu_epilogue: bool = False, fused_add_norm: bool = False, fp32_residual: bool = False,
-                 token_budget: int | None = None,
+                 gelu_epilogue: bool = False, fused_add_norm: bool = False, token_budget: int | None = None,
                  first_chunk: int = 512, largest_chunk: int = 16384):
         super().__init__(spec, device, resolve_precision(spec.dtype, device), query_limit=True)
         from .. import models
@@ -61,8 +60,7 @@ class FastReranker(EngineBase):
         self.prune_last_layer = prune_last_layer
         if self.forward_kind == "packed":
             self.encoder = packed.PackedEncoder(self.model.base_model, path, compile=compile,
-                                                gelu_epilogue=gelu_epilogue, fused_add_norm=fused_add_norm,
-                                                fp32_residual=fp32_residual)
+                                                gelu_epilogue=gelu_epilogue, fused_add_norm=fused_add_norm)
             self._forward = self._forward_packed
             position_offset, padded = self.encoder.position_offset, False
         else:
@@ -70,7 +68,7 @@ class FastReranker(EngineBase):
                 raise BenchError(f"attention {attention!r} needs the packed forward; this model runs the "
                                  "Hugging Face forward (attention 'auto')")
             asked = [k for k, v in (("compile", compile), ("gelu_epilogue", gelu_epilogue),
-                                    ("fused_add_norm", fused_add_norm), ("fp32_residual", fp32_residual)) if v]
+                                    ("fused_add_norm", fused_add_norm)) if v]
             if asked:
                 raise BenchError(f"{', '.join(asked)}: implemented for the packed forward only, which this model "
                                  "does not run")

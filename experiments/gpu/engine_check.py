@@ -6,14 +6,13 @@ passes. Also times tokenization alone, to see how much of a pass is host work.
     python experiments/gpu/engine_check.py --out $OUT --collection vaswani --split test --cells fast flag
 
     python experiments/gpu/engine_check.py --out $OUT --collection vaswani --split test --queries 41 \
-        --cells fp32 flag fast fast-fp16 fast-full-last fast-gelu-epilogue fast-add-norm fast-fused \
-        fast-fp32-residual fast-fp16-fp32-residual
+        --cells fp32 flag fast fast-fp16 fast-full-last fast-gelu-epilogue fast-add-norm fast-fused
 
 Cells: fast (bf16, 65,536-token budget, the engine's defaults), fast-compile (the same with
 torch.compile), fast-262144, fast-fp16, fast-full-last (prune_last_layer off: every token through
 the last layer, as before it existed), fast-gelu-epilogue, fast-add-norm (fused_add_norm), fast-fused
-(both), fast-fp32-residual and fast-fp16-fp32-residual (bf16 / fp16 with an fp32 residual stream),
-fp32 (the fast engine in fp32: the fidelity reference), flag (FlagEmbedding-style fp16, batch 128). 40-41 queries × 100 candidates (qrels-based: relevant, judged, then seeded random
+(both), fp32 (the fast engine in fp32: the fidelity reference), flag (FlagEmbedding-style fp16,
+batch 128). 40-41 queries × 100 candidates (qrels-based: relevant, judged, then seeded random
 passages), as run_checks.py builds them.
 
 Fidelity: when the fp32 cell ran, every other cell's scores are compared with it (max |Δ|, Kendall τ,
@@ -81,8 +80,6 @@ def main() -> int:
              "fast-gelu-epilogue": ({}, {**budget, "gelu_epilogue": True}),
              "fast-add-norm": ({}, {**budget, "fused_add_norm": True}),
              "fast-fused": ({}, {**budget, "gelu_epilogue": True, "fused_add_norm": True}),
-             "fast-fp32-residual": ({}, {**budget, "fp32_residual": True}),
-             "fast-fp16-fp32-residual": ({"dtype": "fp16"}, {**budget, "fp32_residual": True}),
              "fp32": ({"dtype": "fp32"}, budget),
              "flag": ({"engine": "flag", "dtype": "fp16" if device == "cuda" else "fp32"}, {})}
     unknown = sorted(set(args.cells) - set(known))
