@@ -146,3 +146,24 @@ def test_real_bf16_against_fp32_on_shared_pairs(shared_data, tiny_reranker):
     assert -1 <= out["kendall_tau"]["min"] <= out["kendall_tau"]["median"] <= 1
     assert 0 <= out["top10_identical"] <= 1 and out["n_queries"] == 4
     assert out["ndcg@10"]["n_queries"] == 4 and out["ndcg@10"]["computed_by"]
+
+
+def test_half_precision_script_on_trained_weights(shared_data, tmp_path):
+    """The trained-weights fidelity script (results/half-precision-fidelity-minilm), on 5 Vaswani
+    queries: it writes its record, and fp16's score error is well under bf16's, as measured at scale."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "experiments" / "fidelity" / "half_precision_trained_weights.py"),
+                           "--out", str(tmp_path), "--data", str(shared_data), "--collections", "vaswani",
+                           "--max-docs", "100", "--max-queries", "5"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = json.loads((tmp_path / "fidelity-minilm.json").read_text())
+    by = {c["cell"]: c for c in rec["comparisons"]}
+    assert set(by) == {"bf16", "fp16"} and all(c["n_queries"] == 5 for c in by.values())
+    assert by["fp16"]["max_abs_diff"] < by["bf16"]["max_abs_diff"] / 3
+    assert by["fp16"]["top10_identical"] >= by["bf16"]["top10_identical"]
+    assert rec["retrieval"][0]["docs"] > 100 and "| vaswani |" in proc.stdout

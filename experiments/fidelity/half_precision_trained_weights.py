@@ -51,6 +51,7 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--collections", nargs="+", default=list(SPLITS), choices=list(SPLITS))
     ap.add_argument("--max-docs", type=int, default=None, help="first N documents plus every judged one (a quick run)")
+    ap.add_argument("--max-queries", type=int, default=None, help="first N queries with judgments (a quick run)")
     args = ap.parse_args()
 
     from bench.config import CollectionSpec, FirstStageSpec
@@ -64,7 +65,8 @@ def main() -> int:
     model = "offline:all-MiniLM-L6-v2"
     comparisons, retrieval = [], []
     for name in args.collections:
-        coll = load_collection(CollectionSpec(source="beir", path=str(args.data / name), split=SPLITS[name]))
+        coll = load_collection(CollectionSpec(source="beir", path=str(args.data / name), split=SPLITS[name],
+                                              max_queries=args.max_queries))
         docs = [batch for batch in coll.iter_docs()]
         doc_ids = [d for batch in docs for d, _ in batch]
         texts = [t for batch in docs for _, t in batch]
@@ -119,7 +121,8 @@ def main() -> int:
               f"{r['fp32']['nDCG@10']:.4f} → {r['cell_metrics']['nDCG@10']:.4f} | "
               f"{r['fp32']['Recall@100']:.4f} → {r['cell_metrics']['Recall@100']:.4f} |")
     rec = fidelity_record(comparisons, name="half-precision-trained-weights", model=model, device="cpu",
-                          settings={"max_length": 256, "max_docs": args.max_docs, "engine": "fast"},
+                          settings={"max_length": 256, "max_docs": args.max_docs, "max_queries": args.max_queries,
+                                    "engine": "fast"},
                           retrieval=retrieval)
     atomic_write_json(args.out / "fidelity-minilm.json", rec)
     print(f"\nrecord: {args.out / 'fidelity-minilm.json'}")
