@@ -59,7 +59,7 @@ class Encoder:
         from sentence_transformers import SentenceTransformer
 
         from . import models
-        from .engine.device import FAST_AUTO_CUDA, resolve_devices, resolve_precision
+        from .engine.device import AUTO_CUDA, resolve_devices, resolve_precision
         from .rerank.common import check_max_length
 
         if spec.kind != "dense" or not spec.model:
@@ -69,7 +69,7 @@ class Encoder:
         self.devices_visible = devices
         self.spec = spec
         self.engine = spec.engine
-        self.precision = resolve_precision(spec.dtype, self.device, auto_cuda=FAST_AUTO_CUDA if spec.engine == "fast" else "fp32")
+        self.precision = resolve_precision(spec.dtype, self.device, AUTO_CUDA[spec.engine])
         if spec.engine == "fast":
             from .engine.packed import choose_attention
 

@@ -86,12 +86,13 @@ class Pipeline:
 
     def rerank(self, collection, fs_name: str, fs_rec: dict, candidates: dict, spec: RerankerSpec,
                holder: dict) -> dict:
+        from .engine.device import precision_for
         from .rerank import build_reranker
         from .reranking import RerankStage
 
         spec_key = spec.model_dump(mode="json", exclude={"name", "device", "batch_size", "token_budget"})
         checkpoints = entry(self.cache, "rerank", f"{collection.name}-{spec.label}", reranker=spec_key,
-                            candidates=fs_rec["key"])
+                            precision=precision_for(spec.dtype, spec.device, spec.engine), candidates=fs_rec["key"])
 
         def factory():
             if "reranker" not in holder:

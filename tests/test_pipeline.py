@@ -66,6 +66,9 @@ def test_end_to_end_records_runs_report(tmp_path):
         assert 0 <= rec["diagnostics"]["judged@10"] <= 1
     rr = records[2]
     assert rr["system"]["reranker"]["model"]["untrained"] is True
+    # rerank checkpoints are keyed on the precision that ran (dtype "auto" differs by device)
+    key = json.loads((Path(rr["info"]["checkpoints"]) / "key.json").read_text())
+    assert key["precision"] == "fp32" == rr["system"]["reranker"]["dtype"]
     first_run = read_run(out / records[0]["run_file"])
     assert rr["diagnostics"]["pairs"] == sum(min(10, len(docs)) for docs in first_run.values())
     assert rr["diagnostics"]["mean_tokens_per_pair"] > 5
@@ -187,3 +190,16 @@ synthetic = {{ languages = ["en", "de"], docs_per_language = 40, queries_per_lan
     records = run_experiment(load_experiment(path), tmp_path / "out", progress=False, log=lambda m: None)
     assert [r["dataset"]["label"] for r in records] == ["synthetic/en", "synthetic/de"]
     assert len(built) == 1
+
+
+def test_cache_keys_hold_the_precision_auto_resolves_to(monkeypatch):
+    """`auto` is fp16 for the fast engines on a GPU and fp32 on the CPU: a cache made on one must
+    not serve the other, so keys hold `precision_for`, computed without loading a model."""
+    import bench.engine.device as device
+
+    assert device.precision_for("auto", "cpu", "fast") == "fp32"
+    monkeypatch.setattr(device, "resolve_devices", lambda d=None, devices=None: ["cuda:0"])
+    assert device.precision_for("auto", "auto", "fast") == "fp16"
+    assert device.precision_for("auto", "auto", "transformers") == "fp32"
+    assert device.precision_for("auto", "auto", "flag") == "fp16"
+    assert device.precision_for("bf16", "auto", "fast") == "bf16"

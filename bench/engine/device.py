@@ -74,6 +74,8 @@ class Precision:
 #: fp32's top-10 in bf16, 96% in fp16; results/half-precision-fidelity-minilm), and FlagEmbedding,
 #: whose published numbers the registry checks, runs fp16. bf16 stays one setting away for speed.
 FAST_AUTO_CUDA = "fp16"
+#: ``dtype = "auto"`` on CUDA per engine: the fast engines' choice, each baseline as its users run it.
+AUTO_CUDA = {"fast": FAST_AUTO_CUDA, "flag": "fp16", "transformers": "fp32", "sentence-transformers": "fp32"}
 
 
 def resolve_precision(dtype: str, device: str, auto_cuda: str = FAST_AUTO_CUDA) -> Precision:
@@ -88,6 +90,13 @@ def resolve_precision(dtype: str, device: str, auto_cuda: str = FAST_AUTO_CUDA) 
     if name == "tf32" and not on_cuda:
         raise BenchError("dtype 'tf32' needs a CUDA device (TF32 is a GPU matmul mode); use fp32 on the CPU")
     return Precision(name=name, requested=dtype)
+
+
+def precision_for(dtype: str, device: str | None, engine: str) -> str:
+    """The precision ``engine`` runs ``dtype`` in on ``device`` (a spec's device string, ``auto``
+    included), without loading a model: what cache keys must hold, since ``auto`` means fp16 on a
+    GPU and fp32 on the CPU."""
+    return resolve_precision(dtype, resolve_devices(device)[0], AUTO_CUDA[engine]).name
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..engine.device import matmul_precision, resolve_precision
+from ..engine.device import AUTO_CUDA, matmul_precision, resolve_precision
 from .common import EngineBase, check_pairs, check_scores, load_cross_encoder, load_error
 
 
@@ -30,7 +30,7 @@ class TransformersReranker(EngineBase):
     engine = "transformers"
 
     def __init__(self, spec, device: str = "cpu", cache_dir=None):
-        super().__init__(spec, device, resolve_precision(spec.dtype, device, auto_cuda="fp32"), query_limit=False)
+        super().__init__(spec, device, resolve_precision(spec.dtype, device, AUTO_CUDA[self.engine]), query_limit=False)
         from .. import models
 
         self.source = models.resolve(spec.model, cache_dir)
@@ -74,7 +74,7 @@ class CrossEncoderReranker(EngineBase):
     engine = "sentence-transformers"
 
     def __init__(self, spec, device: str = "cpu", cache_dir=None):
-        super().__init__(spec, device, resolve_precision(spec.dtype, device, auto_cuda="fp32"), query_limit=False)
+        super().__init__(spec, device, resolve_precision(spec.dtype, device, AUTO_CUDA[self.engine]), query_limit=False)
         from sentence_transformers import CrossEncoder
 
         from .. import models
@@ -155,7 +155,7 @@ class FlagStyleReranker(EngineBase):
     engine = "flag"
 
     def __init__(self, spec, device: str = "cpu", cache_dir=None):
-        super().__init__(spec, device, resolve_precision(spec.dtype, device, auto_cuda="fp16"), query_limit=True)
+        super().__init__(spec, device, resolve_precision(spec.dtype, device, AUTO_CUDA[self.engine]), query_limit=True)
         from .. import models
         from ..engine.tokens import learn_template
 

@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from ..engine.batching import TokenBudget
-from ..engine.device import matmul_precision, resolve_precision
+from ..engine.device import AUTO_CUDA, matmul_precision, resolve_precision
 from ..engine.loop import BatchLoop
 from ..engine.tokens import PairTokenizer
 from ..errors import BenchError
@@ -41,7 +41,7 @@ class FastReranker(EngineBase):
                  forward: str = "auto", compile: bool = False, prune_last_layer: bool = True,
                  gelu_epilogue: bool = False, fused_add_norm: bool = False, token_budget: int | None = None,
                  first_chunk: int = 512, largest_chunk: int = 16384):
-        super().__init__(spec, device, resolve_precision(spec.dtype, device), query_limit=True)
+        super().__init__(spec, device, resolve_precision(spec.dtype, device, AUTO_CUDA[self.engine]), query_limit=True)
         from .. import models
         from ..engine import packed
 

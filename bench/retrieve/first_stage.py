@@ -54,6 +54,10 @@ class FirstStage:
         from ..runs import read_run, write_run
 
         spec_key = self.spec.model_dump(mode="json", exclude={"device", "batch_size", "token_budget", "search_chunk"})
+        if self.spec.kind == "dense":  # `auto` is fp16 on a GPU, fp32 on the CPU: key the run on what runs
+            from ..engine.device import precision_for
+
+            spec_key["precision"] = precision_for(self.spec.dtype, self.spec.device, self.spec.engine)
         folder = entry(self.cache_root, "runs", f"{collection.name}-{self.name}", stage=spec_key,
                        collection=collection.fingerprint(), queries=queries_digest(collection.queries))
         run_path, info_path = folder / "run.trec", folder / "info.json"
