@@ -491,7 +491,7 @@ def test_engine_check_variants_and_fidelity_smoke_on_cpu(shared_data, tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    cells = ["fp32", "flag", "fast", "fast-full-last", "fast-gelu-epilogue"]
+    cells = ["fp32", "flag", "fast", "fast-full-last", "fast-gelu-epilogue", "fast-host-only"]
     env = {**os.environ, "DATA": str(shared_data), "RERANK_BENCH_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run([sys.executable, str(root / "experiments" / "gpu" / "engine_check.py"), "--smoke",
                            "--out", str(tmp_path), "--collection", "vaswani", "--split", "test", "--cells", *cells],
@@ -500,7 +500,8 @@ def test_engine_check_variants_and_fidelity_smoke_on_cpu(shared_data, tmp_path):
     res = json.loads((tmp_path / "engine_check-vaswani.json").read_text())
     assert [c["cell"] for c in res["cells"]] == cells and not any(c.get("error") for c in res["cells"])
     by = {(r["cell"], r["reference"]): r for r in res["fidelity"]}
-    assert set(by) == {(c, "fp32") for c in cells[1:]} | {(c, "fast") for c in cells[3:]}
+    assert set(by) == {(c, "fp32") for c in cells[1:5]} | {(c, "fast") for c in cells[3:5]}
+    assert res["cells"][5]["pairs_per_s"] > 0 and not any(r["cell"] == "fast-host-only" for r in res["fidelity"])
     assert by["flag", "fp32"]["max_abs_diff"] < 1e-5  # flag-style runs fp32 on the CPU
     assert by["fast-full-last", "fast"]["max_abs_diff"] < 1e-2  # same function, bf16 rounding at most
     assert res["cells"][3]["describe"]["prune_last_layer"] is False

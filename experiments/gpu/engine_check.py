@@ -12,7 +12,8 @@ Cells: fast (bf16, 65,536-token budget, the engine's defaults), fast-compile (th
 torch.compile), fast-262144, fast-fp16, fast-full-last (prune_last_layer off: every token through
 the last layer, as before it existed), fast-gelu-epilogue, fast-add-norm (fused_add_norm), fast-fused
 (both), fp32 (the fast engine in fp32: the fidelity reference), flag (FlagEmbedding-style fp16,
-batch 128). 40-41 queries × 100 candidates (qrels-based: relevant, judged, then seeded random
+batch 128), fast-host-only (the fast engine with a forward that returns zeros: tokenization,
+packing, copies and the loop, overlapped as in a real run; the host side's ceiling). 40-41 queries × 100 candidates (qrels-based: relevant, judged, then seeded random
 passages), as run_checks.py builds them.
 
 Fidelity: when the fp32 cell ran, every other cell's scores are compared with it (max |Δ|, Kendall τ,
@@ -81,6 +82,7 @@ def main() -> int:
              "fast-add-norm": ({}, {**budget, "fused_add_norm": True}),
              "fast-fused": ({}, {**budget, "gelu_epilogue": True, "fused_add_norm": True}),
              "fp32": ({"dtype": "fp32"}, budget),
+             "fast-host-only": ({}, budget),
              "flag": ({"engine": "flag", "dtype": "fp16" if device == "cuda" else "fp32"}, {})}
     unknown = sorted(set(args.cells) - set(known))
     if unknown:
@@ -91,6 +93,8 @@ def main() -> int:
         t_build = time.perf_counter()
         try:
             rr = build_reranker(spec.model_copy(update=spec_update), **opts)
+            if name == "fast-host-only":  # the host side's ceiling: everything but the model
+                rr._forward = lambda batch: torch.zeros(batch.n, device=batch.input_ids.device)
             warm = []
             for _ in range(3 if opts.get("compile") or opts.get("fused_add_norm") else 1):
                 t0 = time.perf_counter()
@@ -129,7 +133,7 @@ def fidelity(scores, pairset, qrels) -> list[dict]:
         if ref not in scores:
             continue
         for name, got in scores.items():
-            if name == ref or name == "fp32" or (ref == "fast" and not name.startswith("fast")):
+            if name in (ref, "fp32", "fast-host-only") or (ref == "fast" and not name.startswith("fast")):
                 continue
             row = compare(scores[ref], got, pairset, qrels=qrels, labels=(ref, name))
             rows.append({"cell": name, "reference": ref, **row})

@@ -25,7 +25,7 @@ source "$ROOT/experiments/gpu/env.sh" >"$OUT/env.txt" 2>&1
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name(0))"
   timeout -k 10 360 "$PY" experiments/gpu/engine_check.py "${EXTRA[@]}" --out "$OUT" --collection vaswani \
     --split test --queries 41 --cells fp32 flag fast fast-fp16 fast-full-last fast-gelu-epilogue fast-add-norm \
-    fast-fused || echo "vaswani: exit status $?"
+    fast-fused fast-host-only || echo "vaswani: exit status $?"
   timeout -k 10 150 "$PY" experiments/gpu/engine_check.py "${EXTRA[@]}" --out "$OUT" --collection miracl-yo-dev \
     --split dev --queries 40 --cells fast fast-fused flag || echo "miracl-yo-dev: exit status $?"
 } 2>&1 | tee "$OUT/log.txt"
