@@ -52,6 +52,11 @@ class Pipeline:
                 fs_name, fs_spec = self.exp.first_stage_for(spec)
                 self.log(f"[{collection.name}] {len(collection.queries)} queries, {collection.n_docs():,} docs; "
                          f"first stage {fs_name}")
+                missing = collection.judged_docs_missing()
+                if missing:
+                    self.log(f"[{collection.name}] note: {len(missing):,} judged document(s) are not in the corpus "
+                             f"(e.g. {missing[0]!r}); they stay in the qrels, as trec_eval keeps them, so Recall "
+                             "cannot reach 1 for their queries (records: dataset.judged_docs_missing)")
                 if fs_name not in stages:
                     stages[fs_name] = FirstStage(fs_name, fs_spec, self.cache, progress=self.progress)
                 run, rec = self.first_stage(collection, stages[fs_name])

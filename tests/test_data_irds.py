@@ -90,6 +90,8 @@ def test_miracl_yo_dev_by_id_matches_the_beir_folder(miracl_home, shared_data):
             c.scoreddocs(100)
         except BenchError as e:
             out["scoreddocs"] = str(e)
+        out["missing"] = c.judged_docs_missing()
+        out["describe_after"] = c.describe()
         small = load_collection(CollectionSpec(source="ir_datasets", id="miracl/yo/dev", max_queries=5), download=False)
         out["small"] = [list(small.queries), small.fingerprint(), small.corpus_fingerprint()]
     """)
@@ -101,6 +103,8 @@ def test_miracl_yo_dev_by_id_matches_the_beir_folder(miracl_home, shared_data):
     assert out["docs"] == {"598#1": "A a (1A) kan: I gave him a dog. (Mo fun un ní ajá kan).",
                            "71570#11": "Federal University of Technology • Uche Jombo Rodriguez"}
     assert "'no-such-doc'" in out["unknown_doc"]
+    assert "judged_docs_missing" not in d  # not checked yet: no docstore opened by describe()
+    assert out["missing"] == [] and out["describe_after"]["judged_docs_missing"] == 0
     assert "has no scoreddocs" in out["scoreddocs"]
     # The same texts, in the same order, as the BEIR-folder path: one doc_text rule for both.
     folder = load_collection(CollectionSpec(source="beir", path=str(shared_data / "miracl-yo-dev"), split="dev"))
@@ -110,6 +114,25 @@ def test_miracl_yo_dev_by_id_matches_the_beir_folder(miracl_home, shared_data):
     assert len(queries) == 5 and queries == list(folder.queries)[:5]
     assert fp != d["fingerprint"] and corpus_fp == d["corpus_fingerprint"]
     assert not (miracl_home.parent / "home" / ".ir_datasets").exists()
+
+
+def test_judged_documents_missing_from_the_corpus_are_counted(miracl_home, tmp_path):
+    """A qrels line judging a document the corpus lacks: kept (trec_eval keeps it), counted and named."""
+    import shutil
+
+    home = tmp_path / "ir_datasets"
+    shutil.copytree(miracl_home, home)
+    qrels = home / "miracl" / "v1.0" / "yo" / "dev" / "qrels.tsv"
+    qrels.write_text(qrels.read_text() + "10020#0 Q0 not-in-corpus#7 1\n")
+    out = run_irds(home, """
+        c = load_collection(CollectionSpec(source="ir_datasets", id="miracl/yo/dev"), download=False)
+        out["missing"] = c.judged_docs_missing()
+        out["describe"] = c.describe()
+        out["judged"] = c.qrels["10020#0"].get("not-in-corpus#7")
+    """)
+    assert out["missing"] == ["not-in-corpus#7"] and out["judged"] == 1
+    assert out["describe"]["judged_docs_missing"] == 1
+    assert out["describe"]["judged_docs_missing_examples"] == ["not-in-corpus#7"]
 
 
 def test_missing_files_fail_fast_and_name_them(tmp_path):

@@ -62,7 +62,7 @@ def test_end_to_end_records_runs_report(tmp_path):
         assert ev.means == pytest.approx(rec["metrics"], abs=1e-12)
         assert set(rec["per_query"]["nDCG@10"]) == set(qrels[rec["dataset"]["label"]])
         assert rec["experiment"]["sha256"] and rec["environment"]["packages"]["torch"]
-        assert rec["dataset"]["fingerprint"]
+        assert rec["dataset"]["fingerprint"] and rec["dataset"]["judged_docs_missing"] == 0
         assert 0 <= rec["diagnostics"]["judged@10"] <= 1
     rr = records[2]
     assert rr["system"]["reranker"]["model"]["untrained"] is True

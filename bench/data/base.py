@@ -108,6 +108,19 @@ class Collection:
         """docid -> text for reranking; an id the corpus lacks is a BenchError naming it."""
         raise NotImplementedError
 
+    def judged_docs_missing(self) -> list[str]:
+        """Judged document ids the corpus lacks, in qrels order (computed once). They stay in the
+        evaluation, as trec_eval keeps them: a relevant one no system can retrieve caps Recall below 1.
+        ``describe()`` reports their count once this has run."""
+        if getattr(self, "_judged_missing", None) is None:
+            judged = list(dict.fromkeys(d for docs in self.qrels.values() for d in docs))
+            self._judged_missing = self._absent(judged)
+        return self._judged_missing
+
+    def _absent(self, doc_ids: list[str]) -> list[str]:
+        """Which of ``doc_ids`` the corpus lacks."""
+        raise NotImplementedError
+
     def scoreddocs(self, depth: int) -> dict[str, dict[str, float]]:
         """A source's own first-stage ranking (ir_datasets scoreddocs); most sources have none."""
         raise BenchError(f"collection {self.name!r} ({self.source}) has no scoreddocs; use a first stage of "
@@ -137,9 +150,15 @@ class Collection:
 
     def describe(self) -> dict[str, Any]:
         """What a result record says about its collection."""
-        return {"name": self.name, "source": self.source, "language": self.language,
-                "n_queries": len(self.queries), "n_docs": self.n_docs(), "n_qrels": self.n_qrels(),
-                "fingerprint": self.fingerprint(), "corpus_fingerprint": self.corpus_fingerprint()}
+        out = {"name": self.name, "source": self.source, "language": self.language,
+               "n_queries": len(self.queries), "n_docs": self.n_docs(), "n_qrels": self.n_qrels(),
+               "fingerprint": self.fingerprint(), "corpus_fingerprint": self.corpus_fingerprint()}
+        missing = getattr(self, "_judged_missing", None)
+        if missing is not None:
+            out["judged_docs_missing"] = len(missing)
+            if missing:
+                out["judged_docs_missing_examples"] = missing[:5]
+        return out
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, language={self.language!r}, n_queries={len(self.queries)})"
@@ -160,6 +179,10 @@ class MemoryCollection(Collection):
 
     def iter_docs(self, batch_size: int = 10_000) -> Iterator[list[tuple[str, str]]]:
         return batched(self._docs().items(), batch_size)
+
+    def _absent(self, doc_ids: list[str]) -> list[str]:
+        docs = self._docs()
+        return [d for d in doc_ids if d not in docs]
 
     def get_docs(self, doc_ids: Iterable[str]) -> dict[str, str]:
         docs = self._docs()

@@ -269,11 +269,18 @@ class IrDatasetsCollection(Collection):
                     mininterval=2.0)
         return batched(((doc.doc_id, _doc_text_of(doc)) for doc in docs), batch_size)
 
+    def _docstore(self):
+        if self._store is None:  # ir_datasets builds it on first use (once, on disk)
+            self._store = self.dataset.docs_store()
+        return self._store
+
+    def _absent(self, doc_ids: list[str]) -> list[str]:
+        found = self._docstore().get_many(doc_ids)
+        return [d for d in doc_ids if d not in found]
+
     def get_docs(self, doc_ids: Iterable[str]) -> dict[str, str]:
         ids = list(doc_ids)
-        if self._store is None:
-            self._store = self.dataset.docs_store()
-        found = self._store.get_many(ids)
+        found = self._docstore().get_many(ids)
         missing = [d for d in ids if d not in found]
         if missing:
             raise BenchError(f"collection {self.name!r}: document id {missing[0]!r} is not in {self.id}'s corpus "
