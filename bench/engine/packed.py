@@ -132,10 +132,10 @@ class PackedEncoder:
                 mods = (layer.attention.output.dense, layer.attention.output.LayerNorm, layer.intermediate.dense,
                         layer.output.dense, layer.output.LayerNorm)
                 self.layers.append((w, b) + tuple(t.detach() for m in mods for t in (m.weight, m.bias)))
-        self._attend = {"varlen": self._varlen, "varlen-aten": self._varlen_aten,
-                        "sdpa-padded": self._sdpa_padded}[attention]
-        self._attend_first = {"varlen": self._varlen_first, "varlen-aten": self._varlen_aten_first,
-                              "sdpa-padded": self._sdpa_padded_first}[attention]
+        padded = attention == "sdpa-padded"
+        self._flash = {"varlen": _flash_varlen, "varlen-aten": _flash_aten}.get(attention)
+        self._attend = self._sdpa_padded if padded else self._varlen
+        self._attend_first = self._sdpa_padded_first if padded else self._varlen_first
         self.gelu_epilogue = gelu_epilogue
         self.fused_add_norm = fused_add_norm
         self._add_norm = torch.compile(_add_norm, dynamic=True) if fused_add_norm else _add_norm
@@ -224,52 +224,37 @@ class PackedEncoder:
         return slot, keep[:, None, None, :], n, longest
 
     def _varlen(self, qkv, batch):
-        from torch.nn.attention.varlen import varlen_attn
-
         cu = batch.cu_seqlens
-        return varlen_attn(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, cu, batch.max_len, batch.max_len)
-
-    def _varlen_aten(self, qkv, batch):
-        import torch
-
-        cu = batch.cu_seqlens
-        return torch.ops.aten._flash_attention_forward(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, cu, batch.max_len,
-                                                       batch.max_len, 0.0, False, False)[0]
+        return self._flash(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, cu, batch.max_len, batch.max_len)
 
     def _varlen_first(self, q, kv, batch):
-        from torch.nn.attention.varlen import varlen_attn
-
         cu = batch.cu_seqlens
-        return varlen_attn(q, kv[:, 0], kv[:, 1], _first_cu(cu), cu, 1, batch.max_len)
+        return self._flash(q, kv[:, 0], kv[:, 1], _first_cu(cu), cu, 1, batch.max_len)
 
-    def _varlen_aten_first(self, q, kv, batch):
-        import torch
-
-        cu = batch.cu_seqlens
-        return torch.ops.aten._flash_attention_forward(q, kv[:, 0], kv[:, 1], _first_cu(cu), cu, 1, batch.max_len,
-                                                       0.0, False, False)[0]
+    @staticmethod
+    def _padded(x, ctx):
+        """Packed ``[tokens, m, heads, dim]`` scattered into zero-padded ``[m, n, heads, longest, dim]``."""
+        slot, _, n, longest = ctx
+        t, m, h, d = x.shape
+        padded = x.new_zeros(n * longest, m, h, d)
+        padded.index_copy_(0, slot, x)
+        return padded.view(n, longest, m, h, d).permute(2, 0, 3, 1, 4)
 
     def _sdpa_padded_first(self, q, kv, ctx):
         import torch.nn.functional as F
 
-        slot, mask, n, longest = ctx
-        t, two, h, d = kv.shape
-        padded = kv.new_zeros(n * longest, two, h, d)
-        padded.index_copy_(0, slot, kv)
-        padded = padded.view(n, longest, two, h, d).permute(2, 0, 3, 1, 4)  # [2, n, heads, longest, dim]
-        o = F.scaled_dot_product_attention(q[:, :, None, :], padded[0], padded[1], attn_mask=mask, scale=self.scale)
-        return o.reshape(n, h * d)
+        mask, n = ctx[1], ctx[2]
+        k, v = self._padded(kv, ctx)
+        o = F.scaled_dot_product_attention(q[:, :, None, :], k, v, attn_mask=mask, scale=self.scale)
+        return o.reshape(n, -1)
 
     def _sdpa_padded(self, qkv, ctx):
         import torch.nn.functional as F
 
         slot, mask, n, longest = ctx
-        t, three, h, d = qkv.shape
-        padded = qkv.new_zeros(n * longest, three, h, d)
-        padded.index_copy_(0, slot, qkv)
-        padded = padded.view(n, longest, three, h, d).permute(2, 0, 3, 1, 4)  # [3, n, heads, longest, dim]
-        o = F.scaled_dot_product_attention(padded[0], padded[1], padded[2], attn_mask=mask, scale=self.scale)
-        return o.transpose(1, 2).reshape(n * longest, h, d).index_select(0, slot)
+        q, k, v = self._padded(qkv, ctx)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        return o.transpose(1, 2).reshape(n * longest, *qkv.shape[2:]).index_select(0, slot)
 
     def describe(self) -> dict:
         act = self.config.hidden_act
@@ -284,6 +269,20 @@ def _add_norm(y, x, weight, bias, eps: float):
     import torch.nn.functional as F
 
     return F.layer_norm(y + x, (y.shape[-1],), weight, bias, eps)
+
+
+def _flash_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int):
+    """Flash attention over packed sequences through ``torch.nn.attention.varlen``."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k)
+
+
+def _flash_aten(q, k, v, cu_q, cu_k, max_q: int, max_k: int):
+    """The same kernel through ``aten._flash_attention_forward`` (torch without the varlen module)."""
+    import torch
+
+    return torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, False, False)[0]
 
 
 def _first_cu(cu):
