@@ -32,6 +32,7 @@ class Pipeline:
         self.cache = cache_root(experiment.cache_dir)
         self.progress = progress
         self.log = log
+        self._qrels_written: set[str] = set()  # datasets whose qrels.txt this run has written
         self.experiment_info = {"name": experiment.name, "description": experiment.description}
         if experiment_path is not None:
             self.experiment_info.update(file=str(experiment_path), sha256=sha256_file(experiment_path))
@@ -134,7 +135,7 @@ class Pipeline:
     def _quality_record(self, collection, system: dict, run: dict, run_name: str, timings: dict,
                         diagnostics: dict, info: dict, parent: str | None = None) -> dict:
         from .evaluate import Conventions, evaluate
-        from .runs import read_qrels, write_qrels, write_run
+        from .runs import write_qrels, write_run
 
         ev_spec = self.exp.evaluation
         conventions = Conventions(depth=ev_spec.depth, rel_level=ev_spec.rel_level, judged_only=ev_spec.judged_only)
@@ -153,8 +154,9 @@ class Pipeline:
         run_path = self.out / "runs" / ds_slug / f"{slug(run_name)}.trec"
         write_run(run, run_path, tag=slug(run_name))
         qrels_path = self.out / "runs" / ds_slug / "qrels.txt"  # beside the runs: re-evaluable without the dataset
-        if not qrels_path.is_file() or read_qrels(qrels_path) != collection.qrels:
+        if ds_slug not in self._qrels_written:  # once per run (a rerun rewrites what an earlier run left)
             write_qrels(collection.qrels, qrels_path)
+            self._qrels_written.add(ds_slug)
         rec = make_record(
             "quality",
             key=key_of(dataset=collection.fingerprint(), system=_stable(system), metrics=list(ev_spec.metrics),
