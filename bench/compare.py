@@ -115,7 +115,7 @@ def scores_from_records(records: list[dict], metrics: Sequence[str] | None = Non
         chosen = {name: per_query[by_meaning[meaning]] for name, meaning in wanted.items() if meaning in by_meaning}
         missing = [name for name in wanted if name not in chosen]
         if missing:
-            chosen.update(reevaluate(rec, missing, check=by_meaning))
+            chosen.update(reevaluate(rec, missing, probe=next(iter(by_meaning.values()), None)))
             if notes is not None:
                 notes.append(f"{where}: {', '.join(missing)} computed from its run file {rec['run_file']} and "
                              f"qrels {rec['qrels_file']} under the record's conventions")
@@ -124,10 +124,10 @@ def scores_from_records(records: list[dict], metrics: Sequence[str] | None = Non
     return pd.concat(frames, ignore_index=True)
 
 
-def reevaluate(rec: dict, metrics: Sequence[str], *, check: dict) -> dict[str, dict[str, float]]:
+def reevaluate(rec: dict, metrics: Sequence[str], *, probe: str | None) -> dict[str, dict[str, float]]:
     """Per-query values of `metrics` for a record that lacks them, from the run and qrels files the
     pipeline writes beside its records, under the record's own conventions. The files must first
-    reproduce one metric the record holds (to 1e-9 per query), or they are not the record's."""
+    reproduce `probe`, a metric the record holds (to 1e-9 per query), or they are not the record's."""
     from .evaluate import Conventions, evaluate
     from .runs import read_qrels, read_run
 
@@ -149,7 +149,6 @@ def reevaluate(rec: dict, metrics: Sequence[str], *, check: dict) -> dict[str, d
     conventions = Conventions(depth=conv.get("depth"), rel_level=conv.get("rel_level", 1),
                               judged_only=conv.get("judged_only", False))
     qrels, run = read_qrels(paths["qrels_file"]), read_run(paths["run_file"])
-    probe = next(iter(check.values()), None)
     names = list(metrics) + ([probe] if probe else [])
     evaluation = evaluate(qrels, run, names, conventions)
     if probe:
