@@ -95,6 +95,7 @@ class Collection:
     language: str | None
     queries: dict[str, str]
     qrels: dict[str, dict[str, int]]
+    _judged_missing: list[str] | None = None  # set by judged_docs_missing()
 
     # --- documents -------------------------------------------------------------------------------
     def n_docs(self) -> int:
@@ -112,7 +113,7 @@ class Collection:
         """Judged document ids the corpus lacks, in qrels order (computed once). They stay in the
         evaluation, as trec_eval keeps them: a relevant one no system can retrieve caps Recall below 1.
         ``describe()`` reports their count once this has run."""
-        if getattr(self, "_judged_missing", None) is None:
+        if self._judged_missing is None:
             judged = list(dict.fromkeys(d for docs in self.qrels.values() for d in docs))
             self._judged_missing = self._absent(judged)
         return self._judged_missing
@@ -153,7 +154,7 @@ class Collection:
         out = {"name": self.name, "source": self.source, "language": self.language,
                "n_queries": len(self.queries), "n_docs": self.n_docs(), "n_qrels": self.n_qrels(),
                "fingerprint": self.fingerprint(), "corpus_fingerprint": self.corpus_fingerprint()}
-        missing = getattr(self, "_judged_missing", None)
+        missing = self._judged_missing
         if missing is not None:
             out["judged_docs_missing"] = len(missing)
             if missing:
