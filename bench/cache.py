@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .records import atomic_write_json
+from .io import atomic_write_json
 
 
 def cache_root(configured: str | os.PathLike | None = None) -> Path:

@@ -365,7 +365,7 @@ class Comparison:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        from .records import atomic_write_bytes
+        from .io import atomic_write_bytes
 
         baseline = baseline or self.systems[0]
         datasets, headers = self.columns()

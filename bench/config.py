@@ -33,9 +33,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .engine.device import DTYPES, ENGINES
 from .errors import BenchError
 
-Dtype = Literal["auto", "fp32", "tf32", "fp16", "bf16"]
+Dtype = Literal[DTYPES]
+Engine = Literal[ENGINES]
 DTYPE_HELP = ("one of auto (the engine's own default on CUDA: fp16 for the fast engine, fp32 on CPU; the record "
               "states which), fp32, tf32, fp16, bf16")
 
@@ -140,7 +142,7 @@ class RerankerSpec(Spec):
     model: str
     name: str | None = Field(None, description="label in tables; default: last part of model")
     revision: str | None = None
-    engine: Literal["fast", "transformers", "sentence-transformers", "flag"] = "fast"
+    engine: Engine = "fast"
     dtype: Dtype = "auto"
     top_k: int = Field(100, gt=0)
     max_length: int = Field(512, gt=0)
@@ -165,7 +167,6 @@ class EvaluationSpec(Spec):
     judged_only: bool = False
 
 
-Engine = Literal["fast", "transformers", "sentence-transformers", "flag"]
 
 
 class ThroughputSpec(Spec):

@@ -8,14 +8,15 @@ one reruns in seconds (records are rewritten from the caches; `timings.cached` s
 
 from __future__ import annotations
 
-import gc
 import time
 from pathlib import Path
 from typing import Any
 
 from .cache import cache_root, entry, key_of
 from .config import Experiment, RerankerSpec
-from .records import atomic_write_json, atomic_write_text, make_record, sha256_file
+from .engine.device import release_memory
+from .io import atomic_write_json, atomic_write_text, sha256_file
+from .records import make_record
 
 
 def slug(text: str) -> str:
@@ -41,7 +42,7 @@ class Pipeline:
     def run(self) -> list[dict]:
         from .data import expand, load_collection
 
-        from .retrieve.first_stage import FirstStage
+        from .retrieve.stage import FirstStage
 
         records: list[dict] = []
         specs = [s for spec in self.exp.datasets for s in expand(spec)]
@@ -66,14 +67,14 @@ class Pipeline:
         finally:
             for stage in stages.values():
                 stage.close()
-        _free_accelerator_memory()
+        release_memory()
         for rspec in self.exp.rerankers:
             holder: dict[str, Any] = {}
             for collection, fs_name, run, fs_rec in prepared:
                 self.log(f"[{collection.name}] rerank top-{rspec.top_k} with {rspec.label}")
                 records.append(self.rerank(collection, fs_name, fs_rec, run, rspec, holder))
             holder.clear()
-            _free_accelerator_memory()
+            release_memory()
         self.write_report(records)
         return records
 
@@ -94,7 +95,7 @@ class Pipeline:
                holder: dict) -> dict:
         from .engine.device import precision_for
         from .rerank import build_reranker
-        from .reranking import RerankStage
+        from .rerank.stage import RerankStage
 
         spec_key = spec.model_dump(mode="json", exclude={"name", "device", "batch_size", "token_budget"})
         checkpoints = entry(self.cache, "rerank", f"{collection.name}-{spec.label}", reranker=spec_key,
@@ -189,17 +190,6 @@ def _stable(system: dict) -> dict:
     """The parts of a system description that define it (not run-dependent counters)."""
     drop = {"encoder", "note", "token_budget_used", "seconds"}
     return {k: (_stable(v) if isinstance(v, dict) else v) for k, v in system.items() if k not in drop}
-
-
-def _free_accelerator_memory() -> None:
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover
-        pass
 
 
 def run_experiment(experiment: Experiment, out_dir: str | Path, *, experiment_path: str | Path | None = None,

@@ -29,7 +29,7 @@ def _save(fig, path: str | Path) -> Path:
     """Render to bytes and write atomically (a half-written PNG never appears)."""
     import io
 
-    from .records import atomic_write_bytes
+    from .io import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")

@@ -7,7 +7,7 @@ split, the models with revisions, the settings, where the number was published (
 and an absolute tolerance. `check` compares an entry with the quality records of a run and says OK
 or FAIL; a FAIL lists every setting of the record that differs from the entry's.
 
-Entries live in TOML files in ``bench/registry/`` (shipped with the package). A file holds
+Entries live in TOML files in ``bench/registry_entries/`` (shipped with the package). A file holds
 ``[[entries]]`` tables and may hold one ``[defaults]`` table whose fields every entry of the file
 starts from (tables merge field by field; the entry's own fields win)::
 
@@ -43,7 +43,7 @@ from .config import Dtype, format_validation_error, read_toml
 from .errors import BenchError
 
 #: The registry shipped with the package.
-REGISTRY_DIR = Path(__file__).resolve().parent / "registry"
+REGISTRY_DIR = Path(__file__).resolve().parent / "registry_entries"
 #: Experiment paths in entries are relative to the project checkout (the folder holding `bench/`).
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 from .errors import BenchError, where
-from .records import atomic_write_text
+from .io import atomic_write_text
 
 Qrels = dict[str, dict[str, int]]  # qid -> docid -> relevance (may be 0 or negative)
 Run = dict[str, dict[str, float]]  # qid -> docid -> score

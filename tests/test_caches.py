@@ -5,7 +5,7 @@ import pytest
 
 from bench.cache import entry, key_of
 from bench.errors import BenchError
-from bench.reranking import RerankStage
+from bench.rerank.stage import RerankStage
 from bench.retrieve.embeddings import EmbeddingStore
 
 
@@ -81,7 +81,7 @@ class CountingReranker:
 
 
 def test_rerank_stage_resumes_from_checkpoints(tmp_path, monkeypatch):
-    import bench.reranking as rr
+    import bench.rerank.stage as rr
 
     monkeypatch.setattr(rr, "BLOCK_PAIRS", 5)
     queries = {f"q{i}": f"query {i}" for i in range(6)}

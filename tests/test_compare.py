@@ -13,7 +13,8 @@ from bench.compare import (SCORE_COLUMNS, Settings, bootstrap_ci, compare, holm,
                            paired_t_test, scores_from_records, scores_from_runs)
 from bench.errors import BenchError
 from bench.evaluate import Conventions, evaluate
-from bench.records import atomic_write_json, make_record, read_record
+from bench.io import atomic_write_json
+from bench.records import make_record, read_record
 from bench.runs import read_qrels, read_run, write_qrels, write_run
 
 

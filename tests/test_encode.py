@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bench.config import FirstStageSpec
-from bench.encode import BGE_EN_INSTRUCTION, BGE_ZH_INSTRUCTION, build_encoder, default_query_instruction
+from bench.retrieve.encoder import BGE_EN_INSTRUCTION, BGE_ZH_INSTRUCTION, build_encoder, default_query_instruction
 from bench.errors import BenchError
 
 TOL = 1e-4

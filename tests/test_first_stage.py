@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import bench.retrieve.first_stage as fs_mod
+import bench.retrieve.stage as fs_mod
 from bench.config import CollectionSpec, FirstStageSpec
 from bench.data import load_collection
-from bench.retrieve.first_stage import FirstStage
+from bench.retrieve.stage import FirstStage
 
 
 @pytest.fixture(scope="module")

@@ -98,9 +98,9 @@ def test_rerun_resumes_from_cache_without_loading_models(tmp_path, monkeypatch):
 
 def test_interrupted_rerank_resumes_with_identical_results(tmp_path, monkeypatch):
     import bench.rerank
-    import bench.reranking
+    import bench.rerank.stage
 
-    monkeypatch.setattr(bench.reranking, "BLOCK_PAIRS", 25)
+    monkeypatch.setattr(bench.rerank.stage, "BLOCK_PAIRS", 25)
     exp, path = small_experiment(tmp_path, budget=300)
     real = bench.rerank.build_reranker
     calls = {"n": 0}
@@ -168,11 +168,11 @@ def test_make_bench_without_network_names_the_offline_experiment(tmp_path):
 
 
 def test_datasets_sharing_a_first_stage_load_its_encoder_once(tmp_path, minilm, monkeypatch):
-    import bench.encode
+    import bench.retrieve.encoder
 
-    real = bench.encode.build_encoder
+    real = bench.retrieve.encoder.build_encoder
     built = []
-    monkeypatch.setattr(bench.encode, "build_encoder", lambda *a, **k: built.append(1) or real(*a, **k))
+    monkeypatch.setattr(bench.retrieve.encoder, "build_encoder", lambda *a, **k: built.append(1) or real(*a, **k))
     path = tmp_path / "dense.toml"
     path.write_text(f"""
 name = "dense"

@@ -6,7 +6,8 @@ import os
 import pytest
 
 from bench.errors import BenchError
-from bench.records import (SCHEMA, atomic_write_json, atomic_write_text, find_records, make_record,
+from bench.io import atomic_write_json, atomic_write_text
+from bench.records import (SCHEMA, find_records, make_record,
                            read_record)
 
 

@@ -17,7 +17,8 @@ import pytest
 
 from bench import registry
 from bench.cli import main
-from bench.records import atomic_write_json, make_record
+from bench.io import atomic_write_json
+from bench.records import make_record
 
 REGISTRY = """
 [defaults]

@@ -170,7 +170,8 @@ def test_sweep_record_table_and_plot(pairset, tiny_reranker, tmp_path):
     from transformers import AutoConfig, AutoTokenizer
 
     from bench.plots import plot_throughput
-    from bench.records import atomic_write_json, read_record
+    from bench.io import atomic_write_json
+    from bench.records import read_record
 
     def build(cell: Cell):
         if cell.batch_size == 999:
@@ -364,7 +365,8 @@ warmup = 0
 repeats = 1
 variants = {{fast = [{{}}, {{prune_last_layer = false}}]}}
 """)
-    from bench.records import atomic_write_json, make_record
+    from bench.io import atomic_write_json
+    from bench.records import make_record
 
     quality = tmp_path / "run-out"
     for label, speed in (("tiny fp32", 120.0), ("tiny bf16", 300.0)):

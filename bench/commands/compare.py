@@ -125,7 +125,7 @@ def _stem(path: Path) -> str:
 
 
 def _write_outputs(comparison, args, text: str) -> list[str]:
-    from ..records import atomic_write_json, atomic_write_text
+    from ..io import atomic_write_json, atomic_write_text
 
     out = args.out
     written = [atomic_write_text(out / "comparison.md", text), atomic_write_text(out / "comparison.tex", comparison.latex()),

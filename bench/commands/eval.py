@@ -31,7 +31,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..evaluate import Conventions, evaluate, notify_if_cold, parse_metric
-    from ..records import atomic_write_text
+    from ..io import atomic_write_text
     from ..runs import read_qrels, read_run
 
     for name in args.metrics:

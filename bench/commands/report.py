@@ -11,7 +11,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..records import atomic_write_text, find_records
+    from ..io import atomic_write_text
+    from ..records import find_records
     from ..report import quality_report, report_folder
 
     print(report_folder(args.folder))

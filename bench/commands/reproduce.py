@@ -28,7 +28,7 @@ def add_arguments(parser) -> None:
     run.add_argument("--run", action="store_true", help="run the experiments of entries without records, even when no NAME is given")
     run.add_argument("--no-run", action="store_true", help="never run anything; only read existing records")
     parser.add_argument("--registry", type=Path, action="append", default=None,
-                        help="registry TOML file(s) to use instead of the shipped bench/registry/*.toml")
+                        help="registry TOML file(s) to use instead of the shipped bench/registry_entries/*.toml")
     parser.add_argument("--json", type=Path, default=None, help="also write the checks as a 'reproduce' record to this file")
     parser.add_argument("--skip-preflight", action="store_true",
                         help="do not check up front that hub models can be fetched")
@@ -39,7 +39,8 @@ def run(args) -> int:
     import sys
 
     from .. import registry
-    from ..records import atomic_write_json, find_records, make_record
+    from ..io import atomic_write_json
+    from ..records import find_records, make_record
 
     entries = registry.select(registry.load_registry(args.registry), args.names)
     if args.list:

@@ -55,9 +55,10 @@ def run(args) -> int:
     from ..errors import BenchError
     from ..fidelity import fidelity_record, markdown_table as fidelity_table, sweep_fidelity
     from ..plots import plot_quality_speed, plot_throughput
-    from ..records import atomic_write_json, atomic_write_text, find_records
+    from ..io import atomic_write_json, atomic_write_text
+    from ..records import find_records
     from ..cache import cache_root
-    from ..retrieve.first_stage import FirstStage
+    from ..retrieve.stage import FirstStage
     from ..throughput import ModelShape, Sweep, cells_from_spec, markdown_table, pairs_from_collection, reranker_factory
 
     exp = load_experiment(args.experiment)
@@ -163,7 +164,7 @@ def parse_engine_dtypes(items: list[str]) -> dict[str, list[str]]:
 
     from ..config import DTYPE_HELP, Dtype
     from ..errors import BenchError
-    from ..rerank import ENGINES as engines
+    from ..engine.device import ENGINES as engines
 
     dtypes = get_args(Dtype)
     out: dict[str, list[str]] = {}

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..errors import BenchError
 
+#: Every precision name a spec may ask for (the one list the whole package uses).
 DTYPES = ("auto", "fp32", "tf32", "fp16", "bf16")
+#: Every reranker engine (the one list the whole package uses): the project's own, then the baselines.
+ENGINES = ("fast", "transformers", "sentence-transformers", "flag")
 
 
 def resolve_devices(device: str | None = "auto", devices=None) -> list[str]:
@@ -113,15 +117,19 @@ def matmul_precision(precision: Precision):
 
 
 def synchronize(device: str) -> None:
-    """Wait for queued device work (timings and out-of-memory recovery need a settled device)."""
-    import torch
+    """Wait for queued device work (timings and out-of-memory recovery need a settled device; no-op on CPU)."""
+    if str(device).startswith("cuda"):
+        import torch
 
-    if device.startswith("cuda"):
         torch.cuda.synchronize(device)
 
 
-def free_cached_memory(device: str) -> None:
-    import torch
+def release_memory(device: str | None = None) -> None:
+    """Give memory back between models (or after an out-of-memory batch), so one model's cached
+    blocks do not sit beside the next one's. ``None``: the CUDA caching allocator if torch has CUDA."""
+    gc.collect()
+    if device is None or str(device).startswith("cuda"):
+        import torch
 
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .batching import TokenBudget, chunk_bounds, next_batch, prefetch
-from .device import free_cached_memory
+from .device import release_memory
 from .tokens import Encoded, TokenChunk, flatten
 
 
@@ -135,7 +135,7 @@ class BatchLoop:
                 out = None
             if out is None:
                 del batch
-                free_cached_memory(self.device)
+                release_memory(self.device)
                 self.budget.shrink(size, e - s)
                 continue
             outs.append(out)

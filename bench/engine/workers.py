@@ -1,5 +1,5 @@
 """One worker process per device, answering messages over a pipe: the data-parallel machinery that
-reranking (`bench.rerank.parallel`) and corpus encoding (`bench.retrieve.parallel_encode`) share.
+reranking (`bench.rerank.parallel`) and corpus encoding (`bench.retrieve.parallel`) share.
 
 A worker builds its engine once (the model loads once per device), says ("ready", describe()), then
 answers each message with ("ok", result) until ("stop",). Any failure travels back as ("error",

@@ -19,9 +19,9 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from ..engine.device import ENGINES
 from ..errors import BenchError
 
-ENGINES = ("fast", "transformers", "sentence-transformers", "flag")
 
 
 @runtime_checkable

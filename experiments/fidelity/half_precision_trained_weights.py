@@ -56,10 +56,10 @@ def main() -> int:
 
     from bench.config import CollectionSpec, FirstStageSpec
     from bench.data import load_collection
-    from bench.encode import build_encoder
+    from bench.retrieve.encoder import build_encoder
     from bench.evaluate import Conventions, evaluate
     from bench.fidelity import compare, fidelity_record, markdown_table, top_ids
-    from bench.records import atomic_write_json
+    from bench.io import atomic_write_json
     from bench.throughput import PairSet
 
     model = "offline:all-MiniLM-L6-v2"

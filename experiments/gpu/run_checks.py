@@ -102,7 +102,7 @@ class Checks:
         self.save()
 
     def save(self) -> None:
-        from bench.records import atomic_write_json
+        from bench.io import atomic_write_json
 
         atomic_write_json(self.out / "results.json", {
             "what": "rerank-bench GPU checks (experiments/gpu/run_checks.py)", "smoke": self.smoke,
@@ -263,7 +263,7 @@ class Checks:
 
         from bench import models
         from bench.config import FirstStageSpec
-        from bench.encode import build_encoder
+        from bench.retrieve.encoder import build_encoder
         from bench.throughput import ModelShape, release, run_encoder_cell, text_token_lengths
 
         cfg, cache = self.cfg, os.environ.get("RERANK_BENCH_CACHE")
@@ -318,7 +318,7 @@ class Checks:
     def finish(self) -> None:
         """Table, plot and summary from whatever finished."""
         from bench.fidelity import markdown_table as fidelity_table
-        from bench.records import atomic_write_text
+        from bench.io import atomic_write_text
         from bench.throughput import markdown_table
 
         summary = summarize(self.records)

@@ -21,7 +21,7 @@ def _worker(conn, device: str, cpu_threads: int | None, spec, cache_dir) -> None
 
     def build():
         prepare_device(device, cpu_threads)
-        from ..encode import build_encoder
+        from .encoder import build_encoder
 
         return build_encoder(spec, cache_dir=cache_dir, device=device)
 

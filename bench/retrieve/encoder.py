@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import BenchError
+from ..errors import BenchError
 
 BGE_EN_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 BGE_ZH_INSTRUCTION = "为这个句子生成表示以用于检索相关文章："
@@ -58,9 +58,9 @@ class Encoder:
                  largest_chunk: int = 16384, **packed_options):
         from sentence_transformers import SentenceTransformer
 
-        from . import models
-        from .engine.device import AUTO_CUDA, resolve_devices, resolve_precision
-        from .rerank.common import check_max_length
+        from .. import models
+        from ..engine.device import AUTO_CUDA, resolve_devices, resolve_precision
+        from ..rerank.common import check_max_length
 
         if spec.kind != "dense" or not spec.model:
             raise BenchError(f"first stage kind {spec.kind!r}: only 'dense' first stages have an encoder")
@@ -71,7 +71,7 @@ class Encoder:
         self.engine = spec.engine
         self.precision = resolve_precision(spec.dtype, self.device, AUTO_CUDA[spec.engine])
         if spec.engine == "fast":
-            from .engine.packed import choose_attention
+            from ..engine.packed import choose_attention
 
             attention = choose_attention(attention, self.device, self.precision.half)
         self.source = models.resolve(spec.model, cache_dir)
@@ -98,10 +98,10 @@ class Encoder:
 
     # -- fast engine --------------------------------------------------------------------------------------
     def _setup_fast(self, attention, compile, token_budget, first_chunk, largest_chunk, packed_options):
-        from .engine import packed
-        from .engine.batching import TokenBudget
-        from .engine.loop import BatchLoop
-        from .engine.tokens import TextTokenizer
+        from ..engine import packed
+        from ..engine.batching import TokenBudget
+        from ..engine.loop import BatchLoop
+        from ..engine.tokens import TextTokenizer
 
         shape = [m for m in self.modules if m != "Normalize"]
         if shape != ["Transformer", "Pooling"] or (self.model_normalizes and self.modules[-1] != "Normalize"):
@@ -139,7 +139,7 @@ class Encoder:
         import torch
         import torch.nn.functional as F
 
-        from .engine.packed import pool
+        from ..engine.packed import pool
 
         if self.first_only:  # CLS pooling reads the first tokens only
             return F.normalize(self.packed(batch, first_only=True).float(), dim=-1)
@@ -165,7 +165,7 @@ class Encoder:
     def _encode(self, texts: list[str], what: str) -> np.ndarray:
         import torch
 
-        from .engine.device import matmul_precision
+        from ..engine.device import matmul_precision
 
         for i, t in enumerate(texts):
             if not isinstance(t, str):
@@ -196,7 +196,7 @@ class Encoder:
                 "seconds": self._seconds}
 
     def describe(self) -> dict:
-        from . import models
+        from .. import models
 
         model = models.describe(self.spec.model, self.spec.revision)
         model["untrained"] = model["untrained"] or models.describe(self.source)["untrained"]

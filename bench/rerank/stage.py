@@ -17,7 +17,7 @@ import json
 import time
 from pathlib import Path
 
-from .records import atomic_write_json
+from ..io import atomic_write_json
 
 BLOCK_PAIRS = 20_000
 
@@ -44,7 +44,7 @@ class RerankStage:
         """(reranked run, info with counters and timings). `get_docs(ids) -> {id: text}`."""
         from tqdm.auto import tqdm
 
-        from .runs import sort_ranking
+        from ..runs import sort_ranking
 
         qids = [q for q in sorted(candidates) if q in queries and candidates[q]]
         ranked = {q: [d for d, _ in sort_ranking(candidates[q])] for q in qids}

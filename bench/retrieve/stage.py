@@ -16,7 +16,7 @@ from pathlib import Path
 from ..cache import entry
 from ..config import FirstStageSpec
 from ..errors import BenchError
-from ..records import atomic_write_json
+from ..io import atomic_write_json
 
 SHARD_SIZE = 100_000
 
@@ -88,11 +88,11 @@ class FirstStage:
         devices = resolve_devices(self.spec.device)
         if self._encoder is None:
             if len(devices) > 1:  # one encoder process per device, whole shards each
-                from .parallel_encode import ShardEncoderPool
+                from .parallel import ShardEncoderPool
 
                 self._encoder = ShardEncoderPool(self.spec, devices, cache_dir=self.cache_root)
             else:
-                from ..encode import build_encoder
+                from .encoder import build_encoder
 
                 self._encoder = build_encoder(self.spec, cache_dir=self.cache_root, device=devices[0])
         enc = self._encoder
