@@ -1,22 +1,14 @@
-"""Comparing systems on the same queries: paired tests, bootstrap intervals, Holm, tables and plots.
+"""Comparing systems on the same queries: the per-query score table, the comparison built from
+it, and that comparison's tables and plots.
 
 Everything starts from one long table of per-query scores (dataset × system × metric × query), so a
 comparison can be built from run files plus qrels (`scores_from_runs`) or from the quality records
 the pipeline writes (`scores_from_records`) alike.
 
-For each dataset and metric every pair of systems gets
-
-* a paired two-sided t-test (ranx's ``paired_student_t_test``, i.e. scipy's ``ttest_rel``);
-* a paired two-sided randomization test (swap the two systems' scores of a query with probability
-  1/2, as ranx's Fisher test does). It is computed here with a seeded numpy generator because
-  ranx's numba version seeds only the calling thread and so gives a different p-value on every
-  call; p = (extreme + 1) / (permutations + 1), never 0;
-* a percentile bootstrap confidence interval on the mean difference (queries resampled with
-  replacement, seeded);
-* Holm's correction over every comparison in the same table (all datasets × all pairs of one
-  metric), for the test that sets the marks.
-
-Identical per-query scores (all differences 0) get p = 1 for both tests (scipy would say NaN).
+`compare` computes, for each dataset and metric, every pair of systems' paired t-test, seeded
+randomization test and bootstrap interval (`bench.stats`), then Holm's correction over every
+comparison in the same table (all datasets × all pairs of one metric), for the test that sets the
+marks. The `Comparison` it returns only renders: Markdown, LaTeX, CSV, a PNG, a record.
 """
 
 from __future__ import annotations
@@ -31,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import BenchError
+from .stats import bootstrap_ci, holm, paired_randomization_test, paired_t_test
 
 SCORE_COLUMNS = ["dataset", "language", "system", "metric", "query", "value"]
 TESTS = {"randomization": "paired randomization test", "t-test": "paired t-test"}
@@ -173,65 +166,6 @@ def _check_conventions(records: list[dict]) -> None:
         raise BenchError(f"records were evaluated under different conventions: {listed}; compare like with like")
 
 
-# ------------------------------------------------------------------------------------------ tests
-def paired_t_test(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sided paired t-test p-value (ranx's, which is scipy's ttest_rel); 1.0 when a == b everywhere."""
-    if np.all(a == b):
-        return 1.0
-    import warnings
-
-    from ranx.statistical_tests import paired_student_t_test
-
-    with warnings.catch_warnings():  # a constant non-zero difference: scipy warns, then gives p = 0
-        warnings.simplefilter("ignore", RuntimeWarning)
-        p, _ = paired_student_t_test(a, b)
-    return float(p)
-
-
-def paired_randomization_test(a: np.ndarray, b: np.ndarray, permutations: int = 10_000, seed: int = 42,
-                              chunk: int = 1000) -> float:
-    """Two-sided paired randomization test: how often a random swap of each query's pair gives a mean
-    difference at least as large (in absolute value) as the observed one; p = (count + 1) / (n + 1)."""
-    diff = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
-    if not np.any(diff):
-        return 1.0
-    observed = abs(diff.mean())
-    rng = np.random.default_rng(seed)
-    extreme = 0
-    for start in range(0, permutations, chunk):
-        n = min(chunk, permutations - start)
-        signs = rng.integers(0, 2, size=(n, diff.size), dtype=np.int8) * 2 - 1
-        extreme += int(np.count_nonzero(np.abs(signs @ diff) / diff.size >= observed - 1e-12))
-    return (extreme + 1) / (permutations + 1)
-
-
-def bootstrap_ci(a: np.ndarray, b: np.ndarray, resamples: int = 10_000, confidence: float = 0.95,
-                 seed: int = 42, chunk: int = 1000) -> tuple[float, float]:
-    """Percentile bootstrap interval of mean(b - a), resampling queries with replacement."""
-    diff = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = np.empty(resamples)
-    for start in range(0, resamples, chunk):
-        n = min(chunk, resamples - start)
-        means[start:start + n] = diff[rng.integers(0, diff.size, size=(n, diff.size))].mean(axis=1)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
-
-
-def holm(pvalues: Sequence[float]) -> np.ndarray:
-    """Holm's step-down adjusted p-values (family-wise error over all of `pvalues`)."""
-    p = np.asarray(pvalues, dtype=np.float64)
-    order = np.argsort(p, kind="stable")
-    m = p.size
-    adjusted = np.empty(m)
-    running = 0.0
-    for rank, index in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[index]))
-        adjusted[index] = running
-    return adjusted
-
-
 # ------------------------------------------------------------------------------------- comparison
 @dataclass(frozen=True)
 class Settings:
@@ -256,9 +190,87 @@ class Settings:
             raise BenchError("permutations and bootstrap resamples must be at least 1")
 
 
+def compare(scores: pd.DataFrame, settings: Settings = Settings(), systems: Sequence[str] | None = None,
+            conventions: str | None = None) -> Comparison:
+    """Every pair of systems on every dataset and metric of `scores` (columns `SCORE_COLUMNS`).
+
+    `systems` fixes the order (and hence the letters); by default the order of first appearance."""
+    missing = set(SCORE_COLUMNS) - set(scores.columns)
+    if missing:
+        raise BenchError(f"score table lacks columns {sorted(missing)}")
+    if scores.empty:
+        raise BenchError("no per-query scores to compare")
+    dupes = scores.duplicated(["dataset", "system", "metric", "query"])
+    if dupes.any():
+        row = scores[dupes].iloc[0]
+        raise BenchError(f"system {row.system!r} appears twice for dataset {row.dataset!r} (metric {row.metric!r}); "
+                         f"give each input its own label")
+    order = list(systems) if systems is not None else list(dict.fromkeys(scores["system"]))
+    unknown = set(scores["system"]) - set(order)
+    if unknown:
+        raise BenchError(f"systems {sorted(unknown)} are not in the given order {order}")
+
+    mean_rows, pair_rows = [], []
+    for (metric, dataset), group in scores.groupby(["metric", "dataset"], sort=False):
+        language = group["language"].iloc[0]
+        table = group.pivot(index="query", columns="system", values="value")
+        present = [s for s in order if s in table.columns]
+        _check_same_queries(table, present, dataset, metric)
+        for s in present:
+            mean_rows.append({"dataset": dataset, "language": language, "metric": metric, "system": s,
+                              "mean": float(table[s].mean()), "queries": int(table[s].size)})
+        for i, a in enumerate(present):
+            for b in present[i + 1:]:
+                x, y = table[a].to_numpy(), table[b].to_numpy()
+                low, high = bootstrap_ci(x, y, settings.bootstrap, settings.confidence, settings.seed)
+                pair_rows.append({"dataset": dataset, "language": language, "metric": metric, "system_a": a,
+                                  "system_b": b, "mean_a": float(x.mean()), "mean_b": float(y.mean()),
+                                  "diff": float((y - x).mean()), "ci_low": low, "ci_high": high,
+                                  "p_t_test": paired_t_test(x, y),
+                                  "p_randomization": paired_randomization_test(x, y, settings.permutations, settings.seed)})
+    means = pd.DataFrame(mean_rows)
+    pairs = pd.DataFrame(pair_rows, columns=["dataset", "language", "metric", "system_a", "system_b", "mean_a", "mean_b",
+                                             "diff", "ci_low", "ci_high", "p_t_test", "p_randomization"])
+    _adjust_and_mark(means, pairs, settings, order)
+    return Comparison(means=means, pairs=pairs, scores=scores, settings=settings, systems=order, conventions=conventions)
+
+
+def _check_same_queries(table: pd.DataFrame, systems: list[str], dataset: str, metric: str) -> None:
+    """A paired test needs each query scored by both systems."""
+    holes = table[systems].isna()
+    if holes.any().any():
+        system = holes.any()[lambda s: s].index[0]
+        missing = list(table.index[holes[system]])[:3]
+        raise BenchError(f"dataset {dataset!r}, {metric}: system {system!r} has no score for queries {missing} that "
+                         f"others have; evaluate every system against the same qrels")
+
+
+def _adjust_and_mark(means: pd.DataFrame, pairs: pd.DataFrame, settings: Settings, order: list[str]) -> None:
+    """Holm per metric (all datasets × pairs of one table), then each system's 'better than' letters."""
+    for test in ("t_test", "randomization"):
+        pairs[f"p_{test}_adjusted"] = np.nan
+        for _, index in pairs.groupby("metric", sort=False).groups.items():
+            raw = pairs.loc[index, f"p_{test}"].to_numpy()
+            pairs.loc[index, f"p_{test}_adjusted"] = holm(raw) if settings.correction == "holm" else raw
+    pairs["significant"] = pairs[_adjusted_column(settings)] <= settings.alpha
+    letters = {s: _letter(i) for i, s in enumerate(order)}
+    means["letter"] = means["system"].map(letters)
+    means["better_than"] = ""
+    for row in pairs[pairs.significant].itertuples():
+        winner, loser = (row.system_b, row.system_a) if row.diff > 0 else (row.system_a, row.system_b)
+        mask = (means.dataset == row.dataset) & (means.metric == row.metric) & (means.system == winner)
+        means.loc[mask, "better_than"] += letters[loser]
+    means["better_than"] = means["better_than"].map(lambda marks: "".join(sorted(marks)))
+
+
+def _adjusted_column(settings: Settings) -> str:
+    return "p_randomization_adjusted" if settings.test == "randomization" else "p_t_test_adjusted"
+
+
 @dataclass
 class Comparison:
-    """Means with significance marks and every pairwise test, for each metric."""
+    """Means with significance marks and every pairwise test, for each metric, as `compare` computed
+    them; it only renders them (Markdown, LaTeX, CSV, PNG, record)."""
 
     means: pd.DataFrame  # dataset, language, metric, system, letter, mean, queries, better_than
     pairs: pd.DataFrame  # dataset, language, metric, system_a, system_b, mean_a, mean_b, diff, ci_low, ci_high, p_*
@@ -407,83 +419,6 @@ class Comparison:
         return make_record("comparison", inputs=inputs, settings=asdict(self.settings), systems=self.systems,
                            conventions=self.conventions, means=self.means.to_dict(orient="records"),
                            pairs=self.pairs.to_dict(orient="records"))
-
-
-def compare(scores: pd.DataFrame, settings: Settings = Settings(), systems: Sequence[str] | None = None,
-            conventions: str | None = None) -> Comparison:
-    """Every pair of systems on every dataset and metric of `scores` (columns `SCORE_COLUMNS`).
-
-    `systems` fixes the order (and hence the letters); by default the order of first appearance."""
-    missing = set(SCORE_COLUMNS) - set(scores.columns)
-    if missing:
-        raise BenchError(f"score table lacks columns {sorted(missing)}")
-    if scores.empty:
-        raise BenchError("no per-query scores to compare")
-    dupes = scores.duplicated(["dataset", "system", "metric", "query"])
-    if dupes.any():
-        row = scores[dupes].iloc[0]
-        raise BenchError(f"system {row.system!r} appears twice for dataset {row.dataset!r} (metric {row.metric!r}); "
-                         f"give each input its own label")
-    order = list(systems) if systems is not None else list(dict.fromkeys(scores["system"]))
-    unknown = set(scores["system"]) - set(order)
-    if unknown:
-        raise BenchError(f"systems {sorted(unknown)} are not in the given order {order}")
-
-    mean_rows, pair_rows = [], []
-    for (metric, dataset), group in scores.groupby(["metric", "dataset"], sort=False):
-        language = group["language"].iloc[0]
-        table = group.pivot(index="query", columns="system", values="value")
-        present = [s for s in order if s in table.columns]
-        _check_same_queries(table, present, dataset, metric)
-        for s in present:
-            mean_rows.append({"dataset": dataset, "language": language, "metric": metric, "system": s,
-                              "mean": float(table[s].mean()), "queries": int(table[s].size)})
-        for i, a in enumerate(present):
-            for b in present[i + 1:]:
-                x, y = table[a].to_numpy(), table[b].to_numpy()
-                low, high = bootstrap_ci(x, y, settings.bootstrap, settings.confidence, settings.seed)
-                pair_rows.append({"dataset": dataset, "language": language, "metric": metric, "system_a": a,
-                                  "system_b": b, "mean_a": float(x.mean()), "mean_b": float(y.mean()),
-                                  "diff": float((y - x).mean()), "ci_low": low, "ci_high": high,
-                                  "p_t_test": paired_t_test(x, y),
-                                  "p_randomization": paired_randomization_test(x, y, settings.permutations, settings.seed)})
-    means = pd.DataFrame(mean_rows)
-    pairs = pd.DataFrame(pair_rows, columns=["dataset", "language", "metric", "system_a", "system_b", "mean_a", "mean_b",
-                                             "diff", "ci_low", "ci_high", "p_t_test", "p_randomization"])
-    _adjust_and_mark(means, pairs, settings, order)
-    return Comparison(means=means, pairs=pairs, scores=scores, settings=settings, systems=order, conventions=conventions)
-
-
-def _check_same_queries(table: pd.DataFrame, systems: list[str], dataset: str, metric: str) -> None:
-    """A paired test needs each query scored by both systems."""
-    holes = table[systems].isna()
-    if holes.any().any():
-        system = holes.any()[lambda s: s].index[0]
-        missing = list(table.index[holes[system]])[:3]
-        raise BenchError(f"dataset {dataset!r}, {metric}: system {system!r} has no score for queries {missing} that "
-                         f"others have; evaluate every system against the same qrels")
-
-
-def _adjust_and_mark(means: pd.DataFrame, pairs: pd.DataFrame, settings: Settings, order: list[str]) -> None:
-    """Holm per metric (all datasets × pairs of one table), then each system's 'better than' letters."""
-    for test in ("t_test", "randomization"):
-        pairs[f"p_{test}_adjusted"] = np.nan
-        for _, index in pairs.groupby("metric", sort=False).groups.items():
-            raw = pairs.loc[index, f"p_{test}"].to_numpy()
-            pairs.loc[index, f"p_{test}_adjusted"] = holm(raw) if settings.correction == "holm" else raw
-    pairs["significant"] = pairs[_adjusted_column(settings)] <= settings.alpha
-    letters = {s: _letter(i) for i, s in enumerate(order)}
-    means["letter"] = means["system"].map(letters)
-    means["better_than"] = ""
-    for row in pairs[pairs.significant].itertuples():
-        winner, loser = (row.system_b, row.system_a) if row.diff > 0 else (row.system_a, row.system_b)
-        mask = (means.dataset == row.dataset) & (means.metric == row.metric) & (means.system == winner)
-        means.loc[mask, "better_than"] += letters[loser]
-    means["better_than"] = means["better_than"].map(lambda marks: "".join(sorted(marks)))
-
-
-def _adjusted_column(settings: Settings) -> str:
-    return "p_randomization_adjusted" if settings.test == "randomization" else "p_t_test_adjusted"
 
 
 def _letter(i: int) -> str:

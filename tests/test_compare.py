@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.compare import (SCORE_COLUMNS, Settings, bootstrap_ci, compare, holm, paired_randomization_test,
-                           paired_t_test, scores_from_records, scores_from_runs)
+from bench.compare import SCORE_COLUMNS, Settings, compare, scores_from_records, scores_from_runs
 from bench.errors import BenchError
 from bench.evaluate import Conventions, evaluate
 from bench.io import atomic_write_json
 from bench.records import make_record, read_record
 from bench.runs import read_qrels, read_run, write_qrels, write_run
+from bench.stats import bootstrap_ci, holm, paired_randomization_test, paired_t_test
 
 
 @pytest.fixture(scope="module", autouse=True)
