@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import BenchError
+from .plots import _figure, _save
 from .stats import bootstrap_ci, holm, paired_randomization_test, paired_t_test
 
 SCORE_COLUMNS = ["dataset", "language", "system", "metric", "query", "value"]
@@ -374,11 +375,6 @@ class Comparison:
     # -- plot ---------------------------------------------------------------------------------------
     def plot(self, metric: str, path: str | Path, baseline: str | None = None) -> Path:
         """PNG of per-query differences (system − baseline), sorted, one panel per dataset."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        from .io import atomic_write_bytes
-
         baseline = baseline or self.systems[0]
         datasets, headers = self.columns()
         others = [s for s in self._systems(metric) if s != baseline]
@@ -386,8 +382,7 @@ class Comparison:
             raise BenchError(f"nothing to plot for {metric}: only the baseline {baseline!r} has scores")
         ncols = min(len(datasets), 3)
         nrows = math.ceil(len(datasets) / ncols)
-        fig = Figure(figsize=(4.2 * ncols, 3.0 * nrows), layout="constrained")
-        FigureCanvasAgg(fig)
+        fig = _figure(figsize=(4.2 * ncols, 3.0 * nrows), layout="constrained")
         sub = self.scores[self.scores.metric == metric]
         for i, dataset in enumerate(datasets):
             ax = fig.add_subplot(nrows, ncols, i + 1)
@@ -407,11 +402,7 @@ class Comparison:
             ax.tick_params(labelsize=7)
             ax.legend(fontsize=6, title=f"minus {baseline}", title_fontsize=6)
         fig.suptitle(f"Per-query {metric} differences against {baseline}", fontsize=10)
-        import io
-
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=120)
-        return atomic_write_bytes(path, buffer.getvalue())
+        return _save(fig, path)
 
     def to_record(self, inputs: list[str]) -> dict:
         from .records import make_record

@@ -1,4 +1,7 @@
-"""PNG plots made from records only (matplotlib, Agg backend: no display needed).
+"""PNG plots made from records only (matplotlib Figures drawn by the Agg canvas: no display, no
+pyplot state, no global backend switch).
+
+`_figure` and `_save` are the one way the package makes a PNG (`bench.compare` plots with them too).
 
 * `plot_throughput`: pairs/s against batch size (baselines, pairs per batch) and token budget (the
   fast engine, tokens per batch), one line per engine variant × precision, log-2 x axis; one panel
@@ -9,14 +12,17 @@
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from .errors import BenchError
+from .io import atomic_write_bytes
 
 
 def _pyplot():
+    """pyplot with the Agg backend, for `plot_throughput` only until it moves onto `_figure`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,12 +31,19 @@ def _pyplot():
     return plt
 
 
+def _figure(**kwargs):
+    """A matplotlib Figure (`kwargs` as Figure takes them) with its own Agg canvas: drawing it touches
+    neither pyplot's figure list nor the process-wide backend, and needs no display."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def _save(fig, path: str | Path) -> Path:
-    """Render to bytes and write atomically (a half-written PNG never appears)."""
-    import io
-
-    from .io import atomic_write_bytes
-
+    """Render to PNG bytes and write atomically (a half-written PNG never appears)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     return atomic_write_bytes(path, buf.getvalue())
@@ -104,8 +117,8 @@ def plot_quality_speed(records: Iterable[Mapping], path: str | Path, *, metric: 
         raise BenchError(f"no quality record with metrics[{metric!r}] and timings.rerank_pairs_per_s to plot")
     datasets = sorted({d for pts in points.values() for _, _, d in pts})
     markers = dict(zip(datasets, "osD^v<>phX*" * 3))
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = _figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for i, (label, pts) in enumerate(sorted(points.items())):
         color = f"C{i % 10}"
         for speed, value, dataset in pts:
@@ -119,7 +132,4 @@ def plot_quality_speed(records: Iterable[Mapping], path: str | Path, *, metric: 
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title or f"{metric} against reranking speed")
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(fig, path)
