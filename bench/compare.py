@@ -89,7 +89,7 @@ def scores_from_records(records: list[dict], metrics: Sequence[str] | None = Non
         if not metrics:
             raise BenchError("the records share no metric with per-query values; name one with --metric")
     wanted = {m: (parse_metric(m).measure, parse_metric(m).k) for m in metrics}
-    _check_conventions(records)
+    shared_conventions(records)
     frames = []
     # first stages first (they are the baseline and letter a), otherwise in the order given
     for rec in sorted(records, key=lambda r: (r.get("system") or {}).get("stage") != "first_stage"):
@@ -155,8 +155,10 @@ def reevaluate(rec: dict, metrics: Sequence[str], *, probe: str | None) -> dict[
     return {name: evaluation.per_query[name] for name in metrics}
 
 
-def _check_conventions(records: list[dict]) -> None:
-    """Numbers under different trec_eval conventions are not comparable: refuse to mix them."""
+def shared_conventions(records: list[dict], runs: str | None = None) -> str | None:
+    """The trec_eval flags every input was evaluated under: the records' own and, when run files are
+    compared too, `runs` (the flags they are scored with). Numbers under different conventions are
+    not comparable, so mixing them is a BenchError; None when no input states its conventions."""
     seen: dict[str, str] = {}
     for rec in records:
         flags = ((rec.get("evaluation") or {}).get("conventions") or {}).get("trec_eval_flags")
@@ -165,6 +167,10 @@ def _check_conventions(records: list[dict]) -> None:
     if len(seen) > 1:
         listed = "; ".join(f"{flags!r} ({path})" for flags, path in seen.items())
         raise BenchError(f"records were evaluated under different conventions: {listed}; compare like with like")
+    if runs is not None and seen and set(seen) != {runs}:
+        raise BenchError(f"the records were evaluated with trec_eval {sorted(seen)}, the run files with "
+                         f"{runs}; pass the same --depth/--rel-level/--judged-only")
+    return runs or next(iter(seen), None)
 
 
 # ------------------------------------------------------------------------------------- comparison

@@ -244,6 +244,25 @@ def test_records_metric_matching_and_mixed_conventions(tmp_path):
     assert mapped.set_index("query")["value"].to_dict() == {"q1": 1.0, "q2": 0.0} and len(notes) == 1
 
 
+def test_run_files_and_records_must_share_conventions(tmp_path, capsys):
+    """One check, in the library, serves records among themselves and records beside run files."""
+    from bench.cli import main
+    from bench.compare import load_records, shared_conventions
+
+    qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}}
+    run = {"q1": {"d1": 1.0}, "q2": {"d3": 1.0}}
+    _quality_record(tmp_path, "toy", None, "A", "first_stage", qrels, run, ["nDCG@10"], Conventions())
+    records = load_records([tmp_path / "records"])
+    assert shared_conventions(records) == "-c" and shared_conventions(records, "-c") == "-c"
+    assert shared_conventions([], "-c -M 5") == "-c -M 5"
+    with pytest.raises(BenchError, match=r"the run files with -c -M 5; pass the same --depth"):
+        shared_conventions(records, "-c -M 5")
+    run_file, qrels_file = tmp_path / "runs" / "toy" / "A.trec", tmp_path / "runs" / "toy" / "qrels.txt"
+    assert main(["compare", str(run_file), str(tmp_path / "records"), "--qrels", str(qrels_file), "--label", "B",
+                 "--dataset", "toy", "--depth", "5"]) == 2
+    assert "pass the same --depth/--rel-level/--judged-only" in capsys.readouterr().err
+
+
 def test_untrained_systems_are_marked(tmp_path):
     from bench.compare import load_records
 

@@ -9,9 +9,16 @@ a comparison record (comparison.json).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
+from ..errors import BenchError
+from ..evaluate import Conventions, notify_if_cold
+from ..io import atomic_write_json, atomic_write_text
+from ..records import SCHEMA
+from ..runs import read_qrels, read_run
 from .eval import add_conventions_arguments
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("inputs", nargs="+", type=Path,
@@ -38,13 +45,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import sys
-
     import pandas as pd
 
-    from ..compare import Settings, compare, load_records, scores_from_records
-    from ..errors import BenchError
-    from ..evaluate import Conventions
+    # bench.compare imports pandas and numpy: here, not at the top, so `bench compare --help` stays instant
+    from ..compare import Settings, compare, load_records, scores_from_records, shared_conventions
 
     settings = Settings(test=args.test, alpha=args.alpha, correction=args.correction,
                         permutations=args.permutations, bootstrap=args.bootstrap, seed=args.seed)
@@ -54,10 +58,11 @@ def run(args) -> int:
     run_files = [p for p in args.inputs if p.is_file() and not _is_record(p)]
     record_inputs = [p for p in args.inputs if p not in run_files]
 
-    frames, conventions = [], None
+    frames, records, run_conventions = [], [], None
     if run_files:
         frames.append(_run_scores(args, run_files))
-        conventions = Conventions(depth=args.depth, rel_level=args.rel_level, judged_only=args.judged_only).trec_eval_flags()
+        run_conventions = Conventions(depth=args.depth, rel_level=args.rel_level,
+                                      judged_only=args.judged_only).trec_eval_flags()
     elif args.label or args.qrels:
         raise BenchError("--label and --qrels apply to run files; no run file was given")
     if record_inputs:
@@ -66,11 +71,7 @@ def run(args) -> int:
         frames.append(scores_from_records(records, args.metrics, notes=notes))
         for line in notes:
             print(f"note: {line}", file=sys.stderr)
-        flags = {((r.get("evaluation") or {}).get("conventions") or {}).get("trec_eval_flags") for r in records} - {None}
-        if conventions and flags and flags != {conventions}:
-            raise BenchError(f"the records were evaluated with trec_eval {sorted(flags)}, the run files with "
-                             f"{conventions}; pass the same --depth/--rel-level/--judged-only")
-        conventions = conventions or (flags.pop() if len(flags) == 1 else None)
+    conventions = shared_conventions(records, run_conventions)
 
     comparison = compare(pd.concat(frames, ignore_index=True), settings, conventions=conventions)
     if args.baseline is not None and args.baseline not in comparison.systems:
@@ -87,8 +88,6 @@ def _is_record(path: Path) -> bool:
     """A .json file holding a rerank-bench record (other .json files are ranx runs)."""
     if path.suffix.lower() != ".json":
         return False
-    from ..records import SCHEMA
-
     try:
         head = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -98,9 +97,6 @@ def _is_record(path: Path) -> bool:
 
 def _run_scores(args, run_files: list[Path]):
     from ..compare import scores_from_runs
-    from ..errors import BenchError
-    from ..evaluate import Conventions, notify_if_cold
-    from ..runs import read_qrels, read_run
 
     if args.qrels is None:
         raise BenchError(f"run files {[str(p) for p in run_files]} need --qrels to be scored")
@@ -125,8 +121,6 @@ def _stem(path: Path) -> str:
 
 
 def _write_outputs(comparison, args, text: str) -> list[str]:
-    from ..io import atomic_write_json, atomic_write_text
-
     out = args.out
     written = [atomic_write_text(out / "comparison.md", text), atomic_write_text(out / "comparison.tex", comparison.latex()),
                atomic_write_text(out / "pairs.csv", comparison.pairs_csv()),
