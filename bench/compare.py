@@ -3,7 +3,8 @@ it, and that comparison's tables and plots.
 
 Everything starts from one long table of per-query scores (dataset × system × metric × query), so a
 comparison can be built from run files plus qrels (`scores_from_runs`) or from the quality records
-the pipeline writes (`scores_from_records`) alike.
+the pipeline writes (`scores_from_records`) alike. Metrics are named by their canonical form
+(`bench.metrics`), whatever spelling asked for them or wrote the records.
 
 `compare` computes, for each dataset and metric, every pair of systems' paired t-test, seeded
 randomization test and bootstrap interval (`bench.stats`), then Holm's correction over every
@@ -23,7 +24,12 @@ import numpy as np
 import pandas as pd
 
 from .errors import BenchError
+from .evaluate import Conventions, evaluate
+from .metrics import Metric, by_metric, parse_metric
 from .plots import _figure, _save
+from .records import find_records, make_record, read_record
+from .report import system_label
+from .runs import read_qrels, read_run
 from .stats import bootstrap_ci, holm, paired_randomization_test, paired_t_test
 
 SCORE_COLUMNS = ["dataset", "language", "system", "metric", "query", "value"]
@@ -42,11 +48,9 @@ def _long_rows(per_query: dict[str, dict[str, float]], dataset: str, system: str
     return pd.DataFrame(rows, columns=SCORE_COLUMNS)
 
 
-def scores_from_runs(qrels, runs: dict[str, dict], metrics: Sequence[str], conventions=None,
+def scores_from_runs(qrels, runs: dict[str, dict], metrics: Sequence[str | Metric], conventions=None,
                      dataset: str = "dataset", language: str | None = None) -> pd.DataFrame:
     """Evaluate each named run against `qrels` and stack the per-query scores."""
-    from .evaluate import Conventions, evaluate
-
     conventions = conventions or Conventions()
     frames = [scores_from_evaluation(evaluate(qrels, run, metrics, conventions), dataset, name, language)
               for name, run in runs.items()]
@@ -55,8 +59,6 @@ def scores_from_runs(qrels, runs: dict[str, dict], metrics: Sequence[str], conve
 
 def load_records(paths: Sequence[str | Path]) -> list[dict]:
     """Quality records from files or folders (searched recursively), in the order given."""
-    from .records import find_records, read_record
-
     out = []
     for path in map(Path, paths):
         if path.is_dir():
@@ -73,22 +75,22 @@ def load_records(paths: Sequence[str | Path]) -> list[dict]:
     return out
 
 
-def scores_from_records(records: list[dict], metrics: Sequence[str] | None = None,
+def scores_from_records(records: list[dict], metrics: Sequence[str | Metric] | None = None,
                         notes: list[str] | None = None) -> pd.DataFrame:
     """Per-query scores from quality records (`dataset.label`, `dataset.language`, `system.label`,
-    `per_query`). `metrics` are matched by meaning (``ndcg@10`` finds ``nDCG@10``) and keep the
-    spelling given; by default, the metrics every record holds. A metric a record lacks is computed
-    from the run and qrels files beside it (`reevaluate`); `notes` collects a line for each."""
-    from .evaluate import parse_metric
-    from .report import system_label
-
+    `per_query`). `metrics` are matched by meaning, whatever spelling a record was written with
+    (``RR@10`` finds ``MRR@10``, ``ndcg@10`` finds ``nDCG@10``), and named by their canonical form; by
+    default, the metrics every record holds. A metric a record lacks is computed from the run and
+    qrels files beside it (`reevaluate`); `notes` collects a line for each."""
     if not records:
         raise BenchError("no records to compare")
     if metrics is None:
-        metrics = [m for m in records[0].get("per_query", {}) if all(m in r.get("per_query", {}) for r in records)]
-        if not metrics:
+        held = [by_metric(r.get("per_query", {})) for r in records]
+        wanted = [m for m in held[0] if all(m in h for h in held)]
+        if not wanted:
             raise BenchError("the records share no metric with per-query values; name one with --metric")
-    wanted = {m: (parse_metric(m).measure, parse_metric(m).k) for m in metrics}
+    else:
+        wanted = list(dict.fromkeys(parse_metric(m) for m in metrics))
     shared_conventions(records)
     frames = []
     # first stages first (they are the baseline and letter a), otherwise in the order given
@@ -96,63 +98,53 @@ def scores_from_records(records: list[dict], metrics: Sequence[str] | None = Non
         where = rec.get("_path", "record")
         try:
             dataset, system = rec["dataset"]["label"], system_label(rec)  # marks untrained models
-            per_query = rec["per_query"]
-        except (KeyError, TypeError):
+            per_query = by_metric(rec["per_query"])
+        except (KeyError, TypeError, AttributeError):
             raise BenchError(f"{where}: a quality record needs dataset.label, system.label and per_query") from None
-        by_meaning = {}
-        for key in per_query:
-            try:
-                parsed = parse_metric(key)
-            except BenchError:
-                continue
-            by_meaning[parsed.measure, parsed.k] = key
-        chosen = {name: per_query[by_meaning[meaning]] for name, meaning in wanted.items() if meaning in by_meaning}
-        missing = [name for name in wanted if name not in chosen]
+        chosen = {metric: per_query[metric] for metric in wanted if metric in per_query}
+        missing = [metric for metric in wanted if metric not in chosen]
         if missing:
-            chosen.update(reevaluate(rec, missing, probe=next(iter(by_meaning.values()), None)))
+            chosen.update(reevaluate(rec, missing, probe=next(iter(per_query), None)))
             if notes is not None:
-                notes.append(f"{where}: {', '.join(missing)} computed from its run file {rec['run_file']} and "
-                             f"qrels {rec['qrels_file']} under the record's conventions")
-        frames.append(_long_rows({name: chosen[name] for name in wanted}, dataset, system,
+                notes.append(f"{where}: {', '.join(map(str, missing))} computed from its run file {rec['run_file']} "
+                             f"and qrels {rec['qrels_file']} under the record's conventions")
+        frames.append(_long_rows({str(metric): chosen[metric] for metric in wanted}, dataset, system,
                                  rec["dataset"].get("language")))
     return pd.concat(frames, ignore_index=True)
 
 
-def reevaluate(rec: dict, metrics: Sequence[str], *, probe: str | None) -> dict[str, dict[str, float]]:
+def reevaluate(rec: dict, metrics: Sequence[Metric], *, probe: Metric | None) -> dict[Metric, dict[str, float]]:
     """Per-query values of `metrics` for a record that lacks them, from the run and qrels files the
     pipeline writes beside its records, under the record's own conventions. The files must first
     reproduce `probe`, a metric the record holds (to 1e-9 per query), or they are not the record's."""
-    from .evaluate import Conventions, evaluate
-    from .runs import read_qrels, read_run
-
     where = rec.get("_path", "record")
     held = sorted(rec.get("per_query") or {})
+    asked = ", ".join(repr(str(m)) for m in metrics)
     files = {key: rec.get(key) for key in ("run_file", "qrels_file")}
     if not all(files.values()) or "_path" not in rec:
         lacking = [k for k, v in files.items() if not v] or ["its path"]
-        raise BenchError(f"{where}: no per-query values for {', '.join(map(repr, metrics))}; it holds {held}, and "
+        raise BenchError(f"{where}: no per-query values for {asked}; it holds {held}, and "
                          f"it names no {' or '.join(lacking)} to compute them from (records of an older bench run): "
                          "run `bench eval --qrels QRELS --run RUN` or `bench run` again with the metric")
     base = Path(rec["_path"]).resolve().parent.parent  # records/ sits beside runs/ in a bench run's folder
     paths = {k: base / v for k, v in files.items()}
     for key, path in paths.items():
         if not path.is_file():
-            raise BenchError(f"{where}: no per-query values for {', '.join(map(repr, metrics))}, and its {key} "
+            raise BenchError(f"{where}: no per-query values for {asked}, and its {key} "
                              f"{path} is missing; keep the run folder whole (records/ beside runs/)")
     conv = (rec.get("evaluation") or {}).get("conventions") or {}
     conventions = Conventions(depth=conv.get("depth"), rel_level=conv.get("rel_level", 1),
                               judged_only=conv.get("judged_only", False))
     qrels, run = read_qrels(paths["qrels_file"]), read_run(paths["run_file"])
-    names = list(metrics) + ([probe] if probe else [])
-    evaluation = evaluate(qrels, run, names, conventions)
+    evaluation = evaluate(qrels, run, list(metrics) + ([probe] if probe else []), conventions)
     if probe:
-        stored, again = rec["per_query"][probe], evaluation.per_query[probe]
+        stored, again = by_metric(rec["per_query"])[probe], evaluation.per_query[str(probe)]
         worst = max((abs(stored[q] - again.get(q, float("nan"))) for q in stored), default=0.0)
         if set(stored) != set(again) or not worst <= 1e-9:
             raise BenchError(f"{where}: its run file {paths['run_file']} and qrels {paths['qrels_file']} do not "
                              f"reproduce its own {probe} (largest per-query difference {worst:.3g}); they are not "
                              "this record's files, so nothing is computed from them")
-    return {name: evaluation.per_query[name] for name in metrics}
+    return {metric: evaluation.per_query[str(metric)] for metric in metrics}
 
 
 def shared_conventions(records: list[dict], runs: str | None = None) -> str | None:
@@ -411,8 +403,6 @@ class Comparison:
         return _save(fig, path)
 
     def to_record(self, inputs: list[str]) -> dict:
-        from .records import make_record
-
         return make_record("comparison", inputs=inputs, settings=asdict(self.settings), systems=self.systems,
                            conventions=self.conventions, means=self.means.to_dict(orient="records"),
                            pairs=self.pairs.to_dict(orient="records"))

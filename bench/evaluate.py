@@ -25,77 +25,24 @@ ranx's kernels are compiled by numba on first use (about a minute) and cached on
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
 from .errors import BenchError
+from .metrics import Metric, parse_metric
 from .runs import Qrels, Run, sort_ranking
 
-#: Our measure -> (ranx kernel module, kernel function, whether @k is required, trec_eval measure).
-MEASURES: dict[str, tuple[str | None, str | None, str, str]] = {
-    "ndcg": ("ndcg", "_ndcg_parallel", "optional", "ndcg_cut.{k} (no @k: ndcg)"),
-    "mrr": ("reciprocal_rank", "_reciprocal_rank_parallel", "optional", "recip_rank on the run cut at k"),
-    "recall": ("recall", "_recall_parallel", "required", "recall.{k}"),
-    "map": ("average_precision", "_average_precision_parallel", "optional", "map_cut.{k} (no @k: map)"),
-    "precision": ("precision", "_precision_parallel", "required", "P.{k}"),
-    "r-precision": ("r_precision", "_r_precision_parallel", "forbidden", "Rprec"),
-    "judged": (None, None, "required", "P.{k} with relevance level 0 (share of the top k that is judged)"),
+#: Our measure -> (ranx kernel module, kernel function); judged@k is counted here, not by ranx.
+KERNELS: dict[str, tuple[str, str]] = {
+    "ndcg": ("ndcg", "_ndcg_parallel"),
+    "mrr": ("reciprocal_rank", "_reciprocal_rank_parallel"),
+    "recall": ("recall", "_recall_parallel"),
+    "map": ("average_precision", "_average_precision_parallel"),
+    "precision": ("precision", "_precision_parallel"),
+    "r-precision": ("r_precision", "_r_precision_parallel"),
 }
-
-#: Spellings users write -> our measure.
-ALIASES = {
-    "ndcg": "ndcg", "mrr": "mrr", "rr": "mrr", "recip_rank": "mrr", "recall": "recall", "r": "recall",
-    "map": "map", "ap": "map", "precision": "precision", "p": "precision",
-    "r-precision": "r-precision", "rprec": "r-precision", "r_precision": "r-precision", "judged": "judged",
-}
-
-KNOWN_NAMES = ("ndcg@10", "ndcg", "mrr@10", "mrr", "recall@100", "map", "map@100", "precision@10 (p@10)",
-               "r-precision (rprec)", "judged@10")
-
-_NAME = re.compile(r"^\s*([a-z_\-]+)\s*(?:@\s*(\d+))?\s*$")
-
-
-@dataclass(frozen=True)
-class Metric:
-    """One metric as the caller named it, resolved to a measure and a cutoff."""
-
-    name: str
-    measure: str
-    k: int | None
-
-    @property
-    def trec_eval(self) -> str:
-        """The trec_eval measure this metric equals (under the same -c -M -l -J)."""
-        if self.measure in ("ndcg", "map") and self.k is None:
-            return self.measure
-        if self.measure == "ndcg":
-            return f"ndcg_cut.{self.k}"
-        if self.measure == "map":
-            return f"map_cut.{self.k}"
-        if self.measure == "mrr":
-            return "recip_rank" if self.k is None else f"recip_rank with -M {self.k}"
-        return MEASURES[self.measure][3].format(k=self.k)
-
-
-def parse_metric(name: str) -> Metric:
-    """'nDCG@10', 'mrr@10', 'Recall@100', 'map', 'MAP@100', 'P@10', 'precision@10', 'r-precision',
-    'judged@10' (case-insensitive) -> Metric; anything else is a BenchError listing the known names."""
-    match = _NAME.match(name.lower()) if isinstance(name, str) else None
-    measure = ALIASES.get(match.group(1)) if match else None
-    if measure is None:
-        raise BenchError(f"unknown metric {name!r}; known: {', '.join(KNOWN_NAMES)}")
-    k = int(match.group(2)) if match.group(2) is not None else None
-    need_k = MEASURES[measure][2]
-    if need_k == "required" and k is None:
-        raise BenchError(f"metric {name!r} needs a cutoff, e.g. {measure}@10")
-    if need_k == "forbidden" and k is not None:
-        raise BenchError(f"metric {name!r} takes no cutoff (R-precision cuts at the number of relevant documents)")
-    if k is not None and k < 1:
-        raise BenchError(f"metric {name!r}: the cutoff must be at least 1")
-    return Metric(name=name, measure=measure, k=k)
 
 
 @dataclass(frozen=True)
@@ -142,7 +89,8 @@ class Conventions:
 
 @dataclass
 class Evaluation:
-    """Means over all qrels queries, per-query values (per_query[metric][qid]) and the conventions used."""
+    """Means over all qrels queries, per-query values (per_query[metric][qid]) and the conventions used;
+    metrics are keyed by their canonical form (`bench.metrics`)."""
 
     means: dict[str, float]
     per_query: dict[str, dict[str, float]]
@@ -164,18 +112,19 @@ def prepare_ranking(docs: dict[str, float] | None, judged: dict[str, int], conve
     return ranked
 
 
-def evaluate(qrels: Qrels, run: Run, metrics: Sequence[str], conventions: Conventions = Conventions()) -> Evaluation:
-    """Score `run` against `qrels` for `metrics` (names as users write them) under `conventions`.
+def evaluate(qrels: Qrels, run: Run, metrics: Sequence[str | Metric],
+             conventions: Conventions = Conventions()) -> Evaluation:
+    """Score `run` against `qrels` for `metrics` (any spelling `parse_metric` accepts) under `conventions`.
 
-    Keys of `means` and `per_query` are the metric names exactly as given."""
+    Keys of `means` and `per_query` are the metrics' canonical forms (``ndcg@10`` -> ``nDCG@10``)."""
     started = time.perf_counter()
-    if isinstance(metrics, str):
+    if isinstance(metrics, (str, Metric)):
         metrics = [metrics]
     parsed = [parse_metric(m) for m in metrics]
     if not parsed:
         raise BenchError("no metrics asked for; name at least one, e.g. ndcg@10")
-    if len({m.name for m in parsed}) != len(parsed):
-        raise BenchError(f"metric names repeat: {list(metrics)}")
+    if len(set(parsed)) != len(parsed):
+        raise BenchError(f"metric names repeat: {list(map(str, metrics))}")
     if not qrels:
         raise BenchError("empty qrels: there is no query to evaluate")
 
@@ -185,12 +134,12 @@ def evaluate(qrels: Qrels, run: Run, metrics: Sequence[str], conventions: Conven
     arrays = None
     for metric in parsed:
         if metric.measure == "judged":
-            values = [_judged_at(ranking, qrels[qid], metric.k) for qid, ranking in zip(qids, rankings)]
+            values = [_judged_at(ranking, qrels[qid], metric.cutoff) for qid, ranking in zip(qids, rankings)]
         else:
             if arrays is None:
                 arrays = _ranx_arrays(qrels, qids, rankings)
             values = _ranx_kernel(metric, arrays, conventions)
-        per_query[metric.name] = {qid: float(v) for qid, v in zip(qids, values)}
+        per_query[str(metric)] = {qid: float(v) for qid, v in zip(qids, values)}
     means = {name: float(sum(v.values()) / len(v)) for name, v in per_query.items()}
     return Evaluation(means=means, per_query=per_query, conventions=conventions, num_queries=len(qids),
                       seconds=time.perf_counter() - started)
@@ -227,7 +176,7 @@ def _ranx_arrays(qrels: Qrels, qids: list[str], rankings: list[list[str]]):
 def _kernel(measure: str):
     import importlib
 
-    module, function = MEASURES[measure][:2]
+    module, function = KERNELS[measure]
     return getattr(importlib.import_module(f"ranx.metrics.{module}"), function)
 
 
@@ -237,7 +186,7 @@ def _ranx_kernel(metric: Metric, arrays, conventions: Conventions):
     from numba.core.errors import NumbaTypeSafetyWarning
 
     q_list, r_list = arrays
-    k = metric.k or 0  # ranx: 0 = the whole ranking
+    k = metric.cutoff or 0  # ranx: 0 = the whole ranking
     kernel = _kernel(metric.measure)
     with warnings.catch_warnings():
         # numba's compile of ranx's prange loops warns about its own uint64 loop index; harmless
@@ -260,10 +209,8 @@ def kernels_cached(metrics: Sequence[str] | None = None) -> bool:
 
     Reads numba's cache index for each kernel; an index that is missing, stale (ranx's source
     changed) or empty means the next call compiles."""
-    measures = {parse_metric(m).measure for m in metrics} if metrics is not None else set(MEASURES)
-    for measure in sorted(measures):
-        if MEASURES[measure][0] is None:
-            continue
+    measures = {parse_metric(m).measure for m in metrics} if metrics is not None else set(KERNELS)
+    for measure in sorted(measures & set(KERNELS)):
         cache = getattr(_kernel(measure), "_cache", None)
         try:
             if not cache._cache_file._load_index():  # numba internals: {} when absent or stale

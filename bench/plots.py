@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .errors import BenchError
 from .io import atomic_write_bytes
+from .metrics import by_metric, parse_metric
 
 
 def _pyplot():
@@ -99,22 +100,23 @@ def plot_throughput(records: Sequence[Mapping] | Mapping, path: str | Path, *, t
 
 def plot_quality_speed(records: Iterable[Mapping], path: str | Path, *, metric: str = "nDCG@10",
                        title: str | None = None) -> Path:
-    """Quality against reranking speed from quality records (kind 'quality' with ``metrics[metric]``
-    and ``timings.rerank_pairs_per_s``); first-stage-only records have no reranking speed and are
-    left out. One colour per reranker label, one marker per dataset."""
+    """Quality against reranking speed from quality records (kind 'quality' with ``metrics[metric]``,
+    `metric` in any spelling, and ``timings.rerank_pairs_per_s``); first-stage-only records have no
+    reranking speed and are left out. One colour per reranker label, one marker per dataset."""
+    wanted = parse_metric(metric)
     points: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
     for rec in records:
         if rec.get("kind") != "quality":
             continue
         speed = (rec.get("timings") or {}).get("rerank_pairs_per_s")
-        value = (rec.get("metrics") or {}).get(metric)
+        value = by_metric(rec.get("metrics") or {}).get(wanted)
         if speed is None or value is None:
             continue
         label = (rec.get("system") or {}).get("label", "?")
         dataset = (rec.get("dataset") or {}).get("label") or (rec.get("dataset") or {}).get("name", "?")
         points[label].append((float(speed), float(value), dataset))
     if not points:
-        raise BenchError(f"no quality record with metrics[{metric!r}] and timings.rerank_pairs_per_s to plot")
+        raise BenchError(f"no quality record with metrics[{str(wanted)!r}] and timings.rerank_pairs_per_s to plot")
     datasets = sorted({d for pts in points.values() for _, _, d in pts})
     markers = dict(zip(datasets, "osD^v<>phX*" * 3))
     fig = _figure(figsize=(7, 4.5))
@@ -128,8 +130,8 @@ def plot_quality_speed(records: Iterable[Mapping], path: str | Path, *, metric: 
         ax.scatter([], [], color="grey", marker=marker, label=f"dataset: {dataset}")
     ax.set_xscale("log")
     ax.set_xlabel("reranking speed (pairs / s, as measured in the run)")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(str(wanted))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(title or f"{metric} against reranking speed")
+    ax.set_title(title or f"{wanted} against reranking speed")
     return _save(fig, path)

@@ -161,7 +161,7 @@ class Entry(Spec):
     @field_validator("metric")
     @classmethod
     def _metric(cls, v):
-        from .evaluate import parse_metric
+        from .metrics import parse_metric
 
         try:
             parse_metric(v)

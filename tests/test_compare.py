@@ -96,13 +96,13 @@ def test_compare_runs_marks_and_holm():
     result = compare(scores, Settings(permutations=2000, bootstrap=2000))
     assert result.systems == ["bm25", "reranker", "bm25-copy"]
     means = result.means.set_index(["metric", "system"])
-    assert means.loc[("ndcg@10", "bm25"), "mean"] == pytest.approx(evaluate(qrels, runs["bm25"], ["ndcg@10"]).means["ndcg@10"])
-    assert means.loc[("ndcg@10", "reranker"), "better_than"] == "ac"
-    assert means.loc[("ndcg@10", "bm25"), "better_than"] == ""
+    assert means.loc[("nDCG@10", "bm25"), "mean"] == pytest.approx(evaluate(qrels, runs["bm25"], ["ndcg@10"]).means["nDCG@10"])
+    assert means.loc[("nDCG@10", "reranker"), "better_than"] == "ac"
+    assert means.loc[("nDCG@10", "bm25"), "better_than"] == ""
     same = result.pairs[(result.pairs.system_a == "bm25") & (result.pairs.system_b == "bm25-copy")]
     assert (same.p_t_test == 1.0).all() and (same.p_randomization == 1.0).all() and (same["diff"] == 0).all()
     # Holm family = the 3 pairs of one metric's table
-    ndcg = result.pairs[result.pairs.metric == "ndcg@10"]
+    ndcg = result.pairs[result.pairs.metric == "nDCG@10"]
     assert list(ndcg.p_randomization_adjusted) == pytest.approx(list(holm(ndcg.p_randomization)))
     text = result.markdown()
     assert "(b) reranker" in text and "<sup>ac</sup>" in text and "Holm correction over the 3 comparisons" in text
@@ -158,15 +158,15 @@ def test_bench_compare_records_over_both_shared_collections(shared_records, tmp_
     assert "| system" in captured.out and "| yo " in captured.out and "| en " in captured.out and "Avg" in captured.out
     assert "<sup>a</sup>" in captured.out  # the reranker beats the first stage
     assert "Metrics under trec_eval -c -M 100" in captured.out
-    for name in ("comparison.md", "comparison.tex", "pairs.csv", "means.csv", "differences_ndcg_10.png", "comparison.json"):
+    for name in ("comparison.md", "comparison.tex", "pairs.csv", "means.csv", "differences_nDCG_10.png", "comparison.json"):
         assert (out / name).is_file(), name
-    assert (out / "differences_ndcg_10.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "differences_nDCG_10.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "\\begin{tabular}" in (out / "comparison.tex").read_text() and "$^{a}$" in (out / "comparison.tex").read_text()
     pairs = pd.read_csv(out / "pairs.csv")
     assert len(pairs) == 2 and set(pairs.dataset) == {"miracl/yo/dev", "vaswani"}
     assert (pairs.ci_low > 0).all() and (pairs.significant).all()
     rec = read_record(out / "comparison.json")
-    assert rec["kind"] == "comparison" and rec["plots"] == ["differences_ndcg_10.png"]
+    assert rec["kind"] == "comparison" and rec["plots"] == ["differences_nDCG_10.png"]
     # record means equal the records' own means
     yo = json.loads((shared_records / "records" / "miracl_yo_dev__reranker.json").read_text())
     means = pd.read_csv(out / "means.csv").set_index(["dataset", "system"])
@@ -187,7 +187,7 @@ def test_a_metric_the_records_lack_comes_from_their_run_files(shared_records, sh
                  "--bootstrap", "500"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert captured.err.count("note:") == 4 and "mrr@10 computed from its run file runs/" in captured.err
+    assert captured.err.count("note:") == 4 and "MRR@10 computed from its run file runs/" in captured.err
     assert "MRR@10" in captured.out or "mrr@10" in captured.out
     rec = json.loads((folder / "records" / "vaswani__reranker.json").read_text())
     qrels = read_qrels(folder / rec["qrels_file"])
@@ -195,7 +195,7 @@ def test_a_metric_the_records_lack_comes_from_their_run_files(shared_records, sh
     expect = evaluate(qrels, read_run(folder / rec["run_file"]), ["mrr@10"], Conventions(depth=100))
     scores = scores_from_records(load_records([folder / "records" / "vaswani__reranker.json"]), ["mrr@10"])
     got = scores.set_index("query")["value"].to_dict()
-    assert got == pytest.approx(expect.per_query["mrr@10"], abs=1e-12) and len(got) == len(qrels)
+    assert got == pytest.approx(expect.per_query["MRR@10"], abs=1e-12) and len(got) == len(qrels)
 
     # files that do not reproduce the record's own nDCG@10 are refused, by name
     run_path = folder / rec["run_file"]
@@ -220,7 +220,7 @@ def test_bench_compare_run_files(shared_data, tmp_path, capsys):
                  "--test", "t-test", "--permutations", "500", "--bootstrap", "500"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "### ndcg@10" in captured.out and "### map" in captured.out and "paired t-test" in captured.out
+    assert "### nDCG@10" in captured.out and "### MAP" in captured.out and "paired t-test" in captured.out
     assert main(["compare", *map(str, paths)]) == 2
     assert "need --qrels" in capsys.readouterr().err
     assert main(["compare", *map(str, paths), "--qrels", str(qrels_path), "--label", "x", "--label", "x"]) == 2
@@ -238,7 +238,7 @@ def test_records_metric_matching_and_mixed_conventions(tmp_path):
     with pytest.raises(BenchError, match="different conventions"):
         scores_from_records(records, ["ndcg@10"])
     scores = scores_from_records(records[:1], ["ndcg@10"])
-    assert set(scores.metric) == {"ndcg@10"} and len(scores) == 2
+    assert set(scores.metric) == {"nDCG@10"} and len(scores) == 2
     notes = []
     mapped = scores_from_records(records[:1], ["map"], notes=notes)  # not in the record: from its files
     assert mapped.set_index("query")["value"].to_dict() == {"q1": 1.0, "q2": 0.0} and len(notes) == 1
@@ -273,3 +273,36 @@ def test_untrained_systems_are_marked(tmp_path):
     _quality_record(tmp_path, "toy", None, "bm25", "first_stage", qrels, run, ["nDCG@10"], Conventions())
     scores = scores_from_records(load_records([tmp_path / "records"]))
     assert list(dict.fromkeys(scores.system)) == ["first stage: bm25", "rnd (untrained)"]  # first stage first
+
+
+def test_rr_at_10_finds_records_evaluated_for_mrr_at_10(tmp_path, capsys):
+    """`-m RR@10` (ir_measures' spelling) finds per-query values a record holds as MRR@10, and those of
+    a record written before metrics had one form, keyed on the spelling its user typed (mrr@10):
+    nothing is recomputed (the run files are gone), and the table is headed by the canonical form."""
+    import shutil
+
+    from bench.cli import main
+    from bench.compare import load_records
+
+    qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}, "q3": {"d3": 1}}
+    first = {"q1": {"d9": 2.0, "d1": 1.0}, "q2": {"d2": 1.0}, "q3": {"d8": 1.0}}
+    better = {"q1": {"d1": 2.0, "d9": 1.0}, "q2": {"d2": 1.0}, "q3": {"d3": 1.0}}
+    _quality_record(tmp_path, "toy", None, "A", "first_stage", qrels, first, ["MRR@10"], Conventions())
+    _quality_record(tmp_path, "toy", None, "B", "rerank", qrels, better, ["mrr@10"], Conventions())
+    old = tmp_path / "records" / "toy__B.json"
+    rec = json.loads(old.read_text())
+    rec["metrics"], rec["per_query"] = {"mrr@10": rec["metrics"]["MRR@10"]}, {"mrr@10": rec["per_query"]["MRR@10"]}
+    old.write_text(json.dumps(rec))
+    shutil.rmtree(tmp_path / "runs")
+
+    records = load_records([tmp_path / "records"])
+    for asked in (["RR@10"], ["recip_rank.10"], None):
+        scores = scores_from_records(records, asked)
+        assert set(scores.metric) == {"MRR@10"}
+        assert scores.set_index(["system", "query"])["value"].to_dict() == {
+            ("first stage: A", "q1"): 0.5, ("first stage: A", "q2"): 1.0, ("first stage: A", "q3"): 0.0,
+            ("B", "q1"): 1.0, ("B", "q2"): 1.0, ("B", "q3"): 1.0}
+    code = main(["compare", str(tmp_path / "records"), "-m", "RR@10", "--permutations", "200", "--bootstrap", "200"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "note:" not in captured.err and "### MRR@10" in captured.out and "RR@10" not in captured.out.replace("MRR@10", "")

@@ -14,7 +14,9 @@ import random
 import pytest
 
 from bench.errors import BenchError
-from bench.evaluate import Conventions, evaluate, parse_metric
+from bench.config import EvaluationSpec
+from bench.evaluate import Conventions, evaluate
+from bench.metrics import Metric, parse_metric
 
 pytrec_eval = pytest.importorskip("pytrec_eval")
 
@@ -132,15 +134,17 @@ def _random_case(rng: random.Random):
 def _check_case(qrels, run, conventions):
     plan = _metric_plan()
     names = [name for name, _, _ in plan] + [f"judged@{k}" for k in CUTS]
-    ours = evaluate(qrels, run, names, conventions)
-    assert set(ours.means) == set(names)
+    # spellings of one metric (P@k and precision@k) are one metric: each is asked for once and
+    # found under its canonical form
+    ours = evaluate(qrels, run, list({str(parse_metric(n)): n for n in names}.values()), conventions)
+    assert set(ours.means) == {str(parse_metric(n)) for n in names}
     for name, measure, k_cut in plan:
         ref = _reference(qrels, run, measure, conventions, k_cut)
-        got = ours.per_query[name]
+        got = ours.per_query[str(parse_metric(name))]
         assert set(got) == set(qrels), name
         for qid in qrels:
             assert got[qid] == pytest.approx(ref[qid], abs=TOL), (name, qid, conventions, qrels[qid], run.get(qid))
-        assert ours.means[name] == pytest.approx(sum(ref.values()) / len(ref), abs=TOL)
+        assert ours.means[str(parse_metric(name))] == pytest.approx(sum(ref.values()) / len(ref), abs=TOL)
     for k in CUTS:
         ref = _reference_judged(qrels, run, k, conventions)
         for qid in qrels:
@@ -160,7 +164,7 @@ def test_all_equal_scores_follow_trec_eval_order():
     run = {"q": {"d1": 0.5, "d10": 0.5, "d9": 0.5}}
     ours = evaluate(qrels, run, ["P@1", "mrr"])
     assert ours.per_query["P@1"]["q"] == 0.0  # d9 ranks first ("d9" > "d10" > "d1")
-    assert ours.per_query["mrr"]["q"] == pytest.approx(1 / 3)
+    assert ours.per_query["MRR"]["q"] == pytest.approx(1 / 3)
     assert _reference(qrels, run, "recip_rank", Conventions()) == {"q": pytest.approx(1 / 3)}
 
 
@@ -168,8 +172,8 @@ def test_missing_and_run_only_queries_and_no_relevant():
     qrels = {"a": {"d1": 1}, "b": {"d2": 1}, "c": {"d3": 0}}
     run = {"a": {"d1": 1.0}, "c": {"d3": 1.0}, "zzz": {"d1": 1.0}}
     ours = evaluate(qrels, run, ["ndcg@10", "judged@1"])
-    assert ours.per_query["ndcg@10"] == {"a": 1.0, "b": 0.0, "c": 0.0}
-    assert ours.means["ndcg@10"] == pytest.approx(1 / 3)  # b (missing) and c (no relevant) count as 0
+    assert ours.per_query["nDCG@10"] == {"a": 1.0, "b": 0.0, "c": 0.0}
+    assert ours.means["nDCG@10"] == pytest.approx(1 / 3)  # b (missing) and c (no relevant) count as 0
     assert ours.per_query["judged@1"] == {"a": 1.0, "b": 0.0, "c": 1.0}
     assert ours.num_queries == 3
 
@@ -179,12 +183,12 @@ def test_ndcg_ignores_rel_level_like_trec_eval():
     run = {"q": {"a": 2.0, "b": 1.0}}
     lvl1 = evaluate(qrels, run, ["ndcg@2", "map"], Conventions(rel_level=1))
     lvl2 = evaluate(qrels, run, ["ndcg@2", "map"], Conventions(rel_level=2))
-    assert lvl1.means["ndcg@2"] == lvl2.means["ndcg@2"] < 1.0
-    assert lvl1.means["map"] == 1.0 and lvl2.means["map"] == 0.5
+    assert lvl1.means["nDCG@2"] == lvl2.means["nDCG@2"] < 1.0
+    assert lvl1.means["MAP"] == 1.0 and lvl2.means["MAP"] == 0.5
 
 
 def test_metric_names_as_given_and_errors():
-    assert parse_metric("nDCG@10").measure == "ndcg" and parse_metric("nDCG@10").k == 10
+    assert parse_metric("nDCG@10").measure == "ndcg" and parse_metric("nDCG@10").cutoff == 10
     assert parse_metric("MAP@100").trec_eval == "map_cut.100"
     assert parse_metric("r-precision").trec_eval == "Rprec"
     for bad, message in [("bleu@4", "unknown metric 'bleu@4'; known: ndcg@10"), ("recall", "needs a cutoff"),
@@ -193,6 +197,52 @@ def test_metric_names_as_given_and_errors():
             parse_metric(bad)
     with pytest.raises(BenchError, match="repeat"):
         evaluate({"q": {"d": 1}}, {}, ["ndcg@10", "ndcg@10"])
+
+
+#: Spellings people type (ours, ir_measures', trec_eval's, any case) -> the one canonical form.
+SPELLINGS = {
+    "nDCG@10": ["nDCG@10", "ndcg@10", "NDCG@10", "ndcg_cut.10", " nDCG @ 10 "],
+    "nDCG": ["ndcg", "nDCG"],
+    "MRR@10": ["MRR@10", "mrr@10", "RR@10", "rr@10", "recip_rank@10"],
+    "MRR": ["mrr", "RR", "recip_rank"],
+    "Recall@100": ["Recall@100", "recall@100", "R@100", "recall.100"],
+    "P@10": ["P@10", "p@10", "P.10", "precision@10"],
+    "MAP": ["AP", "map", "MAP"],
+    "MAP@100": ["AP@100", "map@100", "MAP@100", "map_cut.100"],
+    "Rprec": ["Rprec", "RPREC", "r-precision", "R_precision"],
+    "judged@10": ["Judged@10", "judged@10"],
+}
+
+
+@pytest.mark.parametrize("canonical", list(SPELLINGS))
+def test_every_spelling_is_one_canonical_metric(canonical):
+    metrics = {parse_metric(name) for name in SPELLINGS[canonical]}
+    assert len(metrics) == 1, metrics
+    metric = metrics.pop()
+    assert str(metric) == canonical and parse_metric(canonical) == metric and parse_metric(metric) is metric
+    qrels, run = {"q": {"a": 1, "b": 0}}, {"q": {"a": 1.0, "b": 0.5}}
+    assert list(evaluate(qrels, run, SPELLINGS[canonical][:1]).means) == [canonical]
+
+
+def test_trec_eval_spellings_name_their_trec_eval_measure():
+    for name in ("ndcg_cut.10", "recall.100", "P.10", "map_cut.100", "map", "ndcg", "Rprec", "recip_rank"):
+        assert parse_metric(name).trec_eval == name
+    assert isinstance(parse_metric("RR@10"), Metric) and parse_metric("RR@10") == Metric("mrr", 10)
+
+
+def test_default_metrics_print_as_records_show_them():
+    """No change of behaviour: the experiments' default metrics are their own canonical forms."""
+    assert [str(parse_metric(m)) for m in EvaluationSpec().metrics] == ["nDCG@10", "MRR@10", "Recall@100"]
+
+
+def test_unknown_spelling_lists_the_known_names_and_spellings_of_one_metric_repeat():
+    with pytest.raises(BenchError, match=r"unknown metric 'bleu@4'; known: ndcg@10 .*rr@10.*recall\.100.*rprec"):
+        parse_metric("bleu@4")
+    for bad in ("ndcg_cut", "map_cut", "P"):
+        with pytest.raises(BenchError, match="needs a cutoff"):
+            parse_metric(bad)
+    with pytest.raises(BenchError, match="repeat"):
+        evaluate({"q": {"d": 1}}, {}, ["ndcg@10", "ndcg_cut.10"])
 
 
 def test_conventions_validate_and_describe():
@@ -236,7 +286,7 @@ def test_bench_eval_matches_trec_eval_on_shared_miracl(shared_data, tmp_path, ca
     assert code == 0, captured.err
     out = json.loads(captured.out)
     conventions = Conventions(depth=100)
-    for name, measure in (("ndcg@10", "ndcg_cut.10"), ("Recall@100", "recall.100")):
+    for name, measure in (("nDCG@10", "ndcg_cut.10"), ("Recall@100", "recall.100")):  # keyed by canonical form
         ref = _reference(qrels, run, measure, conventions)
         assert out[name] == pytest.approx(sum(ref.values()) / 119, abs=TOL)
         assert out["per_query"][name] == pytest.approx(ref, abs=TOL)
@@ -255,7 +305,7 @@ def test_bench_eval_table_and_errors(tmp_path, capsys):
     assert main(["eval", "--qrels", str(tmp_path / "qrels.txt"), "--run", str(tmp_path / "run.trec"),
                  "-m", "mrr@10", "-m", "P@1", "--per-query"]) == 0
     out = capsys.readouterr().out
-    assert "| mrr@10   | 0.5000 |" in out and "| q2      |" in out
+    assert "| MRR@10   | 0.5000 |" in out and "| q2      |" in out
     (tmp_path / "bad.trec").write_text("q1 Q0 d1 1 0.9 t\nq1 Q0 d3 2 zero t\n")
     assert main(["eval", "--qrels", str(tmp_path / "qrels.txt"), "--run", str(tmp_path / "bad.trec"), "-m", "map"]) == 2
     assert "bad.trec:2: score 'zero' is not a number" in capsys.readouterr().err

@@ -29,8 +29,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dataset", default=None, help="dataset label of the run files (default: the qrels file name)")
     parser.add_argument("--language", default=None, help="language code of the run files' dataset")
     parser.add_argument("--metric", "-m", dest="metrics", action="extend", nargs="+", default=None, metavar="M",
-                        help="metrics to compare (runs: default ndcg@10; records: default every metric they share; "
-                             "one a record lacks is computed from the run and qrels files beside it)")
+                        help="metrics to compare, in any spelling `bench eval` takes (nDCG@10, ndcg_cut.10, RR@10, ...): "
+                             "records are matched by meaning (runs: default nDCG@10; records: default every metric "
+                             "they share; one a record lacks is computed from the run and qrels files beside it)")
     add_conventions_arguments(parser)
     parser.add_argument("--baseline", default=None, help="system the plot subtracts (default: the first system)")
     parser.add_argument("--test", choices=("randomization", "t-test"), default="randomization",

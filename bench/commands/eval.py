@@ -6,6 +6,11 @@ import json
 import sys
 from pathlib import Path
 
+from ..evaluate import Conventions, evaluate, notify_if_cold
+from ..io import atomic_write_text
+from ..metrics import parse_metric
+from ..runs import read_qrels, read_run
+
 
 def add_conventions_arguments(parser) -> None:
     """--depth / --rel-level / --judged-only, shared with `bench compare`."""
@@ -21,8 +26,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--qrels", type=Path, required=True, help="TREC qrels or BEIR qrels tsv")
     parser.add_argument("--run", type=Path, required=True, help="TREC run (also .gz), or ranx .json/.lz4/.parquet")
     parser.add_argument("--metric", "-m", dest="metrics", action="extend", nargs="+", required=True, metavar="M",
-                        help="metrics as written in papers: ndcg@10 mrr@10 recall@100 map map@100 precision@10 "
-                             "r-precision judged@10 (repeat or list several)")
+                        help="metrics as written in papers, ir_measures or trec_eval, in any case: ndcg@10 "
+                             "(ndcg_cut.10) mrr@10 (RR@10) recall@100 (R@100, recall.100) map (AP) map@100 "
+                             "precision@10 (P@10, P.10) r-precision (Rprec) judged@10 (repeat or list several); "
+                             "printed in one canonical form (nDCG@10, MRR@10, Recall@100, ...)")
     add_conventions_arguments(parser)
     parser.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
     parser.add_argument("--per-query", action="store_true", help="also print every query's value")
@@ -30,10 +37,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..evaluate import Conventions, evaluate, notify_if_cold, parse_metric
-    from ..io import atomic_write_text
-    from ..runs import read_qrels, read_run
-
     for name in args.metrics:
         parse_metric(name)  # unknown names fail before any file is read
     conventions = Conventions(depth=args.depth, rel_level=args.rel_level, judged_only=args.judged_only)
