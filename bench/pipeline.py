@@ -15,8 +15,8 @@ from typing import Any
 from .cache import cache_root, entry, key_of
 from .config import Experiment, RerankerSpec
 from .engine.device import release_memory
-from .io import atomic_write_json, atomic_write_text, sha256_file
-from .records import make_record
+from .io import atomic_write_text, sha256_file
+from .records import QualityRecord, make_record
 
 
 def slug(text: str) -> str:
@@ -39,12 +39,12 @@ class Pipeline:
             self.experiment_info.update(file=str(experiment_path), sha256=sha256_file(experiment_path))
 
     # -- the whole experiment -------------------------------------------------------------------
-    def run(self) -> list[dict]:
+    def run(self) -> list[QualityRecord]:
         from .data import expand, load_collection
 
         from .retrieve.stage import FirstStage
 
-        records: list[dict] = []
+        records: list[QualityRecord] = []
         specs = [s for spec in self.exp.datasets for s in expand(spec)]
         prepared = []
         stages: dict[str, FirstStage] = {}  # one per name: datasets sharing it load its model once
@@ -79,7 +79,7 @@ class Pipeline:
         return records
 
     # -- stages ---------------------------------------------------------------------------------
-    def first_stage(self, collection, stage) -> tuple[dict, dict]:
+    def first_stage(self, collection, stage) -> tuple[dict, QualityRecord]:
         run, info = stage.retrieve(collection)
         name = stage.name
         system = {"label": name, "stage": "first_stage", "first_stage": stage.describe(), "reranker": None}
@@ -91,15 +91,15 @@ class Pipeline:
         rec = self._quality_record(collection, system, run, name, timings, {}, info)
         return run, rec
 
-    def rerank(self, collection, fs_name: str, fs_rec: dict, candidates: dict, spec: RerankerSpec,
-               holder: dict) -> dict:
+    def rerank(self, collection, fs_name: str, fs_rec: QualityRecord, candidates: dict, spec: RerankerSpec,
+               holder: dict) -> QualityRecord:
         from .engine.device import precision_for
         from .rerank import build_reranker
         from .rerank.stage import RerankStage
 
         spec_key = spec.model_dump(mode="json", exclude={"name", "device", "batch_size", "token_budget"})
         checkpoints = entry(self.cache, "rerank", f"{collection.name}-{spec.label}", reranker=spec_key,
-                            precision=precision_for(spec.dtype, spec.device, spec.engine), candidates=fs_rec["key"])
+                            precision=precision_for(spec.dtype, spec.device, spec.engine), candidates=fs_rec.key)
 
         def factory():
             if "reranker" not in holder:
@@ -124,17 +124,17 @@ class Pipeline:
 
         described = holder["reranker"].describe() if "reranker" in holder else {
             "engine": spec.engine, "model": models.describe(spec.model, spec.revision), "note": "all blocks resumed from cache"}
-        system = {"label": spec.label, "stage": "rerank", "first_stage": fs_rec["system"]["first_stage"],
+        system = {"label": spec.label, "stage": "rerank", "first_stage": fs_rec.system.first_stage,
                   "first_stage_label": fs_name, "reranker": {**spec.model_dump(mode="json"), **described}}
         timings = {"rerank_seconds": time.perf_counter() - t0, "rerank_scoring_seconds": info["seconds"],
                    "rerank_pairs_per_s": info["pairs_per_second"], "resumed_blocks": info["resumed_blocks"],
                    "blocks": info["blocks"]}
         return self._quality_record(collection, system, run, f"{fs_name}__{spec.label}", timings, diagnostics,
-                                    {"checkpoints": str(checkpoints)}, parent=fs_rec["key"])
+                                    {"checkpoints": str(checkpoints)}, parent=fs_rec.key)
 
     # -- records --------------------------------------------------------------------------------
     def _quality_record(self, collection, system: dict, run: dict, run_name: str, timings: dict,
-                        diagnostics: dict, info: dict, parent: str | None = None) -> dict:
+                        diagnostics: dict, info: dict, parent: str | None = None) -> QualityRecord:
         from .evaluate import Conventions, evaluate
         from .runs import write_qrels, write_run
 
@@ -174,10 +174,10 @@ class Pipeline:
             timings=timings,
             info=info,
         )
-        atomic_write_json(self.out / "records" / f"{ds_slug}__{slug(run_name)}.json", rec)
+        rec.to_disk(self.out / "records" / f"{ds_slug}__{slug(run_name)}.json")
         return rec
 
-    def write_report(self, records: list[dict]) -> str:
+    def write_report(self, records: list[QualityRecord]) -> str:
         from .report import quality_report
 
         text, frame = quality_report(records)
@@ -193,6 +193,6 @@ def _stable(system: dict) -> dict:
 
 
 def run_experiment(experiment: Experiment, out_dir: str | Path, *, experiment_path: str | Path | None = None,
-                   progress: bool = True, log=print) -> list[dict]:
+                   progress: bool = True, log=print) -> list[QualityRecord]:
     """Run `experiment` into `out_dir` and return its quality records."""
     return Pipeline(experiment, out_dir, experiment_path=experiment_path, progress=progress, log=log).run()

@@ -1,8 +1,13 @@
-"""Result records: one JSON schema for every number the harness produces, written atomically.
+"""Result records: one JSON schema for every number the harness produces, one typed model per kind.
 
 A record holds what was measured (metrics, timings), what produced it (dataset, models with
 revisions, every setting) and where (git sha, package versions, device, UTC date), so a number
 never travels without its context. Tables and plots are made from records only.
+
+Each kind (quality, throughput, fidelity, comparison, reproduce) is a pydantic model over the shared
+`Record` base. The fields readers use are typed; descriptions that differ by engine or collection
+stay free-form dicts. A record is written back with exactly the keys it was read or built with, in
+their order (`Part`), so schema-1 files written before these models load and write back unchanged.
 """
 
 from __future__ import annotations
@@ -13,9 +18,16 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_serializer, model_validator
+
+from .config import format_validation_error
+from .errors import BenchError
+from .io import atomic_write_json
 
 
 SCHEMA = "rerank-bench/record"
@@ -89,41 +101,461 @@ def environment() -> dict[str, Any]:
     }
 
 
-def make_record(kind: str, **fields: Any) -> dict[str, Any]:
+# -- the parts a record is made of ---------------------------------------------------------------
+class DictAccessBridge:
+    """TEMPORARY (issue 9, remove once the merged readers use attributes): the dict-style access
+    that bench/compare.py, bench/commands/compare.py, bench/throughput.py, bench/fidelity.py,
+    bench/plots.py and experiments/gpu/run_checks.py still use on records: ``rec["cells"]``,
+    ``rec.get("kind")``, ``"_path" in rec``, ``rec["_path"] = path``, ``rec["plots"] = [...]``.
+    A key reads as present when the record was given it, as with the dicts records used to be."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "_path":
+            if getattr(self, "path", None) is None:
+                raise KeyError(key)
+            return str(self.path)
+        if key not in self._keys:
+            raise KeyError(key)
+        return getattr(self, self._attribute(key))
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key == "_path":
+            self.path = value
+        else:
+            setattr(self, self._attribute(key), value)
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            self[key]
+        except KeyError:
+            return False
+        return True
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(k, self[k]) for k in self._keys]
+
+    @classmethod
+    def _attribute(cls, key: str) -> str:
+        return next((name for name, f in cls.model_fields.items() if f.alias == key), key)
+
+
+class Part(DictAccessBridge, BaseModel):
+    """A piece of a record. Keys it does not declare are kept, and it is written with exactly the
+    keys it was given, in their order: a declared field left out stays out of the JSON (its default
+    only serves readers), so reading and writing a record changes nothing in the file."""
+
+    # ser_json_inf_nan: a JSON-mode dump (bench.io's fallback for models) keeps NaN, as json.dumps writes it.
+    model_config = ConfigDict(extra="allow", validate_by_name=True, validate_by_alias=True,
+                              serialize_by_alias=True, ser_json_inf_nan="constants")
+    _keys: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _remember_keys(cls, data: Any, handler):
+        part = handler(data)
+        if isinstance(data, dict):
+            part._keys = [cls._written_key(k) for k in data]
+        return part
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in type(self).model_fields or name in (self.__pydantic_extra__ or {}):
+            key = self._written_key(name)
+            if key not in self._keys:
+                self._keys.append(key)
+
+    @model_serializer(mode="wrap")
+    def _given_keys_in_order(self, handler):
+        out = handler(self)
+        return {k: out[k] for k in self._keys if k in out}
+
+    def has(self, key: str) -> bool:
+        """Whether the record states `key` (a stated null included): for checks that compare only
+        what a record says."""
+        return self._written_key(key) in self._keys
+
+    @classmethod
+    def _written_key(cls, name: str) -> str:
+        field = cls.model_fields.get(name)
+        return field.alias if field is not None and field.alias else name
+
+
+class Environment(Part):
+    """Where a record was made (`environment()`)."""
+
+    git: dict[str, Any]
+    python: str
+    platform: str
+    packages: dict[str, str | None]
+    device: dict[str, Any]
+    created_utc: str
+
+
+class Record(Part):
+    """What every record holds; `path` is the file it was read from or written to (not in the JSON)."""
+
+    schema_name: Literal["rerank-bench/record"] = Field(alias="schema")
+    schema_version: Literal[1]
+    kind: str
+    environment: Environment
+    _path: Path | None = PrivateAttr(None)
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @path.setter
+    def path(self, value: str | os.PathLike | None) -> None:
+        self._path = None if value is None else Path(value)
+
+    @classmethod
+    def from_disk(cls, path: str | os.PathLike) -> Self:
+        """The record in `path`, as its kind's model; a BenchError when it is not of this class's kind."""
+        rec = read_record(path)
+        if not isinstance(rec, cls):
+            raise BenchError(f"{path}: a {rec.kind!r} record, not a {cls.__name__}")
+        return rec
+
+    def to_disk(self, path: str | os.PathLike) -> Path:
+        """Write atomically; the record then knows `path`."""
+        self.path = atomic_write_json(path, self.model_dump())
+        return self.path
+
+
+Mapping.register(Record)  # TEMPORARY with DictAccessBridge: plots.plot_throughput tells one record from a list by it
+
+
+# -- quality: one system on one dataset ------------------------------------------------------------
+class Dataset(Part):
+    """The collection a quality record measured: its label, then `Collection.describe()`."""
+
+    label: str
+    name: str | None = None
+    id: str | None = None
+    split: str | None = None
+    language: str | None = None
+    n_queries: int | None = None
+    n_docs: int | None = None
+    max_queries: int | None = None
+    fingerprint: str | None = None
+    judged_docs_missing: int | None = None
+
+
+class System(Part):
+    """A first stage (`stage` first_stage) or a reranker over one (`stage` rerank). The components'
+    descriptions (`first_stage`, `reranker`) differ by kind and engine and stay free-form."""
+
+    label: str
+    stage: Literal["first_stage", "rerank"] | None = None
+    first_stage: dict[str, Any] = {}
+    first_stage_label: str | None = None
+    reranker: dict[str, Any] | None = None
+
+    @property
+    def untrained(self) -> bool:
+        """Whether the system's model has random weights: the reranker's, else the first stage's."""
+        return any(isinstance(part, dict) and isinstance(part.get("model"), dict) and bool(part["model"].get("untrained"))
+                   for part in (self.reranker, self.first_stage))
+
+
+class StatedConventions(Part):
+    """The trec_eval conventions a record was evaluated under (`evaluate.Conventions.describe()`);
+    None: the record does not state it."""
+
+    trec_eval_flags: str | None = None
+    depth: int | None = None
+    rel_level: int | None = None
+    judged_only: bool | None = None
+    ties: str | None = None
+
+
+class EvaluationSettings(Part):
+    metrics: list[str] = []
+    conventions: StatedConventions = Field(default_factory=StatedConventions)
+
+
+class QualityTimings(Part):
+    """First stages fill the first group, rerankers the second."""
+
+    first_stage_seconds: float | None = None
+    cached: bool | None = None
+    encode_seconds: float | None = None
+    search_seconds: float | None = None
+    docs_per_second: float | None = None
+    rerank_seconds: float | None = None
+    rerank_scoring_seconds: float | None = None
+    rerank_pairs_per_s: float | None = None
+    resumed_blocks: int | None = None
+    blocks: int | None = None
+
+
+class QualityRecord(Record):
+    """Metrics of one system on one dataset (`bench run`), with per-query values and the run and
+    qrels files they come from (relative to the run folder that holds `records/`)."""
+
+    kind: Literal["quality"]
+    key: str | None = None
+    experiment: dict[str, Any] = {}
+    dataset: Dataset
+    system: System
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    metrics: dict[str, float]
+    per_query: dict[str, dict[str, float]] = {}
+    diagnostics: dict[str, float | int | None] = {}
+    run_file: str | None = None
+    qrels_file: str | None = None
+    timings: QualityTimings = Field(default_factory=QualityTimings)
+    info: dict[str, Any] = {}
+
+
+# -- throughput: engines side by side on the same pairs --------------------------------------------
+class ModelInfo(Part):
+    """`models.describe()`: the reference, revision and whether the weights are random."""
+
+    ref: str
+    revision: str | None = None
+    untrained: bool = False
+    source: str | None = None
+    shape: dict[str, Any] | None = None
+
+
+class PairsSummary(Part):
+    """`PairSet.describe()` with the token counts per max_length."""
+
+    collection: str | None = None
+    language: str | None = None
+    candidates: str | None = None
+    n_pairs: int
+    n_queries: int
+    k: int
+    mean_chars_per_pair: float | None = None
+    mean_tokens_per_pair: dict[str, float] = {}
+    truncated_share: dict[str, float] = {}
+
+
+class ThroughputSettings(Part):
+    warmup: int
+    repeats: int
+    latency_queries: int
+    query_max_length: int | None = None
+    interleave: bool = False
+
+
+class MatmulCeiling(Part):
+    """The device's measured matrix rate (`throughput.matmul_ceiling`)."""
+
+    device: str | None = None
+    dtype: str | None = None
+    n: int | None = None
+    repeats: int | None = None
+    median_s: float | None = None
+    tflop_per_s: float | None = None
+    method: str | None = None
+
+
+class CellResult(Part):
+    """One cell of a sweep: its knobs, then what it measured; a failed cell has `error` and no measures."""
+
+    engine: str
+    dtype: str
+    max_length: int
+    batch_size: int | None = None
+    token_budget: int | None = None
+    options: dict[str, Any] = {}
+    max_pairs: int | None = None
+    note: str = ""
+    label: str
+    variant: str
+    engine_describe: dict[str, Any] = {}
+    n_pairs: int | None = None
+    n_queries: int | None = None
+    k: int | None = None
+    warmup: int | None = None
+    repeats: int | None = None
+    seconds: list[float] = []
+    median_s: float | None = None
+    pairs_per_s: float | None = None
+    queries_per_s: float | None = None
+    latency_ms: dict[str, Any] = {}
+    peak_memory: dict[str, Any] = {}
+    stats: dict[str, Any] = {}
+    padding_fraction: float | None = None
+    mean_tokens_per_pair: float | None = None
+    error: str | None = None
+    dtype_resolved: str | None = None
+    devices: int | None = None
+    useful_flop: int | None = None
+    useful_tflop_per_s: float | None = None
+    ceiling_share: float | None = None
+    flop_tokens: int | None = None
+    flop_tokens_note: str | None = None
+    speedup_vs_plain: float | None = None
+    speedup_reference: str | None = None
+
+
+class ThroughputRecord(Record):
+    kind: Literal["throughput"]
+    name: str
+    model: ModelInfo
+    device: str
+    pairs: PairsSummary
+    settings: ThroughputSettings
+    ceiling: MatmulCeiling
+    cells: list[CellResult]
+
+
+# -- fidelity: lower precisions against fp32 -------------------------------------------------------
+class FidelityComparison(Part):
+    """`fidelity.compare()` of one cell against its reference, with the cell's names."""
+
+    cell: str
+    reference: str
+    engine: str | None = None
+    variant: str | None = None
+    dtype: str | None = None
+    pairs_set: str | None = None
+    n_pairs: int
+    n_queries: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    reference_score_std: float | None = None
+    max_abs_diff_over_std: float | None = None
+    kendall_tau: dict[str, Any]
+    top10_identical: float | None = None
+    top10_identical_queries: int | None = None
+    ndcg_at_10: dict[str, Any] | None = Field(None, alias="ndcg@10")
+
+
+class FidelityRecord(Record):
+    kind: Literal["fidelity"]
+    comparisons: list[FidelityComparison]
+    name: str | None = None
+    model: ModelInfo | str | None = None
+    device: str | None = None
+    pairs: PairsSummary | None = None
+    settings: dict[str, Any] = {}
+    note: str | None = None
+
+
+# -- comparison: significance between systems -------------------------------------------------------
+class ComparisonSettings(Part):
+    """`compare.Settings`."""
+
+    test: str
+    alpha: float
+    correction: str
+    permutations: int
+    bootstrap: int
+    confidence: float
+    seed: int
+
+
+class ComparisonRecord(Record):
+    """`bench compare`: the means and pairwise tests as table rows (free-form: one key per column)."""
+
+    kind: Literal["comparison"]
+    inputs: list[str]
+    settings: ComparisonSettings
+    systems: list[str]
+    conventions: str | None = None
+    means: list[dict[str, Any]]
+    pairs: list[dict[str, Any]]
+    plots: list[str] = []
+
+
+# -- reproduce: measured against published ---------------------------------------------------------
+class CheckResult(Part):
+    """`registry.Check.as_dict()`."""
+
+    name: str
+    metric: str
+    expected: float
+    tolerance: float
+    measured: float | None = None
+    delta: float | None = None
+    status: Literal["OK", "FAIL", "MISSING"]
+    reasons: list[str] = []
+    records: list[str] = []
+    diagnostics: dict[str, float] = {}
+    source: dict[str, Any] = {}
+    experiment: str
+
+
+class ReproduceRecord(Record):
+    kind: Literal["reproduce"]
+    checks: list[CheckResult]
+
+
+#: The model of each kind.
+RECORD_KINDS: dict[str, type[Record]] = {
+    "quality": QualityRecord, "throughput": ThroughputRecord, "fidelity": FidelityRecord,
+    "comparison": ComparisonRecord, "reproduce": ReproduceRecord,
+}
+
+
+# -- making, reading and finding records -----------------------------------------------------------
+def make_record(kind: str, **fields: Any) -> Record:
     """A record of `kind` ("quality", "throughput", "fidelity", "comparison", "reproduce") with the
     environment attached. `fields` are the kind's own content (dataset, system, settings, metrics...)."""
-    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "kind": kind, **fields,
-            "environment": environment()}
+    return _model_of(kind, "make_record").model_validate(
+        {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "kind": kind, **fields, "environment": environment()})
 
 
-def read_record(path: str | os.PathLike) -> dict[str, Any]:
-    from .errors import BenchError
-
+def read_record(path: str | os.PathLike) -> Record:
+    """The record in `path` as its kind's model; every problem is a BenchError naming the file."""
     path = Path(path)
     try:
-        rec = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BenchError(f"{path}: record file not found") from None
     except json.JSONDecodeError as exc:
         raise BenchError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); delete it and rerun the step that wrote it") from None
-    if not isinstance(rec, dict) or rec.get("schema") != SCHEMA:
+    if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
         raise BenchError(f"{path}: not a rerank-bench record (field 'schema' must be {SCHEMA!r})")
-    if rec.get("schema_version") != SCHEMA_VERSION:
-        raise BenchError(f"{path}: record schema_version {rec.get('schema_version')!r}, this version reads {SCHEMA_VERSION}")
-    return rec
+    return _validated(path, raw)
 
 
-def find_records(folder: str | os.PathLike, kind: str | None = None) -> list[dict[str, Any]]:
+def find_records(folder: str | os.PathLike, kind: str | None = None) -> list[Record]:
     """All records below `folder` (recursively), optionally of one kind, sorted by path."""
     out = []
     for p in sorted(Path(folder).rglob("*.json")):
         try:
-            head = json.loads(p.read_text(encoding="utf-8"))
+            raw = json.loads(p.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             continue
-        if isinstance(head, dict) and head.get("schema") == SCHEMA:
-            rec = read_record(p)
-            if kind is None or rec.get("kind") == kind:
-                rec["_path"] = str(p)
-                out.append(rec)
+        if isinstance(raw, dict) and raw.get("schema") == SCHEMA:
+            _check_version(p, raw)
+            if kind is None or raw.get("kind") == kind:
+                out.append(_validated(p, raw))
     return out
+
+
+def _check_version(path: Path, raw: dict) -> None:
+    if raw.get("schema_version") != SCHEMA_VERSION:
+        raise BenchError(f"{path}: record schema_version {raw.get('schema_version')!r}, this version reads {SCHEMA_VERSION}")
+
+
+def _validated(path: Path, raw: dict) -> Record:
+    _check_version(path, raw)
+    model = _model_of(raw.get("kind"), str(path))
+    try:
+        rec = model.model_validate(raw)
+    except ValidationError as exc:
+        raise BenchError(format_validation_error(exc, f"{path} ({raw['kind']} record)")) from None
+    rec.path = path
+    return rec
+
+
+def _model_of(kind: Any, where: str) -> type[Record]:
+    if kind not in RECORD_KINDS:
+        raise BenchError(f"{where}: record kind {kind!r} unknown; the kinds are {', '.join(RECORD_KINDS)}")
+    return RECORD_KINDS[kind]

@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .config import Dtype, format_validation_error, read_toml
 from .errors import BenchError
+from .records import QualityRecord
 
 #: The registry shipped with the package.
 REGISTRY_DIR = Path(__file__).resolve().parent / "registry_entries"
@@ -291,56 +292,51 @@ def _section_differences(prefix: str, expect: Spec, section: dict) -> list[str]:
     return out
 
 
-def setting_differences(entry: Entry, record: dict, dataset: DatasetExpect) -> list[str]:
+def setting_differences(entry: Entry, record: QualityRecord, dataset: DatasetExpect) -> list[str]:
     """Every setting the entry states that the record does not share, in words."""
     out: list[str] = []
-    ds = record.get("dataset") or {}
+    ds = record.dataset
     for f in sorted(dataset.model_fields_set & {"id", "split", "language"}):
-        if f in ds:
-            _differ(out, f"dataset.{f}", getattr(dataset, f), ds.get(f))
-    if dataset.n_docs is not None and ds.get("n_docs") is not None and ds["n_docs"] != dataset.n_docs:
+        if ds.has(f):
+            _differ(out, f"dataset.{f}", getattr(dataset, f), getattr(ds, f))
+    if dataset.n_docs is not None and ds.n_docs is not None and ds.n_docs != dataset.n_docs:
         out.append(f"dataset.n_docs: the source searched the full corpus of {dataset.n_docs:,} documents, "
-                   f"the record searched {ds['n_docs']:,}")
-    if dataset.n_queries is not None and ds.get("n_queries") is not None and ds["n_queries"] != dataset.n_queries:
-        out.append(f"dataset.n_queries: the source averaged over {dataset.n_queries} queries, the record over {ds['n_queries']}")
-    if ds.get("max_queries"):
-        out.append(f"dataset.max_queries: the record kept only the first {ds['max_queries']} queries")
+                   f"the record searched {ds.n_docs:,}")
+    if dataset.n_queries is not None and ds.n_queries is not None and ds.n_queries != dataset.n_queries:
+        out.append(f"dataset.n_queries: the source averaged over {dataset.n_queries} queries, the record over {ds.n_queries}")
+    if ds.max_queries:
+        out.append(f"dataset.max_queries: the record kept only the first {ds.max_queries} queries")
 
-    system = record.get("system") or {}
-    fs = system.get("first_stage") or {}
+    system = record.system
+    fs = system.first_stage
     # The encoder's own account (query instruction, effective max_length) wins over the requested spec.
     used = {k: v for k, v in (fs.get("encoder") or {}).items() if k in ("query_instruction", "max_length")}
     out += _section_differences("first_stage", entry.first_stage, {**fs, **used})
     if entry.reranker is not None:
-        out += _section_differences("reranker", entry.reranker, system.get("reranker") or {})
+        out += _section_differences("reranker", entry.reranker, system.reranker or {})
         if entry.first_stage_label is not None:
-            _differ(out, "first_stage_label", entry.first_stage_label, system.get("first_stage_label"))
+            _differ(out, "first_stage_label", entry.first_stage_label, system.first_stage_label)
 
-    conv = (record.get("evaluation") or {}).get("conventions") or {}
+    conv = record.evaluation.conventions
     for f, flag in (("depth", "-M"), ("rel_level", "-l"), ("judged_only", "-J")):
-        if f in conv or f in entry.conventions.model_fields_set:
-            _differ(out, f"conventions.{f} (trec_eval {flag})", getattr(entry.conventions, f), conv.get(f))
+        if conv.has(f) or f in entry.conventions.model_fields_set:
+            _differ(out, f"conventions.{f} (trec_eval {flag})", getattr(entry.conventions, f), getattr(conv, f))
     return out
 
 
-def matching_records(entry: Entry, dataset: DatasetExpect, records: list[dict]) -> list[dict]:
+def matching_records(entry: Entry, dataset: DatasetExpect, records: list[QualityRecord]) -> list[QualityRecord]:
     """Quality records of this entry's system on this dataset that hold the entry's metric."""
-    out = []
-    for rec in records:
-        system = rec.get("system") or {}
-        if (rec.get("kind") == "quality" and (rec.get("dataset") or {}).get("label") == dataset.label
-                and system.get("label") == entry.system and system.get("stage") == entry.stage
-                and entry.metric in (rec.get("metrics") or {})):
-            out.append(rec)
-    return out
+    return [rec for rec in records
+            if rec.dataset.label == dataset.label and rec.system.label == entry.system
+            and rec.system.stage == entry.stage and entry.metric in rec.metrics]
 
 
-def best_record(entry: Entry, dataset: DatasetExpect, records: list[dict]) -> dict | None:
+def best_record(entry: Entry, dataset: DatasetExpect, records: list[QualityRecord]) -> QualityRecord | None:
     """The record to judge by: one whose settings agree with the entry if any, newest first."""
     found = matching_records(entry, dataset, records)
     if not found:
         return None
-    newest = sorted(found, key=lambda r: (r.get("environment") or {}).get("created_utc") or "", reverse=True)
+    newest = sorted(found, key=lambda r: r.environment.created_utc, reverse=True)
     return min(newest, key=lambda r: len(setting_differences(entry, r, dataset)))
 
 
@@ -370,7 +366,7 @@ class Check:
 DIAGNOSTICS = ("judged@10", "truncated_pairs_share", "truncated_queries_share", "mean_tokens_per_pair")
 
 
-def check(entry: Entry, records: list[dict]) -> Check:
+def check(entry: Entry, records: list[QualityRecord]) -> Check:
     """Judge one entry against a pool of records (from any number of runs)."""
     values, paths, reasons, missing = [], [], [], []
     diag: dict[str, list[float]] = {}
@@ -379,12 +375,12 @@ def check(entry: Entry, records: list[dict]) -> Check:
         if rec is None:
             missing.append(dataset.label)
             continue
-        values.append(float(rec["metrics"][entry.metric]))
-        paths.append(rec.get("_path", "(in memory)"))
+        values.append(float(rec.metrics[entry.metric]))
+        paths.append(str(rec.path) if rec.path else "(in memory)")
         prefix = f"{dataset.label}: " if entry.aggregate else ""
         reasons += [prefix + r for r in setting_differences(entry, rec, dataset)]
         for k in DIAGNOSTICS:
-            v = (rec.get("diagnostics") or {}).get(k)
+            v = rec.diagnostics.get(k)
             if isinstance(v, (int, float)):
                 diag.setdefault(k, []).append(float(v))
     if missing:

@@ -11,30 +11,26 @@ from pathlib import Path
 
 import pandas as pd
 
+from .errors import BenchError
+from .records import QualityRecord, find_records
 
-def system_label(rec: dict) -> str:
+
+def system_label(rec: QualityRecord) -> str:
     """A system's column name: first stages say so, untrained models are marked."""
-    sys_ = rec["system"]
-    label = sys_["label"]
-    if sys_["stage"] == "first_stage":
-        label = f"first stage: {label}"
-    untrained = (sys_.get("reranker") or {}).get("model", {}).get("untrained") or \
-        ((sys_.get("first_stage") or {}).get("model") or {}).get("untrained")
-    return f"{label} (untrained)" if untrained else label
+    system = rec.system
+    label = f"first stage: {system.label}" if system.stage == "first_stage" else system.label
+    return f"{label} (untrained)" if system.untrained else label
 
 
-def long_frame(records: list[dict]) -> pd.DataFrame:
+def long_frame(records: list[QualityRecord]) -> pd.DataFrame:
     """One row per dataset × system × metric."""
     rows = []
     for rec in records:
-        if rec.get("kind") != "quality":
-            continue
-        ds = rec["dataset"]
-        for metric, value in rec["metrics"].items():
-            rows.append({"dataset": ds["label"], "language": ds.get("language"), "system": system_label(rec),
-                         "stage": rec["system"]["stage"], "metric": metric, "value": value,
-                         "queries": ds.get("n_queries"),
-                         "rerank_pairs_per_s": rec.get("timings", {}).get("rerank_pairs_per_s")})
+        ds = rec.dataset
+        for metric, value in rec.metrics.items():
+            rows.append({"dataset": ds.label, "language": ds.language, "system": system_label(rec),
+                         "stage": rec.system.stage, "metric": metric, "value": value, "queries": ds.n_queries,
+                         "rerank_pairs_per_s": rec.timings.rerank_pairs_per_s})
     return pd.DataFrame(rows, columns=["dataset", "language", "system", "stage", "metric", "value", "queries",
                                        "rerank_pairs_per_s"])
 
@@ -58,7 +54,7 @@ def metric_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     return table.loc[rows]
 
 
-def quality_report(records: list[dict]) -> tuple[str, pd.DataFrame]:
+def quality_report(records: list[QualityRecord]) -> tuple[str, pd.DataFrame]:
     """(Markdown text, long CSV frame) for a set of quality records."""
     frame = long_frame(records)
     if frame.empty:
@@ -72,10 +68,10 @@ def quality_report(records: list[dict]) -> tuple[str, pd.DataFrame]:
     if frame.system.str.contains("(untrained)", regex=False).any():
         notes.append("Systems marked (untrained) have random weights: they exercise the code path, their scores "
                      "say nothing about quality.")
-    conv = next((r["evaluation"]["conventions"] for r in records if r.get("kind") == "quality"), None)
-    if conv:
-        notes.append(f"Evaluation: trec_eval {conv.get('trec_eval_flags', '')} conventions "
-                     f"({conv.get('ties', 'ties as trec_eval')}); see README, 'Evaluation conventions'.")
+    conv = records[0].evaluation.conventions
+    if conv.trec_eval_flags is not None:
+        notes.append(f"Evaluation: trec_eval {conv.trec_eval_flags} conventions "
+                     f"({conv.ties or 'ties as trec_eval'}); see README, 'Evaluation conventions'.")
     speeds = frame.dropna(subset=["rerank_pairs_per_s"]).groupby("system").rerank_pairs_per_s.median()
     if not speeds.empty:
         notes.append("Rerank speed (median pairs/s over datasets, this machine): " +
@@ -84,9 +80,6 @@ def quality_report(records: list[dict]) -> tuple[str, pd.DataFrame]:
 
 
 def report_folder(folder: str | Path) -> str:
-    from .errors import BenchError
-    from .records import find_records
-
     records = find_records(folder, kind="quality")
     if not records:
         raise BenchError(f"{folder}: no quality records found (expected <out>/records/*.json written by `bench run`)")

@@ -17,7 +17,6 @@ import pytest
 
 from bench import registry
 from bench.cli import main
-from bench.io import atomic_write_json
 from bench.records import make_record
 
 REGISTRY = """
@@ -78,7 +77,7 @@ def quality(label, system_label, value, *, stage="first_stage", fs_depth=100, ev
         metrics={"nDCG@10": value},
         diagnostics={"judged@10": 0.4, **({"truncated_pairs_share": 0.02} if stage == "rerank" else {})},
     )
-    rec["environment"]["created_utc"] = created
+    rec.environment.created_utc = created
     return rec
 
 
@@ -144,7 +143,7 @@ def test_prefers_the_record_whose_settings_agree_then_the_newest(entries):
 
 def test_table_lists_expected_measured_delta_status_and_record_paths(entries):
     rec = quality("miracl/yo/dev", "dense", 0.41, fs_depth=10)
-    rec["_path"] = "runs/x/records/yo.json"
+    rec.path = "runs/x/records/yo.json"
     checks = [registry.check(entries["dense/yo/nDCG@10"], [rec]), registry.check(entries["rerank/yo/nDCG@10"], [])]
     text = registry.format_checks(checks)
     assert "| dense/yo/nDCG@10 | nDCG@10 | 0.5000 | 0.4100 | -0.0900 | ±0.005 | FAIL |" in text
@@ -156,14 +155,14 @@ def test_table_lists_expected_measured_delta_status_and_record_paths(entries):
 
 def test_command_reads_existing_records_and_exits_by_the_verdict(entries, tmp_path, capsys):
     reg = tmp_path / "registry.toml"
-    atomic_write_json(tmp_path / "runs" / "a" / "records" / "yo.json", quality("miracl/yo/dev", "dense", 0.502))
+    quality("miracl/yo/dev", "dense", 0.502).to_disk(tmp_path / "runs" / "a" / "records" / "yo.json")
     args = ["reproduce", "dense/yo/*", "--registry", str(reg), "--records", str(tmp_path / "runs"), "--no-run"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "| dense/yo/nDCG@10 | nDCG@10 | 0.5000 | 0.5020 | +0.0020 | ±0.005 | OK |" in out
     assert str(tmp_path / "runs" / "a" / "records" / "yo.json") in out
 
-    atomic_write_json(tmp_path / "runs" / "a" / "records" / "yo.json", quality("miracl/yo/dev", "dense", 0.3, eval_depth=10))
+    quality("miracl/yo/dev", "dense", 0.3, eval_depth=10).to_disk(tmp_path / "runs" / "a" / "records" / "yo.json")
     assert main(args + ["--json", str(tmp_path / "check.json")]) == 1
     out = capsys.readouterr().out
     assert "FAIL" in out and "why: conventions.depth (trec_eval -M): expected 100, record has 10" in out

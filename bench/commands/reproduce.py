@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..records import QualityRecord, find_records, make_record
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("names", nargs="*", metavar="NAME",
@@ -39,8 +41,6 @@ def run(args) -> int:
     import sys
 
     from .. import registry
-    from ..io import atomic_write_json
-    from ..records import find_records, make_record
 
     entries = registry.select(registry.load_registry(args.registry), args.names)
     if args.list:
@@ -66,19 +66,18 @@ def run(args) -> int:
     results = [checks[e.name] for e in entries]
     print(registry.format_checks(results))
     if args.json:
-        atomic_write_json(args.json, make_record("reproduce", checks=[c.as_dict() for c in results]))
+        make_record("reproduce", checks=[c.as_dict() for c in results]).to_disk(args.json)
     failed = any(c.status == "FAIL" for c in results)
     unmeasured = bool(args.names) and any(c.status == "MISSING" for c in results)
     return 1 if failed or unmeasured else 0
 
 
-def run_experiment_file(path: Path, out: Path, *, preflight: bool, progress: bool, log) -> list[dict]:
+def run_experiment_file(path: Path, out: Path, *, preflight: bool, progress: bool, log) -> list[QualityRecord]:
     """Run one experiment file into `<out>/<experiment name>` and return its records with their paths."""
     from ..config import load_experiment
     from ..errors import BenchError
     from ..pipeline import run_experiment, slug
     from ..preflight import check_fetchable
-    from ..records import find_records
 
     if not path.is_file():
         raise BenchError(f"{path}: experiment file of a registry entry not found; run bench reproduce from a "
