@@ -27,7 +27,7 @@ from .errors import BenchError
 from .evaluate import Conventions, evaluate
 from .metrics import Metric, by_metric, parse_metric
 from .plots import _figure, _save
-from .records import find_records, make_record, read_record
+from .records import ComparisonRecord, QualityRecord, find_records, make_record, read_record
 from .report import system_label
 from .runs import read_qrels, read_run
 from .stats import bootstrap_ci, holm, paired_randomization_test, paired_t_test
@@ -57,7 +57,7 @@ def scores_from_runs(qrels, runs: dict[str, dict], metrics: Sequence[str | Metri
     return pd.concat(frames, ignore_index=True)
 
 
-def load_records(paths: Sequence[str | Path]) -> list[dict]:
+def load_records(paths: Sequence[str | Path]) -> list[QualityRecord]:
     """Quality records from files or folders (searched recursively), in the order given."""
     out = []
     for path in map(Path, paths):
@@ -68,14 +68,13 @@ def load_records(paths: Sequence[str | Path]) -> list[dict]:
             out.extend(found)
         else:
             rec = read_record(path)
-            if rec.get("kind") != "quality":
-                raise BenchError(f"{path}: a {rec.get('kind')!r} record; compare reads 'quality' records")
-            rec["_path"] = str(path)
+            if rec.kind != "quality":
+                raise BenchError(f"{path}: a {rec.kind!r} record; compare reads 'quality' records")
             out.append(rec)
     return out
 
 
-def scores_from_records(records: list[dict], metrics: Sequence[str | Metric] | None = None,
+def scores_from_records(records: list[QualityRecord], metrics: Sequence[str | Metric] | None = None,
                         notes: list[str] | None = None) -> pd.DataFrame:
     """Per-query scores from quality records (`dataset.label`, `dataset.language`, `system.label`,
     `per_query`). `metrics` are matched by meaning, whatever spelling a record was written with
@@ -85,7 +84,7 @@ def scores_from_records(records: list[dict], metrics: Sequence[str | Metric] | N
     if not records:
         raise BenchError("no records to compare")
     if metrics is None:
-        held = [by_metric(r.get("per_query", {})) for r in records]
+        held = [by_metric(r.per_query) for r in records]
         wanted = [m for m in held[0] if all(m in h for h in held)]
         if not wanted:
             raise BenchError("the records share no metric with per-query values; name one with --metric")
@@ -94,51 +93,48 @@ def scores_from_records(records: list[dict], metrics: Sequence[str | Metric] | N
     shared_conventions(records)
     frames = []
     # first stages first (they are the baseline and letter a), otherwise in the order given
-    for rec in sorted(records, key=lambda r: (r.get("system") or {}).get("stage") != "first_stage"):
-        where = rec.get("_path", "record")
-        try:
-            dataset, system = rec["dataset"]["label"], system_label(rec)  # marks untrained models
-            per_query = by_metric(rec["per_query"])
-        except (KeyError, TypeError, AttributeError):
-            raise BenchError(f"{where}: a quality record needs dataset.label, system.label and per_query") from None
+    for rec in sorted(records, key=lambda r: r.system.stage != "first_stage"):
+        where = rec.path or "record"
+        dataset, system = rec.dataset.label, system_label(rec)  # marks untrained models
+        per_query = by_metric(rec.per_query)
         chosen = {metric: per_query[metric] for metric in wanted if metric in per_query}
         missing = [metric for metric in wanted if metric not in chosen]
         if missing:
             chosen.update(reevaluate(rec, missing, probe=next(iter(per_query), None)))
             if notes is not None:
-                notes.append(f"{where}: {', '.join(map(str, missing))} computed from its run file {rec['run_file']} "
-                             f"and qrels {rec['qrels_file']} under the record's conventions")
+                notes.append(f"{where}: {', '.join(map(str, missing))} computed from its run file {rec.run_file} "
+                             f"and qrels {rec.qrels_file} under the record's conventions")
         frames.append(_long_rows({str(metric): chosen[metric] for metric in wanted}, dataset, system,
-                                 rec["dataset"].get("language")))
+                                 rec.dataset.language))
     return pd.concat(frames, ignore_index=True)
 
 
-def reevaluate(rec: dict, metrics: Sequence[Metric], *, probe: Metric | None) -> dict[Metric, dict[str, float]]:
+def reevaluate(rec: QualityRecord, metrics: Sequence[Metric], *, probe: Metric | None) -> dict[Metric, dict[str, float]]:
     """Per-query values of `metrics` for a record that lacks them, from the run and qrels files the
     pipeline writes beside its records, under the record's own conventions. The files must first
     reproduce `probe`, a metric the record holds (to 1e-9 per query), or they are not the record's."""
-    where = rec.get("_path", "record")
-    held = sorted(rec.get("per_query") or {})
+    where = rec.path or "record"
+    held = sorted(rec.per_query)
     asked = ", ".join(repr(str(m)) for m in metrics)
-    files = {key: rec.get(key) for key in ("run_file", "qrels_file")}
-    if not all(files.values()) or "_path" not in rec:
+    files = {"run_file": rec.run_file, "qrels_file": rec.qrels_file}
+    if not all(files.values()) or rec.path is None:
         lacking = [k for k, v in files.items() if not v] or ["its path"]
         raise BenchError(f"{where}: no per-query values for {asked}; it holds {held}, and "
                          f"it names no {' or '.join(lacking)} to compute them from (records of an older bench run): "
                          "run `bench eval --qrels QRELS --run RUN` or `bench run` again with the metric")
-    base = Path(rec["_path"]).resolve().parent.parent  # records/ sits beside runs/ in a bench run's folder
+    base = rec.path.resolve().parent.parent  # records/ sits beside runs/ in a bench run's folder
     paths = {k: base / v for k, v in files.items()}
     for key, path in paths.items():
         if not path.is_file():
             raise BenchError(f"{where}: no per-query values for {asked}, and its {key} "
                              f"{path} is missing; keep the run folder whole (records/ beside runs/)")
-    conv = (rec.get("evaluation") or {}).get("conventions") or {}
-    conventions = Conventions(depth=conv.get("depth"), rel_level=conv.get("rel_level", 1),
-                              judged_only=conv.get("judged_only", False))
+    conv = rec.evaluation.conventions  # a field the record does not state is None
+    conventions = Conventions(depth=conv.depth, rel_level=1 if conv.rel_level is None else conv.rel_level,
+                              judged_only=bool(conv.judged_only))
     qrels, run = read_qrels(paths["qrels_file"]), read_run(paths["run_file"])
     evaluation = evaluate(qrels, run, list(metrics) + ([probe] if probe else []), conventions)
     if probe:
-        stored, again = by_metric(rec["per_query"])[probe], evaluation.per_query[str(probe)]
+        stored, again = by_metric(rec.per_query)[probe], evaluation.per_query[str(probe)]
         worst = max((abs(stored[q] - again.get(q, float("nan"))) for q in stored), default=0.0)
         if set(stored) != set(again) or not worst <= 1e-9:
             raise BenchError(f"{where}: its run file {paths['run_file']} and qrels {paths['qrels_file']} do not "
@@ -147,15 +143,15 @@ def reevaluate(rec: dict, metrics: Sequence[Metric], *, probe: Metric | None) ->
     return {metric: evaluation.per_query[str(metric)] for metric in metrics}
 
 
-def shared_conventions(records: list[dict], runs: str | None = None) -> str | None:
+def shared_conventions(records: list[QualityRecord], runs: str | None = None) -> str | None:
     """The trec_eval flags every input was evaluated under: the records' own and, when run files are
     compared too, `runs` (the flags they are scored with). Numbers under different conventions are
     not comparable, so mixing them is a BenchError; None when no input states its conventions."""
     seen: dict[str, str] = {}
     for rec in records:
-        flags = ((rec.get("evaluation") or {}).get("conventions") or {}).get("trec_eval_flags")
+        flags = rec.evaluation.conventions.trec_eval_flags
         if flags is not None:
-            seen.setdefault(flags, rec.get("_path", "record"))
+            seen.setdefault(flags, str(rec.path or "record"))
     if len(seen) > 1:
         listed = "; ".join(f"{flags!r} ({path})" for flags, path in seen.items())
         raise BenchError(f"records were evaluated under different conventions: {listed}; compare like with like")
@@ -402,7 +398,7 @@ class Comparison:
         fig.suptitle(f"Per-query {metric} differences against {baseline}", fontsize=10)
         return _save(fig, path)
 
-    def to_record(self, inputs: list[str]) -> dict:
+    def to_record(self, inputs: list[str]) -> ComparisonRecord:
         return make_record("comparison", inputs=inputs, settings=asdict(self.settings), systems=self.systems,
                            conventions=self.conventions, means=self.means.to_dict(orient="records"),
                            pairs=self.pairs.to_dict(orient="records"))

@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .config import Dtype, format_validation_error, read_toml
 from .errors import BenchError
+from .metrics import by_metric, parse_metric
 from .records import QualityRecord
 
 #: The registry shipped with the package.
@@ -162,8 +163,6 @@ class Entry(Spec):
     @field_validator("metric")
     @classmethod
     def _metric(cls, v):
-        from .metrics import parse_metric
-
         try:
             parse_metric(v)
         except BenchError as exc:
@@ -328,7 +327,7 @@ def matching_records(entry: Entry, dataset: DatasetExpect, records: list[Quality
     """Quality records of this entry's system on this dataset that hold the entry's metric."""
     return [rec for rec in records
             if rec.dataset.label == dataset.label and rec.system.label == entry.system
-            and rec.system.stage == entry.stage and entry.metric in rec.metrics]
+            and rec.system.stage == entry.stage and parse_metric(entry.metric) in by_metric(rec.metrics)]
 
 
 def best_record(entry: Entry, dataset: DatasetExpect, records: list[QualityRecord]) -> QualityRecord | None:
@@ -375,7 +374,7 @@ def check(entry: Entry, records: list[QualityRecord]) -> Check:
         if rec is None:
             missing.append(dataset.label)
             continue
-        values.append(float(rec.metrics[entry.metric]))
+        values.append(float(by_metric(rec.metrics)[parse_metric(entry.metric)]))
         paths.append(str(rec.path) if rec.path else "(in memory)")
         prefix = f"{dataset.label}: " if entry.aggregate else ""
         reasons += [prefix + r for r in setting_differences(entry, rec, dataset)]

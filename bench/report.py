@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import BenchError
+from .metrics import by_metric
 from .records import QualityRecord, find_records
 
 
@@ -27,9 +28,9 @@ def long_frame(records: list[QualityRecord]) -> pd.DataFrame:
     rows = []
     for rec in records:
         ds = rec.dataset
-        for metric, value in rec.metrics.items():
+        for metric, value in by_metric(rec.metrics).items():  # keyed on the canonical form, whatever a record spelled
             rows.append({"dataset": ds.label, "language": ds.language, "system": system_label(rec),
-                         "stage": rec.system.stage, "metric": metric, "value": value, "queries": ds.n_queries,
+                         "stage": rec.system.stage, "metric": str(metric), "value": value, "queries": ds.n_queries,
                          "rerank_pairs_per_s": rec.timings.rerank_pairs_per_s})
     return pd.DataFrame(rows, columns=["dataset", "language", "system", "stage", "metric", "value", "queries",
                                        "rerank_pairs_per_s"])

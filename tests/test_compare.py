@@ -12,7 +12,6 @@ import pytest
 from bench.compare import SCORE_COLUMNS, Settings, compare, scores_from_records, scores_from_runs
 from bench.errors import BenchError
 from bench.evaluate import Conventions, evaluate
-from bench.io import atomic_write_json
 from bench.records import make_record, read_record
 from bench.runs import read_qrels, read_run, write_qrels, write_run
 from bench.stats import bootstrap_ci, holm, paired_randomization_test, paired_t_test
@@ -129,7 +128,7 @@ def _quality_record(out, dataset, language, system, stage, qrels, run, metrics, 
                       evaluation={"metrics": metrics, "conventions": conventions.describe()},
                       metrics=evaluation.means, per_query=evaluation.per_query,
                       run_file=str(run_path.relative_to(out)), qrels_file=str(qrels_path.relative_to(out)))
-    atomic_write_json(out / "records" / f"{dataset.replace('/', '_')}__{system}.json", rec)
+    rec.to_disk(out / "records" / f"{dataset.replace('/', '_')}__{system}.json")
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +165,7 @@ def test_bench_compare_records_over_both_shared_collections(shared_records, tmp_
     assert len(pairs) == 2 and set(pairs.dataset) == {"miracl/yo/dev", "vaswani"}
     assert (pairs.ci_low > 0).all() and (pairs.significant).all()
     rec = read_record(out / "comparison.json")
-    assert rec["kind"] == "comparison" and rec["plots"] == ["differences_nDCG_10.png"]
+    assert rec.kind == "comparison" and rec.plots == ["differences_nDCG_10.png"]
     # record means equal the records' own means
     yo = json.loads((shared_records / "records" / "miracl_yo_dev__reranker.json").read_text())
     means = pd.read_csv(out / "means.csv").set_index(["dataset", "system"])
