@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .engine.common import FAST_OPTIONS
 from .engine.device import DTYPES, ENGINES
 from .errors import BenchError
 
@@ -194,13 +195,11 @@ class ThroughputSpec(Spec):
     fidelity: bool = Field(True, description="compare every precision's scores with fp32 on the same pairs")
     variants: dict[Engine, list[dict[str, Any]]] = Field(
         {}, description="engine keyword variants, each its own cells (fast engine: e.g. "
-                        "[{prune_last_layer = false}, {}], see bench.rerank.fast.FAST_OPTIONS)")
+                        "[{prune_last_layer = false}, {}], see bench.engine.common.FAST_OPTIONS)")
 
     @field_validator("variants")
     @classmethod
     def _known_variants(cls, v):
-        from .rerank.fast import FAST_OPTIONS
-
         for engine, variants in v.items():
             if engine != "fast" and any(variants):
                 raise ValueError(f"variants.{engine}: only the fast engine takes keyword variants")
