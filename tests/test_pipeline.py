@@ -146,6 +146,16 @@ def test_cli_run_and_report(tmp_path, capsys):
     assert "no quality records" in capsys.readouterr().err
 
 
+def test_cli_runs_the_datasets_asked_for(tmp_path, capsys):
+    path = tmp_path / "bm25.toml"
+    path.write_text(SMALL.split("[[rerankers]]")[0].format())
+    out = tmp_path / "only"
+    assert main(["run", str(path), "--out", str(out), "--no-progress", "--only", "synthetic/yo"]) == 0
+    assert sorted(p.name for p in (out / "records").iterdir()) == ["synthetic_yo__bm25.json"]
+    assert main(["run", str(path), "--out", str(out), "--no-progress", "--datasets", "synthetic/yo,synthetic/xx"]) == 2
+    assert "no dataset labelled 'synthetic/xx'; its datasets are: synthetic/en, synthetic/yo" in capsys.readouterr().err
+
+
 def test_unknown_dataset_id_is_a_clear_error(tmp_path, capsys):
     path = tmp_path / "bad.toml"
     path.write_text(SMALL.format(budget=512).replace(
