@@ -13,13 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write_json
+from .io import atomic_write_json, slug
+from .models import default_cache_dir
 
 
 def cache_root(configured: str | os.PathLike | None = None) -> Path:
     """The experiment's `cache_dir`, else $RERANK_BENCH_CACHE, else ~/.cache/rerank-bench."""
-    from .models import default_cache_dir
-
     return Path(configured) if configured else default_cache_dir()
 
 
@@ -31,8 +30,7 @@ def key_of(**parts: Any) -> str:
 def entry(root: str | os.PathLike, kind: str, label: str, **parts: Any) -> Path:
     """Folder `<root>/<kind>/<label>-<key>` for these parts, with `key.json` written once."""
     key = key_of(**parts)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:60]
-    folder = Path(root) / kind / f"{safe}-{key}"
+    folder = Path(root) / kind / f"{slug(label, strip=False)[:60]}-{key}"
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "key.json").exists():
         atomic_write_json(folder / "key.json", parts)

@@ -33,11 +33,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .engine.common import FAST_OPTIONS
 from .engine.device import DTYPES, ENGINES
 from .errors import BenchError
 
 Dtype = Literal[DTYPES]
 Engine = Literal[ENGINES]
+#: Where each language goes in the id of a dataset entry that expands over ``languages``.
+LANG = "{lang}"
 DTYPE_HELP = ("one of auto (the engine's own default on CUDA: fp16 for the fast engine, fp32 on CPU; the record "
               "states which), fp32, tf32, fp16, bf16")
 
@@ -52,7 +55,9 @@ class CollectionSpec(Spec):
     """Where a collection comes from.
 
     * ``source = "ir_datasets"``: ``id`` is an ir_datasets id (``msmarco-passage/dev/small``,
-      ``miracl/yo/dev``, ``beir/scifact/test``, ``nano-beir/arguana``).
+      ``miracl/yo/dev``, ``beir/scifact/test``, ``nano-beir/arguana``). With ``languages`` the entry
+      stands for one collection per language: ``id = "miracl/{lang}/dev"``, ``languages = ["yo", "sw"]``
+      (``bench.data.expand``).
     * ``source = "beir"``: ``path`` is a folder in BEIR layout; ``split`` picks ``qrels/<split>.tsv``.
     * ``source = "synthetic"``: the project's own generator (known answers), sized by ``synthetic``.
     """
@@ -63,6 +68,8 @@ class CollectionSpec(Spec):
     split: str | None = Field(None, description="beir: picks qrels/<split>.tsv (default test); ir_datasets ids include the split")
     name: str | None = Field(None, description="label in tables; default derived from id/path")
     language: str | None = Field(None, description="ISO 639-1 code; ir_datasets/MIRACL ids set it")
+    languages: list[str] | None = Field(None, description="ir_datasets: one collection per language, each with "
+                                                          "{lang} in id replaced (e.g. id = 'miracl/{lang}/dev')")
     max_queries: int | None = Field(None, gt=0, description="keep the first N queries (sorted by id) to bound run time")
     synthetic: dict | None = Field(None, description="generator options (languages, docs per language, seed...)")
     first_stage: str | None = Field(None, description="name of an entry in [first_stages]; default: the only one")
@@ -82,6 +89,20 @@ class CollectionSpec(Spec):
         need = {"ir_datasets": "id", "beir": "path", "synthetic": None}[self.source]
         if need and not getattr(self, need):
             raise ValueError(f"source = {self.source!r} needs field '{need}'")
+        if self.languages is not None:
+            if self.source != "ir_datasets":
+                raise ValueError(f"languages expands an ir_datasets id; source = {self.source!r} does not take it"
+                                 + (" (list them in synthetic.languages)" if self.source == "synthetic" else ""))
+            if LANG not in self.id:
+                raise ValueError(f"languages = {self.languages} needs {LANG} in id, where each language goes "
+                                 f"(e.g. 'miracl/{LANG}/dev'); id is {self.id!r}")
+            if not self.languages or len(set(self.languages)) != len(self.languages):
+                raise ValueError(f"languages = {self.languages}: list each language once, at least one")
+            if self.language:
+                raise ValueError("set language (one collection) or languages (one per language), not both")
+        elif self.source == "ir_datasets" and LANG in self.id:
+            raise ValueError(f"id {self.id!r} holds {LANG}: list the languages it stands for in languages "
+                             "(e.g. languages = ['yo', 'sw'])")
         return self
 
     @property
@@ -194,13 +215,11 @@ class ThroughputSpec(Spec):
     fidelity: bool = Field(True, description="compare every precision's scores with fp32 on the same pairs")
     variants: dict[Engine, list[dict[str, Any]]] = Field(
         {}, description="engine keyword variants, each its own cells (fast engine: e.g. "
-                        "[{prune_last_layer = false}, {}], see bench.rerank.fast.FAST_OPTIONS)")
+                        "[{prune_last_layer = false}, {}], see bench.engine.common.FAST_OPTIONS)")
 
     @field_validator("variants")
     @classmethod
     def _known_variants(cls, v):
-        from .rerank.fast import FAST_OPTIONS
-
         for engine, variants in v.items():
             if engine != "fast" and any(variants):
                 raise ValueError(f"variants.{engine}: only the fast engine takes keyword variants")

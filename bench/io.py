@@ -1,5 +1,6 @@
 """Files the harness writes: atomically (a temp file in the same folder, then a rename), so a reader
-never sees half a file and an interrupted run never leaves one behind."""
+never sees half a file and an interrupted run never leaves one behind; and the one rule that turns a
+label into a file name (`slug`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,14 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+
+def slug(text: str, *, strip: bool = True) -> str:
+    """``text`` as a file name: every character but letters, digits, ``-``, ``_`` and ``.`` becomes ``_``;
+    underscores at the ends go unless ``strip`` is False (cache folders keep them, so that folders
+    made before stay found)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+    return safe.strip("_") if strip else safe
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

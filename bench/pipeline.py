@@ -12,15 +12,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import models
 from .cache import cache_root, entry, key_of
 from .config import Experiment, RerankerSpec
-from .engine.device import release_memory
-from .io import atomic_write_text, sha256_file
+from .data import expand, load_collection
+from .engine.device import precision_for, release_memory
+from .evaluate import Conventions, evaluate
+from .io import atomic_write_text, sha256_file, slug
 from .records import QualityRecord, make_record
-
-
-def slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_")
+from .report import quality_report
+from .rerank import build_reranker
+from .rerank.stage import RerankStage
+from .retrieve.stage import FirstStage
+from .runs import write_qrels, write_run
 
 
 class Pipeline:
@@ -40,10 +44,6 @@ class Pipeline:
 
     # -- the whole experiment -------------------------------------------------------------------
     def run(self) -> list[QualityRecord]:
-        from .data import expand, load_collection
-
-        from .retrieve.stage import FirstStage
-
         records: list[QualityRecord] = []
         specs = [s for spec in self.exp.datasets for s in expand(spec)]
         prepared = []
@@ -80,23 +80,19 @@ class Pipeline:
 
     # -- stages ---------------------------------------------------------------------------------
     def first_stage(self, collection, stage) -> tuple[dict, QualityRecord]:
-        run, info = stage.retrieve(collection)
+        result = stage.retrieve(collection)
         name = stage.name
         system = {"label": name, "stage": "first_stage", "first_stage": stage.describe(), "reranker": None}
-        if info.get("encoder"):
-            system["first_stage"]["encoder"] = info["encoder"]
-        timings = {"first_stage_seconds": info.get("seconds"), "cached": info.get("cached"),
-                   "encode_seconds": info.get("encode_seconds"), "search_seconds": info.get("search_seconds"),
-                   "docs_per_second": info.get("docs_per_second")}
-        rec = self._quality_record(collection, system, run, name, timings, {}, info)
-        return run, rec
+        if result.encoder:
+            system["first_stage"]["encoder"] = result.encoder
+        timings = {"first_stage_seconds": result.seconds, "cached": result.cached,
+                   "encode_seconds": result.encode_seconds, "search_seconds": result.search_seconds,
+                   "docs_per_second": result.docs_per_second}
+        rec = self._quality_record(collection, system, result.run, name, timings, {}, result.info)
+        return result.run, rec
 
     def rerank(self, collection, fs_name: str, fs_rec: QualityRecord, candidates: dict, spec: RerankerSpec,
                holder: dict) -> QualityRecord:
-        from .engine.device import precision_for
-        from .rerank import build_reranker
-        from .rerank.stage import RerankStage
-
         spec_key = spec.model_dump(mode="json", exclude={"name", "device", "batch_size", "token_budget"})
         checkpoints = entry(self.cache, "rerank", f"{collection.name}-{spec.label}", reranker=spec_key,
                             precision=precision_for(spec.dtype, spec.device, spec.engine), candidates=fs_rec.key)
@@ -108,36 +104,20 @@ class Pipeline:
 
         stage = RerankStage(factory, spec.top_k, checkpoints, progress=self.progress)
         t0 = time.perf_counter()
-        run, info = stage.rerank(collection.queries, candidates, collection.get_docs)
-        pairs = info["pairs"] or 1
-        share = lambda part, whole: part / whole if part is not None and whole else None  # noqa: E731
-        diagnostics = {
-            "pairs": info["pairs"],
-            "truncated_pairs_share": share(info["truncated_pairs"], pairs),
-            "truncated_queries_share": share(info["truncated_queries"], pairs),
-            "mean_tokens_per_pair": share(info["tokens"], pairs),
-            # padded_tokens counts every position the model computed (real tokens included)
-            "padding_share": share(info["padded_tokens"] - info["tokens"], info["padded_tokens"])
-            if info["padded_tokens"] and info["tokens"] is not None else None,
-        }
-        from . import models
-
+        result = stage.rerank(collection.queries, candidates, collection.get_docs)
         described = holder["reranker"].describe() if "reranker" in holder else {
             "engine": spec.engine, "model": models.describe(spec.model, spec.revision), "note": "all blocks resumed from cache"}
         system = {"label": spec.label, "stage": "rerank", "first_stage": fs_rec.system.first_stage,
                   "first_stage_label": fs_name, "reranker": {**spec.model_dump(mode="json"), **described}}
-        timings = {"rerank_seconds": time.perf_counter() - t0, "rerank_scoring_seconds": info["seconds"],
-                   "rerank_pairs_per_s": info["pairs_per_second"], "resumed_blocks": info["resumed_blocks"],
-                   "blocks": info["blocks"]}
-        return self._quality_record(collection, system, run, f"{fs_name}__{spec.label}", timings, diagnostics,
-                                    {"checkpoints": str(checkpoints)}, parent=fs_rec.key)
+        timings = {"rerank_seconds": time.perf_counter() - t0, "rerank_scoring_seconds": result.seconds,
+                   "rerank_pairs_per_s": result.pairs_per_second, "resumed_blocks": result.resumed_blocks,
+                   "blocks": result.blocks}
+        return self._quality_record(collection, system, result.run, f"{fs_name}__{spec.label}", timings,
+                                    result.diagnostics(), {"checkpoints": str(checkpoints)}, parent=fs_rec.key)
 
     # -- records --------------------------------------------------------------------------------
     def _quality_record(self, collection, system: dict, run: dict, run_name: str, timings: dict,
                         diagnostics: dict, info: dict, parent: str | None = None) -> QualityRecord:
-        from .evaluate import Conventions, evaluate
-        from .runs import write_qrels, write_run
-
         ev_spec = self.exp.evaluation
         conventions = Conventions(depth=ev_spec.depth, rel_level=ev_spec.rel_level, judged_only=ev_spec.judged_only)
         names = list(ev_spec.metrics)
@@ -178,8 +158,6 @@ class Pipeline:
         return rec
 
     def write_report(self, records: list[QualityRecord]) -> str:
-        from .report import quality_report
-
         text, frame = quality_report(records)
         atomic_write_text(self.out / "report.md", text)
         atomic_write_text(self.out / "report.csv", frame.to_csv(index=False))

@@ -92,9 +92,10 @@ def test_rerank_stage_resumes_from_checkpoints(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         stage.rerank(queries, candidates, lambda ids: {i: texts[i] for i in ids})
     second = CountingReranker()
-    run, info = RerankStage(lambda: second, 3, tmp_path / "ck", progress=False).rerank(
+    result = RerankStage(lambda: second, 3, tmp_path / "ck", progress=False).rerank(
         queries, candidates, lambda ids: {i: texts[i] for i in ids})
-    assert info["resumed_blocks"] == 2 and info["blocks"] == 3
+    run = result.run
+    assert result.resumed_blocks == 2 and result.blocks == 3
     assert second.calls == 1
     # Only the first stage's top 3 were reranked, and their scores are the reranker's.
     assert {d: run["q0"][d] for d in ("d0", "d1", "d2")} == {"d0": 0.0, "d1": 1.0, "d2": 2.0}

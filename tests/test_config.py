@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.config import load_experiment
+from bench.config import CollectionSpec, load_experiment
+from bench.data import expand, select_datasets
 from bench.errors import BenchError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +53,47 @@ def test_mistakes_name_the_field(tmp_path, edit, expected):
         load_experiment(path)
     assert str(path) in str(err.value)
     assert expected in str(err.value)
+
+
+LANGUAGES = """
+name = "t"
+[first_stages.bm25]
+kind = "bm25"
+[[datasets]]
+source = "ir_datasets"
+id = "miracl/{lang}/dev"
+languages = ["yo", "sw"]
+[[datasets]]
+source = "synthetic"
+synthetic = { languages = ["en", "de"] }
+"""
+
+
+def test_one_dataset_entry_expands_over_languages_and_a_run_selects_by_label(tmp_path):
+    exp = load_experiment(write(tmp_path, LANGUAGES))
+    specs = [s for ds in exp.datasets for s in expand(ds)]
+    assert [s.label for s in specs] == ["miracl/yo/dev", "miracl/sw/dev", "synthetic/en", "synthetic/de"]
+    assert specs[0] == CollectionSpec(source="ir_datasets", id="miracl/yo/dev")  # as if written out
+    picked = select_datasets(exp, ["synthetic/de", "miracl/sw/dev"])
+    assert [d.label for d in picked.datasets] == ["miracl/sw/dev", "synthetic/de"]  # the experiment's order
+    with pytest.raises(BenchError) as err:
+        select_datasets(exp, ["miracl/sw/dev", "miracl/xx/dev"], "exp.toml")
+    assert str(err.value) == ("exp.toml: no dataset labelled 'miracl/xx/dev'; its datasets are: "
+                              "miracl/yo/dev, miracl/sw/dev, synthetic/en, synthetic/de")
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (('languages = ["yo", "sw"]', ''), "holds {lang}: list the languages"),
+    (('id = "miracl/{lang}/dev"', 'id = "miracl/yo/dev"'), "needs {lang} in id"),
+    (('languages = ["yo", "sw"]', 'languages = ["yo", "yo"]'), "list each language once"),
+    (('languages = ["yo", "sw"]', 'languages = ["yo"]\nlanguage = "yo"'), "not both"),
+    (('synthetic = { languages = ["en", "de"] }', 'languages = ["en"]'), "synthetic.languages"),
+])
+def test_language_expansion_mistakes_name_the_field(tmp_path, edit, expected):
+    path = write(tmp_path, LANGUAGES.replace(*edit))
+    with pytest.raises(BenchError) as err:
+        load_experiment(path)
+    assert "datasets[" in str(err.value) and expected in str(err.value)
 
 
 def test_missing_file_and_bad_toml(tmp_path):

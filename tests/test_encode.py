@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from bench.config import FirstStageSpec
-from bench.retrieve.encoder import BGE_EN_INSTRUCTION, BGE_ZH_INSTRUCTION, build_encoder, default_query_instruction
+from bench.retrieve import build_encoder
+from bench.retrieve.encoder import BGE_EN_INSTRUCTION, BGE_ZH_INSTRUCTION, default_query_instruction
 from bench.errors import BenchError
 
 TOL = 1e-4

@@ -21,10 +21,10 @@ def collection():
 def embeddings(stage, collection):
     from bench.retrieve.embeddings import EmbeddingStore
 
-    run, info = stage.retrieve(collection)
-    store = EmbeddingStore(info["embeddings"]["folder"])
+    result = stage.retrieve(collection)
+    store = EmbeddingStore(result.info["embeddings"]["folder"])
     ids, vecs = zip(*[(i, np.asarray(v)) for s_ids, s_vecs in store.shards() for i, v in zip(s_ids, s_vecs)])
-    return run, info, list(ids), np.stack(vecs)
+    return result.run, result.info, list(ids), np.stack(vecs)
 
 
 def test_two_worker_processes_encode_like_one(collection, minilm, tmp_path, monkeypatch):
@@ -46,11 +46,13 @@ def test_two_worker_processes_encode_like_one(collection, minilm, tmp_path, monk
 def test_rerun_reuses_embeddings_and_run(collection, minilm, tmp_path):
     spec = FirstStageSpec(kind="dense", model=minilm, dtype="fp32", depth=10, max_length=64, device="cpu")
     stage = FirstStage("s", spec, tmp_path, progress=False)
-    run, info = stage.retrieve(collection)
-    assert not info["cached"] and info["embeddings"]["encoded_docs"] == 160
-    again, info2 = FirstStage("s", spec, tmp_path, progress=False).retrieve(collection)
-    assert info2["cached"] and again == run
+    first = stage.retrieve(collection)
+    run = first.run
+    assert not first.cached and first.info["embeddings"]["encoded_docs"] == 160
+    second = FirstStage("s", spec, tmp_path, progress=False).retrieve(collection)
+    assert second.cached and second.run == run
     # Another depth: a new candidate run, but the corpus is not encoded again.
-    deeper, info3 = FirstStage("s", spec.model_copy(update={"depth": 15}), tmp_path, progress=False).retrieve(collection)
-    assert info3["embeddings"]["encoded_docs"] == 0 and info3["embeddings"]["reused_docs"] == 160
+    third = FirstStage("s", spec.model_copy(update={"depth": 15}), tmp_path, progress=False).retrieve(collection)
+    deeper = third.run
+    assert third.info["embeddings"]["encoded_docs"] == 0 and third.info["embeddings"]["reused_docs"] == 160
     assert all(list(deeper[q])[:10] == list(run[q]) for q in run)

@@ -84,12 +84,12 @@ def test_end_to_end_records_runs_report(tmp_path):
 def test_rerun_resumes_from_cache_without_loading_models(tmp_path, monkeypatch):
     exp, path = small_experiment(tmp_path, budget=256)
     first = run_experiment(exp, tmp_path / "a", progress=False, log=lambda m: None)
-    import bench.rerank
+    import bench.pipeline
 
     def no_model(*a, **k):
         raise AssertionError("a cached rerun must not load the reranker")
 
-    monkeypatch.setattr(bench.rerank, "build_reranker", no_model)
+    monkeypatch.setattr(bench.pipeline, "build_reranker", no_model)
     again = run_experiment(exp, tmp_path / "b", progress=False, log=lambda m: None)
     assert [r["metrics"] for r in again] == [r["metrics"] for r in first]
     assert all(r["timings"]["cached"] for r in again if r["system"]["stage"] == "first_stage")
@@ -97,12 +97,12 @@ def test_rerun_resumes_from_cache_without_loading_models(tmp_path, monkeypatch):
 
 
 def test_interrupted_rerank_resumes_with_identical_results(tmp_path, monkeypatch):
-    import bench.rerank
+    import bench.pipeline
     import bench.rerank.stage
 
     monkeypatch.setattr(bench.rerank.stage, "BLOCK_PAIRS", 25)
     exp, path = small_experiment(tmp_path, budget=300)
-    real = bench.rerank.build_reranker
+    real = bench.pipeline.build_reranker
     calls = {"n": 0}
 
     class Interrupting:
@@ -118,14 +118,14 @@ def test_interrupted_rerank_resumes_with_identical_results(tmp_path, monkeypatch
                 raise KeyboardInterrupt
             return self.inner.score(pairs)
 
-    monkeypatch.setattr(bench.rerank, "build_reranker", lambda *a, **k: Interrupting(real(*a, **k)))
+    monkeypatch.setattr(bench.pipeline, "build_reranker", lambda *a, **k: Interrupting(real(*a, **k)))
     with pytest.raises(KeyboardInterrupt):
         run_experiment(exp, tmp_path / "x", progress=False, log=lambda m: None)
     resumed = run_experiment(exp, tmp_path / "x", progress=False, log=lambda m: None)
     rr = [r for r in resumed if r["system"]["stage"] == "rerank"]
     assert sum(r["timings"]["resumed_blocks"] for r in rr) == 2
     # Same numbers as a clean run in a fresh cache.
-    monkeypatch.setattr(bench.rerank, "build_reranker", real)
+    monkeypatch.setattr(bench.pipeline, "build_reranker", real)
     fresh_exp = exp.model_copy(update={"cache_dir": str(tmp_path / "fresh-cache")})
     clean = run_experiment(fresh_exp, tmp_path / "y", progress=False, log=lambda m: None)
     assert len(resumed) == len(clean)
@@ -144,6 +144,16 @@ def test_cli_run_and_report(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == (out / "report.md").read_text().strip()
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "no quality records" in capsys.readouterr().err
+
+
+def test_cli_runs_the_datasets_asked_for(tmp_path, capsys):
+    path = tmp_path / "bm25.toml"
+    path.write_text(SMALL.split("[[rerankers]]")[0].format())
+    out = tmp_path / "only"
+    assert main(["run", str(path), "--out", str(out), "--no-progress", "--only", "synthetic/yo"]) == 0
+    assert sorted(p.name for p in (out / "records").iterdir()) == ["synthetic_yo__bm25.json"]
+    assert main(["run", str(path), "--out", str(out), "--no-progress", "--datasets", "synthetic/yo,synthetic/xx"]) == 2
+    assert "no dataset labelled 'synthetic/xx'; its datasets are: synthetic/en, synthetic/yo" in capsys.readouterr().err
 
 
 def test_unknown_dataset_id_is_a_clear_error(tmp_path, capsys):
@@ -168,11 +178,11 @@ def test_make_bench_without_network_names_the_offline_experiment(tmp_path):
 
 
 def test_datasets_sharing_a_first_stage_load_its_encoder_once(tmp_path, minilm, monkeypatch):
-    import bench.retrieve.encoder
+    import bench.retrieve.stage
 
-    real = bench.retrieve.encoder.build_encoder
+    real = bench.retrieve.stage.build_encoder
     built = []
-    monkeypatch.setattr(bench.retrieve.encoder, "build_encoder", lambda *a, **k: built.append(1) or real(*a, **k))
+    monkeypatch.setattr(bench.retrieve.stage, "build_encoder", lambda *a, **k: built.append(1) or real(*a, **k))
     path = tmp_path / "dense.toml"
     path.write_text(f"""
 name = "dense"

@@ -9,6 +9,7 @@ import pytest
 
 from bench import registry
 from bench.config import load_experiment
+from bench.data import expand
 from bench.errors import BenchError
 
 GOOD = """
@@ -71,7 +72,7 @@ def test_every_entry_points_at_an_experiment_that_produces_its_records():
     with the same first-stage depth and trec_eval depth, so running it can yield the record."""
     for e in registry.load_registry():
         exp = load_experiment(e.experiment_path())
-        labels = {ds.label for ds in exp.datasets}
+        labels = {s.label for ds in exp.datasets for s in expand(ds)}
         for ds in e.datasets:
             assert ds.label in labels, (e.name, ds.label)
         assert e.metric in exp.evaluation.metrics, e.name

@@ -76,7 +76,8 @@ def run_experiment_file(path: Path, out: Path, *, preflight: bool, progress: boo
     """Run one experiment file into `<out>/<experiment name>` and return its records with their paths."""
     from ..config import load_experiment
     from ..errors import BenchError
-    from ..pipeline import run_experiment, slug
+    from ..io import slug
+    from ..pipeline import run_experiment
     from ..preflight import check_fetchable
 
     if not path.is_file():

@@ -1,4 +1,4 @@
-"""`bench run EXPERIMENT.toml [--out DIR]`: run an experiment and print its table."""
+"""`bench run EXPERIMENT.toml [--out DIR] [--datasets LABEL,...]`: run an experiment and print its table."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from pathlib import Path
 def add_arguments(parser) -> None:
     parser.add_argument("experiment", type=Path, help="experiment file (TOML), e.g. experiments/offline.toml")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<experiment name>)")
+    parser.add_argument("--datasets", "--only", dest="datasets", action="append", metavar="LABELS", default=None,
+                        help="run only these datasets, by label (repeatable or comma-separated), e.g. "
+                             "--datasets miracl/yo/dev")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     parser.add_argument("--skip-preflight", action="store_true",
                         help="do not check up front that hub models can be fetched")
@@ -18,6 +21,7 @@ def run(args) -> int:
     import time
 
     from ..config import load_experiment
+    from ..data import select_datasets
     from ..pipeline import run_experiment
     from ..preflight import check_fetchable
 
@@ -26,6 +30,9 @@ def run(args) -> int:
 
         os.environ["TQDM_DISABLE"] = "1"
     exp = load_experiment(args.experiment)
+    if args.datasets:
+        labels = [label.strip() for arg in args.datasets for label in arg.split(",") if label.strip()]
+        exp = select_datasets(exp, labels, str(args.experiment))
     if not args.skip_preflight:
         check_fetchable(exp, args.experiment)
     out = args.out or Path("runs") / exp.name

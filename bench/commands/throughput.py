@@ -90,10 +90,10 @@ def run(args) -> int:
         if fs.depth < tp.k:
             raise BenchError(f"{args.experiment}: first stage {fs_name!r} keeps depth = {fs.depth} candidates, "
                              f"fewer than [throughput].k = {tp.k}; raise its depth or lower k")
-        run_, info = FirstStage(fs_name, fs, cache_root(cache_dir)).retrieve(collection)
-        pairset = pairs_from_collection(collection, k=tp.k, max_queries=n_queries, run=run_,
+        candidates = FirstStage(fs_name, fs, cache_root(cache_dir)).retrieve(collection)
+        pairset = pairs_from_collection(collection, k=tp.k, max_queries=n_queries, run=candidates.run,
                                         run_source=f"first stage {fs_name!r} ({fs.kind}"
-                                                   f"{', cached' if info.get('cached') else ''})")
+                                                   f"{', cached' if candidates.cached else ''})")
     else:
         pairset = pairs_from_collection(collection, k=tp.k, max_queries=n_queries, seed=exp.seed)
     pairset = pairset.head(n_pairs)

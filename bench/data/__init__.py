@@ -3,30 +3,48 @@
 `load_collection(spec)` turns a `CollectionSpec` into a `Collection` (see `base.py` for what every
 collection offers). Sources: a local BEIR-layout folder (`beir.py`), an ir_datasets id
 (`irds.py`), or the project's synthetic generator with known answers (`synthetic.py`). A
-synthetic spec may name several languages: `expand(spec)` turns it into one spec per language, and
-`load_collections(spec)` loads them all.
+synthetic spec, or an ir_datasets spec with ``languages``, may name several languages: `expand(spec)`
+turns it into one spec per language, and `load_collections(spec)` loads them all. `select_datasets`
+keeps the datasets of an experiment that a run asks for by label (`bench run --datasets`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import CollectionSpec
+from ..config import LANG, CollectionSpec, Experiment
 from ..errors import BenchError
 from .base import Collection, MemoryCollection, doc_text, natural_key
 
 __all__ = ["Collection", "MemoryCollection", "doc_text", "natural_key", "load_collection", "load_collections",
-           "expand"]
+           "expand", "select_datasets"]
 
 
 def expand(spec: CollectionSpec) -> list[CollectionSpec]:
     """One spec per collection: a synthetic spec with several languages becomes one per language
-    (``synthetic/<lang>``); every other spec is returned as is."""
-    if spec.source != "synthetic":
-        return [spec]
-    from .synthetic import expand_synthetic
+    (``synthetic/<lang>``), an ir_datasets spec with ``languages`` one per language (its id with
+    ``{lang}`` filled in; a ``name`` becomes ``<name>/<lang>``); every other spec is returned as is."""
+    if spec.source == "synthetic":
+        from .synthetic import expand_synthetic
 
-    return expand_synthetic(spec)
+        return expand_synthetic(spec)
+    if spec.languages:
+        return [spec.model_copy(update={"id": spec.id.replace(LANG, lang), "languages": None,
+                                        "name": f"{spec.name}/{lang}" if spec.name else None})
+                for lang in spec.languages]
+    return [spec]
+
+
+def select_datasets(exp: Experiment, labels: list[str], source: str = "experiment") -> Experiment:
+    """``exp`` with only the datasets (expanded, in the experiment's order) whose label is in
+    ``labels``; a label that matches none is an error listing the labels there are."""
+    specs = [s for spec in exp.datasets for s in expand(spec)]
+    available = [s.label for s in specs]
+    unknown = [label for label in dict.fromkeys(labels) if label not in available]
+    if unknown:
+        raise BenchError(f"{source}: no dataset labelled {', '.join(map(repr, unknown))}; "
+                         f"its datasets are: {', '.join(available)}")
+    return exp.model_copy(update={"datasets": [s for s in specs if s.label in labels]})
 
 
 def load_collection(spec: CollectionSpec, *, cache_dir: str | Path | None = None, download: bool = True) -> Collection:

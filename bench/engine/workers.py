@@ -1,5 +1,6 @@
 """One worker process per device, answering messages over a pipe: the data-parallel machinery that
-reranking (`bench.rerank.parallel`) and corpus encoding (`bench.retrieve.parallel`) share.
+reranking (`bench.rerank.parallel`) and corpus encoding (`bench.retrieve.parallel`) share, and the
+base both of their engines build on (`PooledEngine`).
 
 A worker builds its engine once (the model loads once per device), says ("ready", describe()), then
 answers each message with ("ok", result) until ("stop",). Any failure travels back as ("error",
@@ -103,6 +104,33 @@ class DevicePool:
                 proc.terminate()
             conn.close()
         self._workers = []
+
+    def __del__(self):
+        self.close()
+
+
+class PooledEngine:
+    """Base of an engine spread over a `DevicePool` (`bench.rerank.parallel.DataParallelReranker`,
+    `bench.retrieve.parallel.ShardEncoderPool`): it describes itself as its first worker's engine
+    with the devices and the sharding named, and closes its workers with itself."""
+
+    #: how the work is split over the devices, as describe() records it
+    sharding = ""
+
+    def __init__(self, target: Callable, devices: Sequence[str], args: tuple, *, role: str):
+        self.devices = list(devices)
+        self._pool = DevicePool(target, self.devices, args, role=role)
+
+    def _describe(self, **data_parallel) -> dict:
+        out = dict(self._pool.describes[0])
+        out["device"] = ",".join(self.devices)
+        out["data_parallel"] = {"devices": self.devices, "processes": len(self.devices), "sharding": self.sharding,
+                                **data_parallel}
+        return out
+
+    def close(self) -> None:
+        if getattr(self, "_pool", None) is not None:
+            self._pool.close()
 
     def __del__(self):
         self.close()

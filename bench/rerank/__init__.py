@@ -19,9 +19,9 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from ..engine.common import FAST_OPTIONS
 from ..engine.device import ENGINES
 from ..errors import BenchError
-
 
 
 @runtime_checkable
@@ -63,7 +63,7 @@ def build_single(spec, device: str, *, cache_dir=None, options: dict | None = No
     """One engine on one device."""
     options = dict(options or {})
     if spec.engine == "fast":
-        from .fast import FAST_OPTIONS, FastReranker
+        from .fast import FastReranker
 
         unknown = sorted(set(options) - set(FAST_OPTIONS))
         if unknown:

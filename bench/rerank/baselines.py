@@ -13,8 +13,9 @@ from typing import Sequence
 
 import numpy as np
 
+from ..engine.common import check_max_length, load_error
 from ..engine.device import AUTO_CUDA, matmul_precision, resolve_precision
-from .common import EngineBase, check_pairs, check_scores, load_cross_encoder, load_error
+from .common import EngineBase, check_pairs, check_scores, load_cross_encoder
 
 
 def _explicit(spec, field: str) -> bool:
@@ -78,14 +79,13 @@ class CrossEncoderReranker(EngineBase):
         from sentence_transformers import CrossEncoder
 
         from .. import models
-        from .common import check_max_length
 
         self.source = models.resolve(spec.model, cache_dir)
         try:
             self.model = CrossEncoder(self.source, device=device, revision=spec.revision, max_length=spec.max_length,
                                       model_kwargs={"dtype": self.precision.torch_dtype})
         except (OSError, ValueError) as exc:
-            raise load_error(spec, exc) from None
+            raise load_error("reranker model", spec, exc) from None
         check_max_length(self.model.config, spec.max_length, f"reranker {spec.label}")
         self.batch_size = spec.batch_size
         self._uncounted: list[list[tuple[str, str]]] = []

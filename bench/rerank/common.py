@@ -1,4 +1,4 @@
-"""What every reranker engine shares: counters, input and output checks, model loading."""
+"""What every reranker engine shares: counters, input and output checks, loading a cross-encoder."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..engine.common import check_max_length, load_error
 from ..errors import BenchError
 
 
@@ -68,26 +69,6 @@ def check_scores(scores: np.ndarray, pairs: Sequence[tuple[str, str]], label: st
     return scores
 
 
-def load_error(spec, exc: Exception) -> BenchError:
-    return BenchError(f"reranker model {spec.model!r} (revision {spec.revision}): cannot load: {exc}. "
-                      "Check the hub id or folder; offline (HF_HUB_OFFLINE=1) only cached models load")
-
-
-def usable_positions(config) -> int:
-    """Longest sequence the model's position table allows (RoBERTa/XLM-R lose padding_idx + 1)."""
-    n = int(getattr(config, "max_position_embeddings", 0) or 0)
-    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
-        n -= int(config.pad_token_id) + 1
-    return n
-
-
-def check_max_length(config, max_length: int, what: str) -> None:
-    limit = usable_positions(config)
-    if limit > 0 and max_length > limit:
-        raise BenchError(f"{what}: max_length = {max_length} but the model has positions for {limit} tokens; "
-                         f"set max_length <= {limit}")
-
-
 def load_cross_encoder(spec, device: str, precision, cache_dir=None):
     """Tokenizer and ``AutoModelForSequenceClassification`` for ``spec``, on ``device`` in ``precision``,
     in eval mode; one logit per pair is required."""
@@ -106,7 +87,7 @@ def load_cross_encoder(spec, device: str, precision, cache_dir=None):
         model = AutoModelForSequenceClassification.from_pretrained(source, revision=spec.revision,
                                                                    dtype=precision.torch_dtype)
     except (OSError, ValueError) as exc:
-        raise load_error(spec, exc) from None
+        raise load_error("reranker model", spec, exc) from None
     model.to(device).eval()
     return tokenizer, model
 

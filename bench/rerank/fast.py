@@ -22,16 +22,12 @@ from typing import Sequence
 import numpy as np
 
 from ..engine.batching import TokenBudget
+from ..engine.common import default_token_budget
 from ..engine.device import AUTO_CUDA, matmul_precision, resolve_precision
 from ..engine.loop import BatchLoop
 from ..engine.tokens import PairTokenizer
 from ..errors import BenchError
 from .common import EngineBase, check_pairs, check_scores, load_cross_encoder
-
-#: Default token budgets: tokens per batch (packed) or padded tokens per batch (hf forward).
-DEFAULT_BUDGET = {"cuda": 65536, "cpu": 8192}
-FAST_OPTIONS = ("attention", "forward", "compile", "prune_last_layer", "gelu_epilogue", "fused_add_norm",
-                "token_budget", "first_chunk", "largest_chunk")
 
 
 class FastReranker(EngineBase):
@@ -75,12 +71,11 @@ class FastReranker(EngineBase):
             self.encoder = None
             self._forward = self._forward_hf
             position_offset, padded = 0, True
-        kind = "cuda" if device.startswith("cuda") else "cpu"
         self.max_pairs = spec.batch_size if "batch_size" in spec.model_fields_set else None
         self.loop = BatchLoop(device, None, padded=padded, pad_id=self.tokenizer.pad_token_id or 0,
                               position_offset=position_offset, max_items=self.max_pairs,
                               first_chunk=first_chunk, largest_chunk=largest_chunk)
-        self.set_token_budget(token_budget or spec.token_budget or DEFAULT_BUDGET[kind])
+        self.set_token_budget(token_budget or spec.token_budget or default_token_budget(device))
 
     def set_token_budget(self, tokens: int) -> None:
         """Start the budget search over from ``tokens`` (a sweep can reuse one loaded model)."""

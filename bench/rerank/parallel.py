@@ -13,17 +13,16 @@ from typing import Sequence
 
 import numpy as np
 
+from ..engine.workers import PooledEngine, prepare_device, serve
+from . import build_single
 from .common import Stats, check_pairs, check_scores
 
 
 def _worker(conn, device: str, cpu_threads: int | None, spec, cache_dir, options: dict) -> None:
     """Worker: build the engine on `device`, then answer ("score", pairs) / ("stats",) / ("reset",) / ("describe",)."""
-    from ..engine.workers import prepare_device, serve
 
     def build():
         prepare_device(device, cpu_threads)
-        from . import build_single
-
         return build_single(spec, device, cache_dir=cache_dir, options=options)
 
     def handle(engine, msg):
@@ -50,17 +49,15 @@ def shard_bounds(pairs: Sequence[tuple[str, str]], parts: int) -> list[tuple[int
     return [(cuts[i], cuts[i + 1]) for i in range(parts)]
 
 
-class DataParallelReranker:
+class DataParallelReranker(PooledEngine):
     """``score(pairs)`` over several devices, one process each (``torch.multiprocessing`` spawn)."""
 
-    def __init__(self, spec, devices: Sequence[str], *, cache_dir=None, options: dict | None = None):
-        from ..engine.workers import DevicePool
+    sharding = "contiguous, balanced by characters"
 
+    def __init__(self, spec, devices: Sequence[str], *, cache_dir=None, options: dict | None = None):
         self.spec = spec
         self.label = spec.label
-        self.devices = list(devices)
-        self._pool = DevicePool(_worker, self.devices, (spec, cache_dir, dict(options or {})), role="reranker")
-        self._describes = self._pool.describes
+        super().__init__(_worker, devices, (spec, cache_dir, dict(options or {})), role="reranker")
         self._stats = Stats()
 
     def _ask(self, messages) -> list:
@@ -90,16 +87,4 @@ class DataParallelReranker:
         self._stats.reset()
 
     def describe(self) -> dict:
-        first = dict(self._describes[0])
-        first["device"] = ",".join(self.devices)
-        first["data_parallel"] = {"devices": self.devices, "processes": len(self.devices),
-                                  "sharding": "contiguous, balanced by characters",
-                                  "workers": self._ask([("describe",)] * len(self.devices))}
-        return first
-
-    def close(self) -> None:
-        if getattr(self, "_pool", None) is not None:
-            self._pool.close()
-
-    def __del__(self):
-        self.close()
+        return self._describe(workers=self._ask([("describe",)] * len(self.devices)))

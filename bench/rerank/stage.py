@@ -15,11 +15,47 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..io import atomic_write_json
+from ..runs import sort_ranking
 
 BLOCK_PAIRS = 20_000
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    """What `RerankStage.rerank` returns: the reranked run, the reranker's counters summed over every
+    block (None where the engine does not count), and how much came from the checkpoints."""
+
+    run: dict[str, dict[str, float]]
+    top_k: int
+    blocks: int
+    resumed_blocks: int                 # blocks read back from checkpoints, not scored now
+    pairs: int
+    tokens: int | None
+    padded_tokens: int | None           # every position the model computed (real tokens included)
+    truncated_pairs: int | None
+    truncated_queries: int | None
+    seconds: float | None               # scoring wall time, summed over the blocks as each recorded it
+
+    @property
+    def pairs_per_second(self) -> float | None:
+        return self.pairs / self.seconds if self.seconds else None
+
+    def diagnostics(self) -> dict:
+        """Shares per pair: truncation, tokens, padding (what a record's ``diagnostics`` holds)."""
+        pairs = self.pairs or 1
+        share = lambda part, whole: part / whole if part is not None and whole else None  # noqa: E731
+        return {
+            "pairs": self.pairs,
+            "truncated_pairs_share": share(self.truncated_pairs, pairs),
+            "truncated_queries_share": share(self.truncated_queries, pairs),
+            "mean_tokens_per_pair": share(self.tokens, pairs),
+            "padding_share": share(self.padded_tokens - self.tokens, self.padded_tokens)
+            if self.padded_tokens and self.tokens is not None else None,
+        }
 
 
 class RerankStage:
@@ -39,12 +75,9 @@ class RerankStage:
             self._reranker = self._factory()
         return self._reranker
 
-    def rerank(self, queries: dict[str, str], candidates: dict[str, dict[str, float]], get_docs
-               ) -> tuple[dict[str, dict[str, float]], dict]:
-        """(reranked run, info with counters and timings). `get_docs(ids) -> {id: text}`."""
+    def rerank(self, queries: dict[str, str], candidates: dict[str, dict[str, float]], get_docs) -> RerankResult:
+        """The reranked run with its counters and timings. `get_docs(ids) -> {id: text}`."""
         from tqdm.auto import tqdm
-
-        from ..runs import sort_ranking
 
         qids = [q for q in sorted(candidates) if q in queries and candidates[q]]
         ranked = {q: [d for d, _ in sort_ranking(candidates[q])] for q in qids}
@@ -100,9 +133,7 @@ class RerankStage:
                 floor = min(run[q].values()) if run.get(q) else 0.0
                 for i, d in enumerate(below, start=1):
                     run[q][d] = floor - i  # keeps first-stage order under the reranked prefix
-        info = {"top_k": self.top_k, "below_top_k": "first-stage order, scored under the reranked prefix", "blocks": len(blocks), "resumed_blocks": resumed, **totals}
-        info["pairs_per_second"] = totals["pairs"] / totals["seconds"] if totals["seconds"] else None
-        return run, info
+        return RerankResult(run=run, top_k=self.top_k, blocks=len(blocks), resumed_blocks=resumed, **totals)
 
 
 def _read_block(path: Path, qids: list[str]):

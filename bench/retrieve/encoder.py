@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from ..engine.common import PACKED_OPTIONS, check_max_length, default_token_budget, load_error
 from ..errors import BenchError
 
 BGE_EN_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 BGE_ZH_INSTRUCTION = "为这个句子生成表示以用于检索相关文章："
-DEFAULT_BUDGET = {"cuda": 65536, "cpu": 8192}
-#: PackedEncoder keywords a fast bi-encoder passes through (see bench.engine.packed)
-PACKED_OPTIONS = ("gelu_epilogue", "fused_add_norm")
 
 
 def default_query_instruction(model_ref: str) -> str:
@@ -60,7 +58,6 @@ class Encoder:
 
         from .. import models
         from ..engine.device import AUTO_CUDA, resolve_devices, resolve_precision
-        from ..rerank.common import check_max_length
 
         if spec.kind != "dense" or not spec.model:
             raise BenchError(f"first stage kind {spec.kind!r}: only 'dense' first stages have an encoder")
@@ -79,8 +76,7 @@ class Encoder:
             self.st = SentenceTransformer(self.source, device=self.device, revision=spec.revision,
                                           model_kwargs={"dtype": self.precision.torch_dtype})
         except (OSError, ValueError) as exc:
-            raise BenchError(f"bi-encoder {spec.model!r} (revision {spec.revision}): cannot load: {exc}. Check "
-                             "the hub id or folder; offline (HF_HUB_OFFLINE=1) only cached models load") from None
+            raise load_error("bi-encoder", spec, exc) from None
         self.st.eval()
         self.instruction = (spec.query_instruction if spec.query_instruction is not None
                             else default_query_instruction(spec.model))
@@ -128,8 +124,7 @@ class Encoder:
         else:
             self.packed, offset, padded = None, 0, True
         self.first_only = self.pooling == ("cls",) and self.packed is not None
-        kind = "cuda" if self.device.startswith("cuda") else "cpu"
-        self.budget = TokenBudget(token_budget or self.spec.token_budget or DEFAULT_BUDGET[kind])
+        self.budget = TokenBudget(token_budget or self.spec.token_budget or default_token_budget(self.device))
         self.max_texts = self.spec.batch_size if "batch_size" in self.spec.model_fields_set else None
         self.loop = BatchLoop(self.device, self.budget, padded=padded, pad_id=self.tokenizer.pad_token_id or 0,
                               position_offset=offset, max_items=self.max_texts,
@@ -162,6 +157,12 @@ class Encoder:
     def encode_docs(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode(list(texts), "docs")
 
+    def encode_shards(self, items: Iterable[tuple[object, list[str]]]) -> Iterator[tuple[object, np.ndarray]]:
+        """(key, vectors) per (key, texts) item, in order: how a corpus is built, whatever the devices
+        (`ShardEncoderPool` offers the same over several)."""
+        for key, texts in items:
+            yield key, self.encode_docs(texts)
+
     def _encode(self, texts: list[str], what: str) -> np.ndarray:
         import torch
 
@@ -189,6 +190,10 @@ class Encoder:
         self._seconds += time.perf_counter() - t0
         self._texts += len(texts)
         return out
+
+    def close(self) -> None:
+        """Nothing to release (the model goes with the object); here so that one device and several
+        (`ShardEncoderPool`) are used alike."""
 
     def stats(self) -> dict:
         """Texts encoded, real tokens (fast engine), seconds inside encode calls."""
@@ -219,10 +224,11 @@ class Encoder:
         return out
 
 
-def build_encoder(spec, *, cache_dir=None, **options) -> Encoder:
-    """The bi-encoder of a dense first stage. ``options``: fast-engine keywords (``attention``,
-    ``compile``, ``token_budget``, ``device``, ``first_chunk``, ``largest_chunk``, and the packed
+def build_single(spec, device: str, *, cache_dir=None, options: dict | None = None) -> Encoder:
+    """The bi-encoder of a dense first stage on one device. ``options``: fast-engine keywords
+    (``attention``, ``compile``, ``token_budget``, ``first_chunk``, ``largest_chunk``, and the packed
     forward's ``gelu_epilogue`` and ``fused_add_norm``)."""
+    options = dict(options or {})
     if options and spec.engine != "fast":
         raise BenchError(f"bi-encoder engine {spec.engine!r} takes no options (got {sorted(options)})")
-    return Encoder(spec, cache_dir=cache_dir, **options)
+    return Encoder(spec, cache_dir=cache_dir, device=device, **options)

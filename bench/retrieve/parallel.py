@@ -2,28 +2,30 @@
 
 Large corpora (MIRACL English: 33M passages) are encoded in shards; with several GPUs visible, each
 device runs its own encoder process and takes the next missing shard as soon as it is free, so all
-devices stay busy and every finished shard is written (and resumable) at once. The same code runs
-with several CPU worker processes, which is how the tests check that the embeddings are identical to
-a single-process encoding.
+devices stay busy and every finished shard is written (and resumable) at once. `ShardEncoderPool`
+offers the single `Encoder`'s interface, as `bench.rerank.parallel.DataParallelReranker` does for
+rerankers, so the first stage does not care how many devices there are. The same code runs with
+several CPU worker processes, which is how the tests check that the embeddings are identical to a
+single-process encoding.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from multiprocessing.connection import wait
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from ..engine.workers import PooledEngine, prepare_device, serve
+from .encoder import build_single
 
 
-def _worker(conn, device: str, cpu_threads: int | None, spec, cache_dir) -> None:
+def _worker(conn, device: str, cpu_threads: int | None, spec, cache_dir, options: dict) -> None:
     """Worker: build the encoder on `device`, then answer ("docs"|"queries", key, texts) with (key, vectors)."""
-    from ..engine.workers import prepare_device, serve
 
     def build():
         prepare_device(device, cpu_threads)
-        from .encoder import build_encoder
-
-        return build_encoder(spec, cache_dir=cache_dir, device=device)
+        return build_single(spec, device, cache_dir=cache_dir, options=options)
 
     def handle(encoder, msg):
         what, key, texts = msg
@@ -32,20 +34,19 @@ def _worker(conn, device: str, cpu_threads: int | None, spec, cache_dir) -> None
     serve(conn, build, handle)
 
 
-class ShardEncoderPool:
-    """`imap(shards)` encodes (key, texts) items on whichever device is free; results come back as
-    (key, vectors) in completion order."""
+class ShardEncoderPool(PooledEngine):
+    """The `Encoder` interface over several devices: `encode_shards` hands each (key, texts) item to
+    whichever device is free; a single call (`encode_docs`, `encode_queries`) runs on one of them."""
 
-    def __init__(self, spec, devices: list[str], *, cache_dir=None):
-        from ..engine.workers import DevicePool
+    sharding = "whole corpus shards, each to the next free device"
 
-        self.devices = list(devices)
-        self._pool = DevicePool(_worker, self.devices, (spec, cache_dir), role="encoder")
-        self._describes = self._pool.describes
+    def __init__(self, spec, devices: Sequence[str], *, cache_dir=None, options: dict | None = None):
+        self.spec = spec
+        super().__init__(_worker, devices, (spec, cache_dir, dict(options or {})), role="encoder")
 
-    def imap(self, items: Iterator[tuple[object, list[str]]], what: str = "docs") -> Iterator[tuple[object, np.ndarray]]:
-        from multiprocessing.connection import wait
-
+    def encode_shards(self, items: Iterable[tuple[object, list[str]]], what: str = "docs"
+                      ) -> Iterator[tuple[object, np.ndarray]]:
+        """(key, vectors) per (key, texts) item, in completion order."""
         items = iter(items)
         pool = self._pool
         index = {id(conn): i for i, conn in enumerate(pool.connections)}
@@ -67,21 +68,13 @@ class ShardEncoderPool:
                     pool.send(i, (what, nxt[0], nxt[1]))
                 yield key, vecs
 
-    def encode_queries(self, texts: list[str]) -> np.ndarray:
-        ((_, vecs),) = list(self.imap(iter([(0, texts)]), what="queries"))
+    def encode_docs(self, texts: Sequence[str]) -> np.ndarray:
+        ((_, vecs),) = list(self.encode_shards([(0, list(texts))]))
+        return vecs
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        ((_, vecs),) = list(self.encode_shards([(0, list(texts))], what="queries"))
         return vecs
 
     def describe(self) -> dict:
-        out = dict(self._describes[0])
-        out["device"] = ",".join(self.devices)
-        out["data_parallel"] = {"devices": self.devices, "processes": len(self.devices),
-                                "sharding": "whole corpus shards, each to the next free device"}
-        out.pop("devices_unused", None)
-        return out
-
-    def close(self) -> None:
-        if getattr(self, "_pool", None) is not None:
-            self._pool.close()
-
-    def __del__(self):
-        self.close()
+        return self._describe()

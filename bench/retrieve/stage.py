@@ -11,12 +11,20 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from .. import models
 from ..cache import entry
 from ..config import FirstStageSpec
+from ..engine.device import precision_for, resolve_devices
 from ..errors import BenchError
 from ..io import atomic_write_json
+from ..runs import read_run, sort_ranking, write_run
+from . import build_encoder
+from .bm25 import bm25_settings, bm25_top_k
+from .embeddings import EmbeddingStore
+from .search import exact_top_k
 
 SHARD_SIZE = 100_000
 
@@ -26,6 +34,28 @@ def queries_digest(queries: dict[str, str]) -> str:
     for qid in sorted(queries):
         h.update(f"{qid}\t{queries[qid]}\n".encode("utf-8"))
     return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class FirstStageResult:
+    """What `FirstStage.retrieve` returns: the candidate run, what it cost, and the stage's account
+    of how it was made (``info``: method, settings, embeddings folder and counts, as records keep it)."""
+
+    run: dict[str, dict[str, float]]
+    info: dict
+    cached: bool                        # read from the cache: nothing ran now
+    seconds: float | None               # making the run (when cached: when it was made)
+    encoder: dict | None = None         # the bi-encoder as it ran (dense)
+    encode_seconds: float | None = None
+    search_seconds: float | None = None
+    docs_per_second: float | None = None
+
+    @classmethod
+    def from_info(cls, run: dict[str, dict[str, float]], info: dict, cached: bool) -> "FirstStageResult":
+        """From the account the stage keeps beside its cached run (``info.json``)."""
+        return cls(run=run, info={**info, "cached": cached}, cached=cached, seconds=info.get("seconds"),
+                   encoder=info.get("encoder"), encode_seconds=info.get("encode_seconds"),
+                   search_seconds=info.get("search_seconds"), docs_per_second=info.get("docs_per_second"))
 
 
 class FirstStage:
@@ -39,8 +69,6 @@ class FirstStage:
         self._encoder = None
 
     def describe(self) -> dict:
-        from .. import models
-
         out = {"name": self.name, **self.spec.model_dump(mode="json")}
         if self.spec.model:
             out["model"] = models.describe(self.spec.model, self.spec.revision)
@@ -49,21 +77,16 @@ class FirstStage:
         return out
 
     # -- public ------------------------------------------------------------------------------
-    def retrieve(self, collection) -> tuple[dict[str, dict[str, float]], dict]:
-        """(run, info): the candidate run and what it cost (timings, cache hits)."""
-        from ..runs import read_run, write_run
-
+    def retrieve(self, collection) -> FirstStageResult:
+        """The candidate run and what it cost (timings, cache hits)."""
         spec_key = self.spec.model_dump(mode="json", exclude={"device", "batch_size", "token_budget", "search_chunk"})
         if self.spec.kind == "dense":  # `auto` is fp16 on a GPU, fp32 on the CPU: key the run on what runs
-            from ..engine.device import precision_for
-
             spec_key["precision"] = precision_for(self.spec.dtype, self.spec.device, self.spec.engine)
         folder = entry(self.cache_root, "runs", f"{collection.name}-{self.name}", stage=spec_key,
                        collection=collection.fingerprint(), queries=queries_digest(collection.queries))
         run_path, info_path = folder / "run.trec", folder / "info.json"
         if run_path.exists() and info_path.exists():
-            info = json.loads(info_path.read_text())
-            return read_run(run_path), {**info, "cached": True}
+            return FirstStageResult.from_info(read_run(run_path), json.loads(info_path.read_text()), cached=True)
         t0 = time.perf_counter()
         if self.spec.kind == "dense":
             ranked, info = self._dense(collection)
@@ -77,24 +100,12 @@ class FirstStage:
         run = {qid: {doc: score for doc, score in docs} for qid, docs in ranked.items() if docs}
         write_run(run, run_path, tag=self.name)
         atomic_write_json(info_path, info)
-        return run, {**info, "cached": False}
+        return FirstStageResult.from_info(run, info, cached=False)
 
     # -- methods -----------------------------------------------------------------------------
     def _dense(self, collection):
-        from ..engine.device import resolve_devices
-        from .embeddings import EmbeddingStore
-        from .search import exact_top_k
-
-        devices = resolve_devices(self.spec.device)
-        if self._encoder is None:
-            if len(devices) > 1:  # one encoder process per device, whole shards each
-                from .parallel import ShardEncoderPool
-
-                self._encoder = ShardEncoderPool(self.spec, devices, cache_dir=self.cache_root)
-            else:
-                from .encoder import build_encoder
-
-                self._encoder = build_encoder(self.spec, cache_dir=self.cache_root, device=devices[0])
+        if self._encoder is None:  # one process per device when there are several, whole shards each
+            self._encoder = build_encoder(self.spec, cache_dir=self.cache_root)
         enc = self._encoder
         d = enc.describe()
         storage = "float32" if d.get("dtype") in ("fp32", "tf32") else "float16"
@@ -106,19 +117,15 @@ class FirstStage:
         t0 = time.perf_counter()
         built = {"encoded_docs": 0, "reused_docs": collection.n_docs()}
         if not store.complete():
-            batches = collection.iter_docs(batch_size=SHARD_SIZE)
-            if len(devices) > 1:
-                built = store.build(batches, encode_shards=enc.imap, n_docs=collection.n_docs(),
-                                    storage_dtype=storage, progress=self.progress)
-            else:
-                built = store.build(batches, enc.encode_docs, n_docs=collection.n_docs(), storage_dtype=storage,
-                                    progress=self.progress)
+            built = store.build(collection.iter_docs(batch_size=SHARD_SIZE), encode_shards=enc.encode_shards,
+                                n_docs=collection.n_docs(), storage_dtype=storage, progress=self.progress)
         t_encode = time.perf_counter() - t0
         qids = sorted(collection.queries)
         t0 = time.perf_counter()
         q = enc.encode_queries([collection.queries[qid] for qid in qids])
         hits = exact_top_k(q, store.shards(), self.spec.depth, chunk=self.spec.search_chunk,
-                           device=devices[0], progress=self.progress, n_docs=collection.n_docs())
+                           device=resolve_devices(self.spec.device)[0], progress=self.progress,
+                           n_docs=collection.n_docs())
         t_search = time.perf_counter() - t0
         info = {"method": "dense exact inner product over L2-normalised embeddings", "encoder": d,
                 "embeddings": {"folder": str(store_folder), "storage_dtype": storage, **built},
@@ -128,20 +135,16 @@ class FirstStage:
 
     def close(self) -> None:
         """Release the encoder (and its worker processes, if several devices)."""
-        if self._encoder is not None and hasattr(self._encoder, "close"):
+        if self._encoder is not None:
             self._encoder.close()
         self._encoder = None
 
     def _bm25(self, collection):
-        from .bm25 import bm25_settings, bm25_top_k
-
         ranked = bm25_top_k(collection.iter_docs(), collection.queries, self.spec.depth,
                             language=collection.language, k1=self.spec.k1, b=self.spec.b, progress=self.progress)
         return ranked, {"method": "bm25", "bm25": bm25_settings(collection.language, self.spec.k1, self.spec.b)}
 
     def _from_run_file(self, collection):
-        from ..runs import read_run
-
         path = Path(self.spec.path.format(dataset=collection.name.replace("/", "_"),
                                           language=collection.language or ""))
         run = read_run(path)
@@ -156,6 +159,4 @@ class FirstStage:
         return self._cut(collection.scoreddocs(self.spec.depth)), {"method": "ir_datasets scoreddocs"}
 
     def _cut(self, run):
-        from ..runs import sort_ranking
-
         return {qid: sort_ranking(docs)[: self.spec.depth] for qid, docs in run.items()}

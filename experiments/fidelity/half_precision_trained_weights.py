@@ -56,7 +56,7 @@ def main() -> int:
 
     from bench.config import CollectionSpec, FirstStageSpec
     from bench.data import load_collection
-    from bench.retrieve.encoder import build_encoder
+    from bench.retrieve import build_encoder
     from bench.evaluate import Conventions, evaluate
     from bench.fidelity import compare, fidelity_record, markdown_table, top_ids
     from bench.io import atomic_write_json

@@ -263,7 +263,7 @@ class Checks:
 
         from bench import models
         from bench.config import FirstStageSpec
-        from bench.retrieve.encoder import build_encoder
+        from bench.retrieve import build_encoder
         from bench.throughput import ModelShape, release, run_encoder_cell, text_token_lengths
 
         cfg, cache = self.cfg, os.environ.get("RERANK_BENCH_CACHE")
