@@ -19,12 +19,16 @@ from .data import expand, load_collection
 from .engine.device import precision_for, release_memory
 from .evaluate import Conventions, evaluate
 from .io import atomic_write_text, sha256_file, slug
+from .metrics import parse_metric
 from .records import QualityRecord, make_record
 from .report import quality_report
 from .rerank import build_reranker
 from .rerank.stage import RerankStage
 from .retrieve.stage import FirstStage
 from .runs import write_qrels, write_run
+
+#: holes in the judgements, a diagnostic every quality record carries
+JUDGED_AT_10 = parse_metric("judged@10")
 
 
 class Pipeline:
@@ -124,7 +128,7 @@ class Pipeline:
         # judged@10 (holes in the judgements) is read on the plain top 10: no -J, and a -M under 10
         # would hide part of it. One pass serves both when the conventions allow.
         plain = Conventions(rel_level=ev_spec.rel_level)
-        shared = "judged@10" not in names and not ev_spec.judged_only and (ev_spec.depth or 10) >= 10
+        shared = JUDGED_AT_10 not in map(parse_metric, names) and not ev_spec.judged_only and (ev_spec.depth or 10) >= 10
         evaluation = evaluate(collection.qrels, run, names + (["judged@10"] if shared else []), conventions)
         if shared:
             judged = evaluation.means.pop("judged@10")

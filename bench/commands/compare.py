@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import BenchError
 from ..evaluate import Conventions, notify_if_cold
-from ..io import atomic_write_text
+from ..io import atomic_write_text, slug
 from ..records import SCHEMA
 from ..runs import read_qrels, read_run
 from .eval import add_conventions_arguments
@@ -129,12 +129,9 @@ def _write_outputs(comparison, args, text: str) -> list[str]:
     plots = []
     if len(comparison.systems) > 1:
         for metric in dict.fromkeys(comparison.means.metric):
-            plots.append(comparison.plot(metric, out / f"differences_{_file_safe(metric)}.png", args.baseline))
+            plots.append(comparison.plot(metric, out / f"differences_{slug(metric, strip=False)}.png", args.baseline))
     record = comparison.to_record([str(p) for p in args.inputs])
     record.plots = [p.name for p in plots]
     written += plots + [record.to_disk(out / "comparison.json")]
     return [p.name for p in written]
 
-
-def _file_safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-." else "_" for c in name)
