@@ -4,12 +4,15 @@ label into a file name (`slug`)."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+from .errors import BenchError, where
 
 
 def slug(text: str, *, strip: bool = True) -> str:
@@ -71,3 +74,25 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file, plain or gzip (by its .gz suffix), line endings kept.
+
+    The one reader of the text files people give the harness (qrels, runs, BEIR JSON lines): a
+    missing file, a folder, bad UTF-8 or a truncated gzip is a BenchError naming the file (and line)."""
+    path = Path(path)
+    if not path.exists():
+        raise BenchError(f"{path}: file not found")
+    if path.is_dir():
+        raise BenchError(f"{path}: is a folder, expected a file")
+    lineno = 0
+    try:
+        with (gzip.open(path, "rt", encoding="utf-8", newline="") if path.suffix == ".gz"
+              else open(path, encoding="utf-8", newline="")) as fh:
+            for lineno, line in enumerate(fh, start=1):
+                yield lineno, line
+    except UnicodeDecodeError as exc:
+        raise BenchError(f"{where(path, lineno + 1)}: not UTF-8 text ({exc.reason})") from None
+    except (EOFError, gzip.BadGzipFile) as exc:
+        raise BenchError(f"{where(path, lineno + 1)}: cannot read ({exc}); the file is cut short or not gzip") from None

@@ -12,7 +12,6 @@ and evaluated by trec_eval are the same ranking.
 
 from __future__ import annotations
 
-import gzip
 import math
 import operator
 import os
@@ -20,7 +19,7 @@ import re
 from pathlib import Path
 
 from .errors import BenchError, where
-from .io import atomic_write_text
+from .io import atomic_write_text, text_lines
 
 Qrels = dict[str, dict[str, int]]  # qid -> docid -> relevance (may be 0 or negative)
 Run = dict[str, dict[str, float]]  # qid -> docid -> score
@@ -40,28 +39,12 @@ def sort_ranking(docs: dict[str, float]) -> list[tuple[str, float]]:
     return sorted(docs.items(), key=_SCORE_THEN_DOCID, reverse=True)
 
 
-def _open_text(path: Path):
-    """Text lines of a plain or gzip file, UTF-8, with a clear error when the file is missing."""
-    if not path.exists():
-        raise BenchError(f"{path}: file not found")
-    if path.is_dir():
-        raise BenchError(f"{path}: is a folder, expected a file")
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
-
-
 def _lines(path: Path):
-    """(line number, fields) for every non-blank line; bad UTF-8 is reported with its line."""
-    with _open_text(path) as fh:
-        lineno = 0
-        try:
-            for lineno, line in enumerate(fh, start=1):
-                fields = line.split()
-                if fields:
-                    yield lineno, fields
-        except UnicodeDecodeError as exc:
-            raise BenchError(f"{where(path, lineno + 1)}: not UTF-8 text ({exc.reason})") from None
+    """(line number, fields) for every non-blank line."""
+    for lineno, line in text_lines(path):
+        fields = line.split()
+        if fields:
+            yield lineno, fields
 
 
 # ---------------------------------------------------------------------------------------------- qrels

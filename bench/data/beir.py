@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BenchError, where
+from ..io import text_lines
 from .base import MemoryCollection, doc_text, select_queries
 
 LAYOUT = ("corpus.jsonl[.gz] ({\"_id\", \"title\", \"text\"} a line), queries.jsonl ({\"_id\", \"text\"} a line) "
@@ -28,30 +29,19 @@ LAYOUT = ("corpus.jsonl[.gz] ({\"_id\", \"title\", \"text\"} a line), queries.js
 QRELS_HEADER = ("query-id", "corpus-id", "score")
 
 
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
 def _jsonl(path: Path):
     """(line number, object) for each non-blank line; a malformed line is a BenchError at file:line."""
-    try:
-        with _open_text(path) as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise BenchError(f"{where(path, lineno)}: not valid JSON ({exc.msg}); each line must be one "
-                                     "JSON object") from None
-                if not isinstance(obj, dict):
-                    raise BenchError(f"{where(path, lineno)}: expected a JSON object, got {type(obj).__name__}")
-                yield lineno, obj
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise BenchError(f"{path}: cannot read ({exc}); the file must be UTF-8 JSON lines"
-                         f"{' compressed with gzip' if path.suffix == '.gz' else ''}") from None
+    for lineno, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BenchError(f"{where(path, lineno)}: not valid JSON ({exc.msg}); each line must be one "
+                             "JSON object") from None
+        if not isinstance(obj, dict):
+            raise BenchError(f"{where(path, lineno)}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
 
 
 def _field(obj: dict, key: str, path: Path, lineno: int, *, required: bool = True) -> str | None:
@@ -67,8 +57,11 @@ def _field(obj: dict, key: str, path: Path, lineno: int, *, required: bool = Tru
     return value
 
 
-def read_qrels(path: Path) -> tuple[dict[str, dict[str, int]], dict[str, int], int]:
+def read_beir_qrels(path: Path) -> tuple[dict[str, dict[str, int]], dict[str, int], int]:
     """Qrels of one split: (qid -> docid -> relevance, docid -> first line, identical duplicate lines).
+
+    BEIR's strict tab-separated form: a BEIR folder's own file is held to its layout, while
+    `bench.runs.read_qrels` reads any qrels file (TREC or BEIR tsv) given on the command line.
 
     The header line is optional. A line with other than 3 tab-separated fields, a non-integer
     score, or the same (query, doc) judged twice with different scores is a BenchError at file:line.
@@ -77,35 +70,34 @@ def read_qrels(path: Path) -> tuple[dict[str, dict[str, int]], dict[str, int], i
     doc_lines: dict[str, int] = {}
     first_line: dict[tuple[str, str], int] = {}
     duplicates = 0
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            fields = line.split("\t")
-            if lineno == 1 and tuple(f.strip().lower() for f in fields) == QRELS_HEADER:
-                continue
-            if len(fields) != 3:
-                raise BenchError(f"{where(path, lineno)}: expected 3 tab-separated fields (query-id, corpus-id, "
-                                 f"score), got {len(fields)}: {line[:80]!r}")
-            qid, docid, score = (f.strip() for f in fields)
-            try:
-                rel = int(score)
-            except ValueError:
-                raise BenchError(f"{where(path, lineno)}: relevance {score!r} is not an integer "
-                                 "(BEIR qrels use 0, 1, 2...)") from None
-            if not qid or not docid:
-                raise BenchError(f"{where(path, lineno)}: empty query-id or corpus-id")
-            judged = qrels.setdefault(qid, {})
-            if docid in judged:
-                if judged[docid] != rel:
-                    raise BenchError(f"{where(path, lineno)}: query {qid!r}, doc {docid!r} judged {rel} here but "
-                                     f"{judged[docid]} on line {first_line[(qid, docid)]}; keep one judgement")
-                duplicates += 1
-                continue
-            judged[docid] = rel
-            first_line[(qid, docid)] = lineno
-            doc_lines.setdefault(docid, lineno)
+    for lineno, line in text_lines(path):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if lineno == 1 and tuple(f.strip().lower() for f in fields) == QRELS_HEADER:
+            continue
+        if len(fields) != 3:
+            raise BenchError(f"{where(path, lineno)}: expected 3 tab-separated fields (query-id, corpus-id, "
+                             f"score), got {len(fields)}: {line[:80]!r}")
+        qid, docid, score = (f.strip() for f in fields)
+        try:
+            rel = int(score)
+        except ValueError:
+            raise BenchError(f"{where(path, lineno)}: relevance {score!r} is not an integer "
+                             "(BEIR qrels use 0, 1, 2...)") from None
+        if not qid or not docid:
+            raise BenchError(f"{where(path, lineno)}: empty query-id or corpus-id")
+        judged = qrels.setdefault(qid, {})
+        if docid in judged:
+            if judged[docid] != rel:
+                raise BenchError(f"{where(path, lineno)}: query {qid!r}, doc {docid!r} judged {rel} here but "
+                                 f"{judged[docid]} on line {first_line[(qid, docid)]}; keep one judgement")
+            duplicates += 1
+            continue
+        judged[docid] = rel
+        first_line[(qid, docid)] = lineno
+        doc_lines.setdefault(docid, lineno)
     return qrels, doc_lines, duplicates
 
 
@@ -159,7 +151,7 @@ class BeirCollection(MemoryCollection):
             raise BenchError(f"{self.queries_path}: missing; a BEIR folder holds {LAYOUT}")
         self.qrels_path = self._qrels_file(split)
 
-        all_qrels, self._qrels_doc_lines, self.qrels_duplicates = read_qrels(self.qrels_path)
+        all_qrels, self._qrels_doc_lines, self.qrels_duplicates = read_beir_qrels(self.qrels_path)
         all_queries: dict[str, str] = {}
         for lineno, obj in _jsonl(self.queries_path):
             qid = _field(obj, "_id", self.queries_path, lineno)
