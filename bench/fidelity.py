@@ -23,24 +23,10 @@ from typing import Any
 import numpy as np
 
 from .errors import BenchError
+from .rerank.common import check_scores
 from .throughput import PairSet
 
 EVALUATORS = ("auto", "bench.evaluate", "pytrec_eval", "builtin")
-
-
-def check_finite(scores: np.ndarray, pairset: PairSet, *, label: str = "scores") -> np.ndarray:
-    """`scores` as float32, or a BenchError naming the first pair whose score is NaN or infinite."""
-    arr = np.asarray(scores, dtype=np.float32)
-    if arr.shape != (len(pairset),):
-        raise BenchError(f"{label}: {arr.shape[0] if arr.ndim else 0} scores for {len(pairset)} pairs")
-    bad = np.flatnonzero(~np.isfinite(arr))
-    if len(bad):
-        i = int(bad[0])
-        query = pairset.pairs[i][0]
-        raise BenchError(f"{label}: pair {i} (query {pairset.qids[i]!r} {query[:60]!r}, document "
-                         f"{pairset.doc_ids[i]!r}) has score {arr[i]}; {len(bad)} pair(s) in all are not finite "
-                         "— check the model's dtype (fp16 overflow?) and its weights")
-    return arr
 
 
 def run_of(scores: np.ndarray, pairset: PairSet) -> dict[str, dict[str, float]]:
@@ -120,8 +106,8 @@ def compare(reference: np.ndarray, candidate: np.ndarray, pairset: PairSet, *,
     """Fidelity of `candidate` scores against `reference` scores on the same `pairset`."""
     from scipy.stats import kendalltau
 
-    ref = check_finite(reference, pairset, label=labels[0])
-    cand = check_finite(candidate, pairset, label=labels[1])
+    ref = check_scores(reference, pairset.pairs, labels[0], qids=pairset.qids, doc_ids=pairset.doc_ids)
+    cand = check_scores(candidate, pairset.pairs, labels[1], qids=pairset.qids, doc_ids=pairset.doc_ids)
     diff = np.abs(ref.astype(np.float64) - cand.astype(np.float64))
     taus, undefined, identical = [], 0, 0
     ref_run, cand_run = run_of(ref, pairset), run_of(cand, pairset)
