@@ -6,6 +6,7 @@ FLOP count must see the same tokens the engines see.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,6 +149,40 @@ def pairs_from_collection(collection, *, k: int, max_queries: int | None = None,
         source["candidates"] = (f"relevant, then judged non-relevant, then random documents from the first "
                                 f"{len(ids)} of the corpus (seed {seed})")
     return build_pairs(queries, collection.get_docs, cands, k=k, source=source)
+
+
+def sampled_pairs(collection, n: int, *, seed: int = 0, pool: int = 3000) -> PairSet:
+    """`n` pairs in random order, for a quick pairs/s check: up to half of them judged (query,
+    passage) pairs, the rest a random query with one of the first `pool` passages of the corpus.
+
+    Not grouped by query (k = 1: each pair stands alone), so many queries and passage lengths mix in
+    every batch; per-query figures mean nothing on it."""
+    rng = random.Random(seed)
+    judged_ids = [(q, d) for q, docs in collection.qrels.items() if q in collection.queries for d in docs][: 2 * n]
+    missing = set(collection.judged_docs_missing())
+    judged = [(q, d) for q, d in judged_ids if d not in missing]
+    texts = collection.get_docs({d for _, d in judged})
+    rng.shuffle(judged)
+    qid_of: dict[str, str] = {}  # query text -> its first id
+    for qid, text in collection.queries.items():
+        qid_of.setdefault(text, qid)
+    qtexts = sorted(qid_of)
+    docs: list[tuple[str, str]] = []
+    for batch in collection.iter_docs():
+        docs.extend(batch)
+        if len(docs) >= pool:
+            break
+    docs = docs[:pool]
+    chosen = [(q, d, texts[d]) for q, d in judged[: n // 2]]
+    for _ in range(n - len(chosen)):
+        qid = qid_of[rng.choice(qtexts)]
+        chosen.append((qid, *rng.choice(docs)))
+    rng.shuffle(chosen)
+    return PairSet([(collection.queries[q], text) for q, _, text in chosen], [q for q, _, _ in chosen],
+                   [d for _, d, _ in chosen], 1,
+                   {"collection": collection.name, "language": getattr(collection, "language", None),
+                    "candidates": f"judged pairs (up to half) and random queries with one of the first {len(docs)} "
+                                  f"documents, shuffled (seed {seed})"})
 
 
 def pair_token_lengths(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int,
