@@ -3,9 +3,6 @@ pyplot state, no global backend switch).
 
 `_figure` and `_save` are the one way the package makes a PNG (`bench.compare` plots with them too).
 
-* `plot_throughput`: pairs/s against batch size (baselines, pairs per batch) and token budget (the
-  fast engine, tokens per batch), one line per engine variant × precision, log-2 x axis; one panel
-  per kind of x axis because pairs and tokens are different units.
 * `plot_quality_speed`: a quality metric against reranking speed, one point per quality record
   (dataset × reranker), one colour per reranker.
 """
@@ -14,7 +11,7 @@ from __future__ import annotations
 
 import io
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from .errors import BenchError
@@ -48,54 +45,6 @@ def _save(fig, path: str | Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     return atomic_write_bytes(path, buf.getvalue())
-
-
-def plot_throughput(records: Sequence[Mapping] | Mapping, path: str | Path, *, title: str | None = None) -> Path:
-    """Throughput against batch size / token budget from throughput records (failed cells are left out)."""
-    if isinstance(records, Mapping):
-        records = [records]
-    series: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
-    for rec in records:
-        if rec.get("kind") != "throughput":
-            raise BenchError(f"{rec.get('_path', 'record')}: kind {rec.get('kind')!r}, expected 'throughput'")
-        many_lengths = len({c["max_length"] for c in rec["cells"]}) > 1
-        for c in rec["cells"]:
-            if c.get("error"):
-                continue
-            axis = "token budget (tokens per batch)" if c.get("token_budget") else "batch size (pairs per batch)"
-            x = c.get("token_budget") or c.get("batch_size")
-            name = f"{c['variant']} {c.get('dtype_resolved', c['dtype'])}"
-            if many_lengths:
-                name += f" L{c['max_length']}"
-            series[(axis, name)][x] = max(c["pairs_per_s"], series[(axis, name)].get(x, 0.0))
-    if not series:
-        raise BenchError("no successful throughput cells to plot")
-    axes_names = sorted({axis for axis, _ in series})
-    plt = _pyplot()
-    # one y scale for both panels, from 0, so engines compare at a glance across panels
-    fig, axes = plt.subplots(1, len(axes_names), figsize=(6.5 * len(axes_names), 4.5), squeeze=False, sharey=True)
-    for ax, axis in zip(axes[0], axes_names):
-        for (a, name), points in sorted(series.items()):
-            if a != axis:
-                continue
-            xs = sorted(points)
-            ax.plot(xs, [points[x] for x in xs], marker="o", label=name)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel(axis)
-        ax.set_ylabel("pairs / s (end to end, median)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    # Limits once all panels are drawn: setting them per panel would freeze the shared scale at the
-    # first panel's data and cut off faster engines in the others.
-    top = max(v for points in series.values() for v in points.values())
-    axes[0][0].set_ylim(0, top * 1.08)
-    rec = records[0]
-    device = (rec.get("environment") or {}).get("device", {}).get("device", rec.get("device"))
-    fig.suptitle(title or f"{rec['model']['ref']} on {device}: {rec['pairs'].get('n_pairs')} pairs")
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
 
 
 def plot_quality_speed(records: Iterable[Mapping], path: str | Path, *, metric: str = "nDCG@10",

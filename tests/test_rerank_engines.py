@@ -42,7 +42,7 @@ def spread(src: str, dst: Path, seed: int = 0, scale: float = 0.15) -> str:
 @pytest.fixture(scope="session")
 def pairs(shared_data):
     """Real MIRACL Yoruba queries with judged passages (half) and random corpus passages (half)."""
-    return beir_pairs(shared_data / "miracl-yo-dev", 160)
+    return beir_pairs(shared_data / "miracl-yo-dev", 160).pairs
 
 
 @pytest.fixture(scope="session")

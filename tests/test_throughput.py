@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from bench.errors import BenchError
-from bench.throughput import (Cell, ModelShape, PairSet, PeakMemory, Sweep, add_speedups, candidates_from_qrels,
-                              cells_from_spec, markdown_table, matmul_ceiling, pair_token_lengths,
-                              pairs_from_collection, useful_flops)
+from bench.throughput.flops import ModelShape, matmul_ceiling, useful_flops
+from bench.throughput.pairs import PairSet, candidates_from_qrels, pair_token_lengths, pairs_from_collection
+from bench.throughput.sweep import Cell, Sweep, add_speedups, cells_from_spec
+from bench.throughput.tables import throughput_table
+from bench.throughput.timing import PeakMemory
 
 
 class PlainScorer:
@@ -169,9 +171,9 @@ def test_token_lengths_match_the_tokenizer(pairset, tiny_reranker):
 def test_sweep_record_table_and_plot(pairset, tiny_reranker, tmp_path):
     from transformers import AutoConfig, AutoTokenizer
 
-    from bench.plots import plot_throughput
     from bench.io import atomic_write_json
     from bench.records import read_record
+    from bench.throughput.tables import plot_throughput
 
     def build(cell: Cell):
         if cell.batch_size == 999:
@@ -207,7 +209,7 @@ def test_sweep_record_table_and_plot(pairset, tiny_reranker, tmp_path):
     assert scores[a["label"]].dtype == np.float32 and len(scores[c["label"]]) == 12
     np.testing.assert_allclose(scores[a["label"]], scores[b["label"]], atol=1e-5)
 
-    table = markdown_table(record)
+    table = throughput_table(record)
     assert table.count("\n| ") == 5 and "this cell cannot be built" in table and "1.00×" in table
     path = atomic_write_json(tmp_path / "records" / "t.json", record)
     again = read_record(path)
@@ -439,7 +441,7 @@ def test_data_parallel_cell_counts_devices_and_closes_its_workers(pairset, tiny_
     main process' memory is not passed off as the workers', and the workers are stopped."""
     import multiprocessing
 
-    from bench.throughput import reranker_factory
+    from bench.throughput.sweep import reranker_factory
 
     cells = [Cell("fast", "fp32", 512, token_budget=2048)]
     sweep = Sweep(pairset.head(8), cells, reranker_factory(tiny_reranker, cache_dir=cache_dir, device="cpu,cpu"),
@@ -459,6 +461,7 @@ def test_plot_shows_every_cell_within_the_shared_scale(monkeypatch, tmp_path):
     from pathlib import Path
 
     import bench.plots as plots
+    from bench.throughput.tables import plot_throughput
 
     results = json.loads((Path(__file__).resolve().parents[1] / "results" / "gpu-checks-h100" / "results.json").read_text())
     record = results["records"]["throughput"]
@@ -469,7 +472,7 @@ def test_plot_shows_every_cell_within_the_shared_scale(monkeypatch, tmp_path):
         return Path(path)
 
     monkeypatch.setattr(plots, "_save", capture)
-    plots.plot_throughput(record, tmp_path / "t.png")
+    plot_throughput(record, tmp_path / "t.png")
     axes = seen["fig"].axes
     top = axes[0].get_ylim()[1]
     ys = [y for ax in axes for line in ax.get_lines() for y in line.get_ydata()]
@@ -479,7 +482,7 @@ def test_plot_shows_every_cell_within_the_shared_scale(monkeypatch, tmp_path):
 
 
 def test_rates_keep_three_figures_below_one_hundred():
-    from bench.throughput import _rate
+    from bench.throughput.tables import _rate
 
     assert (_rate(6584.2), _rate(152.0), _rate(7.273), _rate(0.1454)) == ("6,584", "152", "7.27", "0.145")
 
@@ -495,9 +498,9 @@ def test_engine_check_variants_and_fidelity_smoke_on_cpu(shared_data, tmp_path):
     root = Path(__file__).resolve().parents[1]
     cells = ["fp32", "flag", "fast", "fast-full-last", "fast-gelu-epilogue", "fast-host-only"]
     env = {**os.environ, "DATA": str(shared_data), "RERANK_BENCH_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, str(root / "experiments" / "gpu" / "engine_check.py"), "--smoke",
+    proc = subprocess.run([sys.executable, "-m", "experiments.gpu.engine_check", "--smoke",
                            "--out", str(tmp_path), "--collection", "vaswani", "--split", "test", "--cells", *cells],
-                          env=env, capture_output=True, text=True, timeout=900)
+                          env=env, cwd=root, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "engine_check-vaswani.json").read_text())
     assert [c["cell"] for c in res["cells"]] == cells and not any(c.get("error") for c in res["cells"])
@@ -510,7 +513,7 @@ def test_engine_check_variants_and_fidelity_smoke_on_cpu(shared_data, tmp_path):
 
 
 def test_sweep_device_is_the_first_resolved_device():
-    from bench.throughput import resolve_device
+    from bench.throughput.sweep import resolve_device
 
     assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"  # no GPU here
     with pytest.raises(BenchError, match="not a device name"):

@@ -55,17 +55,25 @@ def check_pairs(pairs) -> list[tuple[str, str]]:
     return out
 
 
-def check_scores(scores: np.ndarray, pairs: Sequence[tuple[str, str]], label: str) -> np.ndarray:
-    """float32 scores, or a BenchError naming the first pair whose score is NaN or infinite."""
+def check_scores(scores: np.ndarray, pairs: Sequence[tuple[str, str]], label: str, *,
+                 qids: Sequence[str] | None = None, doc_ids: Sequence[str] | None = None) -> np.ndarray:
+    """float32 scores, one per pair: the one score check, of every engine's output and of the scores
+    fidelity compares.
+
+    A wrong count is a bug in the engine, not something a user can fix: an AssertionError, so it
+    surfaces with its traceback. A NaN or infinite score is a BenchError naming the first such pair
+    (with its query and document ids when given) and the usual cause."""
     scores = np.asarray(scores, dtype=np.float32).reshape(-1)
     if len(scores) != len(pairs):
-        raise BenchError(f"reranker {label}: {len(scores)} scores for {len(pairs)} pairs (engine bug)")
+        raise AssertionError(f"reranker {label}: {len(scores)} scores for {len(pairs)} pairs (engine bug)")
     bad = np.flatnonzero(~np.isfinite(scores))
     if len(bad):
         i = int(bad[0])
-        raise BenchError(f"reranker {label}: score of pair {i} is {scores[i]} (query {pairs[i][0][:100]!r}); "
-                         f"{len(bad)} of {len(scores)} scores are not finite. With fp16 this is usually an "
-                         "overflow: use dtype bf16 or fp32")
+        query = f"{qids[i]!r} " if qids is not None else ""
+        document = f", document {doc_ids[i]!r}" if doc_ids is not None else ""
+        raise BenchError(f"reranker {label}: score of pair {i} is {scores[i]} (query {query}{pairs[i][0][:100]!r}"
+                         f"{document}); {len(bad)} of {len(scores)} scores are not finite. With fp16 this is "
+                         "usually an overflow: use dtype bf16 or fp32")
     return scores
 
 

@@ -3,83 +3,30 @@
     python -m bench.rerank.speed --model random:tiny-xlmr-reranker --pairs 500
     python -m bench.rerank.speed --model random:bge-reranker-base --pairs 200 --max-length 256
 
-Pairs come from a BEIR folder (default ``../shared/data/miracl-yo-dev``): half judged (query,
-passage) pairs, half a query with a random passage. Every engine scores the same pairs after a
-short warm-up; wall time of one pass, tokenization included. The throughput sweep
-(``bench throughput``) is the full measurement; this is the quick check.
+Pairs come from a BEIR folder (default ``../shared/data/miracl-yo-dev``): whole queries, each with
+its judged passages first, then random ones (`bench.throughput.pairs.pairs_from_collection`), so
+about half are judged on MIRACL. Every engine scores the same pairs through a throughput sweep
+(`bench.throughput.sweep.Sweep`) after a warm-up pass: wall time of one pass, tokenization
+included, the best of the timed passes (on a shared machine other processes only slow a pass).
+`bench throughput` is the full measurement; this is the quick check.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
-import random
-import time
 from pathlib import Path
 
-from ..errors import BenchError
+from ..config import CollectionSpec
+from ..data import load_collection
+from ..engine.device import ENGINES
+from ..throughput.pairs import PairSet, sampled_pairs
+from ..throughput.sweep import Cell, Sweep, reranker_factory
 
 
-def beir_pairs(folder: str | Path, n: int, seed: int = 0, split: str = "dev") -> list[tuple[str, str]]:
-    """``n`` real pairs from a BEIR folder: judged pairs (up to half) and random query-passage pairs."""
-    folder = Path(folder)
-    try:
-        queries = {}
-        for line in (folder / "queries.jsonl").read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            queries[row["_id"]] = row["text"]
-        qrels = [line.split("\t")[:2] for line in (folder / "qrels" / f"{split}.tsv").read_text().splitlines()[1:]]
-    except FileNotFoundError as exc:
-        raise BenchError(f"{exc.filename}: not found (need a BEIR folder with queries.jsonl and qrels/{split}.tsv)") from None
-    qrels = [(q, d) for q, d in qrels if q in queries][: 2 * n]
-    wanted = {d for _, d in qrels}
-    docs, pool = {}, []
-    with gzip.open(folder / "corpus.jsonl.gz", "rt", encoding="utf-8") as fh:
-        for i, line in enumerate(fh):
-            row = json.loads(line)
-            text = (row.get("title", "") + " " + row["text"]).strip()
-            if row["_id"] in wanted:
-                docs[row["_id"]] = text
-            if i < 3000:
-                pool.append(text)
-            elif len(docs) == len(wanted):
-                break
-    rng = random.Random(seed)
-    judged = [(queries[q], docs[d]) for q, d in qrels if d in docs]
-    rng.shuffle(judged)
-    qtexts = sorted(set(queries.values()))
-    pairs = judged[: n // 2] + [(rng.choice(qtexts), rng.choice(pool)) for _ in range(n - len(judged[: n // 2]))]
-    rng.shuffle(pairs)
-    return pairs
-
-
-def compare(model: str, pairs, *, engines=("fast", "transformers", "sentence-transformers", "flag"),
-            max_length: int = 512, dtype: str = "auto", device: str = "auto", cache_dir=None,
-            repeats: int = 3) -> list[dict]:
-    """pairs/s of each engine on ``pairs``: a warm-up on the first 32 pairs, then the best of
-    ``repeats`` timed passes (the best, because on a shared machine other processes only slow a pass)."""
-    from ..config import RerankerSpec
-    from . import build_reranker
-
-    rows = []
-    for name in engines:
-        r = build_reranker(RerankerSpec(model=model, engine=name, dtype=dtype, device=device, max_length=max_length),
-                           cache_dir=cache_dir)
-        r.score(pairs[:32])
-        r.reset_stats()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            r.score(pairs)
-            times.append(time.perf_counter() - t0)
-        seconds = min(times)
-        st, d = r.stats(), r.describe()
-        rows.append({"engine": name, "dtype": d["dtype"], "pairs_per_s": len(pairs) / seconds, "seconds": seconds,
-                     "padding": 1 - st["tokens"] / st["padded_tokens"] if st["padded_tokens"] else None,
-                     "attention": d.get("attention")})
-        del r
-    return rows
+def beir_pairs(folder: str | Path, n: int, seed: int = 0, split: str = "dev") -> PairSet:
+    """`n` real pairs from a BEIR folder: judged pairs (up to half) and random query-passage pairs."""
+    collection = load_collection(CollectionSpec(source="beir", path=str(folder), split=split))
+    return sampled_pairs(collection, n, seed=seed)
 
 
 def threads() -> int:
@@ -96,7 +43,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--engines", nargs="+", default=["fast", "transformers", "sentence-transformers", "flag"])
+    ap.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     args = ap.parse_args(argv)
@@ -104,15 +51,21 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    pairs = beir_pairs(args.data, args.pairs)
-    rows = compare(args.model, pairs, engines=args.engines, max_length=args.max_length, dtype=args.dtype,
-                   device=args.device, repeats=args.repeats)
-    print(f"{args.model}, {len(pairs)} pairs from {args.data}, max_length {args.max_length}, "
+    pairset = beir_pairs(args.data, args.pairs)
+    sweep = Sweep(pairset, [Cell(engine, args.dtype, args.max_length) for engine in args.engines],
+                  reranker_factory(args.model, device=args.device), model=args.model, device=args.device,
+                  warmup=1, repeats=args.repeats, latency_queries=0)
+    record, _ = sweep.run(ceiling={}, progress=False)  # no tokenizer given: no FLOPs, so no ceiling to measure
+    print(f"{args.model}, {len(pairset)} pairs from {args.data}, max_length {args.max_length}, "
           f"best of {args.repeats} passes, {threads()} CPU threads")
     print(f"{'engine':24} {'dtype':5} {'pairs/s':>9} {'padding':>8}  attention")
-    for row in rows:
-        pad = "" if row["padding"] is None else f"{row['padding']:.0%}"
-        print(f"{row['engine']:24} {row['dtype']:5} {row['pairs_per_s']:9.1f} {pad:>8}  {row['attention']}")
+    for cell in record["cells"]:
+        if cell["error"]:
+            print(f"{cell['engine']:24} {cell['dtype']:5} error: {cell['error']}")
+            continue
+        pad = "" if cell["padding_fraction"] is None else f"{cell['padding_fraction']:.0%}"
+        print(f"{cell['engine']:24} {cell['dtype_resolved']:5} {cell['n_pairs'] / min(cell['seconds']):9.1f} {pad:>8}  "
+              f"{cell['engine_describe'].get('attention')}")
     return 0
 
 

@@ -11,11 +11,11 @@ half-precision numerics on trained weights, and which of the two half precisions
 
 For each collection: corpus and queries encoded by the fast engine in fp32, bf16 and fp16 (same
 batches, same packed forward); then, on fp32's top-100 per query (the candidate set a reranker
-would see), each precision's cosine scores against fp32's with `bench.fidelity.compare`: max |Δ|,
-Kendall τ, share of queries whose top-10 is identical, ΔnDCG@10; and full retrieval with each
-precision (top-10 identical, nDCG@10, Recall@100 under trec_eval -c -M 100).
+would see), each precision's cosine scores against fp32's with `bench.throughput.fidelity.compare`:
+max |Δ|, Kendall τ, share of queries whose top-10 is identical, ΔnDCG@10; and full retrieval with
+each precision (top-10 identical, nDCG@10, Recall@100 under trec_eval -c -M 100).
 
-    python experiments/fidelity/half_precision_trained_weights.py --out runs/half-precision-fidelity \
+    python -m experiments.fidelity.half_precision_trained_weights --out runs/half-precision-fidelity \
         [--collections vaswani miracl-yo-dev] [--max-docs N]
 
 Prints a Markdown table and writes one `fidelity` record (`fidelity-minilm.json`) to --out.
@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 SPLITS = {"vaswani": "test", "miracl-yo-dev": "dev"}
 #: cell -> (dtype, fast-engine options); fp32 is the reference
@@ -58,9 +57,10 @@ def main() -> int:
     from bench.data import load_collection
     from bench.retrieve import build_encoder
     from bench.evaluate import Conventions, evaluate
-    from bench.fidelity import compare, fidelity_record, markdown_table, top_ids
     from bench.io import atomic_write_json
-    from bench.throughput import PairSet
+    from bench.throughput.fidelity import compare, fidelity_record, top_ids
+    from bench.throughput.pairs import PairSet
+    from bench.throughput.tables import fidelity_table
 
     model = "offline:all-MiniLM-L6-v2"
     comparisons, retrieval = [], []
@@ -111,7 +111,7 @@ def main() -> int:
 
     print("\n## Half precision against fp32, trained weights (all-MiniLM-L6-v2, fast engine, CPU)\n")
     print("Reranking view: fp32's top-100 per query, scored by each precision:\n")
-    print(markdown_table(comparisons))
+    print(fidelity_table(comparisons))
     print("Full retrieval with each precision (trec_eval -c -M 100):\n")
     print("| collection | docs | queries | variant | top-10 identical | nDCG@10 fp32 → variant | "
           "Recall@100 fp32 → variant |")

@@ -2,10 +2,10 @@
 process: random bge-reranker-large, end to end (tokenization included), warm-up then the median of 3
 passes. Also times tokenization alone, to see how much of a pass is host work.
 
-    python experiments/gpu/engine_check.py --out $OUT --cells fast fast-compile fast-262144   # MIRACL-yo
-    python experiments/gpu/engine_check.py --out $OUT --collection vaswani --split test --cells fast flag
+    python -m experiments.gpu.engine_check --out $OUT --cells fast fast-compile fast-262144   # MIRACL-yo
+    python -m experiments.gpu.engine_check --out $OUT --collection vaswani --split test --cells fast flag
 
-    python experiments/gpu/engine_check.py --out $OUT --collection vaswani --split test --queries 41 \
+    python -m experiments.gpu.engine_check --out $OUT --collection vaswani --split test --queries 41 \
         --cells fp32 flag fast fast-fp16 fast-full-last fast-gelu-epilogue fast-add-norm fast-fused
 
 Cells: fast (bf16, 65,536-token budget, the engine's defaults), fast-compile (the same with
@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 
 def main() -> int:
@@ -47,9 +46,11 @@ def main() -> int:
 
     from bench.config import CollectionSpec, RerankerSpec
     from bench.data import load_collection
+    from bench.engine.device import release_memory
     from bench.engine.tokens import PairTokenizer
     from bench.rerank import build_reranker
-    from bench.throughput import pairs_from_collection
+    from bench.throughput.pairs import pairs_from_collection
+    from bench.throughput.timing import time_passes
 
     data = Path(os.environ.get("DATA", ROOT / ".gpu" / "data"))
     coll = load_collection(CollectionSpec(source="beir", path=str(data / args.collection), split=args.split))
@@ -95,22 +96,15 @@ def main() -> int:
             rr = build_reranker(spec.model_copy(update=spec_update), **opts)
             if name == "fast-host-only":  # the host side's ceiling: everything but the model
                 rr._forward = lambda batch: torch.zeros(batch.n, device=batch.input_ids.device)
-            warm = []
-            for _ in range(3 if opts.get("compile") or opts.get("fused_add_norm") else 1):
-                t0 = time.perf_counter()
-                scores[name] = rr.score(pairs)
-                warm.append(time.perf_counter() - t0)
-            times = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                rr.score(pairs)
-                times.append(time.perf_counter() - t0)
+            n_warm = 3 if opts.get("compile") or opts.get("fused_add_norm") else 1
+            warm, scores[name] = time_passes(rr.score, pairs, warmup=0, repeats=n_warm, device=device)
+            times, _ = time_passes(rr.score, pairs, warmup=0, repeats=3, device=device)
             times.sort()
             cell = {"cell": name, "spec": spec_update, "options": opts, "warmup_seconds": warm, "seconds": times,
                     "pairs_per_s": len(pairs) / times[1], "describe": {k: v for k, v in rr.describe().items()
                                                                       if isinstance(v, (str, int, float, bool))}}
             del rr
-            torch.cuda.empty_cache() if device == "cuda" else None
+            release_memory(device)
         except Exception as exc:  # recorded, the next cell still runs
             cell = {"cell": name, "spec": spec_update, "options": opts, "error": f"{type(exc).__name__}: {exc}"[:2000]}
         cell["total_seconds"] = time.perf_counter() - t_build
@@ -126,7 +120,7 @@ def main() -> int:
 
 def fidelity(scores, pairset, qrels) -> list[dict]:
     """Each cell against fp32, and each fast variant against the default bf16 cell, on the same pairs."""
-    from bench.fidelity import compare
+    from bench.throughput.fidelity import compare
 
     rows = []
     for ref in ("fp32", "fast"):

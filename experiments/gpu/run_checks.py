@@ -23,7 +23,6 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 if sys.version_info < (3, 11):  # bench.config imports tomllib (3.11+); tomli is the same parser, carried in .whl/
     try:
         import tomllib  # noqa: F401
@@ -132,7 +131,7 @@ class Checks:
             raise RuntimeError("torch sees no CUDA device; run with --smoke for the CPU check")
 
     def ceiling(self, deadline: float) -> None:
-        from bench.throughput import matmul_ceiling
+        from bench.throughput.flops import matmul_ceiling
 
         c = matmul_ceiling(self.cfg["device"])
         self.records["ceiling"] = c
@@ -142,7 +141,7 @@ class Checks:
     def pairs(self, deadline: float) -> None:
         from bench.config import CollectionSpec
         from bench.data import load_collection
-        from bench.throughput import pairs_from_collection
+        from bench.throughput.pairs import pairs_from_collection
 
         data = Path(os.environ.get("DATA") or ROOT.parent / "shared" / "data")
         col = load_collection(CollectionSpec(source="beir", path=str(data / "miracl-yo-dev"), split="dev"))
@@ -159,20 +158,17 @@ class Checks:
             f"({full.n_queries} queries), encoder passages {len(self.state['texts'])}")
 
     def model(self, deadline: float) -> None:
-        from transformers import AutoConfig, AutoTokenizer
-
         from bench import models
-        from bench.throughput import ModelShape
+        from bench.throughput.flops import tokenizer_and_shape
 
         t = time.monotonic()
         path = models.resolve(self.cfg["reranker"], os.environ.get("RERANK_BENCH_CACHE"))
-        self.state["tokenizer"] = AutoTokenizer.from_pretrained(path)
-        self.state["shape"] = ModelShape.from_config(AutoConfig.from_pretrained(path))
+        self.state["tokenizer"], self.state["shape"] = tokenizer_and_shape(path)
         self.state["model"] = path
         log(f"model {self.cfg['reranker']} ready in {time.monotonic() - t:.0f} s: {self.state['shape']}")
 
     def sweep_cells(self):
-        from bench.throughput import Cell
+        from bench.throughput.sweep import Cell
 
         c, L = self.cfg, 512
         cells = [
@@ -195,8 +191,8 @@ class Checks:
         return cells
 
     def sweep(self, deadline: float) -> None:
-        from bench.fidelity import sweep_fidelity
-        from bench.throughput import Sweep, reranker_factory
+        from bench.throughput.fidelity import sweep_fidelity
+        from bench.throughput.sweep import Sweep, reranker_factory
 
         cfg = self.cfg
         cache = os.environ.get("RERANK_BENCH_CACHE")
@@ -228,8 +224,8 @@ class Checks:
     def fidelity(self, deadline: float) -> None:
         """Every precision against fp32 on all the queries (one untimed pass each; more queries than
         the sweep, so that '≥ 99% of queries' is a statement about more than 40 queries)."""
-        from bench.fidelity import fidelity_record, sweep_fidelity
-        from bench.throughput import Cell, Sweep, reranker_factory
+        from bench.throughput.fidelity import fidelity_record, sweep_fidelity
+        from bench.throughput.sweep import Cell, Sweep, reranker_factory
 
         cfg, L = self.cfg, 512
         mid = cfg["budgets"][len(cfg["budgets"]) // 2]
@@ -259,12 +255,13 @@ class Checks:
                 f"{c['n_queries']} queries, max |Δ| {c['max_abs_diff']:.2e}")
 
     def encoders(self, deadline: float) -> None:
-        from transformers import AutoConfig, AutoTokenizer
-
         from bench import models
         from bench.config import FirstStageSpec
+        from bench.engine.device import release_memory
         from bench.retrieve import build_encoder
-        from bench.throughput import ModelShape, release, run_encoder_cell, text_token_lengths
+        from bench.throughput.flops import tokenizer_and_shape
+        from bench.throughput.pairs import text_token_lengths
+        from bench.throughput.sweep import run_encoder_cell
 
         cfg, cache = self.cfg, os.environ.get("RERANK_BENCH_CACHE")
         ceiling = self.state.get("ceiling")
@@ -276,8 +273,7 @@ class Checks:
                 continue
             try:
                 path, source = models.resolve(ref, cache), "bench.models"
-                tok = AutoTokenizer.from_pretrained(path)
-                shape = ModelShape.from_config(AutoConfig.from_pretrained(path), head=False)
+                tok, shape = tokenizer_and_shape(path, head=False)
             except Exception as exc:
                 out.append({"label": arch, "model": ref, "error": f"{type(exc).__name__}: {exc}"[:1000]})
                 log(f"  encoder {arch}: {out[-1]['error']}")
@@ -310,16 +306,15 @@ class Checks:
                     log(f"  encoder {label}: {cell['error']}")
                 finally:
                     del enc
-                    release(cfg["device"])
+                    release_memory(cfg["device"])
                 out.append(cell)
                 self.save()
 
     # --- outputs --------------------------------------------------------------------------------
     def finish(self) -> None:
         """Table, plot and summary from whatever finished."""
-        from bench.fidelity import markdown_table as fidelity_table
         from bench.io import atomic_write_text
-        from bench.throughput import markdown_table
+        from bench.throughput.tables import fidelity_table, plot_throughput, throughput_table
 
         summary = summarize(self.records)
         self.state["summary"] = summary
@@ -327,7 +322,7 @@ class Checks:
                  f"Device: {(self.records.get('environment') or {}).get('device', {}).get('device')}; "
                  f"elapsed {time.monotonic() - self.t0:.0f} s", ""]
         if "throughput" in self.records:
-            parts += ["## Rerankers side by side (same pairs)", "", markdown_table(self.records["throughput"])]
+            parts += ["## Rerankers side by side (same pairs)", "", throughput_table(self.records["throughput"])]
         if "fidelity" in self.records:
             parts += ["## Fidelity against fp32", "", fidelity_table(self.records["fidelity"]["comparisons"])]
         if "encoders" in self.records:
@@ -339,8 +334,6 @@ class Checks:
         atomic_write_text(self.out / "table.md", "\n".join(parts) + "\n")
         if "throughput" in self.records:
             try:
-                from bench.plots import plot_throughput
-
                 plot_throughput(self.records["throughput"], self.out / "throughput.png")
             except Exception as exc:
                 self.steps.append({"step": "plot", "status": "failed", "error": f"{type(exc).__name__}: {exc}"})

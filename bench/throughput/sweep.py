@@ -1,4 +1,4 @@
-"""Throughput sweeps: reranker engines × batch size or token budget × dtype × max_length, on real pairs.
+"""Cells and sweeps: each engine setting timed on the same pairs, one record per sweep.
 
 Why this module exists: a pairs/s number is only worth something with its context (which pairs, how
 long, which engine and settings, on which device, against what ceiling). Every cell of a sweep runs
@@ -27,329 +27,33 @@ What one cell reports (see `run_cell`):
 
 Records: ONE record of kind ``throughput`` per sweep, its cells inside (so a table or plot is made
 from one file, and cells of one sweep share pairs, device and ceiling); fidelity of each precision
-against fp32 on the same pairs goes into one record of kind ``fidelity`` (`bench.fidelity`).
+against fp32 on the same pairs goes into one record of kind ``fidelity`` (`bench.throughput.fidelity`).
 """
 
 from __future__ import annotations
 
-import gc
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import BenchError
+from .. import models
+from ..config import RerankerSpec
+from ..engine.device import release_memory, resolve_devices
+from ..errors import BenchError
+from ..records import make_record
+from ..rerank import build_reranker
+from .flops import ModelShape, matmul_ceiling, useful_flops
+from .pairs import PairSet, pair_token_lengths
+from .timing import PeakMemory, percentile, query_latencies, time_passes
 
 #: Engines that are "the plain loop": speed-ups are relative to its fp32 cells.
 PLAIN_ENGINE = "transformers"
 
-
-# ------------------------------------------------------------------------------------------------
-# Real pairs
-# ------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class PairSet:
-    """Real (query, passage) pairs, grouped by query (each query's pairs are contiguous, k each).
-
-    One object so that every engine of a sweep scores exactly the same pairs in the same order, and
-    subsets (`head`) are whole queries, so per-query quality and latency stay meaningful.
-    """
-
-    pairs: list[tuple[str, str]]
-    qids: list[str]
-    doc_ids: list[str]
-    k: int
-    source: dict = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def query_slices(self) -> list[tuple[str, slice]]:
-        """(qid, slice into pairs) for each query, in order."""
-        out: list[tuple[str, slice]] = []
-        start = 0
-        for i in range(1, len(self.qids) + 1):
-            if i == len(self.qids) or self.qids[i] != self.qids[start]:
-                out.append((self.qids[start], slice(start, i)))
-                start = i
-        return out
-
-    @property
-    def n_queries(self) -> int:
-        return len(self.query_slices())
-
-    def head(self, max_pairs: int | None) -> "PairSet":
-        """The first whole queries holding at most `max_pairs` pairs (at least one query)."""
-        if max_pairs is None or max_pairs >= len(self.pairs):
-            return self
-        end = 0
-        for _, sl in self.query_slices():
-            if sl.stop > max_pairs and end > 0:
-                break
-            end = sl.stop
-        return PairSet(self.pairs[:end], self.qids[:end], self.doc_ids[:end], self.k,
-                       {**self.source, "subset_of_pairs": len(self.pairs)})
-
-    def describe(self) -> dict[str, Any]:
-        chars = [len(q) + len(d) for q, d in self.pairs]
-        return {**self.source, "n_pairs": len(self.pairs), "n_queries": self.n_queries, "k": self.k,
-                "mean_chars_per_pair": float(np.mean(chars)) if chars else 0.0}
-
-
-def build_pairs(queries: Mapping[str, str], get_docs: Callable[[Iterable[str]], Mapping[str, str]],
-                candidates: Mapping[str, Sequence[str]], *, k: int, max_queries: int | None = None,
-                source: dict | None = None) -> PairSet:
-    """Pair each query (in `queries` order) with its first k `candidates`; queries with fewer than k
-    candidates keep what they have (said in ``source['short_queries']``)."""
-    if k <= 0:
-        raise BenchError(f"k must be > 0 (got {k})")
-    pairs, qids, dids = [], [], []
-    short = 0
-    kept = 0
-    for qid, qtext in queries.items():
-        if max_queries is not None and kept >= max_queries:
-            break
-        cands = list(candidates.get(qid, ()))[:k]
-        if not cands:
-            continue
-        short += len(cands) < k
-        texts = get_docs(cands)
-        for did in cands:
-            pairs.append((qtext, texts[did]))
-            qids.append(qid)
-            dids.append(did)
-        kept += 1
-    if not pairs:
-        raise BenchError("no (query, passage) pairs could be built: no query has candidates "
-                         "(check the run file's query ids against the collection's queries)")
-    return PairSet(pairs, qids, dids, k, {**(source or {}), "short_queries": short})
-
-
-def candidates_from_qrels(queries: Iterable[str], qrels: Mapping[str, Mapping[str, int]],
-                          corpus_ids: Sequence[str], *, k: int, seed: int = 0) -> dict[str, list[str]]:
-    """Deterministic stand-in for a first stage: relevant documents first (by relevance, then id),
-    then judged non-relevant ones, then documents drawn from `corpus_ids` by a seeded generator.
-
-    Judged non-relevant documents were retrieved by some system once, so they are realistic hard
-    candidates; the random rest gives realistic passage lengths."""
-    rng = np.random.default_rng(seed)
-    out: dict[str, list[str]] = {}
-    for qid in queries:
-        judged = qrels.get(qid, {})
-        rel = sorted((d for d, r in judged.items() if r > 0), key=lambda d: (-judged[d], d))
-        nonrel = sorted(d for d, r in judged.items() if r <= 0)
-        chosen = (rel + nonrel)[:k]
-        seen = set(chosen)
-        need = k - len(chosen)
-        if need > 0 and len(corpus_ids):
-            # Draw a few more than needed so that skipping already chosen ids rarely runs short.
-            draw = rng.choice(len(corpus_ids), size=min(len(corpus_ids), need + len(seen) + 8), replace=False)
-            for i in draw:
-                did = corpus_ids[int(i)]
-                if did not in seen:
-                    chosen.append(did)
-                    seen.add(did)
-                    if len(chosen) == k:
-                        break
-        out[qid] = chosen
-    return out
-
-
-def pairs_from_collection(collection, *, k: int, max_queries: int | None = None, run: Mapping | None = None,
-                          run_source: str | None = None, seed: int = 0, pool: int = 200_000) -> PairSet:
-    """Real pairs from a `bench.data.Collection`: each query with its first-stage top-k from `run`
-    (qid -> docid -> score, ordered by `bench.runs.sort_ranking`), or, without a run, with k documents
-    chosen by `candidates_from_qrels` from the first `pool` documents of the corpus."""
-    queries = dict(collection.queries)
-    if max_queries is not None:
-        queries = dict(list(queries.items())[:max_queries])
-    source = {"collection": collection.name, "language": getattr(collection, "language", None)}
-    if run is not None:
-        from .runs import sort_ranking
-
-        cands = {q: [d for d, _ in sort_ranking(dict(run[q]))] for q in queries if q in run}
-        source["candidates"] = f"first-stage top-{k} from {run_source or 'a run'}"
-    else:
-        ids: list[str] = []
-        for batch in collection.iter_docs():
-            ids.extend(d for d, _ in batch)
-            if len(ids) >= pool:
-                break
-        ids = ids[:pool]
-        cands = candidates_from_qrels(queries, collection.qrels, ids, k=k, seed=seed)
-        source["candidates"] = (f"relevant, then judged non-relevant, then random documents from the first "
-                                f"{len(ids)} of the corpus (seed {seed})")
-    return build_pairs(queries, collection.get_docs, cands, k=k, source=source)
-
-
-def pair_token_lengths(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int,
-                       query_max_length: int | None = None) -> np.ndarray:
-    """Tokens each pair has after truncation, special tokens included: the fast engine's own
-    tokenizer (query cut to `query_max_length` first, then the passage so the pair fits `max_length`),
-    so FLOP counts and the engines agree by construction."""
-    if not pairs:
-        return np.zeros(0, dtype=np.int64)
-    from .engine.tokens import PairTokenizer
-
-    encoded = PairTokenizer(tokenizer, max_length, query_max_length)(pairs)
-    return np.array([len(seq) for seq in encoded.seqs], dtype=np.int64)
-
-
-# ------------------------------------------------------------------------------------------------
-# FLOPs and the device's matrix ceiling
-# ------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The sizes that decide a BERT-family transformer's matmul FLOPs."""
-
-    layers: int
-    hidden: int
-    ffn: int
-    head_labels: int | None  # None: no classification head (a bi-encoder)
-
-    @classmethod
-    def from_config(cls, config, *, head: bool = True) -> "ModelShape":
-        get = config.get if isinstance(config, dict) else (lambda name, default=None: getattr(config, name, default))
-        try:
-            return cls(int(get("num_hidden_layers")), int(get("hidden_size")), int(get("intermediate_size")),
-                       int(get("num_labels", 1) or 1) if head else None)
-        except (TypeError, ValueError):
-            raise BenchError("model config lacks num_hidden_layers / hidden_size / intermediate_size: FLOPs "
-                             "are counted for BERT-family models only") from None
-
-
-def useful_flops(shape: ModelShape, lengths: Sequence[int] | np.ndarray) -> int:
-    """Matmul FLOPs of a forward pass over sequences of the given real (unpadded) lengths.
-
-    Per layer and token: ``2·(4h² + 2·h·ffn)`` for the Q, K, V and output projections and the two FFN
-    matrices, plus ``2·2·L·h`` for attention (QKᵀ and AV against the L tokens of its own sequence).
-    Per sequence, the classification head on the first token: ``2·(h² + h·labels)`` (XLM-R's
-    dense→out_proj, BERT's pooler→classifier). A FLOP is a multiply or an add (2 per multiply-add).
-    Embeddings, LayerNorm, softmax and activations are not matmuls and are not counted. Padding is
-    never counted: this is the work any engine must do, so engines compare on equal terms.
-    """
-    lens = np.asarray(lengths, dtype=np.int64)
-    h, f = shape.hidden, shape.ffn
-    per_token = 2 * (4 * h * h + 2 * h * f)
-    total = shape.layers * (per_token * int(lens.sum()) + 4 * h * int((lens * lens).sum()))
-    if shape.head_labels is not None:
-        total += len(lens) * 2 * (h * h + h * shape.head_labels)
-    return int(total)
-
-
-def matmul_ceiling(device: str = "cuda", *, n: int | None = None, repeats: int | None = None) -> dict[str, Any]:
-    """The device's measured matrix rate: median over repeats of a large square matmul.
-
-    On CUDA: bf16 (the precision the fast engine runs), n = 8192, each repeat 10 back-to-back
-    products between two CUDA events (one product takes ~1.5 ms on an H100: too short to time
-    alone). On CPU: fp32 (CPU bf16 matmuls are not what CPU engines run), n = 1024, one product per
-    repeat, wall clock; the record says so.
-    """
-    import torch
-
-    cuda = str(device).startswith("cuda")
-    dtype = torch.bfloat16 if cuda else torch.float32
-    n = n or (8192 if cuda else 1024)
-    repeats = repeats or (20 if cuda else 5)
-    gen = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
-    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
-    times = []
-    with torch.inference_mode():
-        for i in range(repeats + 2):
-            if cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                for _ in range(10):
-                    torch.mm(a, b)
-                end.record()
-                end.synchronize()
-                seconds = start.elapsed_time(end) / 1000.0 / 10
-            else:
-                t0 = time.perf_counter()
-                torch.mm(a, b)
-                seconds = time.perf_counter() - t0
-            if i >= 2:  # two warm-up products
-                times.append(seconds)
-    med = statistics.median(times)
-    return {"device": _device_name(device), "dtype": "bf16" if cuda else "fp32", "n": n, "repeats": repeats,
-            "median_s": med, "tflop_per_s": 2 * n ** 3 / med / 1e12,
-            "method": ("median over repeats of 10 torch.mm of two n×n matrices, CUDA events" if cuda else
-                       "median of torch.mm on two n×n fp32 matrices, wall clock (CPU: fp32 rate, not bf16)")}
-
-
-def _device_name(device: str) -> str:
-    import torch
-
-    if str(device).startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"cpu ({torch.get_num_threads()} threads)"
-
-
-# ------------------------------------------------------------------------------------------------
-# Clocks and memory
-# ------------------------------------------------------------------------------------------------
-
-def synchronize(device: str) -> None:
-    """Wait for queued GPU work before reading a clock (no-op on CPU)."""
-    if str(device).startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
-
-
-class PeakMemory:
-    """Peak memory of one cell: CUDA allocator peak, or on CPU the process' peak RSS since reset.
-
-    ``result()`` gives ``{"bytes": int | None, "what": str}``; ``bytes`` is None with the reason when
-    the peak cannot be reset for this cell (never a number that covers earlier cells)."""
-
-    def __init__(self, device: str):
-        self.device = str(device)
-        self.note = ""
-
-    def reset(self) -> None:
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            return
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux)
-        except OSError as exc:
-            self.note = f"cannot reset the peak RSS ({exc.__class__.__name__}); not recorded"
-
-    def result(self) -> dict[str, Any]:
-        if self.device.startswith("cuda"):
-            import torch
-
-            return {"bytes": int(torch.cuda.max_memory_allocated()), "what": "torch.cuda.max_memory_allocated"}
-        if self.note:
-            return {"bytes": None, "what": self.note}
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return {"bytes": int(line.split()[1]) * 1024, "what": "process peak RSS (VmHWM), CPU"}
-        except OSError:
-            pass
-        return {"bytes": None, "what": "no /proc/self/status: peak RSS not recorded"}
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else None
-
-
-# ------------------------------------------------------------------------------------------------
-# Cells and sweeps
-# ------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Cell:
@@ -420,9 +124,6 @@ def reranker_factory(model: str, *, cache_dir=None, device: str = "auto", query_
     """Cells → rerankers through the project's one entry point, `bench.rerank.build_reranker`."""
 
     def build(cell: Cell):
-        from .config import RerankerSpec
-        from .rerank import build_reranker
-
         fields = dict(model=model, revision=revision, engine=cell.engine, dtype=cell.dtype,
                       max_length=cell.max_length, query_max_length=query_max_length, device=device)
         if cell.batch_size is not None:
@@ -433,39 +134,6 @@ def reranker_factory(model: str, *, cache_dir=None, device: str = "auto", query_
         return build_reranker(spec, cache_dir=cache_dir, **dict(cell.options))
 
     return build
-
-
-def time_passes(score: Callable[[Sequence[tuple[str, str]]], np.ndarray], pairs: Sequence[tuple[str, str]],
-                *, warmup: int, repeats: int, device: str) -> tuple[list[float], np.ndarray]:
-    """Seconds of each timed full pass (after `warmup` untimed ones) and the last pass' scores."""
-    scores = None
-    for _ in range(warmup):
-        scores = score(pairs)
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        t0 = time.perf_counter()
-        scores = score(pairs)
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return times, scores
-
-
-def query_latencies(score: Callable, pairset: PairSet, *, n_queries: int, device: str) -> list[float]:
-    """Milliseconds to score each of the first `n_queries` queries' k pairs as one call (one untimed
-    call first, so the first query does not pay for warm-up)."""
-    slices = pairset.query_slices()[:n_queries]
-    if not slices:
-        return []
-    score(pairset.pairs[slices[0][1]])
-    out = []
-    for _, sl in slices:
-        synchronize(device)
-        t0 = time.perf_counter()
-        score(pairset.pairs[sl])
-        synchronize(device)
-        out.append((time.perf_counter() - t0) * 1000.0)
-    return out
 
 
 def run_cell(reranker, cell: Cell, pairset: PairSet, *, shape: ModelShape | None, lengths: np.ndarray | None,
@@ -525,12 +193,6 @@ def cell_result(reranker, cell: Cell, pairset: PairSet, *, times: list[float], s
     return out
 
 
-def text_token_lengths(tokenizer, texts: Sequence[str], max_length: int) -> np.ndarray:
-    """Tokens of each text after truncation to `max_length`, special tokens included (bi-encoders)."""
-    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-    return np.array([len(x) for x in ids], dtype=np.int64)
-
-
 def run_encoder_cell(encoder, texts: Sequence[str], *, label: str, shape: ModelShape | None,
                      lengths: np.ndarray | None, ceiling: Mapping | None, device: str, warmup: int,
                      repeats: int) -> dict:
@@ -575,21 +237,9 @@ def _jsonable(obj):
     return str(obj)
 
 
-def release(device: str) -> None:
-    """Give memory back between cells so one cell's model does not sit beside the next one's."""
-    gc.collect()
-    if str(device).startswith("cuda"):
-        import torch
-
-        torch.cuda.empty_cache()
-
-
 def resolve_device(device: str) -> str:
-    """The one device a sweep measures its ceiling and memory on: the first of
-    ``bench.engine.device.resolve_devices(device)`` (``auto`` → ``cuda:0`` when torch sees a GPU, else
-    ``cpu``). Data-parallel cells run on all of them; each records its devices."""
-    from .engine.device import resolve_devices
-
+    """The one device a sweep measures its ceiling and memory on (``auto`` → ``cuda:0`` when torch
+    sees a GPU, else ``cpu``). Data-parallel cells run on all of them; each records its devices."""
     return resolve_devices(device)[0]
 
 
@@ -618,9 +268,6 @@ class Sweep:
             on_cell: Callable[[dict], None] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
         """Every cell (in order, or interleaved); `on_cell(result)` after each (e.g. to save partial
         results)."""
-        from . import models
-        from .records import make_record
-
         labels = [c.label for c in self.cells]
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
@@ -674,7 +321,7 @@ class Sweep:
             finally:
                 _close(reranker)
                 del reranker
-                release(device)
+                release_memory(device)
             results.append(result)
             if on_cell is not None:
                 on_cell(result)
@@ -741,7 +388,7 @@ class Sweep:
             for reranker in built.values():
                 _close(reranker)
             built.clear()
-            release(device)
+            release_memory(device)
         ordered = [results.get(c.label) or failed[c.label] for c in self.cells]
         if on_cell is not None:
             for result in ordered:
@@ -791,57 +438,3 @@ def add_speedups(cells: list[dict]) -> None:
                     and c.get("dtype_resolved") == "fp32" and c["max_length"] == cell["max_length"]), None)
         cell["speedup_vs_plain"] = cell["pairs_per_s"] / ref["pairs_per_s"] if ref else None
         cell["speedup_reference"] = ref["label"] if ref else "no plain-loop fp32 cell at this max_length"
-
-
-# ------------------------------------------------------------------------------------------------
-# Table
-# ------------------------------------------------------------------------------------------------
-
-TABLE_COLUMNS = ["engine", "dtype", "batch / budget", "max_len", "pairs", "pairs/s", "q/s@k", "p50 ms",
-                 "p95 ms", "peak mem", "padding", "TFLOP/s", "% ceiling", "vs plain"]
-
-
-def table_rows(record: Mapping) -> list[list[str]]:
-    rows = []
-    for c in record.get("cells", []):
-        size = f"{c['token_budget']} tok" if c.get("token_budget") else f"{c.get('batch_size')} pairs"
-        name = c.get("variant", c["engine"])
-        if c.get("error"):
-            rows.append([name, c["dtype"], size, str(c["max_length"]), "", c["error"][:60]] + [""] * 8)
-            continue
-        lat = c.get("latency_ms", {})
-        mem = c.get("peak_memory", {}).get("bytes")
-        rows.append([
-            name, c.get("dtype_resolved", c["dtype"]), size, str(c["max_length"]), str(c["n_pairs"]),
-            _rate(c["pairs_per_s"]), _rate(c["queries_per_s"]), _fmt(lat.get("p50"), "{:.1f}"),
-            _fmt(lat.get("p95"), "{:.1f}"), _fmt(mem and mem / 2**30, "{:.2f} GiB"),
-            _fmt(c.get("padding_fraction") if c.get("padding_fraction") is None else 100 * c["padding_fraction"], "{:.1f}%"),
-            _fmt(c.get("useful_tflop_per_s"), "{:.3g}"),
-            _fmt(c.get("ceiling_share") if c.get("ceiling_share") is None else 100 * c["ceiling_share"], "{:.1f}%"),
-            _fmt(c.get("speedup_vs_plain"), "{:.2f}×"),
-        ])
-    return rows
-
-
-def _fmt(value, pattern: str) -> str:
-    return "–" if value is None else pattern.format(value)
-
-
-def _rate(value: float) -> str:
-    """Whole numbers with separators from 100 up; three significant figures below (CPU rates)."""
-    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
-
-
-def markdown_table(record: Mapping) -> str:
-    """The sweep as a Markdown table, with a header line naming model, device, pairs and ceiling."""
-    pairs = record.get("pairs", {})
-    ceil = record.get("ceiling") or {}
-    mean_tok = ", ".join(f"{v:.1f} (L{k})" for k, v in (pairs.get("mean_tokens_per_pair") or {}).items())
-    head = (f"Model {record['model']['ref']}{' (untrained)' if record['model'].get('untrained') else ''} on "
-            f"{(record.get('environment') or {}).get('device', {}).get('device', record.get('device'))}; "
-            f"{pairs.get('n_pairs')} pairs, {pairs.get('n_queries')} queries × k={pairs.get('k')}"
-            f" from {pairs.get('collection')}; mean tokens per pair {mean_tok or '?'}; "
-            f"ceiling {ceil.get('tflop_per_s', float('nan')):.3g} TFLOP/s ({ceil.get('dtype')} matmul, measured).")
-    lines = [head, "", "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
-    lines += ["| " + " | ".join(r) + " |" for r in table_rows(record)]
-    return "\n".join(lines) + "\n"

@@ -22,25 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BenchError
-from .throughput import PairSet
+from ..errors import BenchError
+from ..evaluate import evaluate
+from ..records import make_record
+from ..rerank.common import check_scores
+from ..runs import sort_ranking
+from .pairs import PairSet
 
 EVALUATORS = ("auto", "bench.evaluate", "pytrec_eval", "builtin")
-
-
-def check_finite(scores: np.ndarray, pairset: PairSet, *, label: str = "scores") -> np.ndarray:
-    """`scores` as float32, or a BenchError naming the first pair whose score is NaN or infinite."""
-    arr = np.asarray(scores, dtype=np.float32)
-    if arr.shape != (len(pairset),):
-        raise BenchError(f"{label}: {arr.shape[0] if arr.ndim else 0} scores for {len(pairset)} pairs")
-    bad = np.flatnonzero(~np.isfinite(arr))
-    if len(bad):
-        i = int(bad[0])
-        query = pairset.pairs[i][0]
-        raise BenchError(f"{label}: pair {i} (query {pairset.qids[i]!r} {query[:60]!r}, document "
-                         f"{pairset.doc_ids[i]!r}) has score {arr[i]}; {len(bad)} pair(s) in all are not finite "
-                         "— check the model's dtype (fp16 overflow?) and its weights")
-    return arr
 
 
 def run_of(scores: np.ndarray, pairset: PairSet) -> dict[str, dict[str, float]]:
@@ -56,8 +45,6 @@ def run_of(scores: np.ndarray, pairset: PairSet) -> dict[str, dict[str, float]]:
 
 
 def top_ids(docs: Mapping[str, float], n: int) -> list[str]:
-    from .runs import sort_ranking
-
     return [d for d, _ in sort_ranking(dict(docs))[:n]]
 
 
@@ -76,8 +63,6 @@ def ndcg_at_10(qrels: Mapping[str, Mapping[str, int]], runs: Sequence[Mapping[st
         note = f" (not installed: {'; '.join(missing)})" if missing else ""
         try:
             if name == "bench.evaluate":
-                from .evaluate import evaluate
-
                 return [float(evaluate(dict(qrels), dict(r), ["nDCG@10"]).means["nDCG@10"]) for r in runs], name
             if name == "pytrec_eval":
                 import pytrec_eval
@@ -120,8 +105,8 @@ def compare(reference: np.ndarray, candidate: np.ndarray, pairset: PairSet, *,
     """Fidelity of `candidate` scores against `reference` scores on the same `pairset`."""
     from scipy.stats import kendalltau
 
-    ref = check_finite(reference, pairset, label=labels[0])
-    cand = check_finite(candidate, pairset, label=labels[1])
+    ref = check_scores(reference, pairset.pairs, labels[0], qids=pairset.qids, doc_ids=pairset.doc_ids)
+    cand = check_scores(candidate, pairset.pairs, labels[1], qids=pairset.qids, doc_ids=pairset.doc_ids)
     diff = np.abs(ref.astype(np.float64) - cand.astype(np.float64))
     taus, undefined, identical = [], 0, 0
     ref_run, cand_run = run_of(ref, pairset), run_of(cand, pairset)
@@ -202,30 +187,7 @@ def sweep_fidelity(throughput_record: Mapping, scores: Mapping[str, np.ndarray],
 
 def fidelity_record(comparisons: list[dict], *, throughput_record: Mapping | None = None, **fields) -> dict:
     """One record of kind ``fidelity`` holding every comparison of a sweep."""
-    from .records import make_record
-
     if throughput_record is not None:
         fields = {"name": throughput_record.get("name"), "model": throughput_record.get("model"),
                   "device": throughput_record.get("device"), "pairs": throughput_record.get("pairs"), **fields}
     return make_record("fidelity", comparisons=comparisons, **fields)
-
-
-def markdown_table(comparisons: Sequence[Mapping]) -> str:
-    """Fidelity as a Markdown table (one row per compared cell)."""
-    sets = any("pairs_set" in c for c in comparisons)  # comparisons on more than one set of pairs
-    head = (["pairs"] if sets else []) + [
-        "cell", "vs (fp32)", "queries", "max |Δ|", "mean |Δ|", "max |Δ| / σ(ref)", "τ median", "τ min",
-        "top-10 identical", "nDCG@10 ref → cell (Δ)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for c in comparisons:
-        tau = c["kendall_tau"]
-        nd = c.get("ndcg@10") or {}
-        nd_txt = (f"{nd['reference']:.4f} → {nd['candidate']:.4f} ({nd['delta']:+.4f})"
-                  if nd.get("delta") is not None else "–")
-        top = c.get("top10_identical")
-        lines.append("| " + " | ".join(([c.get("pairs_set", "")] if sets else []) + [
-            c["cell"], c["reference"], str(c["n_queries"]), f"{c['max_abs_diff']:.2e}", f"{c['mean_abs_diff']:.2e}",
-            "–" if c.get("max_abs_diff_over_std") is None else f"{c['max_abs_diff_over_std']:.3g}",
-            "–" if tau["median"] is None else f"{tau['median']:.4f}", "–" if tau["min"] is None else f"{tau['min']:.4f}",
-            "–" if top is None else f"{100 * top:.1f}%", nd_txt]) + " |")
-    return "\n".join(lines) + "\n"
