@@ -63,8 +63,8 @@ def _json_default(obj: Any):
         pass
     if isinstance(obj, Path):
         return str(obj)
-    if hasattr(obj, "model_dump"):
-        return obj.model_dump(mode="json")
+    if hasattr(obj, "model_dump"):  # a record or one of its parts; json.dumps converts what it holds
+        return obj.model_dump()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 

@@ -11,22 +11,13 @@ from __future__ import annotations
 
 import io
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import BenchError
 from .io import atomic_write_bytes
 from .metrics import by_metric, parse_metric
-
-
-def _pyplot():
-    """pyplot with the Agg backend, for `plot_throughput` only until it moves onto `_figure`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from .records import QualityRecord
 
 
 def _figure(**kwargs):
@@ -47,7 +38,7 @@ def _save(fig, path: str | Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def plot_quality_speed(records: Iterable[Mapping], path: str | Path, *, metric: str = "nDCG@10",
+def plot_quality_speed(records: Iterable[QualityRecord], path: str | Path, *, metric: str = "nDCG@10",
                        title: str | None = None) -> Path:
     """Quality against reranking speed from quality records (kind 'quality' with ``metrics[metric]``,
     `metric` in any spelling, and ``timings.rerank_pairs_per_s``); first-stage-only records have no
@@ -55,15 +46,13 @@ def plot_quality_speed(records: Iterable[Mapping], path: str | Path, *, metric: 
     wanted = parse_metric(metric)
     points: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
     for rec in records:
-        if rec.get("kind") != "quality":
+        if rec.kind != "quality":
             continue
-        speed = (rec.get("timings") or {}).get("rerank_pairs_per_s")
-        value = by_metric(rec.get("metrics") or {}).get(wanted)
+        speed = rec.timings.rerank_pairs_per_s
+        value = by_metric(rec.metrics).get(wanted)
         if speed is None or value is None:
             continue
-        label = (rec.get("system") or {}).get("label", "?")
-        dataset = (rec.get("dataset") or {}).get("label") or (rec.get("dataset") or {}).get("name", "?")
-        points[label].append((float(speed), float(value), dataset))
+        points[rec.system.label].append((float(speed), float(value), rec.dataset.label))
     if not points:
         raise BenchError(f"no quality record with metrics[{str(wanted)!r}] and timings.rerank_pairs_per_s to plot")
     datasets = sorted({d for pts in points.values() for _, _, d in pts})

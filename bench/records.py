@@ -18,7 +18,6 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -102,53 +101,7 @@ def environment() -> dict[str, Any]:
 
 
 # -- the parts a record is made of ---------------------------------------------------------------
-class DictAccessBridge:
-    """TEMPORARY (issue 9, remove once the merged readers use attributes): the dict-style access
-    that bench/compare.py, bench/commands/compare.py, bench/throughput.py, bench/fidelity.py,
-    bench/plots.py and experiments/gpu/run_checks.py still use on records: ``rec["cells"]``,
-    ``rec.get("kind")``, ``"_path" in rec``, ``rec["_path"] = path``, ``rec["plots"] = [...]``.
-    A key reads as present when the record was given it, as with the dicts records used to be."""
-
-    def __getitem__(self, key: str) -> Any:
-        if key == "_path":
-            if getattr(self, "path", None) is None:
-                raise KeyError(key)
-            return str(self.path)
-        if key not in self._keys:
-            raise KeyError(key)
-        return getattr(self, self._attribute(key))
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        if key == "_path":
-            self.path = value
-        else:
-            setattr(self, self._attribute(key), value)
-
-    def __contains__(self, key: object) -> bool:
-        try:
-            self[key]
-        except KeyError:
-            return False
-        return True
-
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            return default
-
-    def keys(self) -> list[str]:
-        return list(self._keys)
-
-    def items(self) -> list[tuple[str, Any]]:
-        return [(k, self[k]) for k in self._keys]
-
-    @classmethod
-    def _attribute(cls, key: str) -> str:
-        return next((name for name, f in cls.model_fields.items() if f.alias == key), key)
-
-
-class Part(DictAccessBridge, BaseModel):
+class Part(BaseModel):
     """A piece of a record. Keys it does not declare are kept, and it is written with exactly the
     keys it was given, in their order: a declared field left out stays out of the JSON (its default
     only serves readers), so reading and writing a record changes nothing in the file."""
@@ -231,7 +184,6 @@ class Record(Part):
         return self.path
 
 
-Mapping.register(Record)  # TEMPORARY with DictAccessBridge: plots.plot_throughput tells one record from a list by it
 
 
 # -- quality: one system on one dataset ------------------------------------------------------------

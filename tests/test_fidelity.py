@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from bench.errors import BenchError
+from bench.records import CellResult
 from bench.rerank.common import check_scores
 from bench.throughput.fidelity import compare, ndcg_at_10, reference_for, sweep_fidelity
 from bench.throughput.pairs import PairSet
@@ -96,28 +99,29 @@ def test_sweep_fidelity_references_and_subsets():
     rng = np.random.default_rng(3)
     ref = rng.normal(size=len(ps)).astype(np.float32)
     cells = [
-        {"label": "plain fp32", "engine": "transformers", "variant": "transformers", "dtype_resolved": "fp32",
-         "max_length": 512, "n_pairs": 20},
-        {"label": "fast fp32", "engine": "fast", "variant": "fast", "dtype_resolved": "fp32", "max_length": 512,
-         "n_pairs": 40},
-        {"label": "fast bf16", "engine": "fast", "variant": "fast", "dtype_resolved": "bf16", "max_length": 512,
-         "n_pairs": 40},
-        {"label": "flag fp16", "engine": "flag", "variant": "flag", "dtype_resolved": "fp16", "max_length": 512,
-         "n_pairs": 40},
+        {"label": "plain fp32", "engine": "transformers", "variant": "transformers", "dtype": "fp32",
+         "dtype_resolved": "fp32", "max_length": 512, "n_pairs": 20},
+        {"label": "fast fp32", "engine": "fast", "variant": "fast", "dtype": "fp32", "dtype_resolved": "fp32",
+         "max_length": 512, "n_pairs": 40},
+        {"label": "fast bf16", "engine": "fast", "variant": "fast", "dtype": "bf16", "dtype_resolved": "bf16",
+         "max_length": 512, "n_pairs": 40},
+        {"label": "flag fp16", "engine": "flag", "variant": "flag", "dtype": "fp16", "dtype_resolved": "fp16",
+         "max_length": 512, "n_pairs": 40},
         {"label": "broken", "engine": "fast", "variant": "fast", "dtype": "fp16", "max_length": 512, "error": "x"},
     ]
-    assert reference_for(cells[2], cells)["label"] == "fast fp32"
-    assert reference_for(cells[3], cells)["label"] == "plain fp32"
+    cells = [CellResult.model_validate(c) for c in cells]
+    assert reference_for(cells[2], cells).label == "fast fp32"
+    assert reference_for(cells[3], cells).label == "plain fp32"
     scores = {"plain fp32": ref[:20], "fast fp32": ref, "fast bf16": ref + 1e-3, "flag fp16": ref[:40] * 2}
-    out = sweep_fidelity({"cells": cells}, scores, ps, qrels=qrels, evaluator="builtin")
-    by = {c["cell"]: c for c in out}
+    out = sweep_fidelity(SimpleNamespace(cells=cells), scores, ps, qrels=qrels, evaluator="builtin")
+    by = {c.cell: c for c in out}
     assert set(by) == {"fast bf16", "flag fp16"}
-    assert by["fast bf16"]["reference"] == "fast fp32" and by["fast bf16"]["n_pairs"] == 40
-    assert by["fast bf16"]["max_abs_diff"] == pytest.approx(1e-3, rel=1e-3) and by["fast bf16"]["top10_identical"] == 1
-    assert by["flag fp16"]["reference"] == "plain fp32" and by["flag fp16"]["n_queries"] == 2
-    assert by["flag fp16"]["kendall_tau"]["min"] == pytest.approx(1.0)  # a positive scaling keeps every order
-    with_fp32 = sweep_fidelity({"cells": cells}, scores, ps, include_fp32=True)
-    assert {(c["cell"], c["reference"]) for c in with_fp32} == {
+    assert by["fast bf16"].reference == "fast fp32" and by["fast bf16"].n_pairs == 40
+    assert by["fast bf16"].max_abs_diff == pytest.approx(1e-3, rel=1e-3) and by["fast bf16"].top10_identical == 1
+    assert by["flag fp16"].reference == "plain fp32" and by["flag fp16"].n_queries == 2
+    assert by["flag fp16"].kendall_tau["min"] == pytest.approx(1.0)  # a positive scaling keeps every order
+    with_fp32 = sweep_fidelity(SimpleNamespace(cells=cells), scores, ps, include_fp32=True)
+    assert {(c.cell, c.reference) for c in with_fp32} == {
         ("fast bf16", "fast fp32"), ("flag fp16", "plain fp32"), ("fast fp32", "plain fp32")}
     table = fidelity_table(out)
     assert "fast bf16" in table and "100.0%" in table and table.count("\n") == 4

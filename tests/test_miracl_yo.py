@@ -107,11 +107,11 @@ def test_bench_run_equals_independent_computation(shared_data, minilm, tmp_path)
     exp_path.write_text(EXPERIMENT.format(path=folder))
     (record,) = run_experiment(load_experiment(exp_path), tmp_path / "out", experiment_path=exp_path,
                                progress=False, log=lambda m: None)
-    assert record["dataset"]["n_queries"] == 119 and record["dataset"]["n_qrels"] == 1188
+    assert record.dataset.n_queries == 119 and record.dataset.n_qrels == 1188
     reference = independent(folder, minilm)
     for metric in ("nDCG@10", "Recall@100"):
-        assert abs(record["metrics"][metric] - reference[metric]) <= 0.002, (metric, record["metrics"], reference)
+        assert abs(record.metrics[metric] - reference[metric]) <= 0.002, (metric, record.metrics, reference)
     # An English model on Yoruba: far above chance, far below a multilingual model.
-    assert 0.2 < record["metrics"]["nDCG@10"] < 0.95
+    assert 0.2 < record.metrics["nDCG@10"] < 0.95
     if FULL:
-        print(json.dumps({"bench_run": record["metrics"], "independent": reference}, indent=2))
+        print(json.dumps({"bench_run": record.metrics, "independent": reference}, indent=2))

@@ -49,33 +49,33 @@ def test_end_to_end_records_runs_report(tmp_path):
     exp, path = small_experiment(tmp_path)
     out = tmp_path / "out"
     records = run_experiment(exp, out, experiment_path=path, progress=False, log=lambda m: None)
-    assert [(r["dataset"]["label"], r["system"]["label"]) for r in records] == [
+    assert [(r.dataset.label, r.system.label) for r in records] == [
         ("synthetic/en", "bm25"), ("synthetic/yo", "bm25"), ("synthetic/en", "tiny"), ("synthetic/yo", "tiny")]
     from bench.data import load_collections
 
     qrels = {c.name: c.qrels for c in load_collections(exp.datasets[0])}
     for rec in records:
         # The saved run reproduces the recorded metrics, and every number has its context.
-        run = read_run(out / rec["run_file"])
-        assert read_qrels(out / rec["qrels_file"]) == qrels[rec["dataset"]["label"]]  # beside the run
-        ev = evaluate(qrels[rec["dataset"]["label"]], run, ["nDCG@10", "Recall@30"])
-        assert ev.means == pytest.approx(rec["metrics"], abs=1e-12)
-        assert set(rec["per_query"]["nDCG@10"]) == set(qrels[rec["dataset"]["label"]])
-        assert rec["experiment"]["sha256"] and rec["environment"]["packages"]["torch"]
-        assert rec["dataset"]["fingerprint"] and rec["dataset"]["judged_docs_missing"] == 0
-        assert 0 <= rec["diagnostics"]["judged@10"] <= 1
+        run = read_run(out / rec.run_file)
+        assert read_qrels(out / rec.qrels_file) == qrels[rec.dataset.label]  # beside the run
+        ev = evaluate(qrels[rec.dataset.label], run, ["nDCG@10", "Recall@30"])
+        assert ev.means == pytest.approx(rec.metrics, abs=1e-12)
+        assert set(rec.per_query["nDCG@10"]) == set(qrels[rec.dataset.label])
+        assert rec.experiment["sha256"] and rec.environment.packages["torch"]
+        assert rec.dataset.fingerprint and rec.dataset.judged_docs_missing == 0
+        assert 0 <= rec.diagnostics["judged@10"] <= 1
     rr = records[2]
-    assert rr["system"]["reranker"]["model"]["untrained"] is True
+    assert rr.system.reranker["model"]["untrained"] is True
     # rerank checkpoints are keyed on the precision that ran (dtype "auto" differs by device)
-    key = json.loads((Path(rr["info"]["checkpoints"]) / "key.json").read_text())
-    assert key["precision"] == "fp32" == rr["system"]["reranker"]["dtype"]
-    first_run = read_run(out / records[0]["run_file"])
-    assert rr["diagnostics"]["pairs"] == sum(min(10, len(docs)) for docs in first_run.values())
-    assert rr["diagnostics"]["mean_tokens_per_pair"] > 5
-    assert rr["diagnostics"]["padding_share"] == 0.0  # the packed forward computes real tokens only
-    assert 0 <= rr["diagnostics"]["truncated_pairs_share"] <= 1
+    key = json.loads((Path(rr.info["checkpoints"]) / "key.json").read_text())
+    assert key["precision"] == "fp32" == rr.system.reranker["dtype"]
+    first_run = read_run(out / records[0].run_file)
+    assert rr.diagnostics["pairs"] == sum(min(10, len(docs)) for docs in first_run.values())
+    assert rr.diagnostics["mean_tokens_per_pair"] > 5
+    assert rr.diagnostics["padding_share"] == 0.0  # the packed forward computes real tokens only
+    assert 0 <= rr.diagnostics["truncated_pairs_share"] <= 1
     # Reranking the top 10 of 30 leaves the candidate set, hence Recall@30, unchanged.
-    assert rr["metrics"]["Recall@30"] == pytest.approx(records[0]["metrics"]["Recall@30"])
+    assert rr.metrics["Recall@30"] == pytest.approx(records[0].metrics["Recall@30"])
     report = (out / "report.md").read_text()
     assert "synthetic average (2)" in report and "tiny (untrained)" in report
     assert "first stage: bm25" in (out / "report.csv").read_text()
@@ -91,9 +91,9 @@ def test_rerun_resumes_from_cache_without_loading_models(tmp_path, monkeypatch):
 
     monkeypatch.setattr(bench.pipeline, "build_reranker", no_model)
     again = run_experiment(exp, tmp_path / "b", progress=False, log=lambda m: None)
-    assert [r["metrics"] for r in again] == [r["metrics"] for r in first]
-    assert all(r["timings"]["cached"] for r in again if r["system"]["stage"] == "first_stage")
-    assert all(r["timings"]["resumed_blocks"] == r["timings"]["blocks"] for r in again if r["system"]["stage"] == "rerank")
+    assert [r.metrics for r in again] == [r.metrics for r in first]
+    assert all(r.timings.cached for r in again if r.system.stage == "first_stage")
+    assert all(r.timings.resumed_blocks == r.timings.blocks for r in again if r.system.stage == "rerank")
 
 
 def test_interrupted_rerank_resumes_with_identical_results(tmp_path, monkeypatch):
@@ -122,16 +122,16 @@ def test_interrupted_rerank_resumes_with_identical_results(tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         run_experiment(exp, tmp_path / "x", progress=False, log=lambda m: None)
     resumed = run_experiment(exp, tmp_path / "x", progress=False, log=lambda m: None)
-    rr = [r for r in resumed if r["system"]["stage"] == "rerank"]
-    assert sum(r["timings"]["resumed_blocks"] for r in rr) == 2
+    rr = [r for r in resumed if r.system.stage == "rerank"]
+    assert sum(r.timings.resumed_blocks for r in rr) == 2
     # Same numbers as a clean run in a fresh cache.
     monkeypatch.setattr(bench.pipeline, "build_reranker", real)
     fresh_exp = exp.model_copy(update={"cache_dir": str(tmp_path / "fresh-cache")})
     clean = run_experiment(fresh_exp, tmp_path / "y", progress=False, log=lambda m: None)
     assert len(resumed) == len(clean)
     for a, b in zip(resumed, clean):
-        assert a["metrics"] == pytest.approx(b["metrics"], abs=1e-9)
-        assert a["per_query"]["nDCG@10"] == pytest.approx(b["per_query"]["nDCG@10"], abs=1e-9)
+        assert a.metrics == pytest.approx(b.metrics, abs=1e-9)
+        assert a.per_query["nDCG@10"] == pytest.approx(b.per_query["nDCG@10"], abs=1e-9)
 
 
 def test_cli_run_and_report(tmp_path, capsys):
@@ -198,7 +198,7 @@ source = "synthetic"
 synthetic = {{ languages = ["en", "de"], docs_per_language = 40, queries_per_language = 4 }}
 """)
     records = run_experiment(load_experiment(path), tmp_path / "out", progress=False, log=lambda m: None)
-    assert [r["dataset"]["label"] for r in records] == ["synthetic/en", "synthetic/de"]
+    assert [r.dataset.label for r in records] == ["synthetic/en", "synthetic/de"]
     assert len(built) == 1
 
 

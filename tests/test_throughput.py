@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from bench.errors import BenchError
+from bench.records import ThroughputRecord
 from bench.throughput.flops import ModelShape, matmul_ceiling, useful_flops
 from bench.throughput.pairs import PairSet, candidates_from_qrels, pair_token_lengths, pairs_from_collection
 from bench.throughput.sweep import Cell, Sweep, add_speedups, cells_from_spec
@@ -171,7 +172,6 @@ def test_token_lengths_match_the_tokenizer(pairset, tiny_reranker):
 def test_sweep_record_table_and_plot(pairset, tiny_reranker, tmp_path):
     from transformers import AutoConfig, AutoTokenizer
 
-    from bench.io import atomic_write_json
     from bench.records import read_record
     from bench.throughput.tables import plot_throughput
 
@@ -187,31 +187,31 @@ def test_sweep_record_table_and_plot(pairset, tiny_reranker, tmp_path):
                   tokenizer=AutoTokenizer.from_pretrained(tiny_reranker),
                   shape=ModelShape.from_config(AutoConfig.from_pretrained(tiny_reranker)), name="t")
     record, scores = sweep.run(progress=False)
-    assert record["kind"] == "throughput" and record["device"] == "cpu"
-    assert record["ceiling"]["dtype"] == "fp32"
-    ok = [c for c in record["cells"] if not c["error"]]
-    assert len(ok) == 3 and record["cells"][3]["error"] == "this cell cannot be built"
+    assert record.kind == "throughput" and record.device == "cpu"
+    assert record.ceiling.dtype == "fp32"
+    ok = [c for c in record.cells if not c.error]
+    assert len(ok) == 3 and record.cells[3].error == "this cell cannot be built"
     a, b, c = ok
-    assert a["n_pairs"] == 24 and c["n_pairs"] == 12 and c["n_queries"] == 1
-    assert len(a["seconds"]) == 2 and a["pairs_per_s"] == pytest.approx(24 / np.median(a["seconds"]))
-    assert a["queries_per_s"] == pytest.approx(a["pairs_per_s"] / 12)
-    assert a["latency_ms"]["n_queries"] == 2 and a["latency_ms"]["p95"] >= a["latency_ms"]["p50"] > 0
+    assert a.n_pairs == 24 and c.n_pairs == 12 and c.n_queries == 1
+    assert len(a.seconds) == 2 and a.pairs_per_s == pytest.approx(24 / np.median(a.seconds))
+    assert a.queries_per_s == pytest.approx(a.pairs_per_s / 12)
+    assert a.latency_ms["n_queries"] == 2 and a.latency_ms["p95"] >= a.latency_ms["p50"] > 0
     # counters cover exactly the timed passes; larger batches pad more
-    assert a["stats"]["pairs"] == 2 * 24
-    assert 0 < a["padding_fraction"] < b["padding_fraction"] < 1
-    assert a["flop_tokens"] == a["stats"]["tokens"] // 2 and "flop_tokens_note" not in a
-    assert a["useful_tflop_per_s"] > 0 and a["ceiling_share"] == pytest.approx(
-        a["useful_tflop_per_s"] / record["ceiling"]["tflop_per_s"])
-    assert a["speedup_vs_plain"] == 1.0 and b["speedup_reference"] == a["label"]
-    mem = a["peak_memory"]
+    assert a.stats["pairs"] == 2 * 24
+    assert 0 < a.padding_fraction < b.padding_fraction < 1
+    assert a.flop_tokens == a.stats["tokens"] // 2 and a.flop_tokens_note is None
+    assert a.useful_tflop_per_s > 0 and a.ceiling_share == pytest.approx(
+        a.useful_tflop_per_s / record.ceiling.tflop_per_s)
+    assert a.speedup_vs_plain == 1.0 and b.speedup_reference == a.label
+    mem = a.peak_memory
     assert mem["bytes"] is None or mem["bytes"] > 10 * 2**20
-    assert record["pairs"]["mean_tokens_per_pair"]["512"] == pytest.approx(a["mean_tokens_per_pair"])
-    assert scores[a["label"]].dtype == np.float32 and len(scores[c["label"]]) == 12
-    np.testing.assert_allclose(scores[a["label"]], scores[b["label"]], atol=1e-5)
+    assert record.pairs.mean_tokens_per_pair["512"] == pytest.approx(a.mean_tokens_per_pair)
+    assert scores[a.label].dtype == np.float32 and len(scores[c.label]) == 12
+    np.testing.assert_allclose(scores[a.label], scores[b.label], atol=1e-5)
 
     table = throughput_table(record)
     assert table.count("\n| ") == 5 and "this cell cannot be built" in table and "1.00×" in table
-    path = atomic_write_json(tmp_path / "records" / "t.json", record)
+    path = record.to_disk(tmp_path / "records" / "t.json")
     again = read_record(path)
     png = plot_throughput(again, tmp_path / "plots" / "t.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -228,7 +228,7 @@ def test_deadline_skips_remaining_cells_and_says_so(pairset, tiny_reranker):
     sweep = Sweep(pairset.head(12), cells, build, model=tiny_reranker, device="cpu", warmup=0, repeats=1,
                   latency_queries=1, deadline=time.monotonic() - 1)
     record, scores = sweep.run(ceiling={"tflop_per_s": 1.0, "dtype": "fp32"}, progress=False)
-    assert calls == [] and all("time limit" in c["error"] for c in record["cells"]) and scores == {}
+    assert calls == [] and all("time limit" in c.error for c in record.cells) and scores == {}
 
 
 def test_interleaved_passes_alternate_cells_and_record_failures(pairset, tiny_reranker):
@@ -258,10 +258,10 @@ def test_interleaved_passes_alternate_cells_and_record_failures(pairset, tiny_re
     record, scores = sweep.run(ceiling={"tflop_per_s": 1.0, "dtype": "fp32"}, progress=False, on_cell=seen.append)
     assert calls[:3] == [8, 4, 3] and calls[3:6] == [8, 4, 3]  # warm-ups, then pass 1 of every cell
     assert calls[6:] == [8, 4, 8, 4]  # the crashed cell is out, the others go on
-    a, b, c, d = record["cells"]
-    assert b["error"] == "cannot build" and d["error"] == "RuntimeError: engine crashed"
-    assert a["repeats"] == c["repeats"] == 3 and a["peak_memory"]["bytes"] is None
-    assert record["settings"]["interleave"] is True and set(scores) == {a["label"], c["label"]}
+    a, b, c, d = record.cells
+    assert b.error == "cannot build" and d.error == "RuntimeError: engine crashed"
+    assert a.repeats == c.repeats == 3 and a.peak_memory["bytes"] is None
+    assert record.settings.interleave is True and set(scores) == {a.label, c.label}
     assert sorted(closed) == [3, 4, 8] and [r["label"] for r in seen] == [x.label for x in cells]
     with pytest.raises(BenchError, match="cells repeat"):
         Sweep(pairset, [cells[0], cells[0]], build, model=tiny_reranker, device="cpu").run(ceiling={}, progress=False)
@@ -321,17 +321,19 @@ def test_cpu_peak_memory_sees_an_allocation():
 
 def test_quality_speed_plot_from_quality_records(tmp_path):
     from bench.plots import plot_quality_speed
+    from bench.records import make_record
 
-    recs = [{"kind": "quality", "system": {"label": lab}, "dataset": {"label": ds},
-             "metrics": {"nDCG@10": v}, "timings": {"rerank_pairs_per_s": s}}
+    recs = [make_record("quality", system={"label": lab}, dataset={"label": ds}, metrics={"nDCG@10": v},
+                        timings={"rerank_pairs_per_s": s})
             for lab, ds, v, s in [("bge-large bf16", "yo", 0.6, 900.0), ("bge-large fp32", "yo", 0.61, 300.0),
                                   ("bge-base", "vaswani", 0.4, 2000.0)]]
-    recs.append({"kind": "quality", "system": {"label": "first stage"}, "metrics": {"nDCG@10": 0.3}, "timings": {}})
+    # a first stage has no reranking speed: left out
+    recs.append(make_record("quality", system={"label": "first stage"}, dataset={"label": "yo"},
+                            metrics={"nDCG@10": 0.3}, timings={}))
     png = plot_quality_speed(recs, tmp_path / "q.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(BenchError, match="MRR@10"):
         plot_quality_speed(recs, tmp_path / "x.png", metric="MRR@10")
-    assert json.dumps(recs)  # the shape the pipeline writes is plain JSON
 
 
 # --- the command and the GPU script ----------------------------------------------------------------
@@ -367,14 +369,13 @@ warmup = 0
 repeats = 1
 variants = {{fast = [{{}}, {{prune_last_layer = false}}]}}
 """)
-    from bench.io import atomic_write_json
     from bench.records import make_record
 
     quality = tmp_path / "run-out"
     for label, speed in (("tiny fp32", 120.0), ("tiny bf16", 300.0)):
-        atomic_write_json(quality / "records" / f"{label}.json", make_record(
-            "quality", system={"label": label}, dataset={"label": "miracl-yo-dev"},
-            metrics={"nDCG@10": 0.5}, timings={"rerank_pairs_per_s": speed}))
+        make_record("quality", system={"label": label}, dataset={"label": "miracl-yo-dev"},
+                    metrics={"nDCG@10": 0.5}, timings={"rerank_pairs_per_s": speed}
+                    ).to_disk(quality / "records" / f"{label}.json")
     out = tmp_path / "out"
     rc = main(["throughput", str(exp), "--out", str(out), "--candidates", "qrels", "--latency-queries", "2",
                "--quality-records", str(quality)])
@@ -383,15 +384,15 @@ variants = {{fast = [{{}}, {{prune_last_layer = false}}]}}
     assert "24 pairs: 3 queries × k=8" in printed and "| fast | bf16 | 2048 tok |" in printed
     (tp,) = find_records(out, kind="throughput")
     (fid,) = find_records(out, kind="fidelity")
-    assert len(tp["cells"]) == 6 and not any(c["error"] for c in tp["cells"])
-    full = [c for c in tp["cells"] if c.get("options") == {"prune_last_layer": False}]
-    assert len(full) == 2 and all(c["engine_describe"]["prune_last_layer"] is False for c in full)
-    assert {c["dtype_resolved"] for c in tp["cells"]} == {"fp32", "bf16"}
-    fast_fp32 = next(c for c in tp["cells"] if c["engine"] == "fast" and c["dtype_resolved"] == "fp32")
-    assert fast_fp32["padding_fraction"] == 0 and fast_fp32["engine_describe"]["engine"] == "fast"
-    assert fast_fp32["speedup_vs_plain"] > 0
-    assert {(c["cell"].split()[0], c["dtype"]) for c in fid["comparisons"]} == {("fast", "bf16"), ("transformers", "bf16")}
-    assert all(c["reference"].split()[1] == "fp32" for c in fid["comparisons"])
+    assert len(tp.cells) == 6 and not any(c.error for c in tp.cells)
+    full = [c for c in tp.cells if c.options == {"prune_last_layer": False}]
+    assert len(full) == 2 and all(c.engine_describe["prune_last_layer"] is False for c in full)
+    assert {c.dtype_resolved for c in tp.cells} == {"fp32", "bf16"}
+    fast_fp32 = next(c for c in tp.cells if c.engine == "fast" and c.dtype_resolved == "fp32")
+    assert fast_fp32.padding_fraction == 0 and fast_fp32.engine_describe["engine"] == "fast"
+    assert fast_fp32.speedup_vs_plain > 0
+    assert {(c.cell.split()[0], c.dtype) for c in fid.comparisons} == {("fast", "bf16"), ("transformers", "bf16")}
+    assert all(c.reference.split()[1] == "fp32" for c in fid.comparisons)
     assert (out / "throughput-tiny.md").read_text().count("| fast |") == 2
     assert (out / "throughput-tiny.md").read_text().count("| fast prune_last_layer=False |") == 2
     assert (out / "plots" / "throughput-tiny.png").read_bytes()[:4] == b"\x89PNG"
@@ -448,9 +449,9 @@ def test_data_parallel_cell_counts_devices_and_closes_its_workers(pairset, tiny_
                   model=tiny_reranker, device="cpu", warmup=0, repeats=1, latency_queries=1,
                   tokenizer=None, shape=None)
     record, scores = sweep.run(ceiling={"tflop_per_s": 1.0, "dtype": "fp32"}, progress=False)
-    (cell,) = record["cells"]
-    assert cell["error"] is None and cell["devices"] == 2 and cell["peak_memory"]["bytes"] is None
-    assert len(scores[cell["label"]]) == 12  # one whole query
+    (cell,) = record.cells
+    assert cell.error is None and cell.devices == 2 and cell.peak_memory["bytes"] is None
+    assert len(scores[cell.label]) == 12  # one whole query
     assert not [p for p in multiprocessing.active_children() if p.is_alive()]
 
 
@@ -464,7 +465,7 @@ def test_plot_shows_every_cell_within_the_shared_scale(monkeypatch, tmp_path):
     from bench.throughput.tables import plot_throughput
 
     results = json.loads((Path(__file__).resolve().parents[1] / "results" / "gpu-checks-h100" / "results.json").read_text())
-    record = results["records"]["throughput"]
+    record = ThroughputRecord.model_validate(results["records"]["throughput"])
     seen = {}
 
     def capture(fig, path):
@@ -476,7 +477,7 @@ def test_plot_shows_every_cell_within_the_shared_scale(monkeypatch, tmp_path):
     axes = seen["fig"].axes
     top = axes[0].get_ylim()[1]
     ys = [y for ax in axes for line in ax.get_lines() for y in line.get_ydata()]
-    ok = [c["pairs_per_s"] for c in record["cells"] if not c.get("error")]
+    ok = [c.pairs_per_s for c in record.cells if not c.error]
     assert len(ys) == len(ok) and max(ys) == pytest.approx(max(ok))
     assert all(0 <= y <= top for y in ys)
 

@@ -59,13 +59,13 @@ def main(argv=None) -> int:
     print(f"{args.model}, {len(pairset)} pairs from {args.data}, max_length {args.max_length}, "
           f"best of {args.repeats} passes, {threads()} CPU threads")
     print(f"{'engine':24} {'dtype':5} {'pairs/s':>9} {'padding':>8}  attention")
-    for cell in record["cells"]:
-        if cell["error"]:
-            print(f"{cell['engine']:24} {cell['dtype']:5} error: {cell['error']}")
+    for cell in record.cells:
+        if cell.error:
+            print(f"{cell.engine:24} {cell.dtype:5} error: {cell.error}")
             continue
-        pad = "" if cell["padding_fraction"] is None else f"{cell['padding_fraction']:.0%}"
-        print(f"{cell['engine']:24} {cell['dtype_resolved']:5} {cell['n_pairs'] / min(cell['seconds']):9.1f} {pad:>8}  "
-              f"{cell['engine_describe'].get('attention')}")
+        pad = "" if cell.padding_fraction is None else f"{cell.padding_fraction:.0%}"
+        print(f"{cell.engine:24} {cell.dtype_resolved:5} {cell.n_pairs / min(cell.seconds):9.1f} {pad:>8}  "
+              f"{cell.engine_describe.get('attention')}")
     return 0
 
 

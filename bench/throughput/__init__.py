@@ -26,9 +26,9 @@ from ..cache import cache_root
 from ..config import CollectionSpec, Experiment, RerankerSpec, ThroughputSpec
 from ..data import expand, load_collection, select_datasets
 from ..errors import BenchError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_text
 from ..plots import plot_quality_speed
-from ..records import find_records
+from ..records import FidelityComparison, FidelityRecord, ThroughputRecord, find_records
 from ..retrieve.stage import FirstStage
 from .fidelity import fidelity_record, sweep_fidelity
 from .flops import tokenizer_and_shape
@@ -42,13 +42,13 @@ class ModelSweep:
     """One reranker's sweep: its records as written, and the Markdown written beside them."""
 
     label: str
-    throughput: dict
-    fidelity: dict | None  # None when the experiment turns fidelity off
+    throughput: ThroughputRecord
+    fidelity: FidelityRecord | None  # None when the experiment turns fidelity off
     text: str
 
     @property
     def failed_cells(self) -> int:
-        return sum(1 for c in self.throughput["cells"] if c.get("error"))
+        return sum(1 for c in self.throughput.cells if c.error)
 
 
 @dataclass(frozen=True)
@@ -158,20 +158,21 @@ def _sweep(spec: RerankerSpec, tp: ThroughputSpec, pairset: PairSet, cells, *, c
                  settings=settings)
 
 
-def _write(out: Path, label: str, record: dict, comparisons: list[dict] | None) -> ModelSweep:
+def _write(out: Path, label: str, record: ThroughputRecord, comparisons: list[FidelityComparison] | None
+           ) -> ModelSweep:
     """One reranker's records, its Markdown tables and its plot (when a cell succeeded)."""
-    atomic_write_json(out / "records" / f"throughput-{label}.json", record)
+    record.to_disk(out / "records" / f"throughput-{label}.json")
     text = f"## Throughput: {label}\n\n{throughput_table(record)}"
     fidelity = None
     if comparisons is not None:
         fidelity = fidelity_record(comparisons, throughput_record=record)
-        atomic_write_json(out / "records" / f"fidelity-{label}.json", fidelity)
+        fidelity.to_disk(out / "records" / f"fidelity-{label}.json")
         if comparisons:
             text += f"\n## Fidelity against fp32: {label}\n\n{fidelity_table(comparisons)}"
         else:
             text += "\nFidelity: no cell ran a precision other than fp32 (nothing to compare).\n"
     atomic_write_text(out / f"throughput-{label}.md", text)
-    if any(not c.get("error") for c in record["cells"]):
+    if any(not c.error for c in record.cells):
         plot_throughput(record, out / "plots" / f"throughput-{label}.png")
     return ModelSweep(label=label, throughput=record, fidelity=fidelity, text=text)
 
@@ -182,7 +183,7 @@ def _quality_plot(experiment: Experiment, out: Path, quality_records, log) -> Pa
     if quality_records and not folder.is_dir():
         raise BenchError(f"--quality-records {folder}: no such folder (give the --out of a `bench run`)")
     quality = find_records(folder, kind="quality") if folder.exists() else []
-    if not any((r.get("timings") or {}).get("rerank_pairs_per_s") for r in quality):
+    if not any(r.timings.rerank_pairs_per_s for r in quality):
         return None
     metric = experiment.evaluation.metrics[0]
     path = plot_quality_speed(quality, out / "plots" / "quality-vs-speed.png", metric=metric)

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import BenchError
 from ..evaluate import evaluate
-from ..records import make_record
+from ..records import CellResult, FidelityComparison, FidelityRecord, ThroughputRecord, make_record
 from ..rerank.common import check_scores
 from ..runs import sort_ranking
 from .pairs import PairSet
@@ -145,49 +145,51 @@ def _stat(values: Sequence[float], fn) -> float | None:
     return float(fn(values)) if len(values) else None
 
 
-def reference_for(cell: Mapping, cells: Sequence[Mapping]) -> Mapping | None:
+def reference_for(cell: CellResult, cells: Sequence[CellResult]) -> CellResult | None:
     """The fp32 cell a cell is compared with, at the same max_length: the same engine and options if
     the sweep has one (isolates precision), else the same engine, else the plain loop's fp32 cell,
     else any fp32 cell."""
-    ok = [c for c in cells if not c.get("error") and c.get("dtype_resolved") == "fp32"
-          and c["max_length"] == cell["max_length"] and c["label"] != cell["label"]]
-    for pick in (lambda c: c["variant"] == cell["variant"], lambda c: c["engine"] == cell["engine"],
-                 lambda c: c["engine"] == "transformers", lambda c: True):
+    ok = [c for c in cells if not c.error and c.dtype_resolved == "fp32"
+          and c.max_length == cell.max_length and c.label != cell.label]
+    for pick in (lambda c: c.variant == cell.variant, lambda c: c.engine == cell.engine,
+                 lambda c: c.engine == "transformers", lambda c: True):
         found = [c for c in ok if pick(c)]
         if found:
-            return max(found, key=lambda c: c["n_pairs"])
+            return max(found, key=lambda c: c.n_pairs)
     return None
 
 
-def sweep_fidelity(throughput_record: Mapping, scores: Mapping[str, np.ndarray], pairset: PairSet, *,
+def sweep_fidelity(throughput_record: ThroughputRecord, scores: Mapping[str, np.ndarray], pairset: PairSet, *,
                    qrels: Mapping[str, Mapping[str, int]] | None = None, evaluator: str = "auto",
-                   include_fp32: bool = False) -> list[dict[str, Any]]:
+                   include_fp32: bool = False) -> list[FidelityComparison]:
     """Each non-fp32 cell of a sweep against its fp32 reference (`reference_for`), on the pairs both
     scored (the shorter one's whole queries). fp32 cells against another fp32 cell with
     `include_fp32` (e.g. two budgets of one engine; should be ~1e-6)."""
-    cells = [c for c in throughput_record["cells"] if not c.get("error") and c["label"] in scores]
+    cells = [c for c in throughput_record.cells if not c.error and c.label in scores]
     out, done = [], set()
     # The plain loop's cells last: between two fp32 cells, the plain loop is the reference.
-    for cell in sorted(cells, key=lambda c: c["engine"] == "transformers"):
-        if cell.get("dtype_resolved") == "fp32" and not include_fp32:
+    for cell in sorted(cells, key=lambda c: c.engine == "transformers"):
+        if cell.dtype_resolved == "fp32" and not include_fp32:
             continue
         ref = reference_for(cell, cells)
-        if ref is None or (cell["label"], ref["label"]) in done:
+        if ref is None or (cell.label, ref.label) in done:
             continue
-        done.add((ref["label"], cell["label"]))
-        n = min(cell["n_pairs"], ref["n_pairs"])
+        done.add((ref.label, cell.label))
+        n = min(cell.n_pairs, ref.n_pairs)
         sub = pairset.head(n)
         n = len(sub)
-        result = compare(scores[ref["label"]][:n], scores[cell["label"]][:n], sub, qrels=qrels,
-                         evaluator=evaluator, labels=(ref["label"], cell["label"]))
-        out.append({"cell": cell["label"], "engine": cell["engine"], "variant": cell["variant"],
-                    "dtype": cell.get("dtype_resolved"), "reference": ref["label"], **result})
+        result = compare(scores[ref.label][:n], scores[cell.label][:n], sub, qrels=qrels,
+                         evaluator=evaluator, labels=(ref.label, cell.label))
+        out.append(FidelityComparison.model_validate(
+            {"cell": cell.label, "engine": cell.engine, "variant": cell.variant, "dtype": cell.dtype_resolved,
+             "reference": ref.label, **result}))
     return out
 
 
-def fidelity_record(comparisons: list[dict], *, throughput_record: Mapping | None = None, **fields) -> dict:
+def fidelity_record(comparisons: list[FidelityComparison], *, throughput_record: ThroughputRecord | None = None,
+                    **fields) -> FidelityRecord:
     """One record of kind ``fidelity`` holding every comparison of a sweep."""
     if throughput_record is not None:
-        fields = {"name": throughput_record.get("name"), "model": throughput_record.get("model"),
-                  "device": throughput_record.get("device"), "pairs": throughput_record.get("pairs"), **fields}
+        fields = {"name": throughput_record.name, "model": throughput_record.model,
+                  "device": throughput_record.device, "pairs": throughput_record.pairs, **fields}
     return make_record("fidelity", comparisons=comparisons, **fields)

@@ -7,34 +7,33 @@ files a sweep wrote.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from .. import plots
 from ..errors import BenchError
+from ..records import FidelityComparison, ThroughputRecord
 
 TABLE_COLUMNS = ["engine", "dtype", "batch / budget", "max_len", "pairs", "pairs/s", "q/s@k", "p50 ms",
                  "p95 ms", "peak mem", "padding", "TFLOP/s", "% ceiling", "vs plain"]
 
 
-def table_rows(record: Mapping) -> list[list[str]]:
+def table_rows(record: ThroughputRecord) -> list[list[str]]:
     rows = []
-    for c in record.get("cells", []):
-        size = f"{c['token_budget']} tok" if c.get("token_budget") else f"{c.get('batch_size')} pairs"
-        name = c.get("variant", c["engine"])
-        if c.get("error"):
-            rows.append([name, c["dtype"], size, str(c["max_length"]), "", c["error"][:60]] + [""] * 8)
+    for c in record.cells:
+        size = f"{c.token_budget} tok" if c.token_budget else f"{c.batch_size} pairs"
+        if c.error:
+            rows.append([c.variant, c.dtype, size, str(c.max_length), "", c.error[:60]] + [""] * 8)
             continue
-        lat = c.get("latency_ms", {})
-        mem = c.get("peak_memory", {}).get("bytes")
+        mem = c.peak_memory.get("bytes")
         rows.append([
-            name, c.get("dtype_resolved", c["dtype"]), size, str(c["max_length"]), str(c["n_pairs"]),
-            _rate(c["pairs_per_s"]), _rate(c["queries_per_s"]), _fmt(lat.get("p50"), "{:.1f}"),
-            _fmt(lat.get("p95"), "{:.1f}"), _fmt(mem and mem / 2**30, "{:.2f} GiB"),
-            _fmt(c.get("padding_fraction") if c.get("padding_fraction") is None else 100 * c["padding_fraction"], "{:.1f}%"),
-            _fmt(c.get("useful_tflop_per_s"), "{:.3g}"),
-            _fmt(c.get("ceiling_share") if c.get("ceiling_share") is None else 100 * c["ceiling_share"], "{:.1f}%"),
-            _fmt(c.get("speedup_vs_plain"), "{:.2f}×"),
+            c.variant, c.dtype_resolved or c.dtype, size, str(c.max_length), str(c.n_pairs),
+            _rate(c.pairs_per_s), _rate(c.queries_per_s), _fmt(c.latency_ms.get("p50"), "{:.1f}"),
+            _fmt(c.latency_ms.get("p95"), "{:.1f}"), _fmt(mem and mem / 2**30, "{:.2f} GiB"),
+            _fmt(None if c.padding_fraction is None else 100 * c.padding_fraction, "{:.1f}%"),
+            _fmt(c.useful_tflop_per_s, "{:.3g}"),
+            _fmt(None if c.ceiling_share is None else 100 * c.ceiling_share, "{:.1f}%"),
+            _fmt(c.speedup_vs_plain, "{:.2f}×"),
         ])
     return rows
 
@@ -48,66 +47,70 @@ def _rate(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
-def throughput_table(record: Mapping) -> str:
+def _device(record: ThroughputRecord) -> str:
+    """The device the environment saw (its name), else the one the sweep was asked for."""
+    return record.environment.device.get("device", record.device)
+
+
+def throughput_table(record: ThroughputRecord) -> str:
     """The sweep as a Markdown table, with a header line naming model, device, pairs and ceiling."""
-    pairs = record.get("pairs", {})
-    ceil = record.get("ceiling") or {}
-    mean_tok = ", ".join(f"{v:.1f} (L{k})" for k, v in (pairs.get("mean_tokens_per_pair") or {}).items())
-    head = (f"Model {record['model']['ref']}{' (untrained)' if record['model'].get('untrained') else ''} on "
-            f"{(record.get('environment') or {}).get('device', {}).get('device', record.get('device'))}; "
-            f"{pairs.get('n_pairs')} pairs, {pairs.get('n_queries')} queries × k={pairs.get('k')}"
-            f" from {pairs.get('collection')}; mean tokens per pair {mean_tok or '?'}; "
-            f"ceiling {ceil.get('tflop_per_s', float('nan')):.3g} TFLOP/s ({ceil.get('dtype')} matmul, measured).")
+    pairs, ceil = record.pairs, record.ceiling
+    mean_tok = ", ".join(f"{v:.1f} (L{k})" for k, v in pairs.mean_tokens_per_pair.items())
+    tflops = float("nan") if ceil.tflop_per_s is None else ceil.tflop_per_s
+    head = (f"Model {record.model.ref}{' (untrained)' if record.model.untrained else ''} on {_device(record)}; "
+            f"{pairs.n_pairs} pairs, {pairs.n_queries} queries × k={pairs.k}"
+            f" from {pairs.collection}; mean tokens per pair {mean_tok or '?'}; "
+            f"ceiling {tflops:.3g} TFLOP/s ({ceil.dtype} matmul, measured).")
     lines = [head, "", "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(record)]
     return "\n".join(lines) + "\n"
 
 
-def fidelity_table(comparisons: Sequence[Mapping]) -> str:
+def fidelity_table(comparisons: Sequence[FidelityComparison]) -> str:
     """Fidelity as a Markdown table (one row per compared cell)."""
-    sets = any("pairs_set" in c for c in comparisons)  # comparisons on more than one set of pairs
+    sets = any(c.has("pairs_set") for c in comparisons)  # comparisons on more than one set of pairs
     head = (["pairs"] if sets else []) + [
         "cell", "vs (fp32)", "queries", "max |Δ|", "mean |Δ|", "max |Δ| / σ(ref)", "τ median", "τ min",
         "top-10 identical", "nDCG@10 ref → cell (Δ)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in comparisons:
-        tau = c["kendall_tau"]
-        nd = c.get("ndcg@10") or {}
+        tau, nd, top = c.kendall_tau, c.ndcg_at_10 or {}, c.top10_identical
         nd_txt = (f"{nd['reference']:.4f} → {nd['candidate']:.4f} ({nd['delta']:+.4f})"
                   if nd.get("delta") is not None else "–")
-        top = c.get("top10_identical")
-        lines.append("| " + " | ".join(([c.get("pairs_set", "")] if sets else []) + [
-            c["cell"], c["reference"], str(c["n_queries"]), f"{c['max_abs_diff']:.2e}", f"{c['mean_abs_diff']:.2e}",
-            "–" if c.get("max_abs_diff_over_std") is None else f"{c['max_abs_diff_over_std']:.3g}",
+        lines.append("| " + " | ".join(([c.pairs_set or ""] if sets else []) + [
+            c.cell, c.reference, str(c.n_queries), f"{c.max_abs_diff:.2e}", f"{c.mean_abs_diff:.2e}",
+            "–" if c.max_abs_diff_over_std is None else f"{c.max_abs_diff_over_std:.3g}",
             "–" if tau["median"] is None else f"{tau['median']:.4f}", "–" if tau["min"] is None else f"{tau['min']:.4f}",
             "–" if top is None else f"{100 * top:.1f}%", nd_txt]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot_throughput(records: Sequence[Mapping] | Mapping, path: str | Path, *, title: str | None = None) -> Path:
+def plot_throughput(records: Sequence[ThroughputRecord] | ThroughputRecord, path: str | Path, *,
+                    title: str | None = None) -> Path:
     """Throughput against batch size / token budget from throughput records (failed cells are left out)."""
-    if isinstance(records, Mapping):
+    if isinstance(records, ThroughputRecord):
         records = [records]
     series: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
     for rec in records:
-        if rec.get("kind") != "throughput":
-            raise BenchError(f"{rec.get('_path', 'record')}: kind {rec.get('kind')!r}, expected 'throughput'")
-        many_lengths = len({c["max_length"] for c in rec["cells"]}) > 1
-        for c in rec["cells"]:
-            if c.get("error"):
+        if not isinstance(rec, ThroughputRecord):
+            raise BenchError(f"{getattr(rec, 'path', None) or 'record'}: kind {getattr(rec, 'kind', None)!r}, "
+                             "expected 'throughput'")
+        many_lengths = len({c.max_length for c in rec.cells}) > 1
+        for c in rec.cells:
+            if c.error:
                 continue
-            axis = "token budget (tokens per batch)" if c.get("token_budget") else "batch size (pairs per batch)"
-            x = c.get("token_budget") or c.get("batch_size")
-            name = f"{c['variant']} {c.get('dtype_resolved', c['dtype'])}"
+            axis = "token budget (tokens per batch)" if c.token_budget else "batch size (pairs per batch)"
+            x = c.token_budget or c.batch_size
+            name = f"{c.variant} {c.dtype_resolved or c.dtype}"
             if many_lengths:
-                name += f" L{c['max_length']}"
-            series[(axis, name)][x] = max(c["pairs_per_s"], series[(axis, name)].get(x, 0.0))
+                name += f" L{c.max_length}"
+            series[(axis, name)][x] = max(c.pairs_per_s, series[(axis, name)].get(x, 0.0))
     if not series:
         raise BenchError("no successful throughput cells to plot")
     axes_names = sorted({axis for axis, _ in series})
-    plt = plots._pyplot()
     # one y scale for both panels, from 0, so engines compare at a glance across panels
-    fig, axes = plt.subplots(1, len(axes_names), figsize=(6.5 * len(axes_names), 4.5), squeeze=False, sharey=True)
+    fig = plots._figure(figsize=(6.5 * len(axes_names), 4.5))
+    axes = fig.subplots(1, len(axes_names), squeeze=False, sharey=True)
     for ax, axis in zip(axes[0], axes_names):
         for (a, name), points in sorted(series.items()):
             if a != axis:
@@ -124,9 +127,5 @@ def plot_throughput(records: Sequence[Mapping] | Mapping, path: str | Path, *, t
     top = max(v for points in series.values() for v in points.values())
     axes[0][0].set_ylim(0, top * 1.08)
     rec = records[0]
-    device = (rec.get("environment") or {}).get("device", {}).get("device", rec.get("device"))
-    fig.suptitle(title or f"{rec['model']['ref']} on {device}: {rec['pairs'].get('n_pairs')} pairs")
-    try:
-        return plots._save(fig, path)
-    finally:
-        plt.close(fig)
+    fig.suptitle(title or f"{rec.model.ref} on {_device(rec)}: {rec.pairs.n_pairs} pairs")
+    return plots._save(fig, path)

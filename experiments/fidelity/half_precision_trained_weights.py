@@ -57,7 +57,7 @@ def main() -> int:
     from bench.data import load_collection
     from bench.retrieve import build_encoder
     from bench.evaluate import Conventions, evaluate
-    from bench.io import atomic_write_json
+    from bench.records import FidelityComparison
     from bench.throughput.fidelity import compare, fidelity_record, top_ids
     from bench.throughput.pairs import PairSet
     from bench.throughput.tables import fidelity_table
@@ -104,7 +104,8 @@ def main() -> int:
             if cell == "fp32":
                 continue
             row = compare(ref, pair_scores(cell), pairset, qrels=coll.qrels, labels=("fp32", cell))
-            comparisons.append({"cell": cell, "reference": "fp32", "pairs_set": f"{name} (fp32 top-100)", **row})
+            comparisons.append(FidelityComparison.model_validate(
+                {"cell": cell, "reference": "fp32", "pairs_set": f"{name} (fp32 top-100)", **row}))
             same = sum(top_ids(runs["fp32"][q], 10) == top_ids(runs[cell][q], 10) for q in qids)
             retrieval.append({"collection": name, "cell": cell, "docs": len(doc_ids), "queries": len(qids),
                               "top10_identical": same / len(qids), "fp32": ev["fp32"], "cell_metrics": ev[cell]})
@@ -124,7 +125,7 @@ def main() -> int:
                           settings={"max_length": 256, "max_docs": args.max_docs, "max_queries": args.max_queries,
                                     "engine": "fast"},
                           retrieval=retrieval)
-    atomic_write_json(args.out / "fidelity-minilm.json", rec)
+    rec.to_disk(args.out / "fidelity-minilm.json")
     print(f"\nrecord: {args.out / 'fidelity-minilm.json'}")
     return 0
 

@@ -241,10 +241,10 @@ class Checks:
         comparisons = sweep_fidelity(record, scores, self.state["full"], qrels=self.state["collection"].qrels,
                                      evaluator="builtin")
         for c in comparisons:
-            c["pairs_set"] = "all queries"
+            c.pairs_set = "all queries"
         sweep_part = self.state.get("sweep_fidelity", [])
         for c in sweep_part:
-            c["pairs_set"] = "sweep pairs"
+            c.pairs_set = "sweep pairs"
         rec = fidelity_record(sweep_part + comparisons, throughput_record=record,
                               note="evaluator 'builtin' (checked equal to pytrec_eval in tests/test_fidelity.py; "
                                    "no ranx/numba compile on a timed box)")
@@ -324,7 +324,7 @@ class Checks:
         if "throughput" in self.records:
             parts += ["## Rerankers side by side (same pairs)", "", throughput_table(self.records["throughput"])]
         if "fidelity" in self.records:
-            parts += ["## Fidelity against fp32", "", fidelity_table(self.records["fidelity"]["comparisons"])]
+            parts += ["## Fidelity against fp32", "", fidelity_table(self.records["fidelity"].comparisons)]
         if "encoders" in self.records:
             parts += ["## Bi-encoders", "", encoder_table(self.records["encoders"]["cells"])]
         parts += ["## Steps", "", "| step | status | seconds | note |", "|---|---|---|---|"]
@@ -355,31 +355,31 @@ def encoder_table(cells) -> str:
 
 
 def summarize(records: dict) -> dict:
-    """The issue's targets against what was measured (None where the step did not run)."""
+    """The issue's targets against what was measured (None where the step did not run). `records`: the
+    typed throughput and fidelity records, the other steps' results as dicts."""
     out: dict = {"device": (records.get("environment") or {}).get("device", {}).get("device")}
     tp = records.get("throughput")
     if tp:
-        ok = [c for c in tp["cells"] if not c.get("error")]
-        fast = [c for c in ok if c["engine"] == "fast" and c.get("dtype_resolved") in ("bf16", "fp16")]
-        flag = [c for c in ok if c["engine"] == "flag"]
-        best = max(fast, key=lambda c: c["pairs_per_s"], default=None)
-        out["mean_tokens_per_pair"] = (tp.get("pairs") or {}).get("mean_tokens_per_pair")
-        out["best_fast"] = best and {"label": best["label"], "pairs_per_s": best["pairs_per_s"],
-                                     "ceiling_share": best.get("ceiling_share")}
+        ok = [c for c in tp.cells if not c.error]
+        fast = [c for c in ok if c.engine == "fast" and c.dtype_resolved in ("bf16", "fp16")]
+        flag = [c for c in ok if c.engine == "flag"]
+        best = max(fast, key=lambda c: c.pairs_per_s, default=None)
+        out["mean_tokens_per_pair"] = tp.pairs.mean_tokens_per_pair
+        out["best_fast"] = best and {"label": best.label, "pairs_per_s": best.pairs_per_s,
+                                     "ceiling_share": best.ceiling_share}
         for c in ok:
-            out.setdefault("pairs_per_s", {})[c["label"]] = round(c["pairs_per_s"], 1)
+            out.setdefault("pairs_per_s", {})[c.label] = round(c.pairs_per_s, 1)
         if best and flag:
-            out["fast_vs_flag"] = best["pairs_per_s"] / flag[0]["pairs_per_s"]
-        out["fast_target_met"] = bool(best and best["pairs_per_s"] >= TARGETS["fast_pairs_per_s"])
+            out["fast_vs_flag"] = best.pairs_per_s / flag[0].pairs_per_s
+        out["fast_target_met"] = bool(best and best.pairs_per_s >= TARGETS["fast_pairs_per_s"])
         out["vs_flag_target_met"] = bool(out.get("fast_vs_flag") and out["fast_vs_flag"] >= TARGETS["fast_vs_flag"])
     fid = records.get("fidelity")
     if fid:
-        bf16 = [c for c in fid["comparisons"] if c.get("dtype") == "bf16" and c["engine"] == "fast"
-                and c.get("pairs_set") == "all queries"]
+        bf16 = [c for c in fid.comparisons if c.dtype == "bf16" and c.engine == "fast" and c.pairs_set == "all queries"]
         if bf16:
-            out["bf16_top10_identical"] = bf16[0]["top10_identical"]
-            out["bf16_queries"] = bf16[0]["n_queries"]
-            out["bf16_target_met"] = bf16[0]["top10_identical"] >= TARGETS["bf16_top10_identical"]
+            out["bf16_top10_identical"] = bf16[0].top10_identical
+            out["bf16_queries"] = bf16[0].n_queries
+            out["bf16_target_met"] = bf16[0].top10_identical >= TARGETS["bf16_top10_identical"]
     enc = records.get("encoders")
     if enc:
         for c in enc["cells"]:
