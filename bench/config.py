@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .engine.common import FAST_OPTIONS
 from .engine.device import DTYPES, ENGINES
 from .errors import BenchError
-from .metrics import parse_metric
+from .metrics import MetricName
 
 Dtype = Literal[DTYPES]
 Engine = Literal[ENGINES]
@@ -183,23 +183,10 @@ class RerankerSpec(Spec):
 class EvaluationSpec(Spec):
     """Metrics and trec_eval conventions (see README, 'Evaluation conventions')."""
 
-    metrics: list[str] = ["nDCG@10", "MRR@10", "Recall@100"]
+    metrics: list[MetricName] = ["nDCG@10", "MRR@10", "Recall@100"]
     depth: int | None = Field(None, gt=0, description="trec_eval -M: only the top N of each ranking count")
     rel_level: int = Field(1, ge=1, description="trec_eval -l: minimum relevance that counts as relevant")
     judged_only: bool = False
-
-    @field_validator("metrics")
-    @classmethod
-    def _known_metrics(cls, v):
-        """Checked when the file is read, not after the first stage has run."""
-        for name in v:
-            try:
-                parse_metric(name)
-            except BenchError as exc:
-                raise ValueError(str(exc)) from None
-        return v
-
-
 
 
 class ThroughputSpec(Spec):

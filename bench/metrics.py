@@ -16,7 +16,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Annotated, TypeVar
+
+from pydantic import AfterValidator
 
 from .errors import BenchError
 
@@ -108,3 +110,17 @@ def by_metric(values: Mapping[str, V]) -> dict[Metric, V]:
             continue
     return out
 
+
+
+def checked_name(name: str) -> str:
+    """`name` as written, if it names a metric in any accepted spelling; else the ValueError a settings
+    model reports against its field (experiment files, registry entries)."""
+    try:
+        parse_metric(name)
+    except BenchError as exc:
+        raise ValueError(str(exc)) from None
+    return name
+
+
+#: A metric name field of a settings model: kept as the user wrote it, checked when the file is read.
+MetricName = Annotated[str, AfterValidator(checked_name)]

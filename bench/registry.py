@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .config import Dtype, format_validation_error, read_toml
 from .errors import BenchError
-from .metrics import by_metric, parse_metric
+from .metrics import MetricName, by_metric, parse_metric
 from .records import QualityRecord
 
 #: The registry shipped with the package.
@@ -128,7 +128,7 @@ class Entry(Spec):
 
     name: str = Field(pattern=rf"^[{NAME_CHARS}]+$", description="unique; used on the command line")
     description: str
-    metric: str = Field(description="as the experiment's [evaluation].metrics writes it: nDCG@10, Recall@100, MRR@10")
+    metric: MetricName = Field(description="as the experiment's [evaluation].metrics writes it: nDCG@10, Recall@100, MRR@10")
     value: float = Field(description="expected score on the 0-1 scale (a published 64.03 is 0.6403)")
     tolerance: float = Field(description="absolute, on the 0-1 scale: |measured - value| <= tolerance is OK")
     tolerance_reason: str = Field(description="why this tolerance (rounding of the source, known noise...)")
@@ -158,15 +158,6 @@ class Entry(Spec):
         if v >= 0.1:
             raise ValueError(f"tolerance {v} is 10 points or more on the 0-1 scale: that checks nothing; "
                              "write it on the 0-1 scale (half a point is 0.005)")
-        return v
-
-    @field_validator("metric")
-    @classmethod
-    def _metric(cls, v):
-        try:
-            parse_metric(v)
-        except BenchError as exc:
-            raise ValueError(str(exc)) from None
         return v
 
     @model_validator(mode="after")
