@@ -18,11 +18,11 @@ import math
 import string
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import pandas as pd
 
+from . import lazy
 from .errors import BenchError
 from .evaluate import Conventions, evaluate
 from .metrics import Metric, by_metric, parse_metric
@@ -31,6 +31,9 @@ from .records import ComparisonRecord, QualityRecord, find_records, make_record,
 from .report import system_label
 from .runs import read_qrels, read_run
 from .stats import bootstrap_ci, holm, paired_randomization_test, paired_t_test
+
+if TYPE_CHECKING:  # annotations only; pandas itself is imported on first use, through lazy
+    import pandas as pd
 
 SCORE_COLUMNS = ["dataset", "language", "system", "metric", "query", "value"]
 TESTS = {"randomization": "paired randomization test", "t-test": "paired t-test"}
@@ -45,7 +48,7 @@ def scores_from_evaluation(evaluation, dataset: str, system: str, language: str 
 def _long_rows(per_query: dict[str, dict[str, float]], dataset: str, system: str, language: str | None) -> pd.DataFrame:
     rows = [(dataset, language, system, metric, qid, float(v)) for metric, values in per_query.items()
             for qid, v in values.items()]
-    return pd.DataFrame(rows, columns=SCORE_COLUMNS)
+    return lazy.pd.DataFrame(rows, columns=SCORE_COLUMNS)
 
 
 def scores_from_runs(qrels, runs: dict[str, dict], metrics: Sequence[str | Metric], conventions=None,
@@ -54,7 +57,7 @@ def scores_from_runs(qrels, runs: dict[str, dict], metrics: Sequence[str | Metri
     conventions = conventions or Conventions()
     frames = [scores_from_evaluation(evaluate(qrels, run, metrics, conventions), dataset, name, language)
               for name, run in runs.items()]
-    return pd.concat(frames, ignore_index=True)
+    return lazy.pd.concat(frames, ignore_index=True)
 
 
 def load_records(paths: Sequence[str | Path]) -> list[QualityRecord]:
@@ -106,7 +109,7 @@ def scores_from_records(records: list[QualityRecord], metrics: Sequence[str | Me
                              f"and qrels {rec.qrels_file} under the record's conventions")
         frames.append(_long_rows({str(metric): chosen[metric] for metric in wanted}, dataset, system,
                                  rec.dataset.language))
-    return pd.concat(frames, ignore_index=True)
+    return lazy.pd.concat(frames, ignore_index=True)
 
 
 def reevaluate(rec: QualityRecord, metrics: Sequence[Metric], *, probe: Metric | None) -> dict[Metric, dict[str, float]]:
@@ -223,9 +226,9 @@ def compare(scores: pd.DataFrame, settings: Settings = Settings(), systems: Sequ
                                   "diff": float((y - x).mean()), "ci_low": low, "ci_high": high,
                                   "p_t_test": paired_t_test(x, y),
                                   "p_randomization": paired_randomization_test(x, y, settings.permutations, settings.seed)})
-    means = pd.DataFrame(mean_rows)
-    pairs = pd.DataFrame(pair_rows, columns=["dataset", "language", "metric", "system_a", "system_b", "mean_a", "mean_b",
-                                             "diff", "ci_low", "ci_high", "p_t_test", "p_randomization"])
+    means = lazy.pd.DataFrame(mean_rows)
+    pairs = lazy.pd.DataFrame(pair_rows, columns=["dataset", "language", "metric", "system_a", "system_b", "mean_a",
+                                                  "mean_b", "diff", "ci_low", "ci_high", "p_t_test", "p_randomization"])
     _adjust_and_mark(means, pairs, settings, order)
     return Comparison(means=means, pairs=pairs, scores=scores, settings=settings, systems=order, conventions=conventions)
 
@@ -309,11 +312,13 @@ class Comparison:
             for dataset in datasets:
                 value = values[headers[dataset]]
                 better = sub.loc[(system, dataset), "better_than"] if (system, dataset) in sub.index else ""
-                row[headers[dataset]] = "–" if pd.isna(value) else f"{value:.4f}" + (mark(better) if better else "")
+                text = "–" if lazy.pd.isna(value) else f"{value:.4f}" + (mark(better) if better else "")
+                row[headers[dataset]] = text
             if "Avg" in numbers.columns:
-                row["Avg"] = "–" if pd.isna(values["Avg"]) else f"{values['Avg']:.4f}"
+                row["Avg"] = "–" if lazy.pd.isna(values["Avg"]) else f"{values['Avg']:.4f}"
             rows.append(row)
-        out = pd.DataFrame(rows, index=[f"({letters[s]}) {s}" for s in numbers.index], columns=list(numbers.columns))
+        out = lazy.pd.DataFrame(rows, index=[f"({letters[s]}) {s}" for s in numbers.index],
+                                columns=list(numbers.columns))
         out.index.name = "system"
         return out
 
@@ -409,7 +414,7 @@ def _letter(i: int) -> str:
 
 
 def _pairs_text(pairs: pd.DataFrame, settings: Settings) -> pd.DataFrame:
-    return pd.DataFrame({
+    return lazy.pd.DataFrame({
         "dataset": pairs.dataset,
         "A": pairs.system_a,
         "B": pairs.system_b,

@@ -25,11 +25,16 @@ ranx's kernels are compiled by numba on first use (about a minute) and cached on
 
 from __future__ import annotations
 
+import importlib
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import numpy as np
+
+from . import lazy
 from .errors import BenchError
 from .metrics import Metric, parse_metric
 from .runs import Qrels, Run, sort_ranking
@@ -154,9 +159,6 @@ def _ranx_arrays(qrels: Qrels, qids: list[str], rankings: list[list[str]]):
     """Per query, ranx's (id, value) float64 arrays with small integer ids instead of hashed docids:
     qrels sorted by judgment descending (ranx's ideal DCG reads them in that order), the run in our
     prepared order (ranx's kernels read it as given; its score column is not used)."""
-    import numpy as np
-    from numba.typed import List as TypedList
-
     q_list, r_list = [], []
     for qid, ranking in zip(qids, rankings):
         judged = sorted(qrels[qid].items(), key=lambda item: -item[1])
@@ -170,27 +172,21 @@ def _ranx_arrays(qrels: Qrels, qids: list[str], rankings: list[list[str]]):
         r_arr[:, 1] = np.arange(len(ranking), 0, -1)
         q_list.append(q_arr)
         r_list.append(r_arr)
-    return TypedList(q_list), TypedList(r_list)
+    return lazy.numba.typed.List(q_list), lazy.numba.typed.List(r_list)
 
 
 def _kernel(measure: str):
-    import importlib
-
     module, function = KERNELS[measure]
     return getattr(importlib.import_module(f"ranx.metrics.{module}"), function)
 
 
 def _ranx_kernel(metric: Metric, arrays, conventions: Conventions):
-    import warnings
-
-    from numba.core.errors import NumbaTypeSafetyWarning
-
     q_list, r_list = arrays
     k = metric.cutoff or 0  # ranx: 0 = the whole ranking
     kernel = _kernel(metric.measure)
     with warnings.catch_warnings():
         # numba's compile of ranx's prange loops warns about its own uint64 loop index; harmless
-        warnings.simplefilter("ignore", NumbaTypeSafetyWarning)
+        warnings.simplefilter("ignore", lazy.numba.core.errors.NumbaTypeSafetyWarning)
         if metric.measure == "ndcg":
             return kernel(q_list, r_list, k, 1, True)  # gains from every judgment >= 1, Järvelin's linear DCG
         if metric.measure == "r-precision":

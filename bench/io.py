@@ -14,6 +14,8 @@ from typing import Any, Iterator
 
 from .errors import BenchError, where
 
+import numpy as np
+
 
 def slug(text: str, *, strip: bool = True) -> str:
     """``text`` as a file name: every character but letters, digits, ``-``, ``_`` and ``.`` becomes ``_``;
@@ -52,15 +54,10 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def _json_default(obj: Any):
-    try:
-        import numpy as np
-
-        if isinstance(obj, np.generic):
-            return obj.item()
-        if isinstance(obj, np.ndarray):
-            return obj.tolist()
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "model_dump"):  # a record or one of its parts; json.dumps converts what it holds

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
+from . import lazy
 from .errors import BenchError
 
 OFFLINE_PREFIX = "offline:"
@@ -117,9 +119,7 @@ def bert_tokenizer_dir() -> Path:
 
 
 def xlmr_tokenizer():
-    from transformers import XLMRobertaTokenizerFast
-
-    return XLMRobertaTokenizerFast(tokenizer_file=str(xlmr_tokenizer_file()))
+    return lazy.transformers.XLMRobertaTokenizerFast(tokenizer_file=str(xlmr_tokenizer_file()))
 
 
 def build_random_xlmr(architecture: str, folder: str | os.PathLike, seed: int = 0) -> Path:
@@ -127,15 +127,13 @@ def build_random_xlmr(architecture: str, folder: str | os.PathLike, seed: int = 
     XLM-R tokenizer, to `folder` (a normal HF model folder)."""
     if architecture not in XLMR_ARCHITECTURES:
         raise BenchError(f"unknown random architecture {architecture!r}; known: {', '.join(XLMR_ARCHITECTURES)}")
-    import torch
-    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
-
+    transformers = lazy.transformers
     folder = Path(folder)
-    cfg = XLMRobertaConfig(vocab_size=250002, type_vocab_size=1, pad_token_id=1, bos_token_id=0,
-                           eos_token_id=2, layer_norm_eps=1e-5, hidden_act="gelu",
-                           **XLMR_ARCHITECTURES[architecture])
-    torch.manual_seed(seed)
-    model = XLMRobertaForSequenceClassification(cfg).eval()
+    cfg = transformers.XLMRobertaConfig(vocab_size=250002, type_vocab_size=1, pad_token_id=1, bos_token_id=0,
+                                        eos_token_id=2, layer_norm_eps=1e-5, hidden_act="gelu",
+                                        **XLMR_ARCHITECTURES[architecture])
+    lazy.torch.manual_seed(seed)
+    model = transformers.XLMRobertaForSequenceClassification(cfg).eval()
     model.config.rerank_bench = {"untrained": True, "architecture": architecture, "seed": seed}
     tmp = folder.with_name(folder.name + ".partial")
     model.save_pretrained(tmp)
@@ -146,36 +144,27 @@ def build_random_xlmr(architecture: str, folder: str | os.PathLike, seed: int = 
 
 def build_random_biencoder(architecture: str, folder: str | os.PathLike, seed: int = 0) -> Path:
     """Save an untrained bi-encoder of `architecture`'s exact shape as a sentence-transformers folder."""
-    import shutil
-
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.base.modules import Normalize, Transformer
-    from sentence_transformers.sentence_transformer.modules import Pooling
-
+    transformers, st = lazy.transformers, lazy.sentence_transformers
     shape = dict(BIENCODER_ARCHITECTURES[architecture])
     family, max_seq_length = shape.pop("family"), shape.pop("max_seq_length")
-    torch.manual_seed(seed)
+    lazy.torch.manual_seed(seed)
     if family == "bert":
-        from transformers import AutoTokenizer, BertConfig, BertModel
-
-        model = BertModel(BertConfig(vocab_size=30522, type_vocab_size=2, layer_norm_eps=1e-12, **shape),
-                          add_pooling_layer=False)
-        tokenizer = AutoTokenizer.from_pretrained(bert_tokenizer_dir())
+        cfg = transformers.BertConfig(vocab_size=30522, type_vocab_size=2, layer_norm_eps=1e-12, **shape)
+        model = transformers.BertModel(cfg, add_pooling_layer=False)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(bert_tokenizer_dir())
     else:
-        from transformers import XLMRobertaConfig, XLMRobertaModel
-
-        model = XLMRobertaModel(XLMRobertaConfig(vocab_size=250002, type_vocab_size=1, pad_token_id=1, bos_token_id=0,
-                                                 eos_token_id=2, layer_norm_eps=1e-5, **shape), add_pooling_layer=False)
+        cfg = transformers.XLMRobertaConfig(vocab_size=250002, type_vocab_size=1, pad_token_id=1, bos_token_id=0,
+                                            eos_token_id=2, layer_norm_eps=1e-5, **shape)
+        model = transformers.XLMRobertaModel(cfg, add_pooling_layer=False)
         tokenizer = xlmr_tokenizer()
     model.eval().config.rerank_bench = {"untrained": True, "architecture": architecture, "seed": seed}
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".partial")
     model.save_pretrained(tmp / "hf")
     tokenizer.save_pretrained(tmp / "hf")
-    modules = [Transformer(str(tmp / "hf"), max_seq_length=max_seq_length), Pooling(shape["hidden_size"], "cls"),
-               Normalize()]
-    SentenceTransformer(modules=modules, device="cpu").save(str(tmp))
+    modules = [st.base.modules.Transformer(str(tmp / "hf"), max_seq_length=max_seq_length),
+               st.sentence_transformer.modules.Pooling(shape["hidden_size"], "cls"), st.base.modules.Normalize()]
+    st.SentenceTransformer(modules=modules, device="cpu").save(str(tmp))
     shutil.rmtree(tmp / "hf")
     tmp.rename(folder)
     return folder

@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
+from . import lazy
 from .errors import BenchError
 from .io import atomic_write_bytes
 from .metrics import by_metric, parse_metric
@@ -23,11 +24,8 @@ from .records import QualityRecord
 def _figure(**kwargs):
     """A matplotlib Figure (`kwargs` as Figure takes them) with its own Agg canvas: drawing it touches
     neither pyplot's figure list nor the process-wide backend, and needs no display."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(**kwargs)
-    FigureCanvasAgg(fig)
+    fig = lazy.matplotlib_figure.Figure(**kwargs)
+    lazy.matplotlib_agg.FigureCanvasAgg(fig)
     return fig
 
 

@@ -7,7 +7,10 @@ When one is missing, the error names the offline experiment that runs anywhere.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import huggingface_hub  # cheap: the library loads its parts on first use
 
 from .config import Experiment
 from .errors import BenchError
@@ -30,20 +33,16 @@ def hub_models(exp: Experiment) -> list[tuple[str, str | None]]:
 
 
 def check_fetchable(exp: Experiment, source: str | Path = "experiment", timeout: float = 5.0) -> None:
-    import os
-
-    from huggingface_hub import HfApi, try_to_load_from_cache
-
     missing = []
     for ref, rev in hub_models(exp):
-        cached = try_to_load_from_cache(ref, "config.json", revision=rev)
+        cached = huggingface_hub.try_to_load_from_cache(ref, "config.json", revision=rev)
         if isinstance(cached, str):
             continue
         if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
             missing.append(f"{ref}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
             continue
         try:
-            HfApi().model_info(ref, revision=rev, timeout=timeout)
+            huggingface_hub.HfApi().model_info(ref, revision=rev, timeout=timeout)
         except Exception as exc:  # network errors come in many types; all mean "cannot fetch"
             missing.append(f"{ref}: cannot reach the Hugging Face hub ({type(exc).__name__}: {str(exc)[:120]})")
             if "Connect" in type(exc).__name__ or "Timeout" in type(exc).__name__ or "resolve" in str(exc):

@@ -19,11 +19,13 @@ import platform
 import subprocess
 import sys
 from importlib import metadata
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_serializer, model_validator
 
+from . import lazy
 from .config import format_validation_error
 from .errors import BenchError
 from .io import atomic_write_json
@@ -71,8 +73,7 @@ def device_info() -> dict[str, Any]:
     """What ran the numbers: the CUDA device(s) if torch sees any, else the CPU."""
     info: dict[str, Any] = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
     if "torch" in sys.modules or _importable("torch"):
-        import torch
-
+        torch = lazy.torch
         info["torch_threads"] = torch.get_num_threads()
         if torch.cuda.is_available():
             info["cuda"] = torch.version.cuda
@@ -84,8 +85,6 @@ def device_info() -> dict[str, Any]:
 
 
 def _importable(name: str) -> bool:
-    from importlib.util import find_spec
-
     return find_spec(name) is not None
 
 

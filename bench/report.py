@@ -8,12 +8,15 @@ languages. Made from records only, so `bench report DIR` reproduces the table of
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
+from . import lazy
 from .errors import BenchError
 from .metrics import by_metric
 from .records import QualityRecord, find_records
+
+if TYPE_CHECKING:  # annotations only; pandas itself is imported on first use, through lazy
+    import pandas as pd
 
 
 def system_label(rec: QualityRecord) -> str:
@@ -32,8 +35,8 @@ def long_frame(records: list[QualityRecord]) -> pd.DataFrame:
             rows.append({"dataset": ds.label, "language": ds.language, "system": system_label(rec),
                          "stage": rec.system.stage, "metric": str(metric), "value": value, "queries": ds.n_queries,
                          "rerank_pairs_per_s": rec.timings.rerank_pairs_per_s})
-    return pd.DataFrame(rows, columns=["dataset", "language", "system", "stage", "metric", "value", "queries",
-                                       "rerank_pairs_per_s"])
+    return lazy.pd.DataFrame(rows, columns=["dataset", "language", "system", "stage", "metric", "value", "queries",
+                                            "rerank_pairs_per_s"])
 
 
 def metric_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:

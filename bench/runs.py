@@ -18,6 +18,7 @@ import os
 import re
 from pathlib import Path
 
+from . import lazy
 from .errors import BenchError, where
 from .io import atomic_write_text, text_lines
 
@@ -132,10 +133,8 @@ def _read_ranx_run(path: Path, suffix: str) -> Run:
     if not path.exists():
         raise BenchError(f"{path}: file not found")
     if suffix in (".json", ".lz4"):
-        from ranx.io import load_json, load_lz4
-
         try:
-            raw = load_json(str(path)) if suffix == ".json" else load_lz4(str(path))
+            raw = lazy.ranx.io.load_json(str(path)) if suffix == ".json" else lazy.ranx.io.load_lz4(str(path))
         except Exception as exc:  # orjson / lz4 errors have no common base class
             raise BenchError(f"{path}: cannot read as a ranx {suffix[1:]} run ({exc})") from None
         if not isinstance(raw, dict):
@@ -146,10 +145,8 @@ def _read_ranx_run(path: Path, suffix: str) -> Run:
                 raise BenchError(f"{path}: query {qid!r}: expected an object {{docid: score}}")
             run[str(qid)] = {str(d): _checked_score(s, path, f"query {qid!r}, document {d!r}") for d, s in docs.items()}
     else:
-        import pandas as pd
-
         try:
-            df = pd.read_parquet(path)
+            df = lazy.pd.read_parquet(path)
         except Exception as exc:  # pyarrow / fastparquet raise their own types
             raise BenchError(f"{path}: cannot read as Parquet ({exc})") from None
         missing = {"q_id", "doc_id", "score"} - set(df.columns)

@@ -24,16 +24,16 @@ from typing import Sequence
 
 import numpy as np
 
+from . import lazy
+
 
 def paired_t_test(a: np.ndarray, b: np.ndarray) -> float:
     """Two-sided paired t-test p-value (ranx's, which is scipy's ttest_rel); 1.0 when a == b everywhere."""
     if np.all(a == b):
         return 1.0
-    from ranx.statistical_tests import paired_student_t_test
-
     with warnings.catch_warnings():  # a constant non-zero difference: scipy warns, then gives p = 0
         warnings.simplefilter("ignore", RuntimeWarning)
-        p, _ = paired_student_t_test(a, b)
+        p, _ = lazy.ranx.statistical_tests.paired_student_t_test(a, b)
     return float(p)
 
 

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from .. import lazy
+from ..compare import Settings, compare, load_records, scores_from_records, scores_from_runs, shared_conventions
 from ..errors import BenchError
 from ..evaluate import Conventions, notify_if_cold
 from ..io import atomic_write_text, slug
@@ -46,11 +48,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import pandas as pd
-
-    # bench.compare imports pandas and numpy: here, not at the top, so `bench compare --help` stays instant
-    from ..compare import Settings, compare, load_records, scores_from_records, shared_conventions
-
     settings = Settings(test=args.test, alpha=args.alpha, correction=args.correction,
                         permutations=args.permutations, bootstrap=args.bootstrap, seed=args.seed)
     for p in args.inputs:
@@ -74,7 +71,7 @@ def run(args) -> int:
             print(f"note: {line}", file=sys.stderr)
     conventions = shared_conventions(records, run_conventions)
 
-    comparison = compare(pd.concat(frames, ignore_index=True), settings, conventions=conventions)
+    comparison = compare(lazy.pd.concat(frames, ignore_index=True), settings, conventions=conventions)
     if args.baseline is not None and args.baseline not in comparison.systems:
         raise BenchError(f"--baseline {args.baseline!r} is not one of the systems {comparison.systems}")
     text = comparison.markdown()
@@ -97,8 +94,6 @@ def _is_record(path: Path) -> bool:
 
 
 def _run_scores(args, run_files: list[Path]):
-    from ..compare import scores_from_runs
-
     if args.qrels is None:
         raise BenchError(f"run files {[str(p) for p in run_files]} need --qrels to be scored")
     labels = args.label or [_stem(p) for p in run_files]

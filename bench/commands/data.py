@@ -17,6 +17,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from ..config import CollectionSpec, load_experiment
+from ..data import expand, load_collection, natural_key
 from ..errors import BenchError
 
 
@@ -40,9 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def specs_from_args(args: argparse.Namespace) -> list:
     """The collection specs the arguments name (several for an experiment or a multi-language synthetic)."""
-    from ..config import CollectionSpec, load_experiment
-    from ..data import expand
-
     target, source = args.target, args.source
     if target and target.endswith(".toml") and not source:
         return [s for ds in load_experiment(target).datasets for s in expand(ds)]
@@ -84,8 +83,6 @@ def _short(text: str, n: int = 300) -> str:
 
 def summary(collection) -> str:
     """Human-readable lines about one collection."""
-    from ..data import natural_key
-
     d = collection.describe()
     grades = Counter(r for judged in collection.qrels.values() for r in judged.values())
     lines = [f"{d['name']}  ({d['source']}, language {d['language'] or 'unknown'})",
@@ -107,8 +104,6 @@ def summary(collection) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Load each collection the arguments name and print its summary (or its describe() as JSON)."""
-    from ..data import load_collection
-
     specs = specs_from_args(args)
     described = []
     for i, spec in enumerate(specs):

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from .. import lazy
 from ..evaluate import Conventions, evaluate, notify_if_cold
 from ..io import atomic_write_text
 from ..metrics import parse_metric
@@ -69,12 +70,10 @@ def coverage_line(qrels, run, conventions) -> str:
 
 
 def _table(evaluation, per_query: bool) -> str:
-    import pandas as pd
-
-    means = pd.DataFrame({"metric": list(evaluation.means), "mean": list(evaluation.means.values())})
+    means = lazy.pd.DataFrame({"metric": list(evaluation.means), "mean": list(evaluation.means.values())})
     text = means.to_markdown(index=False, floatfmt=".4f") + "\n"
     if per_query:
-        frame = pd.DataFrame(evaluation.per_query)
+        frame = lazy.pd.DataFrame(evaluation.per_query)
         frame.index.name = "query"
         text += "\n" + frame.to_markdown(floatfmt=".4f") + "\n"
     return text

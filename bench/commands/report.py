@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..io import atomic_write_text
+from ..records import find_records
+from ..report import quality_report, report_folder
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("folder", type=Path, help="output folder of `bench run` (or any folder of records)")
@@ -11,10 +15,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..io import atomic_write_text
-    from ..records import find_records
-    from ..report import quality_report, report_folder
-
     print(report_folder(args.folder))
     if args.csv:
         atomic_write_text(args.csv, quality_report(find_records(args.folder, kind="quality"))[1].to_csv(index=False))

@@ -13,8 +13,15 @@ names, only missing), 1 on any FAIL or on a named entry left unmeasured.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+from .. import registry
+from ..config import load_experiment
+from ..errors import BenchError
+from ..io import slug
+from ..pipeline import run_experiment
+from ..preflight import check_fetchable
 from ..records import QualityRecord, find_records, make_record
 
 
@@ -38,10 +45,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import sys
-
-    from .. import registry
-
     entries = registry.select(registry.load_registry(args.registry), args.names)
     if args.list:
         for e in entries:
@@ -74,12 +77,6 @@ def run(args) -> int:
 
 def run_experiment_file(path: Path, out: Path, *, preflight: bool, progress: bool, log) -> list[QualityRecord]:
     """Run one experiment file into `<out>/<experiment name>` and return its records with their paths."""
-    from ..config import load_experiment
-    from ..errors import BenchError
-    from ..io import slug
-    from ..pipeline import run_experiment
-    from ..preflight import check_fetchable
-
     if not path.is_file():
         raise BenchError(f"{path}: experiment file of a registry entry not found; run bench reproduce from a "
                          "source checkout of rerank-bench (experiments/ is not installed with the package)")

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from pathlib import Path
+
+from ..config import load_experiment
+from ..data import select_datasets
+from ..pipeline import run_experiment
+from ..preflight import check_fetchable
 
 
 def add_arguments(parser) -> None:
@@ -17,17 +25,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import sys
-    import time
-
-    from ..config import load_experiment
-    from ..data import select_datasets
-    from ..pipeline import run_experiment
-    from ..preflight import check_fetchable
-
     if args.no_progress:  # also the bars inside the engines and libraries (tqdm reads this)
-        import os
-
         os.environ["TQDM_DISABLE"] = "1"
     exp = load_experiment(args.experiment)
     if args.datasets:

@@ -15,6 +15,9 @@ from pathlib import Path
 from ..config import LANG, CollectionSpec, Experiment
 from ..errors import BenchError
 from .base import Collection, MemoryCollection, doc_text, natural_key
+from .beir import BeirCollection
+from .irds import IrDatasetsCollection
+from .synthetic import expand_synthetic, load_synthetic
 
 __all__ = ["Collection", "MemoryCollection", "doc_text", "natural_key", "load_collection", "load_collections",
            "expand", "select_datasets"]
@@ -25,8 +28,6 @@ def expand(spec: CollectionSpec) -> list[CollectionSpec]:
     (``synthetic/<lang>``), an ir_datasets spec with ``languages`` one per language (its id with
     ``{lang}`` filled in; a ``name`` becomes ``<name>/<lang>``); every other spec is returned as is."""
     if spec.source == "synthetic":
-        from .synthetic import expand_synthetic
-
         return expand_synthetic(spec)
     if spec.languages:
         return [spec.model_copy(update={"id": spec.id.replace(LANG, lang), "languages": None,
@@ -55,18 +56,12 @@ def load_collection(spec: CollectionSpec, *, cache_dir: str | Path | None = None
     caches anything there today (ir_datasets keeps its own cache, the generator is fast).
     """
     if spec.source == "beir":
-        from .beir import BeirCollection
-
         return BeirCollection(spec.path, spec.split, name=spec.name, language=spec.language,
                               max_queries=spec.max_queries)
     if spec.source == "ir_datasets":
-        from .irds import IrDatasetsCollection
-
         return IrDatasetsCollection(spec.id, name=spec.name, language=spec.language, max_queries=spec.max_queries,
                                     download=download)
     if spec.source == "synthetic":
-        from .synthetic import load_synthetic
-
         return load_synthetic(spec)
     raise BenchError(f"unknown collection source {spec.source!r}; use ir_datasets, beir or synthetic")  # pragma: no cover
 

@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .. import lazy
 from ..errors import BenchError, where
 from ..io import text_lines
 from .base import MemoryCollection, doc_text, select_queries
@@ -196,12 +197,10 @@ class BeirCollection(MemoryCollection):
         return self._doc_dict
 
     def _read_corpus(self) -> dict[str, str]:
-        from tqdm import tqdm
-
         docs: dict[str, str] = {}
         path = self.corpus_path
-        for lineno, obj in tqdm(_jsonl(path), desc=f"reading {self.path.name}/{path.name}", unit=" docs",
-                                mininterval=2.0):
+        for lineno, obj in lazy.tqdm.tqdm(_jsonl(path), desc=f"reading {self.path.name}/{path.name}",
+                                          unit=" docs", mininterval=2.0):
             docid = _field(obj, "_id", path, lineno)
             if docid in docs:
                 first = next(n for n, o in _jsonl(path) if str(o.get("_id")) == docid)

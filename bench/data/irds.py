@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from .. import lazy
 from ..errors import BenchError
 from .base import Collection, batched, doc_text, select_queries
 
@@ -56,10 +57,9 @@ def _size(n: int) -> str:
 
 def _irds():
     try:
-        import ir_datasets
+        return lazy.ir_datasets
     except ImportError:  # pragma: no cover
         raise BenchError("the ir_datasets package is not installed: pip install ir_datasets") from None
-    return ir_datasets
 
 
 def missing_downloads(handler: Any) -> list[MissingFile]:
@@ -69,8 +69,8 @@ def missing_downloads(handler: Any) -> list[MissingFile]:
     `Download` without one is missing, with its mirrors as sources. Only ir_datasets' own objects
     are walked.
     """
-    from ir_datasets.util import Cache, Download, LocalDownload
-
+    util = _irds().util
+    Cache, Download, LocalDownload = util.Cache, util.Download, util.LocalDownload
     found: dict[str, MissingFile] = {}
     seen: set[int] = set()
 
@@ -109,7 +109,7 @@ def missing_downloads(handler: Any) -> list[MissingFile]:
 
 def _reachable(url: str, timeout: float = 5.0) -> str | None:
     """None if a TCP connection to the URL's host (or the HTTPS proxy) opens, else why not."""
-    from urllib.request import getproxies
+    from urllib.request import getproxies  # here: 40 ms to import, needed only before a download
 
     proxy = getproxies().get(urlparse(url).scheme or "https")
     target = urlparse(proxy if proxy else url)
@@ -263,10 +263,8 @@ class IrDatasetsCollection(Collection):
         return self._n_docs
 
     def iter_docs(self, batch_size: int = 10_000) -> Iterator[list[tuple[str, str]]]:
-        from tqdm import tqdm
-
-        docs = tqdm(self.dataset.docs_iter(), total=self.n_docs(), desc=f"reading {self.id} docs", unit=" docs",
-                    mininterval=2.0)
+        docs = lazy.tqdm.tqdm(self.dataset.docs_iter(), total=self.n_docs(), desc=f"reading {self.id} docs",
+                              unit=" docs", mininterval=2.0)
         return batched(((doc.doc_id, _doc_text_of(doc)) for doc in docs), batch_size)
 
     def _docstore(self):

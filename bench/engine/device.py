@@ -6,6 +6,7 @@ import gc
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from .. import lazy
 from ..errors import BenchError
 
 #: Every precision name a spec may ask for (the one list the whole package uses).
@@ -21,8 +22,7 @@ def resolve_devices(device: str | None = "auto", devices=None) -> list[str]:
     ``device``: ``"auto"`` = every visible CUDA device (data-parallel when there are several), else
     the CPU; ``"cpu"``; ``"cuda"`` / ``"cuda:1"``; or several joined by commas (``"cuda:0,cuda:1"``).
     """
-    import torch
-
+    torch = lazy.torch
     if devices is not None:
         names = [str(d) for d in devices]
         if not names:
@@ -63,8 +63,7 @@ class Precision:
 
     @property
     def torch_dtype(self):
-        import torch
-
+        torch = lazy.torch
         return {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16,
                 "bf16": torch.bfloat16}[self.name]
 
@@ -106,8 +105,7 @@ def precision_for(dtype: str, device: str | None, engine: str) -> str:
 @contextmanager
 def matmul_precision(precision: Precision):
     """Let fp32 matmuls use TF32 only while a tf32 model runs; restore the process setting after."""
-    import torch
-
+    torch = lazy.torch
     before = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("high" if precision.name == "tf32" else "highest")
     try:
@@ -119,9 +117,7 @@ def matmul_precision(precision: Precision):
 def synchronize(device: str) -> None:
     """Wait for queued device work (timings and out-of-memory recovery need a settled device; no-op on CPU)."""
     if str(device).startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize(device)
+        lazy.torch.cuda.synchronize(device)
 
 
 def release_memory(device: str | None = None) -> None:
@@ -129,7 +125,5 @@ def release_memory(device: str | None = None) -> None:
     blocks do not sit beside the next one's. ``None``: the CUDA caching allocator if torch has CUDA."""
     gc.collect()
     if device is None or str(device).startswith("cuda"):
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        if lazy.torch.cuda.is_available():
+            lazy.torch.cuda.empty_cache()

@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .. import lazy
 from .batching import TokenBudget, chunk_bounds, next_batch, prefetch
 from .device import release_memory
 from .tokens import Encoded, TokenChunk, flatten
@@ -79,13 +80,11 @@ class BatchLoop:
     def run(self, items: Sequence, encode: Callable[[Sequence], Encoded], forward: Callable[[Batch], Any],
             *, desc: str = "batches", unit: str = "it") -> tuple[np.ndarray | None, Counts]:
         """Outputs (float32, input order) and counts; ``None`` outputs for empty input."""
-        from tqdm.auto import tqdm
-
         items = list(items)
         counts = Counts()
         result: np.ndarray | None = None
         pending = None
-        bar = tqdm(total=len(items), desc=desc, unit=unit, disable=len(items) < 4096, leave=False)
+        bar = lazy.tqdm.tqdm(total=len(items), desc=desc, unit=unit, disable=len(items) < 4096, leave=False)
 
         def make(bounds):
             s, e = bounds
@@ -111,19 +110,16 @@ class BatchLoop:
     def _host(self, chunk: TokenChunk) -> _Host | None:
         if self.padded:
             return None
-        import torch
 
         def t(a):
             if a is None:
                 return None
-            x = torch.from_numpy(a)
+            x = lazy.torch.from_numpy(a)
             return x.pin_memory() if self.pin else x
 
         return _Host(t(chunk.ids), t(chunk.types), t(chunk.positions), t(chunk.offsets.astype(np.int32)))
 
     def _run_chunk(self, chunk: TokenChunk, host, forward, counts: Counts):
-        import torch
-
         outs, s = [], 0
         while s < chunk.n:
             e = next_batch(chunk.lengths, chunk.offsets, s, self.budget.used, self.padded, self.max_items)
@@ -131,7 +127,7 @@ class BatchLoop:
             size = batch.padded_tokens
             try:
                 out = forward(batch)
-            except torch.OutOfMemoryError:
+            except lazy.torch.OutOfMemoryError:
                 out = None
             if out is None:
                 del batch
@@ -146,7 +142,7 @@ class BatchLoop:
         counts.items += chunk.n
         counts.hit_max += chunk.hit_max
         counts.hit_query_max += chunk.hit_query_max
-        return torch.cat(outs) if outs else None
+        return lazy.torch.cat(outs) if outs else None
 
     def _packed(self, chunk: TokenChunk, host: _Host, s: int, e: int) -> Batch:
         a, b = int(chunk.offsets[s]), int(chunk.offsets[e])
@@ -161,8 +157,6 @@ class BatchLoop:
                      position_ids=to(host.positions[a:b]), cu_seqlens=cu - cu[0])
 
     def _padded_batch(self, chunk: TokenChunk, s: int, e: int) -> Batch:
-        import torch
-
         lengths = chunk.lengths[s:e]
         n, longest = e - s, int(lengths[0])
         a, b = int(chunk.offsets[s]), int(chunk.offsets[e])
@@ -177,7 +171,7 @@ class BatchLoop:
         def to(x):
             if x is None:
                 return None
-            t = torch.from_numpy(x)
+            t = lazy.torch.from_numpy(x)
             if self.pin:
                 t = t.pin_memory()
             return t.to(self.device, non_blocking=True)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 
+from .. import lazy
 from ..errors import BenchError
 
 #: model_type -> whether position ids start after the padding index (RoBERTa style) or at 0 (BERT)
@@ -62,15 +63,13 @@ def unsupported_reason(config) -> str | None:
 
 def varlen_available() -> str | None:
     """Which variable-length attention this torch offers: 'varlen', 'varlen-aten' or None."""
-    import torch
-
     try:
-        import torch.nn.attention.varlen  # noqa: F401  (absent from older torch)
+        import torch.nn.attention.varlen  # noqa: F401  (a probe: the module is absent from older torch)
 
         return "varlen"
     except ImportError:
         pass
-    if hasattr(torch.ops.aten, "_flash_attention_forward"):
+    if hasattr(lazy.torch.ops.aten, "_flash_attention_forward"):
         return "varlen-aten"
     return None
 
@@ -102,8 +101,7 @@ class PackedEncoder:
 
     def __init__(self, base_model, attention: str = "sdpa-padded", compile: bool = False, *,
                  gelu_epilogue: bool = False, fused_add_norm: bool = False):
-        import torch
-
+        torch = lazy.torch
         reason = unsupported_reason(base_model.config)
         if reason:
             raise BenchError(f"packed forward: unsupported model ({reason})")
@@ -143,8 +141,6 @@ class PackedEncoder:
         self.compile = compile
 
     def embed(self, batch):
-        import torch.nn.functional as F
-
         emb = self.emb
         x = emb.word_embeddings(batch.input_ids)
         if batch.token_type_ids is None:
@@ -152,8 +148,8 @@ class PackedEncoder:
         else:
             x = x + emb.token_type_embeddings(batch.token_type_ids)
         x = x + emb.position_embeddings(batch.position_ids)
-        return F.layer_norm(x, emb.LayerNorm.normalized_shape, emb.LayerNorm.weight, emb.LayerNorm.bias,
-                            emb.LayerNorm.eps)
+        norm = emb.LayerNorm
+        return lazy.torch.nn.functional.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
     def forward(self, batch, *, first_only: bool = False):
         """Hidden states ``[total_tokens, hidden]``; with ``first_only`` each sequence's first-token
@@ -171,8 +167,7 @@ class PackedEncoder:
 
     # -- one transformer layer, as BertLayer / XLMRobertaLayer compute it --------------------------------
     def _layer_eager(self, x, params, ctx):
-        import torch.nn.functional as F
-
+        F = lazy.torch.nn.functional
         w_qkv, b_qkv, w_ao, b_ao, g1, beta1 = params[:6]
         t, width = x.shape
         qkv = F.linear(x, w_qkv, b_qkv).view(t, 3, self.heads, self.head_dim)
@@ -181,12 +176,10 @@ class PackedEncoder:
         return self._feed_forward(x, params)
 
     def _feed_forward(self, x, params):
-        import torch
-        import torch.nn.functional as F
-
+        F = lazy.torch.nn.functional
         w_in, b_in, w_out, b_out, g2, beta2 = params[6:]
         if self.gelu_epilogue:
-            h = torch._addmm_activation(b_in, x, w_in.t(), use_gelu=self.gelu is not None)
+            h = lazy.torch._addmm_activation(b_in, x, w_in.t(), use_gelu=self.gelu is not None)
         else:
             h = F.linear(x, w_in, b_in)
             h = F.relu(h) if self.gelu is None else F.gelu(h, approximate=self.gelu)
@@ -195,8 +188,7 @@ class PackedEncoder:
     def _last_layer_first(self, x, params, ctx, batch):
         """The last layer for each sequence's first token: its query against every token's key and
         value, then the output dense, LayerNorms and feed-forward block on ``n`` rows, not ``t``."""
-        import torch.nn.functional as F
-
+        F = lazy.torch.nn.functional
         w_qkv, b_qkv, w_ao, b_ao, g1, beta1 = params[:6]
         t, width = x.shape
         x0 = x.index_select(0, batch.cu_seqlens[:-1].long())
@@ -212,8 +204,7 @@ class PackedEncoder:
         """What the attention path needs beyond q/k/v, computed once per batch (not per layer)."""
         if self.attention != "sdpa-padded":
             return batch
-        import torch
-
+        torch = lazy.torch
         cu = batch.cu_seqlens.long()
         n, longest = cu.numel() - 1, batch.max_len
         lengths = cu[1:] - cu[:-1]
@@ -241,19 +232,16 @@ class PackedEncoder:
         return padded.view(n, longest, m, h, d).permute(2, 0, 3, 1, 4)
 
     def _sdpa_padded_first(self, q, kv, ctx):
-        import torch.nn.functional as F
-
         mask, n = ctx[1], ctx[2]
         k, v = self._padded(kv, ctx)
-        o = F.scaled_dot_product_attention(q[:, :, None, :], k, v, attn_mask=mask, scale=self.scale)
+        o = lazy.torch.nn.functional.scaled_dot_product_attention(q[:, :, None, :], k, v, attn_mask=mask,
+                                                                  scale=self.scale)
         return o.reshape(n, -1)
 
     def _sdpa_padded(self, qkv, ctx):
-        import torch.nn.functional as F
-
         slot, mask, n, longest = ctx
         q, k, v = self._padded(qkv, ctx)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        o = lazy.torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         return o.transpose(1, 2).reshape(n * longest, *qkv.shape[2:]).index_select(0, slot)
 
     def describe(self) -> dict:
@@ -266,30 +254,24 @@ class PackedEncoder:
 
 def _add_norm(y, x, weight, bias, eps: float):
     """LayerNorm(y + x): a residual block's end (compiled into one kernel with ``fused_add_norm``)."""
-    import torch.nn.functional as F
-
-    return F.layer_norm(y + x, (y.shape[-1],), weight, bias, eps)
+    return lazy.torch.nn.functional.layer_norm(y + x, (y.shape[-1],), weight, bias, eps)
 
 
 def _flash_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int):
     """Flash attention over packed sequences through ``torch.nn.attention.varlen``."""
-    from torch.nn.attention.varlen import varlen_attn
+    from torch.nn.attention.varlen import varlen_attn  # optional submodule (see varlen_available)
 
     return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k)
 
 
 def _flash_aten(q, k, v, cu_q, cu_k, max_q: int, max_k: int):
     """The same kernel through ``aten._flash_attention_forward`` (torch without the varlen module)."""
-    import torch
-
-    return torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, False, False)[0]
+    return lazy.torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, False, False)[0]
 
 
 def _first_cu(cu):
     """Cumulative query lengths when each sequence keeps one query (its first token): 0, 1, ..., n."""
-    import torch
-
-    return torch.arange(cu.numel(), dtype=cu.dtype, device=cu.device)
+    return lazy.torch.arange(cu.numel(), dtype=cu.dtype, device=cu.device)
 
 
 def first_tokens(hidden, batch):
@@ -326,8 +308,7 @@ def head_supported(model) -> str | None:
 def pool(hidden, batch, modes: tuple[str, ...]):
     """sentence-transformers pooling over packed tokens (``cls``, ``mean``, ``max``,
     ``mean_sqrt_len_tokens``, ``lasttoken``), concatenated in ``modes`` order, accumulated in fp32."""
-    import torch
-
+    torch = lazy.torch
     cu = batch.cu_seqlens.long()
     n = cu.numel() - 1
     lengths = (cu[1:] - cu[:-1])

@@ -14,17 +14,16 @@ import os
 import traceback
 from typing import Any, Callable, Sequence
 
+from .. import lazy
 from ..errors import BenchError
 
 
 def prepare_device(device: str, threads: int | None) -> None:
     """In a worker: its CPU thread share, or its CUDA device as the current one."""
-    import torch
-
     if threads:
-        torch.set_num_threads(threads)
+        lazy.torch.set_num_threads(threads)
     if device.startswith("cuda"):
-        torch.cuda.set_device(device)
+        lazy.torch.cuda.set_device(device)
 
 
 def serve(conn, build: Callable[[], Any], handle: Callable[[Any, tuple], Any]) -> None:
@@ -49,13 +48,11 @@ class DevicePool:
     """Worker processes, one per device: `target(conn, device, cpu_threads, *args)` each."""
 
     def __init__(self, target: Callable, devices: Sequence[str], args: tuple, *, role: str):
-        import torch.multiprocessing as mp
-
         self.devices = list(devices)
         self.role = role
         cpu_workers = sum(d == "cpu" for d in self.devices)
         threads = max(1, (os.cpu_count() or 1) // cpu_workers) if cpu_workers else None
-        ctx = mp.get_context("spawn")
+        ctx = lazy.torch.multiprocessing.get_context("spawn")
         self._workers = []
         for dev in self.devices:
             parent, child = ctx.Pipe()

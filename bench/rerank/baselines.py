@@ -13,8 +13,10 @@ from typing import Sequence
 
 import numpy as np
 
+from .. import lazy, models
 from ..engine.common import check_max_length, load_error
 from ..engine.device import AUTO_CUDA, matmul_precision, resolve_precision
+from ..engine.tokens import learn_template
 from .common import EngineBase, check_pairs, check_scores, load_cross_encoder
 
 
@@ -32,19 +34,15 @@ class TransformersReranker(EngineBase):
 
     def __init__(self, spec, device: str = "cpu", cache_dir=None):
         super().__init__(spec, device, resolve_precision(spec.dtype, device, AUTO_CUDA[self.engine]), query_limit=False)
-        from .. import models
-
         self.source = models.resolve(spec.model, cache_dir)
         self.tokenizer, self.model = load_cross_encoder(spec, device, self.precision, cache_dir)
         self.batch_size = spec.batch_size
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        import torch
-
         pairs = check_pairs(pairs)
         t0 = time.perf_counter()
         out, tokens, padded, hit = [], 0, 0, 0
-        with torch.inference_mode(), matmul_precision(self.precision):
+        with lazy.torch.inference_mode(), matmul_precision(self.precision):
             for s in range(0, len(pairs), self.batch_size):
                 chunk = pairs[s:s + self.batch_size]
                 enc = self.tokenizer([q for q, _ in chunk], [p for _, p in chunk], padding=True, truncation=True,
@@ -76,14 +74,11 @@ class CrossEncoderReranker(EngineBase):
 
     def __init__(self, spec, device: str = "cpu", cache_dir=None):
         super().__init__(spec, device, resolve_precision(spec.dtype, device, AUTO_CUDA[self.engine]), query_limit=False)
-        from sentence_transformers import CrossEncoder
-
-        from .. import models
-
         self.source = models.resolve(spec.model, cache_dir)
         try:
-            self.model = CrossEncoder(self.source, device=device, revision=spec.revision, max_length=spec.max_length,
-                                      model_kwargs={"dtype": self.precision.torch_dtype})
+            self.model = lazy.sentence_transformers.CrossEncoder(
+                self.source, device=device, revision=spec.revision, max_length=spec.max_length,
+                model_kwargs={"dtype": self.precision.torch_dtype})
         except (OSError, ValueError) as exc:
             raise load_error("reranker model", spec, exc) from None
         check_max_length(self.model.config, spec.max_length, f"reranker {spec.label}")
@@ -91,14 +86,13 @@ class CrossEncoderReranker(EngineBase):
         self._uncounted: list[list[tuple[str, str]]] = []
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        import torch
-
         pairs = check_pairs(pairs)
         t0 = time.perf_counter()
         if pairs:
             with matmul_precision(self.precision):
-                scores = self.model.predict(pairs, batch_size=self.batch_size, activation_fn=torch.nn.Identity(),
-                                            show_progress_bar=False, convert_to_numpy=True)
+                scores = self.model.predict(pairs, batch_size=self.batch_size,
+                                            activation_fn=lazy.torch.nn.Identity(), show_progress_bar=False,
+                                            convert_to_numpy=True)
         else:
             scores = np.zeros(0, dtype=np.float32)
         self._stats.add(pairs=len(pairs), seconds=time.perf_counter() - t0)
@@ -156,9 +150,6 @@ class FlagStyleReranker(EngineBase):
 
     def __init__(self, spec, device: str = "cpu", cache_dir=None):
         super().__init__(spec, device, resolve_precision(spec.dtype, device, AUTO_CUDA[self.engine]), query_limit=True)
-        from .. import models
-        from ..engine.tokens import learn_template
-
         self.source = models.resolve(spec.model, cache_dir)
         self.tokenizer, self.model = load_cross_encoder(spec, device, self.precision, cache_dir)
         self.template = learn_template(self.tokenizer, 2)
@@ -190,8 +181,7 @@ class FlagStyleReranker(EngineBase):
         return self.model(**inputs, return_dict=True).logits.view(-1).float(), inputs["attention_mask"].numel()
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        import torch
-
+        torch = lazy.torch
         pairs = check_pairs(pairs)
         t0 = time.perf_counter()
         if not pairs:

@@ -1,13 +1,34 @@
-"""What every reranker engine shares: counters, input and output checks, loading a cross-encoder."""
+"""What every reranker engine shares: the interface, counters, input and output checks, loading a
+cross-encoder."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from .. import lazy, models
 from ..engine.common import check_max_length, load_error
 from ..errors import BenchError
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    """What every engine offers."""
+
+    label: str
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """float32 logits, one per (query, passage) pair, in input order."""
+
+    def describe(self) -> dict:
+        """Engine, model, resolved dtype and device, batching actually used, attention path, lengths."""
+
+    def stats(self) -> dict:
+        """Counters since construction or ``reset_stats``: pairs, tokens, padded_tokens,
+        truncated_pairs, truncated_queries, seconds."""
+
+    def reset_stats(self) -> None: ...
 
 
 class Stats:
@@ -80,19 +101,16 @@ def check_scores(scores: np.ndarray, pairs: Sequence[tuple[str, str]], label: st
 def load_cross_encoder(spec, device: str, precision, cache_dir=None):
     """Tokenizer and ``AutoModelForSequenceClassification`` for ``spec``, on ``device`` in ``precision``,
     in eval mode; one logit per pair is required."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
-    from .. import models
-
+    transformers = lazy.transformers
     source = models.resolve(spec.model, cache_dir)
     try:
-        config = AutoConfig.from_pretrained(source, revision=spec.revision)
+        config = transformers.AutoConfig.from_pretrained(source, revision=spec.revision)
         if getattr(config, "num_labels", 1) != 1:
             raise BenchError(f"reranker model {spec.model!r} has {config.num_labels} labels; a reranker "
                              "must output one logit per pair (num_labels = 1)")
         check_max_length(config, spec.max_length, f"reranker {spec.label}")
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision)
-        model = AutoModelForSequenceClassification.from_pretrained(source, revision=spec.revision,
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, revision=spec.revision)
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(source, revision=spec.revision,
                                                                    dtype=precision.torch_dtype)
     except (OSError, ValueError) as exc:
         raise load_error("reranker model", spec, exc) from None
@@ -119,8 +137,6 @@ class EngineBase:
         self._stats.reset()
 
     def _describe(self, **fields) -> dict:
-        from .. import models
-
         model = models.describe(self.spec.model, self.spec.revision)
         if not model["untrained"]:
             model["untrained"] = models.describe(getattr(self, "source", self.spec.model))["untrained"]

@@ -21,6 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .. import lazy, models
+from ..engine import packed
 from ..engine.batching import TokenBudget
 from ..engine.common import default_token_budget
 from ..engine.device import AUTO_CUDA, matmul_precision, resolve_precision
@@ -38,9 +40,6 @@ class FastReranker(EngineBase):
                  gelu_epilogue: bool = False, fused_add_norm: bool = False, token_budget: int | None = None,
                  first_chunk: int = 512, largest_chunk: int = 16384):
         super().__init__(spec, device, resolve_precision(spec.dtype, device, AUTO_CUDA[self.engine]), query_limit=True)
-        from .. import models
-        from ..engine import packed
-
         if forward not in ("auto", "packed", "hf"):
             raise BenchError(f"forward {forward!r}: use auto, packed or hf")
         path = packed.choose_attention(attention, device, self.precision.half)  # checked before loading
@@ -83,24 +82,20 @@ class FastReranker(EngineBase):
         self.loop.budget = self.budget
 
     def _forward_packed(self, batch):
-        from ..engine.packed import classify, first_tokens
-
         if self.prune_last_layer:
             first = self.encoder(batch, first_only=True)
         else:
-            first = first_tokens(self.encoder(batch), batch)
-        return classify(self.model, first).view(-1)
+            first = packed.first_tokens(self.encoder(batch), batch)
+        return packed.classify(self.model, first).view(-1)
 
     def _forward_hf(self, batch):
         return self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                           token_type_ids=batch.token_type_ids).logits.view(-1)
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        import torch
-
         pairs = check_pairs(pairs)
         t0 = time.perf_counter()
-        with torch.inference_mode(), matmul_precision(self.precision):
+        with lazy.torch.inference_mode(), matmul_precision(self.precision):
             scores, counts = self.loop.run(pairs, self.pair_tokenizer, self._forward,
                                            desc=f"rerank {self.label}", unit="pair")
         if scores is None:

@@ -14,8 +14,8 @@ from typing import Sequence
 import numpy as np
 
 from ..engine.workers import PooledEngine, prepare_device, serve
-from . import build_single
 from .common import Stats, check_pairs, check_scores
+from .engines import build_single
 
 
 def _worker(conn, device: str, cpu_threads: int | None, spec, cache_dir, options: dict) -> None:

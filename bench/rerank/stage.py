@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import lazy
 from ..io import atomic_write_json
 from ..runs import sort_ranking
 
@@ -77,8 +78,6 @@ class RerankStage:
 
     def rerank(self, queries: dict[str, str], candidates: dict[str, dict[str, float]], get_docs) -> RerankResult:
         """The reranked run with its counters and timings. `get_docs(ids) -> {id: text}`."""
-        from tqdm.auto import tqdm
-
         qids = [q for q in sorted(candidates) if q in queries and candidates[q]]
         ranked = {q: [d for d, _ in sort_ranking(candidates[q])] for q in qids}
         tops = {q: docs[: self.top_k] for q, docs in ranked.items()}
@@ -97,8 +96,8 @@ class RerankStage:
         totals = {"pairs": 0, "tokens": 0, "padded_tokens": 0, "truncated_pairs": 0, "truncated_queries": 0,
                   "seconds": 0.0}
         resumed = 0
-        bar = tqdm(total=sum(len(t) for t in tops.values()), desc="rerank", unit="pair", disable=not self.progress,
-                   dynamic_ncols=True)
+        bar = lazy.tqdm.tqdm(total=sum(len(t) for t in tops.values()), desc="rerank", unit="pair",
+                             disable=not self.progress, dynamic_ncols=True)
         for i, block in enumerate(blocks):
             path = self.checkpoint_dir / f"block-{i:05d}.json"
             done = _read_block(path, block)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from .. import lazy
+
 
 def bm25_settings(language: str | None, k1: float, b: float) -> dict:
     return {"library": "bm25s", "method": "lucene", "k1": k1, "b": b, "lower": True,
@@ -19,8 +21,7 @@ def bm25_settings(language: str | None, k1: float, b: float) -> dict:
 def bm25_top_k(doc_batches: Iterable[list[tuple[str, str]]], queries: dict[str, str], k: int, *,
                language: str | None, k1: float = 1.5, b: float = 0.75, progress: bool = True
                ) -> dict[str, list[tuple[str, float]]]:
-    import bm25s
-
+    bm25s = lazy.bm25s
     settings = bm25_settings(language, k1, b)
     ids: list[str] = []
     texts: list[str] = []

@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .. import lazy
 from ..errors import BenchError
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -43,15 +44,13 @@ class EmbeddingStore:
         order in batches of exactly `shard_size` (the last may be shorter). Either `encode(texts)` (one
         device) or `encode_shards` (an iterator of (index, texts) in, (index, vectors) out, in any
         order: several devices) does the encoding; each shard is written as soon as it is done."""
-        from tqdm.auto import tqdm
-
         if (encode is None) == (encode_shards is None):
             raise ValueError("give exactly one of encode and encode_shards")
         if encode_shards is None:
             encode_shards = lambda items: ((i, encode(texts)) for i, texts in items)  # noqa: E731
         self.folder.mkdir(parents=True, exist_ok=True)
         counts = {"encoded_docs": 0, "reused_docs": 0}
-        bar = tqdm(total=n_docs, desc="encode corpus", unit="doc", disable=not progress, dynamic_ncols=True)
+        bar = lazy.tqdm.tqdm(total=n_docs, desc="encode corpus", unit="doc", disable=not progress, dynamic_ncols=True)
         pending_ids: dict[int, list[str]] = {}
 
         def missing():

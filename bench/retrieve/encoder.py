@@ -20,7 +20,13 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .. import lazy, models
+from ..engine import packed
+from ..engine.batching import TokenBudget
 from ..engine.common import PACKED_OPTIONS, check_max_length, default_token_budget, load_error
+from ..engine.device import AUTO_CUDA, matmul_precision, resolve_devices, resolve_precision
+from ..engine.loop import BatchLoop
+from ..engine.tokens import TextTokenizer
 from ..errors import BenchError
 
 BGE_EN_INSTRUCTION = "Represent this sentence for searching relevant passages: "
@@ -54,11 +60,6 @@ class Encoder:
     def __init__(self, spec, *, cache_dir=None, device: str | None = None, attention: str = "auto",
                  compile: bool = False, token_budget: int | None = None, first_chunk: int = 512,
                  largest_chunk: int = 16384, **packed_options):
-        from sentence_transformers import SentenceTransformer
-
-        from .. import models
-        from ..engine.device import AUTO_CUDA, resolve_devices, resolve_precision
-
         if spec.kind != "dense" or not spec.model:
             raise BenchError(f"first stage kind {spec.kind!r}: only 'dense' first stages have an encoder")
         devices = resolve_devices(device or spec.device)
@@ -68,13 +69,12 @@ class Encoder:
         self.engine = spec.engine
         self.precision = resolve_precision(spec.dtype, self.device, AUTO_CUDA[spec.engine])
         if spec.engine == "fast":
-            from ..engine.packed import choose_attention
-
-            attention = choose_attention(attention, self.device, self.precision.half)
+            attention = packed.choose_attention(attention, self.device, self.precision.half)
         self.source = models.resolve(spec.model, cache_dir)
         try:
-            self.st = SentenceTransformer(self.source, device=self.device, revision=spec.revision,
-                                          model_kwargs={"dtype": self.precision.torch_dtype})
+            self.st = lazy.sentence_transformers.SentenceTransformer(
+                self.source, device=self.device, revision=spec.revision,
+                model_kwargs={"dtype": self.precision.torch_dtype})
         except (OSError, ValueError) as exc:
             raise load_error("bi-encoder", spec, exc) from None
         self.st.eval()
@@ -94,11 +94,6 @@ class Encoder:
 
     # -- fast engine --------------------------------------------------------------------------------------
     def _setup_fast(self, attention, compile, token_budget, first_chunk, largest_chunk, packed_options):
-        from ..engine import packed
-        from ..engine.batching import TokenBudget
-        from ..engine.loop import BatchLoop
-        from ..engine.tokens import TextTokenizer
-
         shape = [m for m in self.modules if m != "Normalize"]
         if shape != ["Transformer", "Pooling"] or (self.model_normalizes and self.modules[-1] != "Normalize"):
             raise BenchError(f"bi-encoder {self.spec.model!r}: modules {self.modules}; the fast engine implements "
@@ -131,13 +126,9 @@ class Encoder:
                               first_chunk=first_chunk, largest_chunk=largest_chunk)
 
     def _forward(self, batch):
-        import torch
-        import torch.nn.functional as F
-
-        from ..engine.packed import pool
-
+        torch = lazy.torch
         if self.first_only:  # CLS pooling reads the first tokens only
-            return F.normalize(self.packed(batch, first_only=True).float(), dim=-1)
+            return torch.nn.functional.normalize(self.packed(batch, first_only=True).float(), dim=-1)
         if self.packed is not None:
             hidden, seqs = self.packed(batch), batch
         else:
@@ -148,7 +139,7 @@ class Encoder:
             cu = torch.zeros(lengths.numel() + 1, dtype=torch.int32, device=lengths.device)
             cu[1:] = lengths.cumsum(0)
             hidden, seqs = out[mask], _Seqs(cu)
-        return F.normalize(pool(hidden, seqs, self.pooling), dim=-1)
+        return torch.nn.functional.normalize(packed.pool(hidden, seqs, self.pooling), dim=-1)
 
     # -- public -------------------------------------------------------------------------------------------
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
@@ -164,17 +155,13 @@ class Encoder:
             yield key, self.encode_docs(texts)
 
     def _encode(self, texts: list[str], what: str) -> np.ndarray:
-        import torch
-
-        from ..engine.device import matmul_precision
-
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise BenchError(f"{what}[{i}]: expected a string, got {type(t).__name__}")
         t0 = time.perf_counter()
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        with torch.inference_mode(), matmul_precision(self.precision):
+        with lazy.torch.inference_mode(), matmul_precision(self.precision):
             if self.engine == "fast":
                 out, counts = self.loop.run(texts, self.text_tokenizer, self._forward,
                                             desc=f"encode {what}", unit="text")
@@ -201,8 +188,6 @@ class Encoder:
                 "seconds": self._seconds}
 
     def describe(self) -> dict:
-        from .. import models
-
         model = models.describe(self.spec.model, self.spec.revision)
         model["untrained"] = model["untrained"] or models.describe(self.source)["untrained"]
         out = {"engine": self.engine, "model": model, "revision": self.spec.revision,

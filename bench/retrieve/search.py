@@ -11,6 +11,8 @@ from typing import Iterable
 
 import numpy as np
 
+from .. import lazy
+
 
 def exact_top_k(queries: np.ndarray, shards: Iterable[tuple[list[str], np.ndarray]], k: int, *,
                 chunk: int = 65536, device: str = "cpu", progress: bool = True, n_docs: int | None = None
@@ -19,15 +21,13 @@ def exact_top_k(queries: np.ndarray, shards: Iterable[tuple[list[str], np.ndarra
 
     Ties at equal score keep corpus order (earlier document first), also across the k-th place.
     """
-    import torch
-    from tqdm.auto import tqdm
-
+    torch = lazy.torch
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(device)
     nq = q.shape[0]
     best_scores = torch.full((nq, 0), float("-inf"), device=device)
     best_pos = torch.zeros((nq, 0), dtype=torch.long, device=device)
     all_ids: list[str] = []
-    bar = tqdm(total=n_docs, desc="exact search", unit="doc", disable=not progress, dynamic_ncols=True)
+    bar = lazy.tqdm.tqdm(total=n_docs, desc="exact search", unit="doc", disable=not progress, dynamic_ncols=True)
     for ids, vecs in shards:
         base = len(all_ids)
         all_ids.extend(ids)
@@ -55,8 +55,7 @@ def _chunk_top(scores, k: int):
     """The chunk's best `k` columns per row as (scores, column positions), ordered by score desc and
     position asc. torch.topk is fast but picks arbitrarily among equal scores, so it takes `k +
     TIE_MARGIN` and falls back to a full stable sort only where ties reach past that margin."""
-    import torch
-
+    torch = lazy.torch
     n = scores.shape[1]
     take = min(n, k + TIE_MARGIN)
     vals, cols = torch.topk(scores, take, dim=1, sorted=True)
