@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import lazy
 from ..config import CollectionSpec
 from ..data import load_collection
 from ..engine.device import ENGINES
@@ -30,9 +31,7 @@ def beir_pairs(folder: str | Path, n: int, seed: int = 0, split: str = "dev") ->
 
 
 def threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
+    return lazy.torch.get_num_threads()
 
 
 def main(argv=None) -> int:
@@ -48,9 +47,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     args = ap.parse_args(argv)
     if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+        lazy.torch.set_num_threads(args.threads)
     pairset = beir_pairs(args.data, args.pairs)
     sweep = Sweep(pairset, [Cell(engine, args.dtype, args.max_length) for engine in args.engines],
                   reranker_factory(args.model, device=args.device), model=args.model, device=args.device,

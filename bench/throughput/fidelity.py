@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import lazy
 from ..errors import BenchError
 from ..evaluate import evaluate
 from ..records import CellResult, FidelityComparison, FidelityRecord, ThroughputRecord, make_record
@@ -103,8 +104,6 @@ def compare(reference: np.ndarray, candidate: np.ndarray, pairset: PairSet, *,
             qrels: Mapping[str, Mapping[str, int]] | None = None, top: int = 10, evaluator: str = "auto",
             labels: tuple[str, str] = ("reference", "candidate")) -> dict[str, Any]:
     """Fidelity of `candidate` scores against `reference` scores on the same `pairset`."""
-    from scipy.stats import kendalltau
-
     ref = check_scores(reference, pairset.pairs, labels[0], qids=pairset.qids, doc_ids=pairset.doc_ids)
     cand = check_scores(candidate, pairset.pairs, labels[1], qids=pairset.qids, doc_ids=pairset.doc_ids)
     diff = np.abs(ref.astype(np.float64) - cand.astype(np.float64))
@@ -115,7 +114,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray, pairset: PairSet, *,
         if len(np.unique(ref[sl])) < 2 or len(np.unique(cand[sl])) < 2:
             undefined += 1
         else:
-            taus.append(float(kendalltau(ref[sl], cand[sl]).statistic))
+            taus.append(float(lazy.scipy_stats.kendalltau(ref[sl], cand[sl]).statistic))
         identical += top_ids(ref_run[qid], top) == top_ids(cand_run[qid], top)
     out: dict[str, Any] = {
         "n_pairs": len(pairset), "n_queries": len(slices),

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import lazy
 from ..errors import BenchError
 
 
@@ -40,10 +41,9 @@ class ModelShape:
 def tokenizer_and_shape(path: str, *, revision: str | None = None, head: bool = True) -> tuple[Any, ModelShape]:
     """The tokenizer (for token lengths) and the shape (for FLOPs) of the model at `path`, without
     loading its weights."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
-    return tokenizer, ModelShape.from_config(AutoConfig.from_pretrained(path, revision=revision), head=head)
+    tokenizer = lazy.transformers.AutoTokenizer.from_pretrained(path, revision=revision)
+    config = lazy.transformers.AutoConfig.from_pretrained(path, revision=revision)
+    return tokenizer, ModelShape.from_config(config, head=head)
 
 
 def useful_flops(shape: ModelShape, lengths: Sequence[int] | np.ndarray) -> int:
@@ -73,8 +73,7 @@ def matmul_ceiling(device: str = "cuda", *, n: int | None = None, repeats: int |
     alone). On CPU: fp32 (CPU bf16 matmuls are not what CPU engines run), n = 1024, one product per
     repeat, wall clock; the record says so.
     """
-    import torch
-
+    torch = lazy.torch
     cuda = str(device).startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
     n = n or (8192 if cuda else 1024)
@@ -107,8 +106,7 @@ def matmul_ceiling(device: str = "cuda", *, n: int | None = None, repeats: int |
 
 
 def _device_name(device: str) -> str:
-    import torch
-
+    torch = lazy.torch
     if str(device).startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
     return f"cpu ({torch.get_num_threads()} threads)"

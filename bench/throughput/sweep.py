@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import models
+from .. import lazy, models
 from ..config import RerankerSpec
 from ..engine.device import release_memory, resolve_devices
 from ..errors import BenchError
@@ -299,10 +299,8 @@ class Sweep:
 
     def _run_in_order(self, device, ceiling, progress, on_cell):
         """One cell after the other, each alone in memory (per-cell peak memory is exact)."""
-        from tqdm.auto import tqdm
-
         results, scores = [], {}
-        bar = tqdm(self.cells, desc="throughput cells", unit="cell", disable=not progress, file=sys.stderr)
+        bar = lazy.tqdm.tqdm(self.cells, desc="throughput cells", unit="cell", disable=not progress, file=sys.stderr)
         for cell in bar:
             bar.set_postfix_str(cell.label)
             pairs = self.pairset.head(cell.max_pairs)
@@ -332,8 +330,6 @@ class Sweep:
         r+1 of any. On a shared machine (a CPU running other work) load changes then spread over all
         cells instead of favouring whichever cell ran in a quiet moment. Per-cell peak memory cannot
         be told apart this way and is recorded as not measured."""
-        from tqdm.auto import tqdm
-
         built: dict[str, Any] = {}        # label -> reranker (every one is closed at the end)
         failed: dict[str, dict] = {}      # label -> error result
         times: dict[str, list[float]] = {}
@@ -376,7 +372,7 @@ class Sweep:
                                                     for _ in range(self.warmup)])
                 built[label].reset_stats()  # the counters then cover exactly the timed passes
                 times[label] = []
-            for r in tqdm(range(self.repeats), desc="interleaved passes", unit="pass", disable=not progress,
+            for r in lazy.tqdm.tqdm(range(self.repeats), desc="interleaved passes", unit="pass", disable=not progress,
                           file=sys.stderr):
                 if r > 0 and self.deadline is not None and time.monotonic() > self.deadline:
                     break  # every cell keeps the passes done so far (its `repeats` says how many)
@@ -421,9 +417,7 @@ def _close(reranker) -> None:
 
 def _is_oom(exc: BaseException) -> bool:
     try:
-        import torch
-
-        return isinstance(exc, torch.OutOfMemoryError)
+        return isinstance(exc, lazy.torch.OutOfMemoryError)
     except (ImportError, AttributeError):  # pragma: no cover
         return False
 

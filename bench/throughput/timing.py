@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import lazy
 from ..engine.device import synchronize
 from .pairs import PairSet
 
@@ -62,10 +63,8 @@ class PeakMemory:
 
     def reset(self) -> None:
         if self.device.startswith("cuda"):
-            import torch
-
             synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats()
+            lazy.torch.cuda.reset_peak_memory_stats()
             return
         try:
             Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux)
@@ -74,9 +73,7 @@ class PeakMemory:
 
     def result(self) -> dict[str, Any]:
         if self.device.startswith("cuda"):
-            import torch
-
-            return {"bytes": int(torch.cuda.max_memory_allocated()), "what": "torch.cuda.max_memory_allocated"}
+            return {"bytes": int(lazy.torch.cuda.max_memory_allocated()), "what": "torch.cuda.max_memory_allocated"}
         if self.note:
             return {"bytes": None, "what": self.note}
         try:
