@@ -16,7 +16,7 @@ import pytest
 from bench.config import RerankerSpec
 from bench.errors import BenchError
 from bench.rerank import build_reranker
-from bench.rerank.speed import beir_pairs
+from bench.throughput.speed import beir_pairs
 
 TOL = 1e-5
 

@@ -1,7 +1,7 @@
 """A quick side-by-side of the reranker engines on real pairs, in one process (prints pairs/s).
 
-    python -m bench.rerank.speed --model random:tiny-xlmr-reranker --pairs 500
-    python -m bench.rerank.speed --model random:bge-reranker-base --pairs 200 --max-length 256
+    python -m bench.throughput.speed --model random:tiny-xlmr-reranker --pairs 500
+    python -m bench.throughput.speed --model random:bge-reranker-base --pairs 200 --max-length 256
 
 Pairs come from a BEIR folder (default ``../shared/data/miracl-yo-dev``): whole queries, each with
 its judged passages first, then random ones (`bench.throughput.pairs.pairs_from_collection`), so
@@ -20,8 +20,8 @@ from .. import lazy
 from ..config import CollectionSpec
 from ..data import load_collection
 from ..engine.device import ENGINES
-from ..throughput.pairs import PairSet, sampled_pairs
-from ..throughput.sweep import Cell, Sweep, reranker_factory
+from .pairs import PairSet, sampled_pairs
+from .sweep import Cell, Sweep, reranker_factory
 
 
 def beir_pairs(folder: str | Path, n: int, seed: int = 0, split: str = "dev") -> PairSet:
