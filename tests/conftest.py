@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -49,3 +50,58 @@ def minilm() -> str:
     from bench import models
 
     return str(models.minilm_dir())
+
+
+# -- experiment files ---------------------------------------------------------------------------------
+def toml_value(value) -> str:
+    """One TOML value: strings and paths quoted, lists in brackets, dicts as inline tables."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (str, Path)):
+        return json.dumps(str(value), ensure_ascii=False)  # JSON's escapes are TOML's basic-string escapes
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }" if value else "{}"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def experiment_text(**parts) -> str:
+    """An experiment file's text from its parts, one `key = value` per line (tests edit those lines):
+    top-level values first; a dict of dicts (first_stages) becomes `[key.name]` tables, another dict
+    a `[key]` table, a list of dicts (datasets, rerankers) `[[key]]` tables; deeper values are inline."""
+    lines = [f"{k} = {toml_value(v)}" for k, v in parts.items()
+             if not isinstance(v, dict) and not (isinstance(v, list) and v and all(isinstance(x, dict) for x in v))]
+    for key, value in parts.items():
+        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            tables = [(f"[{key}.{name}]", fields) for name, fields in value.items()]
+        elif isinstance(value, dict):
+            tables = [(f"[{key}]", value)]
+        elif isinstance(value, list) and value and all(isinstance(x, dict) for x in value):
+            tables = [(f"[[{key}]]", fields) for fields in value]
+        else:
+            continue
+        for header, fields in tables:
+            lines += [header, *(f"{k} = {toml_value(v)}" for k, v in fields.items())]
+    return "\n".join(lines) + "\n"
+
+
+def write_experiment(folder: Path, file: str = "exp.toml", **parts) -> Path:
+    """`experiment_text(**parts)` written to `folder / file`."""
+    path = Path(folder) / file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(experiment_text(**parts), encoding="utf-8")
+    return path
+
+
+@pytest.fixture()
+def experiment_toml(tmp_path):
+    """`experiment_toml(file="exp.toml", **parts) -> Path`: an experiment file in the test's tmp_path,
+    e.g. `experiment_toml(name="t", first_stages={"bm25": {"kind": "bm25"}}, datasets=[{...}])`."""
+
+    def write(file: str = "exp.toml", **parts) -> Path:
+        return write_experiment(tmp_path, file, **parts)
+
+    return write
