@@ -1,4 +1,5 @@
-"""Shared fixtures: local material that stands in for hub downloads (see README, 'Tests')."""
+"""Shared fixtures: local material that stands in for hub downloads (see README, 'Tests'), the
+session's one run over the full MIRACL Yoruba corpus, and experiment files written from their parts."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One cache for the whole test session (random models, corpus embeddings, candidate runs), so that
 # expensive steps such as encoding the 49,043 MIRACL Yoruba passages happen once per session.
 # Never the user's own cache; set RERANK_BENCH_TEST_CACHE to keep it between local runs.
-SESSION_STARTED = time.time()
+SESSION_STARTED = time.time()  # cache entries written after this are this session's
 SESSION_CACHE = Path(os.environ.get("RERANK_BENCH_TEST_CACHE") or tempfile.mkdtemp(prefix="rerank-bench-test-cache-"))
 os.environ["RERANK_BENCH_CACHE"] = str(SESSION_CACHE)
 
@@ -56,7 +57,7 @@ def miracl_yo_experiment(shared_data):
 
 
 @pytest.fixture(scope="session")
-def miracl_yo_full_run(miracl_yo_experiment, tmp_path_factory) -> dict:
+def miracl_yo_full_run(miracl_yo_experiment, tmp_path_factory):
     """The quality record of `bench run` on the shipped full-corpus experiment, run once per session.
 
     It is the session's one encoding of the 49,043 passages (minutes on 2 cores): the embeddings and
@@ -122,32 +123,26 @@ def toml_value(value) -> str:
     raise TypeError(f"no TOML form for {type(value).__name__}")
 
 
+def toml_tables(key: str, value) -> list[tuple[str, dict]] | None:
+    """The `[table]` headers and fields a top-level value is written as; None for a plain `key = value`."""
+    if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+        return [(f"[{key}.{name}]", fields) for name, fields in value.items()]
+    if isinstance(value, dict):
+        return [(f"[{key}]", value)]
+    if isinstance(value, list) and value and all(isinstance(x, dict) for x in value):
+        return [(f"[[{key}]]", fields) for fields in value]
+    return None
+
+
 def experiment_text(**parts) -> str:
     """An experiment file's text from its parts, one `key = value` per line (tests edit those lines):
-    top-level values first; a dict of dicts (first_stages) becomes `[key.name]` tables, another dict
-    a `[key]` table, a list of dicts (datasets, rerankers) `[[key]]` tables; deeper values are inline."""
-    lines = [f"{k} = {toml_value(v)}" for k, v in parts.items()
-             if not isinstance(v, dict) and not (isinstance(v, list) and v and all(isinstance(x, dict) for x in v))]
+    plain top-level values first; a dict of dicts (first_stages) becomes `[key.name]` tables, another
+    dict a `[key]` table, a list of dicts (datasets, rerankers) `[[key]]` tables; deeper values are inline."""
+    lines = [f"{k} = {toml_value(v)}" for k, v in parts.items() if toml_tables(k, v) is None]
     for key, value in parts.items():
-        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
-            tables = [(f"[{key}.{name}]", fields) for name, fields in value.items()]
-        elif isinstance(value, dict):
-            tables = [(f"[{key}]", value)]
-        elif isinstance(value, list) and value and all(isinstance(x, dict) for x in value):
-            tables = [(f"[[{key}]]", fields) for fields in value]
-        else:
-            continue
-        for header, fields in tables:
+        for header, fields in toml_tables(key, value) or []:
             lines += [header, *(f"{k} = {toml_value(v)}" for k, v in fields.items())]
     return "\n".join(lines) + "\n"
-
-
-def write_experiment(folder: Path, file: str = "exp.toml", **parts) -> Path:
-    """`experiment_text(**parts)` written to `folder / file`."""
-    path = Path(folder) / file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(experiment_text(**parts), encoding="utf-8")
-    return path
 
 
 @pytest.fixture()
@@ -156,6 +151,8 @@ def experiment_toml(tmp_path):
     e.g. `experiment_toml(name="t", first_stages={"bm25": {"kind": "bm25"}}, datasets=[{...}])`."""
 
     def write(file: str = "exp.toml", **parts) -> Path:
-        return write_experiment(tmp_path, file, **parts)
+        path = tmp_path / file
+        path.write_text(experiment_text(**parts), encoding="utf-8")
+        return path
 
     return write
