@@ -1,9 +1,12 @@
-"""Shared fixtures: local material that stands in for hub downloads (see README, 'Tests')."""
+"""Shared fixtures: local material that stands in for hub downloads (see README, 'Tests'), the
+session's one run over the full MIRACL Yoruba corpus, and experiment files written from their parts."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -15,10 +18,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One cache for the whole test session (random models, corpus embeddings, candidate runs), so that
 # expensive steps such as encoding the 49,043 MIRACL Yoruba passages happen once per session.
 # Never the user's own cache; set RERANK_BENCH_TEST_CACHE to keep it between local runs.
+SESSION_STARTED = time.time()  # cache entries written after this are this session's
 SESSION_CACHE = Path(os.environ.get("RERANK_BENCH_TEST_CACHE") or tempfile.mkdtemp(prefix="rerank-bench-test-cache-"))
 os.environ["RERANK_BENCH_CACHE"] = str(SESSION_CACHE)
 
-SHARED_DATA = Path(os.environ.get("RERANK_BENCH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("RERANK_BENCH_SHARED_DATA", REPO.parent / "shared" / "data"))
+#: The registry's offline check: all-MiniLM-L6-v2 over the full MIRACL Yoruba corpus (49,043 passages).
+MIRACL_YO_EXPERIMENT = REPO / "experiments" / "reproduce-miracl-yo-minilm.toml"
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +34,55 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "miracl-yo-dev" / "corpus.jsonl.gz").exists():
         pytest.skip(f"shared data not found at {SHARED_DATA} (set RERANK_BENCH_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def miracl_yo_experiment(shared_data):
+    """`copy(folder, **changes) -> Path`: experiments/reproduce-miracl-yo-minilm.toml written into
+    `folder`, its dataset path pointing at the shared data and each `old=new` text replaced."""
+    import re
+
+    def copy(folder: Path, **changes: str) -> Path:
+        text = MIRACL_YO_EXPERIMENT.read_text(encoding="utf-8")
+        text = re.sub(r"^path = .*$", f'path = "{(shared_data / "miracl-yo-dev").as_posix()}"', text, flags=re.M)
+        for old, new in changes.items():
+            assert old in text
+            text = text.replace(old, new)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / MIRACL_YO_EXPERIMENT.name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return copy
+
+
+@pytest.fixture(scope="session")
+def miracl_yo_full_run(miracl_yo_experiment, tmp_path_factory):
+    """The quality record of `bench run` on the shipped full-corpus experiment, run once per session.
+
+    It is the session's one encoding of the 49,043 passages (minutes on 2 cores): the embeddings and
+    the candidate run land in the session cache, where every later run of the same first stage on
+    this corpus (`bench reproduce`, other settings of depth or evaluation) finds them."""
+    from bench.config import load_experiment
+    from bench.pipeline import run_experiment
+
+    folder = tmp_path_factory.mktemp("miracl-yo-full")
+    path = miracl_yo_experiment(folder)
+    (record,) = run_experiment(load_experiment(path), folder / "out", experiment_path=path, progress=False,
+                               log=lambda m: None)
+    return record
+
+
+@pytest.fixture(scope="session")
+def full_corpus_encodings(cache_dir):
+    """`encodings() -> [folder]`: embedding entries of the whole MIRACL Yoruba corpus written to the
+    session cache during this session (one is the goal; a kept RERANK_BENCH_TEST_CACHE adds none)."""
+
+    def encodings() -> list[Path]:
+        return [p.parent for p in (cache_dir / "embeddings").glob("*/complete.json")
+                if p.stat().st_mtime >= SESSION_STARTED and json.loads(p.read_text())["n_docs"] == 49043]
+
+    return encodings
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +105,54 @@ def minilm() -> str:
     from bench import models
 
     return str(models.minilm_dir())
+
+
+# -- experiment files ---------------------------------------------------------------------------------
+def toml_value(value) -> str:
+    """One TOML value: strings and paths quoted, lists in brackets, dicts as inline tables."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (str, Path)):
+        return json.dumps(str(value), ensure_ascii=False)  # JSON's escapes are TOML's basic-string escapes
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }" if value else "{}"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def toml_tables(key: str, value) -> list[tuple[str, dict]] | None:
+    """The `[table]` headers and fields a top-level value is written as; None for a plain `key = value`."""
+    if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+        return [(f"[{key}.{name}]", fields) for name, fields in value.items()]
+    if isinstance(value, dict):
+        return [(f"[{key}]", value)]
+    if isinstance(value, list) and value and all(isinstance(x, dict) for x in value):
+        return [(f"[[{key}]]", fields) for fields in value]
+    return None
+
+
+def experiment_text(**parts) -> str:
+    """An experiment file's text from its parts, one `key = value` per line (tests edit those lines):
+    plain top-level values first; a dict of dicts (first_stages) becomes `[key.name]` tables, another
+    dict a `[key]` table, a list of dicts (datasets, rerankers) `[[key]]` tables; deeper values are inline."""
+    lines = [f"{k} = {toml_value(v)}" for k, v in parts.items() if toml_tables(k, v) is None]
+    for key, value in parts.items():
+        for header, fields in toml_tables(key, value) or []:
+            lines += [header, *(f"{k} = {toml_value(v)}" for k, v in fields.items())]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture()
+def experiment_toml(tmp_path):
+    """`experiment_toml(file="exp.toml", **parts) -> Path`: an experiment file in the test's tmp_path,
+    e.g. `experiment_toml(name="t", first_stages={"bm25": {"kind": "bm25"}}, datasets=[{...}])`."""
+
+    def write(file: str = "exp.toml", **parts) -> Path:
+        path = tmp_path / file
+        path.write_text(experiment_text(**parts), encoding="utf-8")
+        return path
+
+    return write

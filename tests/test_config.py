@@ -10,29 +10,22 @@ from bench.errors import BenchError
 
 REPO = Path(__file__).resolve().parents[1]
 
-GOOD = """
-name = "t"
-[first_stages.dense]
-kind = "dense"
-model = "offline:all-MiniLM-L6-v2"
-[[datasets]]
-source = "beir"
-path = "data/x"
-split = "dev"
-[[rerankers]]
-model = "random:tiny-xlmr-reranker"
-dtype = "fp32"
-"""
+GOOD = {
+    "name": "t",
+    "first_stages": {"dense": {"kind": "dense", "model": "offline:all-MiniLM-L6-v2"}},
+    "datasets": [{"source": "beir", "path": "data/x", "split": "dev"}],
+    "rerankers": [{"model": "random:tiny-xlmr-reranker", "dtype": "fp32"}],
+}
 
 
-def write(tmp_path, text):
-    p = tmp_path / "exp.toml"
-    p.write_text(text)
-    return p
+def edited(path, old, new):
+    """`path` with one line of its text edited (the mistake a person makes in the file)."""
+    path.write_text(path.read_text().replace(old, new))
+    return path
 
 
-def test_good_experiment_resolves_relative_paths(tmp_path):
-    exp = load_experiment(write(tmp_path, GOOD))
+def test_good_experiment_resolves_relative_paths(experiment_toml, tmp_path):
+    exp = load_experiment(experiment_toml(**GOOD))
     assert exp.datasets[0].path == str((tmp_path / "data" / "x").resolve())
     assert exp.rerankers[0].label == "tiny-xlmr-reranker"
     assert exp.first_stage_for(exp.datasets[0])[0] == "dense"
@@ -47,30 +40,24 @@ def test_good_experiment_resolves_relative_paths(tmp_path):
     (('path = "data/x"', ''), "needs field 'path'"),
     (('name = "t"', ''), "name: Field required"),
 ])
-def test_mistakes_name_the_field(tmp_path, edit, expected):
-    path = write(tmp_path, GOOD.replace(*edit))
+def test_mistakes_name_the_field(experiment_toml, edit, expected):
+    path = edited(experiment_toml(**GOOD), *edit)
     with pytest.raises(BenchError) as err:
         load_experiment(path)
     assert str(path) in str(err.value)
     assert expected in str(err.value)
 
 
-LANGUAGES = """
-name = "t"
-[first_stages.bm25]
-kind = "bm25"
-[[datasets]]
-source = "ir_datasets"
-id = "miracl/{lang}/dev"
-languages = ["yo", "sw"]
-[[datasets]]
-source = "synthetic"
-synthetic = { languages = ["en", "de"] }
-"""
+LANGUAGES = {
+    "name": "t",
+    "first_stages": {"bm25": {"kind": "bm25"}},
+    "datasets": [{"source": "ir_datasets", "id": "miracl/{lang}/dev", "languages": ["yo", "sw"]},
+                 {"source": "synthetic", "synthetic": {"languages": ["en", "de"]}}],
+}
 
 
-def test_one_dataset_entry_expands_over_languages_and_a_run_selects_by_label(tmp_path):
-    exp = load_experiment(write(tmp_path, LANGUAGES))
+def test_one_dataset_entry_expands_over_languages_and_a_run_selects_by_label(experiment_toml):
+    exp = load_experiment(experiment_toml(**LANGUAGES))
     specs = [s for ds in exp.datasets for s in expand(ds)]
     assert [s.label for s in specs] == ["miracl/yo/dev", "miracl/sw/dev", "synthetic/en", "synthetic/de"]
     assert specs[0] == CollectionSpec(source="ir_datasets", id="miracl/yo/dev")  # as if written out
@@ -89,8 +76,8 @@ def test_one_dataset_entry_expands_over_languages_and_a_run_selects_by_label(tmp
     (('languages = ["yo", "sw"]', 'languages = ["yo"]\nlanguage = "yo"'), "not both"),
     (('synthetic = { languages = ["en", "de"] }', 'languages = ["en"]'), "synthetic.languages"),
 ])
-def test_language_expansion_mistakes_name_the_field(tmp_path, edit, expected):
-    path = write(tmp_path, LANGUAGES.replace(*edit))
+def test_language_expansion_mistakes_name_the_field(experiment_toml, edit, expected):
+    path = edited(experiment_toml(**LANGUAGES), *edit)
     with pytest.raises(BenchError) as err:
         load_experiment(path)
     assert "datasets[" in str(err.value) and expected in str(err.value)
@@ -99,14 +86,16 @@ def test_language_expansion_mistakes_name_the_field(tmp_path, edit, expected):
 def test_missing_file_and_bad_toml(tmp_path):
     with pytest.raises(BenchError, match="experiment file not found"):
         load_experiment(tmp_path / "nope.toml")
+    bad = tmp_path / "exp.toml"
+    bad.write_text("name = ")
     with pytest.raises(BenchError, match="not valid TOML"):
-        load_experiment(write(tmp_path, "name = "))
+        load_experiment(bad)
 
 
-def test_duplicate_reranker_labels_are_rejected(tmp_path):
-    text = GOOD + '\n[[rerankers]]\nmodel = "random:tiny-xlmr-reranker"\n'
+def test_duplicate_reranker_labels_are_rejected(experiment_toml):
+    path = experiment_toml(**{**GOOD, "rerankers": GOOD["rerankers"] + [{"model": "random:tiny-xlmr-reranker"}]})
     with pytest.raises(BenchError, match="distinct 'name'"):
-        load_experiment(write(tmp_path, text))
+        load_experiment(path)
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.toml")), ids=lambda p: p.name)

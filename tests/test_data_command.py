@@ -36,22 +36,10 @@ def test_synthetic_language_target(capsys):
     assert "sample query q00000:" in out and "relevance 2 doc" in out
 
 
-def test_experiment_file_lists_every_dataset(shared_data, tmp_path, capsys):
-    exp = tmp_path / "exp.toml"
-    exp.write_text(f"""
-name = "t"
-[first_stages.bm25]
-kind = "bm25"
-[[datasets]]
-source = "beir"
-path = "{shared_data / 'miracl-yo-dev'}"
-split = "dev"
-language = "yo"
-max_queries = 10
-[[datasets]]
-source = "synthetic"
-synthetic = {{ languages = ["de", "fr"], docs_per_language = 40, queries_per_language = 4 }}
-""")
+def test_experiment_file_lists_every_dataset(shared_data, experiment_toml, capsys):
+    exp = experiment_toml(name="t", first_stages={"bm25": {"kind": "bm25"}}, datasets=[
+        {"source": "beir", "path": shared_data / "miracl-yo-dev", "split": "dev", "language": "yo", "max_queries": 10},
+        {"source": "synthetic", "synthetic": {"languages": ["de", "fr"], "docs_per_language": 40, "queries_per_language": 4}}])
     assert main(["data", str(exp)]) == 0
     out = capsys.readouterr().out
     assert "miracl-yo-dev/dev  (beir, language yo)" in out and "queries 10   docs 49,043" in out

@@ -19,34 +19,24 @@ from bench.runs import read_qrels, read_run
 
 REPO = Path(__file__).resolve().parents[1]
 
-SMALL = """
-name = "small"
-[first_stages.bm25]
-kind = "bm25"
-depth = 30
-[[datasets]]
-source = "synthetic"
-synthetic = {{ languages = ["en", "yo"], docs_per_language = 200, queries_per_language = 12 }}
-[[rerankers]]
-model = "random:tiny-xlmr-reranker"
-name = "tiny"
-dtype = "fp32"
-top_k = 10
-max_length = 128
-token_budget = {budget}
-[evaluation]
-metrics = ["nDCG@10", "Recall@30"]
-"""
+def small(budget=512) -> dict:
+    """The parts of the small experiment: BM25 then an untrained tiny reranker on two synthetic languages."""
+    return {"name": "small",
+            "first_stages": {"bm25": {"kind": "bm25", "depth": 30}},
+            "datasets": [{"source": "synthetic",
+                          "synthetic": {"languages": ["en", "yo"], "docs_per_language": 200, "queries_per_language": 12}}],
+            "rerankers": [{"model": "random:tiny-xlmr-reranker", "name": "tiny", "dtype": "fp32", "top_k": 10,
+                           "max_length": 128, "token_budget": budget}],
+            "evaluation": {"metrics": ["nDCG@10", "Recall@30"]}}
 
 
-def small_experiment(tmp_path, budget=512):
-    path = tmp_path / "small.toml"
-    path.write_text(SMALL.format(budget=budget))
+def small_experiment(experiment_toml, budget=512):
+    path = experiment_toml("small.toml", **small(budget))
     return load_experiment(path), path
 
 
-def test_end_to_end_records_runs_report(tmp_path):
-    exp, path = small_experiment(tmp_path)
+def test_end_to_end_records_runs_report(experiment_toml, tmp_path):
+    exp, path = small_experiment(experiment_toml)
     out = tmp_path / "out"
     records = run_experiment(exp, out, experiment_path=path, progress=False, log=lambda m: None)
     assert [(r.dataset.label, r.system.label) for r in records] == [
@@ -81,8 +71,8 @@ def test_end_to_end_records_runs_report(tmp_path):
     assert "first stage: bm25" in (out / "report.csv").read_text()
 
 
-def test_rerun_resumes_from_cache_without_loading_models(tmp_path, monkeypatch):
-    exp, path = small_experiment(tmp_path, budget=256)
+def test_rerun_resumes_from_cache_without_loading_models(experiment_toml, tmp_path, monkeypatch):
+    exp, path = small_experiment(experiment_toml, budget=256)
     first = run_experiment(exp, tmp_path / "a", progress=False, log=lambda m: None)
     import bench.pipeline
 
@@ -96,12 +86,12 @@ def test_rerun_resumes_from_cache_without_loading_models(tmp_path, monkeypatch):
     assert all(r.timings.resumed_blocks == r.timings.blocks for r in again if r.system.stage == "rerank")
 
 
-def test_interrupted_rerank_resumes_with_identical_results(tmp_path, monkeypatch):
+def test_interrupted_rerank_resumes_with_identical_results(experiment_toml, tmp_path, monkeypatch):
     import bench.pipeline
     import bench.rerank.stage
 
     monkeypatch.setattr(bench.rerank.stage, "BLOCK_PAIRS", 25)
-    exp, path = small_experiment(tmp_path, budget=300)
+    exp, path = small_experiment(experiment_toml, budget=300)
     real = bench.pipeline.build_reranker
     calls = {"n": 0}
 
@@ -134,8 +124,8 @@ def test_interrupted_rerank_resumes_with_identical_results(tmp_path, monkeypatch
         assert a.per_query["nDCG@10"] == pytest.approx(b.per_query["nDCG@10"], abs=1e-9)
 
 
-def test_cli_run_and_report(tmp_path, capsys):
-    _, path = small_experiment(tmp_path)
+def test_cli_run_and_report(experiment_toml, tmp_path, capsys):
+    _, path = small_experiment(experiment_toml)
     out = tmp_path / "cli"
     assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
@@ -146,9 +136,8 @@ def test_cli_run_and_report(tmp_path, capsys):
     assert "no quality records" in capsys.readouterr().err
 
 
-def test_cli_runs_the_datasets_asked_for(tmp_path, capsys):
-    path = tmp_path / "bm25.toml"
-    path.write_text(SMALL.split("[[rerankers]]")[0].format())
+def test_cli_runs_the_datasets_asked_for(experiment_toml, tmp_path, capsys):
+    path = experiment_toml("bm25.toml", **{k: v for k, v in small().items() if k in ("name", "first_stages", "datasets")})
     out = tmp_path / "only"
     assert main(["run", str(path), "--out", str(out), "--no-progress", "--only", "synthetic/yo"]) == 0
     assert sorted(p.name for p in (out / "records").iterdir()) == ["synthetic_yo__bm25.json"]
@@ -156,11 +145,8 @@ def test_cli_runs_the_datasets_asked_for(tmp_path, capsys):
     assert "no dataset labelled 'synthetic/xx'; its datasets are: synthetic/en, synthetic/yo" in capsys.readouterr().err
 
 
-def test_unknown_dataset_id_is_a_clear_error(tmp_path, capsys):
-    path = tmp_path / "bad.toml"
-    path.write_text(SMALL.format(budget=512).replace(
-        'source = "synthetic"\nsynthetic = { languages = ["en", "yo"], docs_per_language = 200, queries_per_language = 12 }',
-        'source = "ir_datasets"\nid = "miracl/xx/dev"'))
+def test_unknown_dataset_id_is_a_clear_error(experiment_toml, tmp_path, capsys):
+    path = experiment_toml("bad.toml", **{**small(), "datasets": [{"source": "ir_datasets", "id": "miracl/xx/dev"}]})
     assert main(["run", str(path), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "miracl/xx/dev" in err and "yo" in err
@@ -177,26 +163,16 @@ def test_make_bench_without_network_names_the_offline_experiment(tmp_path):
     assert not (tmp_path / "o").exists(), "nothing may be started before the check"
 
 
-def test_datasets_sharing_a_first_stage_load_its_encoder_once(tmp_path, minilm, monkeypatch):
+def test_datasets_sharing_a_first_stage_load_its_encoder_once(experiment_toml, tmp_path, minilm, monkeypatch):
     import bench.retrieve.stage
 
     real = bench.retrieve.stage.build_encoder
     built = []
     monkeypatch.setattr(bench.retrieve.stage, "build_encoder", lambda *a, **k: built.append(1) or real(*a, **k))
-    path = tmp_path / "dense.toml"
-    path.write_text(f"""
-name = "dense"
-[first_stages.minilm]
-kind = "dense"
-model = "{minilm}"
-dtype = "fp32"
-depth = 10
-max_length = 64
-device = "cpu"
-[[datasets]]
-source = "synthetic"
-synthetic = {{ languages = ["en", "de"], docs_per_language = 40, queries_per_language = 4 }}
-""")
+    path = experiment_toml("dense.toml", name="dense", first_stages={"minilm": {
+        "kind": "dense", "model": minilm, "dtype": "fp32", "depth": 10, "max_length": 64, "device": "cpu"}},
+        datasets=[{"source": "synthetic",
+                   "synthetic": {"languages": ["en", "de"], "docs_per_language": 40, "queries_per_language": 4}}])
     records = run_experiment(load_experiment(path), tmp_path / "out", progress=False, log=lambda m: None)
     assert [r.dataset.label for r in records] == ["synthetic/en", "synthetic/de"]
     assert len(built) == 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -180,20 +179,6 @@ def test_command_reads_existing_records_and_exits_by_the_verdict(entries, tmp_pa
 
 # -- the real thing: the registry's offline entry on ../shared/data ---------------------------------
 CI_ENTRIES = "measured/miracl-yo-dev/minilm/*"
-SHIPPED_EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "reproduce-miracl-yo-minilm.toml"
-
-
-def experiment_copy(folder: Path, shared_data: Path, **changes: str) -> Path:
-    """The shipped experiment with the dataset path pointing at `shared_data` and TOML lines replaced."""
-    text = SHIPPED_EXPERIMENT.read_text(encoding="utf-8")
-    text = re.sub(r'^path = .*$', f'path = "{(shared_data / "miracl-yo-dev").as_posix()}"', text, flags=re.M)
-    for old, new in changes.items():
-        assert old in text
-        text = text.replace(old, new)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / SHIPPED_EXPERIMENT.name
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def registry_copy(folder: Path, experiment: Path) -> Path:
@@ -207,11 +192,12 @@ def registry_copy(folder: Path, experiment: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def yo_minilm_run(shared_data, cache_dir, tmp_path_factory):
-    """`bench reproduce` of the shipped offline entries, run once: it encodes the 49,043 passages into
-    the session cache (conftest points $RERANK_BENCH_CACHE at it), which later runs reuse."""
+def yo_minilm_run(miracl_yo_full_run, miracl_yo_experiment, tmp_path_factory):
+    """`bench reproduce` of the shipped offline entries, run once. The session's full-corpus run
+    (conftest) encoded the 49,043 passages into the session cache; reproduce's own run of the same
+    experiment finds them there."""
     folder = tmp_path_factory.mktemp("reproduce")
-    exp = experiment_copy(folder / "exp", shared_data)
+    exp = miracl_yo_experiment(folder / "exp")
     reg = registry_copy(folder, exp)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -234,12 +220,13 @@ def test_offline_entry_reproduces_ok(yo_minilm_run):
 
 @pytest.mark.slow
 @pytest.mark.shared_data
-def test_offline_entry_fails_with_the_reason_when_a_setting_changes(yo_minilm_run, shared_data, tmp_path, capsys):
+def test_offline_entry_fails_with_the_reason_when_a_setting_changes(yo_minilm_run, miracl_yo_experiment,
+                                                                   full_corpus_encodings, tmp_path, capsys):
     assert yo_minilm_run[0] == 0  # the corpus embeddings are cached by then: only search and scoring run here
     capsys.readouterr()
-    exp = experiment_copy(tmp_path / "exp", shared_data, **{"depth = 100                          # trec_eval":
-                                                             "depth = 5                            # trec_eval",
-                                                             "depth = 100\nmax_length": "depth = 20\nmax_length"})
+    exp = miracl_yo_experiment(tmp_path / "exp", **{"depth = 100                          # trec_eval":
+                                                     "depth = 5                            # trec_eval",
+                                                     "depth = 100\nmax_length": "depth = 20\nmax_length"})
     reg = registry_copy(tmp_path, exp)
     code = main(["reproduce", CI_ENTRIES, "--registry", str(reg), "--records", str(tmp_path / "out"),
                  "--out", str(tmp_path / "out"), "--no-progress"])
@@ -249,3 +236,5 @@ def test_offline_entry_fails_with_the_reason_when_a_setting_changes(yo_minilm_ru
     assert all(row.endswith("| FAIL |") for row in rows), out
     assert "why: first_stage.depth: expected 100, record has 20" in out
     assert "why: conventions.depth (trec_eval -M): expected 100, record has 5" in out
+    # Every full-corpus run of this session searched one set of embeddings: the corpus was encoded at most once.
+    assert len(full_corpus_encodings()) <= 1

@@ -338,37 +338,20 @@ def test_quality_speed_plot_from_quality_records(tmp_path):
 
 # --- the command and the GPU script ----------------------------------------------------------------
 
-def test_bench_throughput_command_writes_records_table_and_plot(shared_data, tiny_reranker, cache_dir, tmp_path, capsys):
+def test_bench_throughput_command_writes_records_table_and_plot(shared_data, tiny_reranker, cache_dir, experiment_toml,
+                                                               tmp_path, capsys):
     """`bench throughput` end to end on real pairs (qrels-based candidates: no first stage to build),
     the engines B1 wrote, fidelity of bf16 against fp32, and the files it promises."""
     from bench.cli import main
     from bench.records import find_records
 
-    exp = tmp_path / "tp.toml"
-    exp.write_text(f"""
-name = "tp-test"
-cache_dir = "{cache_dir}"
-[first_stages.bm25]
-kind = "bm25"
-[[datasets]]
-source = "beir"
-path = "{shared_data / 'miracl-yo-dev'}"
-split = "dev"
-[[rerankers]]
-model = "random:tiny-xlmr-reranker"
-name = "tiny"
-device = "cpu"
-[throughput]
-engines = ["fast", "transformers"]
-dtypes = ["fp32", "bf16"]
-batch_sizes = [16]
-token_budgets = [2048]
-pairs = 24
-k = 8
-warmup = 0
-repeats = 1
-variants = {{fast = [{{}}, {{prune_last_layer = false}}]}}
-""")
+    exp = experiment_toml(
+        "tp.toml", name="tp-test", cache_dir=cache_dir, first_stages={"bm25": {"kind": "bm25"}},
+        datasets=[{"source": "beir", "path": shared_data / "miracl-yo-dev", "split": "dev"}],
+        rerankers=[{"model": "random:tiny-xlmr-reranker", "name": "tiny", "device": "cpu"}],
+        throughput={"engines": ["fast", "transformers"], "dtypes": ["fp32", "bf16"], "batch_sizes": [16],
+                    "token_budgets": [2048], "pairs": 24, "k": 8, "warmup": 0, "repeats": 1,
+                    "variants": {"fast": [{}, {"prune_last_layer": False}]}})
     from bench.records import make_record
 
     quality = tmp_path / "run-out"
@@ -400,11 +383,10 @@ variants = {{fast = [{{}}, {{prune_last_layer = false}}]}}
     assert "2 quality records" in printed
 
 
-def test_bench_throughput_needs_a_throughput_table(tmp_path, capsys):
+def test_bench_throughput_needs_a_throughput_table(experiment_toml, capsys):
     from bench.cli import main
 
-    exp = tmp_path / "x.toml"
-    exp.write_text('name = "x"\n[first_stages.b]\nkind = "bm25"\n[[datasets]]\nsource = "synthetic"\n')
+    exp = experiment_toml("x.toml", name="x", first_stages={"b": {"kind": "bm25"}}, datasets=[{"source": "synthetic"}])
     assert main(["throughput", str(exp)]) == 2
     assert "no [throughput] table" in capsys.readouterr().err
 
