@@ -251,8 +251,8 @@ class Checks:
         self.records["fidelity"] = rec
         self.records["fidelity_pass_throughput"] = record
         for c in comparisons:
-            log(f"  {c['cell']} vs {c['reference']}: top-10 identical {100 * c['top10_identical']:.1f}% of "
-                f"{c['n_queries']} queries, max |Δ| {c['max_abs_diff']:.2e}")
+            log(f"  {c.cell} vs {c.reference}: top-10 identical {100 * c.top10_identical:.1f}% of "
+                f"{c.n_queries} queries, max |Δ| {c.max_abs_diff:.2e}")
 
     def encoders(self, deadline: float) -> None:
         from bench import models
