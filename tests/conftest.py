@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -19,8 +20,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # expensive steps such as encoding the 49,043 MIRACL Yoruba passages happen once per session.
 # Never the user's own cache; set RERANK_BENCH_TEST_CACHE to keep it between local runs.
 SESSION_STARTED = time.time()  # cache entries written after this are this session's
+KEEP_CACHE = bool(os.environ.get("RERANK_BENCH_TEST_CACHE"))
 SESSION_CACHE = Path(os.environ.get("RERANK_BENCH_TEST_CACHE") or tempfile.mkdtemp(prefix="rerank-bench-test-cache-"))
 os.environ["RERANK_BENCH_CACHE"] = str(SESSION_CACHE)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A temporary session cache (about 150 MB after a full run) goes with the session; a kept one stays."""
+    if not KEEP_CACHE:
+        shutil.rmtree(SESSION_CACHE, ignore_errors=True)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RERANK_BENCH_SHARED_DATA", REPO.parent / "shared" / "data"))
