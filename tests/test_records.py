@@ -3,6 +3,7 @@ errors, and schema-1 records written before the typed models (tests/fixtures/rec
 
 import json
 import os
+import stat
 import shutil
 from pathlib import Path
 
@@ -30,6 +31,16 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", real_replace)
     assert target.read_text() == "first"
     assert [p.name for p in target.parent.iterdir()] == ["a.txt"], "temp file was not cleaned up"
+
+
+def test_atomic_write_honours_the_umask(tmp_path):
+    """Records and reports are for others to read: not mkstemp's 0600, but what open() would give."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    target = atomic_write_text(tmp_path / "r.txt", "x")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert stat.S_IMODE(target.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~mask
 
 
 def test_record_carries_environment_and_round_trips(tmp_path):
