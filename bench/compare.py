@@ -26,7 +26,7 @@ from . import lazy
 from .errors import BenchError
 from .evaluate import Conventions, evaluate
 from .metrics import Metric, by_metric, parse_metric
-from .plots import _figure, _save
+from .plots import new_figure, save_png
 from .records import ComparisonRecord, QualityRecord, find_records, make_record, read_record
 from .report import system_label
 from .runs import read_qrels, read_run
@@ -381,7 +381,7 @@ class Comparison:
             raise BenchError(f"nothing to plot for {metric}: only the baseline {baseline!r} has scores")
         ncols = min(len(datasets), 3)
         nrows = math.ceil(len(datasets) / ncols)
-        fig = _figure(figsize=(4.2 * ncols, 3.0 * nrows), layout="constrained")
+        fig = new_figure(figsize=(4.2 * ncols, 3.0 * nrows), layout="constrained")
         sub = self.scores[self.scores.metric == metric]
         for i, dataset in enumerate(datasets):
             ax = fig.add_subplot(nrows, ncols, i + 1)
@@ -401,7 +401,7 @@ class Comparison:
             ax.tick_params(labelsize=7)
             ax.legend(fontsize=6, title=f"minus {baseline}", title_fontsize=6)
         fig.suptitle(f"Per-query {metric} differences against {baseline}", fontsize=10)
-        return _save(fig, path)
+        return save_png(fig, path)
 
     def to_record(self, inputs: list[str]) -> ComparisonRecord:
         return make_record("comparison", inputs=inputs, settings=asdict(self.settings), systems=self.systems,

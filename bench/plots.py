@@ -1,7 +1,7 @@
 """PNG plots made from records only (matplotlib Figures drawn by the Agg canvas: no display, no
 pyplot state, no global backend switch).
 
-`_figure` and `_save` are the one way the package makes a PNG (`bench.compare` plots with them too).
+`new_figure` and `save_png` are the one way the package makes a PNG (`bench.compare` plots with them too).
 
 * `plot_quality_speed`: a quality metric against reranking speed, one point per quality record
   (dataset × reranker), one colour per reranker.
@@ -21,7 +21,7 @@ from .metrics import by_metric, parse_metric
 from .records import QualityRecord
 
 
-def _figure(**kwargs):
+def new_figure(**kwargs):
     """A matplotlib Figure (`kwargs` as Figure takes them) with its own Agg canvas: drawing it touches
     neither pyplot's figure list nor the process-wide backend, and needs no display."""
     fig = lazy.matplotlib_figure.Figure(**kwargs)
@@ -29,7 +29,7 @@ def _figure(**kwargs):
     return fig
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_png(fig, path: str | Path) -> Path:
     """Render to PNG bytes and write atomically (a half-written PNG never appears)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
@@ -55,7 +55,7 @@ def plot_quality_speed(records: Iterable[QualityRecord], path: str | Path, *, me
         raise BenchError(f"no quality record with metrics[{str(wanted)!r}] and timings.rerank_pairs_per_s to plot")
     datasets = sorted({d for pts in points.values() for _, _, d in pts})
     markers = dict(zip(datasets, "osD^v<>phX*" * 3))
-    fig = _figure(figsize=(7, 4.5))
+    fig = new_figure(figsize=(7, 4.5))
     ax = fig.subplots()
     for i, (label, pts) in enumerate(sorted(points.items())):
         color = f"C{i % 10}"
@@ -70,4 +70,4 @@ def plot_quality_speed(records: Iterable[QualityRecord], path: str | Path, *, me
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title or f"{wanted} against reranking speed")
-    return _save(fig, path)
+    return save_png(fig, path)

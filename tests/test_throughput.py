@@ -454,7 +454,7 @@ def test_plot_shows_every_cell_within_the_shared_scale(monkeypatch, tmp_path):
         seen["fig"] = fig
         return Path(path)
 
-    monkeypatch.setattr(plots, "_save", capture)
+    monkeypatch.setattr(plots, "save_png", capture)
     plot_throughput(record, tmp_path / "t.png")
     axes = seen["fig"].axes
     top = axes[0].get_ylim()[1]

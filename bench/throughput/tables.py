@@ -109,7 +109,7 @@ def plot_throughput(records: Sequence[ThroughputRecord] | ThroughputRecord, path
         raise BenchError("no successful throughput cells to plot")
     axes_names = sorted({axis for axis, _ in series})
     # one y scale for both panels, from 0, so engines compare at a glance across panels
-    fig = plots._figure(figsize=(6.5 * len(axes_names), 4.5))
+    fig = plots.new_figure(figsize=(6.5 * len(axes_names), 4.5))
     axes = fig.subplots(1, len(axes_names), squeeze=False, sharey=True)
     for ax, axis in zip(axes[0], axes_names):
         for (a, name), points in sorted(series.items()):
@@ -128,4 +128,4 @@ def plot_throughput(records: Sequence[ThroughputRecord] | ThroughputRecord, path
     axes[0][0].set_ylim(0, top * 1.08)
     rec = records[0]
     fig.suptitle(title or f"{rec.model.ref} on {_device(rec)}: {rec.pairs.n_pairs} pairs")
-    return plots._save(fig, path)
+    return plots.save_png(fig, path)
