@@ -12,7 +12,6 @@ import pytest
 
 from bench.cli import main
 from bench.config import load_experiment
-from bench.errors import BenchError
 from bench.evaluate import evaluate
 from bench.pipeline import run_experiment
 from bench.runs import read_qrels, read_run

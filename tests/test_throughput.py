@@ -13,7 +13,7 @@ import pytest
 from bench.errors import BenchError
 from bench.records import ThroughputRecord
 from bench.throughput.flops import ModelShape, matmul_ceiling, useful_flops
-from bench.throughput.pairs import PairSet, candidates_from_qrels, pair_token_lengths, pairs_from_collection
+from bench.throughput.pairs import candidates_from_qrels, pair_token_lengths, pairs_from_collection
 from bench.throughput.sweep import Cell, Sweep, add_speedups, cells_from_spec
 from bench.throughput.tables import throughput_table
 from bench.throughput.timing import PeakMemory

@@ -14,7 +14,6 @@ not depend on where the folder lies.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 from pathlib import Path
