@@ -60,17 +60,24 @@ def scores_from_runs(qrels, runs: dict[str, dict], metrics: Sequence[str | Metri
     return lazy.pd.concat(frames, ignore_index=True)
 
 
-def load_records(paths: Sequence[str | Path]) -> list[QualityRecord]:
-    """Quality records from files or folders (searched recursively), in the order given."""
+def load_records(paths: Sequence[str | Path], *, skipped: list[str] | None = None) -> list[QualityRecord]:
+    """Quality records from files or folders (searched recursively), in the order given. An unreadable
+    record is an error naming it; with a `skipped` list, its message goes there instead."""
     out = []
     for path in map(Path, paths):
         if path.is_dir():
-            found = find_records(path, kind="quality")
+            found = find_records(path, kind="quality", skipped=skipped)
             if not found:
                 raise BenchError(f"{path}: no quality records in this folder (files *.json with kind 'quality')")
             out.extend(found)
         else:
-            rec = read_record(path)
+            try:
+                rec = read_record(path)
+            except BenchError as exc:
+                if skipped is None:
+                    raise
+                skipped.append(str(exc))
+                continue
             if rec.kind != "quality":
                 raise BenchError(f"{path}: a {rec.kind!r} record; compare reads 'quality' records")
             out.append(rec)

@@ -290,7 +290,7 @@ def read_toml(path: str | Path, what: str = "experiment file", hint: str = "") -
     """A TOML file as a dict; a missing file or a syntax error is a BenchError naming the file."""
     path = Path(path)
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise BenchError(f"{path}: {what} not found{hint}") from None
     except tomllib.TOMLDecodeError as exc:

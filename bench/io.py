@@ -4,6 +4,7 @@ label into a file name (`slug`)."""
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import json
@@ -39,8 +40,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write via a temp file in the same folder and rename: readers never see half a file. The file
     gets the mode a plain open() would give it (0666 less the umask), not mkstemp's private 0600."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise write_error(path, exc, len(data)) from None
     try:
         os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
@@ -48,21 +52,75 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):
+            raise write_error(path, exc, len(data)) from None
         raise
     return path
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC / EDQUOT, also when a library reports it only in its message (safetensors, torch)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc)
+
+
+def write_error(path: str | os.PathLike, exc: BaseException, needed: int | None = None) -> BenchError:
+    """A failed write as one message naming the path (and, when the disk is full, the bytes needed and free)."""
+    path = Path(path)
+    if is_disk_full(exc):
+        need = f"{needed:,} bytes needed, " if needed is not None else ""
+        return BenchError(f"{path}: no space left on the device ({need}{_free_bytes(path):,} free); "
+                          "free some space or point the output / cache_dir elsewhere, then rerun (finished work is kept)")
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return BenchError(f"{path}: cannot write ({reason}); choose a writable location")
+
+
+def _free_bytes(path: Path) -> int:
+    for folder in (path, *path.parents):
+        try:
+            st = os.statvfs(folder)
+            return st.f_bavail * st.f_frsize
+        except OSError:
+            continue
+    return 0
+
+
+def check_output_folder(folder: str | os.PathLike, option: str = "--out") -> Path:
+    """Before any work: `folder` must be (or become) a writable folder outside /proc, /sys and /dev.
+    Creates it; a BenchError names the option and the problem otherwise."""
+    folder = Path(folder)
+    resolved = folder.resolve()
+    if resolved.parts[1:2] and resolved.parts[1] in ("proc", "sys", "dev"):
+        raise BenchError(f"{option} {folder}: under /{resolved.parts[1]}, a system folder; choose a folder for results")
+    if folder.exists() and not folder.is_dir():
+        raise BenchError(f"{option} {folder}: exists and is a file, not a folder; give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BenchError(f"{option} {folder}: not a writable folder ({exc.strerror or exc}); choose another") from None
+    return folder
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_text(obj: Any) -> str:
+    """The JSON text the harness writes (indented, UTF-8 as is, numpy values and paths converted)."""
+    return json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False, default=_json_default) + "\n"
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False, default=_json_default) + "\n")
+    return atomic_write_text(path, json_text(obj))
 
 
 def _json_default(obj: Any):
@@ -86,7 +144,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
-    """(line number, line) of a UTF-8 text file, plain or gzip (by its .gz suffix), line endings kept.
+    """(line number, line) of a UTF-8 text file, plain or gzip (by its .gz suffix), line endings kept;
+    a leading byte-order mark is dropped (else it would become part of the first id).
 
     The one reader of the text files people give the harness (qrels, runs, BEIR JSON lines): a
     missing file, a folder, bad UTF-8 or a truncated gzip is a BenchError naming the file (and line)."""
@@ -97,8 +156,8 @@ def text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
         raise BenchError(f"{path}: is a folder, expected a file")
     lineno = 0
     try:
-        with (gzip.open(path, "rt", encoding="utf-8", newline="") if path.suffix == ".gz"
-              else open(path, encoding="utf-8", newline="")) as fh:
+        with (gzip.open(path, "rt", encoding="utf-8-sig", newline="") if path.suffix == ".gz"
+              else open(path, encoding="utf-8-sig", newline="")) as fh:
             for lineno, line in enumerate(fh, start=1):
                 yield lineno, line
     except UnicodeDecodeError as exc:

@@ -465,28 +465,40 @@ def read_record(path: str | os.PathLike) -> Record:
     """The record in `path` as its kind's model; every problem is a BenchError naming the file."""
     path = Path(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise BenchError(f"{path}: record file not found") from None
     except json.JSONDecodeError as exc:
         raise BenchError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); delete it and rerun the step that wrote it") from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise BenchError(f"{path}: unreadable ({exc}); delete it and rerun the step that wrote it") from None
     if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
         raise BenchError(f"{path}: not a rerank-bench record (field 'schema' must be {SCHEMA!r})")
     return _validated(path, raw)
 
 
-def find_records(folder: str | os.PathLike, kind: str | None = None) -> list[Record]:
-    """All records below `folder` (recursively), optionally of one kind, sorted by path."""
+def find_records(folder: str | os.PathLike, kind: str | None = None, *, skipped: list[str] | None = None) -> list[Record]:
+    """All records below `folder` (recursively), optionally of one kind, sorted by path.
+
+    A .json file that cannot be read (cut short, not UTF-8) or a record that does not validate is a
+    BenchError naming it: a silently dropped record would change a table. With a `skipped` list, the
+    problem (one message per file) is appended there instead and the file left out."""
     out = []
     for p in sorted(Path(folder).rglob("*.json")):
         try:
-            raw = json.loads(p.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        if isinstance(raw, dict) and raw.get("schema") == SCHEMA:
-            _check_version(p, raw)
-            if kind is None or raw.get("kind") == kind:
-                out.append(_validated(p, raw))
+            try:
+                raw = json.loads(p.read_text(encoding="utf-8-sig"))
+            except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+                raise BenchError(f"{p}: unreadable JSON ({exc}); delete it and rerun the step that wrote it "
+                                 "(`bench report` and `bench compare` take --skip-bad to leave it out)") from None
+            if isinstance(raw, dict) and raw.get("schema") == SCHEMA:
+                _check_version(p, raw)
+                if kind is None or raw.get("kind") == kind:
+                    out.append(_validated(p, raw))
+        except BenchError as exc:
+            if skipped is None:
+                raise
+            skipped.append(str(exc))
     return out
 
 

@@ -26,13 +26,29 @@ def system_label(rec: QualityRecord) -> str:
     return f"{label} (untrained)" if system.untrained else label
 
 
+def experiment_name(rec: QualityRecord) -> str:
+    return str(rec.experiment.get("name") or "(unnamed)")
+
+
+def latest_experiment(records: list[QualityRecord]) -> tuple[list[QualityRecord], list[QualityRecord]]:
+    """(records of the experiment that wrote the newest record, the records of other experiments):
+    an output folder reused by another experiment keeps the earlier one's records."""
+    if not records:
+        return [], []
+    latest = experiment_name(max(records, key=lambda r: r.environment.created_utc))
+    return ([r for r in records if experiment_name(r) == latest], [r for r in records if experiment_name(r) != latest])
+
+
 def long_frame(records: list[QualityRecord]) -> pd.DataFrame:
-    """One row per dataset × system × metric."""
+    """One row per dataset × system × metric; with records of several experiments, each system's name
+    says its experiment (``label [experiment]``)."""
     rows = []
+    several = len({experiment_name(r) for r in records}) > 1
     for rec in records:
         ds = rec.dataset
+        system = f"{system_label(rec)} [{experiment_name(rec)}]" if several else system_label(rec)
         for metric, value in by_metric(rec.metrics).items():  # keyed on the canonical form, whatever a record spelled
-            rows.append({"dataset": ds.label, "language": ds.language, "system": system_label(rec),
+            rows.append({"dataset": ds.label, "language": ds.language, "system": system,
                          "stage": rec.system.stage, "metric": str(metric), "value": value, "queries": ds.n_queries,
                          "rerank_pairs_per_s": rec.timings.rerank_pairs_per_s})
     return lazy.pd.DataFrame(rows, columns=["dataset", "language", "system", "stage", "metric", "value", "queries",
@@ -83,8 +99,18 @@ def quality_report(records: list[QualityRecord]) -> tuple[str, pd.DataFrame]:
     return "\n".join(parts) + ("\n" + "\n".join(f"- {n}" for n in notes) + "\n" if notes else ""), frame
 
 
-def report_folder(folder: str | Path) -> str:
-    records = find_records(folder, kind="quality")
+def report_folder(folder: str | Path, *, all_experiments: bool = False,
+                  skipped: list[str] | None = None) -> tuple[str, pd.DataFrame]:
+    """(Markdown, long frame) of the quality records in `folder`: by default the latest experiment's
+    only, headed by its name and what was left out. `skipped`: see `find_records`."""
+    records = find_records(folder, kind="quality", skipped=skipped)
     if not records:
         raise BenchError(f"{folder}: no quality records found (expected <out>/records/*.json written by `bench run`)")
-    return quality_report(records)[0]
+    shown, others = (records, []) if all_experiments else latest_experiment(records)
+    names = list(dict.fromkeys(experiment_name(r) for r in shown))
+    head = f"Experiment{'s' if len(names) > 1 else ''}: {', '.join(names)} ({len(shown)} records)"
+    if others:
+        left = ", ".join(dict.fromkeys(experiment_name(r) for r in others))
+        head += f"; {len(others)} records of earlier experiments ({left}) left out: --all-experiments shows them"
+    text, frame = quality_report(shown)
+    return f"{head}\n\n{text}", frame

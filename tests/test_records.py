@@ -1,6 +1,7 @@
 """Records: atomic writes, the environment block, typed models per kind, reading back with clear
 errors, and schema-1 records written before the typed models (tests/fixtures/records-v1)."""
 
+import errno
 import json
 import os
 import stat
@@ -23,10 +24,10 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     real_replace = os.replace
 
     def boom(src, dst):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(BenchError, match=r"a\.txt: no space left on the device \(6 bytes needed, [\d,]+ free\)"):
         atomic_write_text(target, "second")
     monkeypatch.setattr(os, "replace", real_replace)
     assert target.read_text() == "first"

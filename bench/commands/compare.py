@@ -16,10 +16,11 @@ from .. import lazy
 from ..compare import Settings, compare, load_records, scores_from_records, scores_from_runs, shared_conventions
 from ..errors import BenchError
 from ..evaluate import Conventions, notify_if_cold
-from ..io import atomic_write_text, slug
+from ..io import atomic_write_text, check_output_folder, slug
 from ..records import SCHEMA
 from ..runs import read_qrels, read_run
 from .eval import add_conventions_arguments
+from .report import add_skip_bad_argument, warn_skipped
 
 
 def add_arguments(parser) -> None:
@@ -45,6 +46,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples (default 10000)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the randomization test and bootstrap")
     parser.add_argument("--out", type=Path, default=None, help="folder for the tables, CSVs, plots and record")
+    add_skip_bad_argument(parser)
 
 
 def run(args) -> int:
@@ -53,6 +55,8 @@ def run(args) -> int:
     for p in args.inputs:
         if not p.exists():
             raise BenchError(f"{p}: not found (give run files, record files or folders of records)")
+    if args.out:
+        check_output_folder(args.out)
     run_files = [p for p in args.inputs if p.is_file() and not _is_record(p)]
     record_inputs = [p for p in args.inputs if p not in run_files]
 
@@ -64,14 +68,21 @@ def run(args) -> int:
     elif args.label or args.qrels:
         raise BenchError("--label and --qrels apply to run files; no run file was given")
     if record_inputs:
-        records = load_records(record_inputs)
+        skipped: list[str] | None = [] if args.skip_bad else None
+        records = load_records(record_inputs, skipped=skipped)
+        warn_skipped(skipped)
         notes: list[str] = []
         frames.append(scores_from_records(records, args.metrics, notes=notes))
         for line in notes:
             print(f"note: {line}", file=sys.stderr)
     conventions = shared_conventions(records, run_conventions)
 
-    comparison = compare(lazy.pd.concat(frames, ignore_index=True), settings, conventions=conventions)
+    scores = lazy.pd.concat(frames, ignore_index=True)
+    systems = list(dict.fromkeys(scores.system))
+    if len(systems) < 2:
+        raise BenchError(f"nothing to compare: the inputs hold one system ({systems[0] if systems else 'none'}); "
+                         "give at least two runs, records or folders of records")
+    comparison = compare(scores, settings, conventions=conventions)
     if args.baseline is not None and args.baseline not in comparison.systems:
         raise BenchError(f"--baseline {args.baseline!r} is not one of the systems {comparison.systems}")
     text = comparison.markdown()
@@ -83,13 +94,14 @@ def run(args) -> int:
 
 
 def _is_record(path: Path) -> bool:
-    """A .json file holding a rerank-bench record (other .json files are ranx runs)."""
+    """A .json file holding a rerank-bench record (other .json files are ranx runs). One that is not
+    JSON at all counts as a record, so that reading it names it as an unreadable record."""
     if path.suffix.lower() != ".json":
         return False
     try:
-        head = json.loads(path.read_text(encoding="utf-8"))
+        head = json.loads(path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
+        return True
     return isinstance(head, dict) and head.get("schema") == SCHEMA
 
 

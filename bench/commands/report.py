@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ..io import atomic_write_text
-from ..records import find_records
-from ..report import quality_report, report_folder
+from ..report import report_folder
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("folder", type=Path, help="output folder of `bench run` (or any folder of records)")
     parser.add_argument("--csv", type=Path, default=None, help="also write the long table as CSV here")
+    parser.add_argument("--all-experiments", action="store_true",
+                        help="also the records earlier experiments left in the folder (default: the latest experiment's)")
+    add_skip_bad_argument(parser)
+
+
+def add_skip_bad_argument(parser) -> None:
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave out unreadable record files with a warning each (default: an error naming the file)")
+
+
+def warn_skipped(skipped: list[str] | None) -> None:
+    """One warning per record file left out by --skip-bad, then their count."""
+    for problem in skipped or []:
+        print(f"warning: skipped {problem}", file=sys.stderr)
+    if skipped:
+        print(f"warning: {len(skipped)} unreadable record file(s) skipped (--skip-bad)", file=sys.stderr)
 
 
 def run(args) -> int:
-    print(report_folder(args.folder))
+    skipped: list[str] | None = [] if args.skip_bad else None
+    text, frame = report_folder(args.folder, all_experiments=args.all_experiments, skipped=skipped)
+    warn_skipped(skipped)
+    print(text)
     if args.csv:
-        atomic_write_text(args.csv, quality_report(find_records(args.folder, kind="quality"))[1].to_csv(index=False))
+        atomic_write_text(args.csv, frame.to_csv(index=False))
     return 0

@@ -2,8 +2,10 @@
 
 Each query's top-`top_k` candidates (in first-stage order) become (query, passage) pairs for the
 reranker. Queries are scored in blocks; each finished block is written atomically to the checkpoint
-folder with its scores and the reranker's counters, so an interrupted run resumes at the first
-missing block and its diagnostics still cover every pair.
+folder with its scores, the reranker's counters and a digest of the exact pairs it scored (query and
+document ids and texts), so an interrupted run resumes at the first missing block and its diagnostics
+still cover every pair. A block is used again only when its digest matches the pairs it would score
+now and its file passes its check (`bench.cache`); otherwise it is scored again.
 
 The reranked run holds the `top_k` reranked documents per query with the reranker's float32 scores,
 followed by the first stage's remaining candidates in first-stage order (scored below every reranked
@@ -13,13 +15,15 @@ one), so reranking a prefix never changes Recall at the first stage's depth. Wit
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import lazy
-from ..io import atomic_write_json
+from ..cache import read_checked_json, write_checked_json
 from ..runs import sort_ranking
 
 BLOCK_PAIRS = 20_000
@@ -100,14 +104,15 @@ class RerankStage:
                              disable=not self.progress, dynamic_ncols=True)
         for i, block in enumerate(blocks):
             path = self.checkpoint_dir / f"block-{i:05d}.json"
-            done = _read_block(path, block)
+            pairs, keys = [], []
+            for q in block:
+                texts = get_docs(tops[q])
+                for d in tops[q]:
+                    pairs.append((queries[q], texts[d]))
+                    keys.append((q, d))
+            digest = pairs_digest(keys, pairs)
+            done = _read_block(path, block, digest)
             if done is None:
-                pairs, keys = [], []
-                for q in block:
-                    texts = get_docs(tops[q])
-                    for d in tops[q]:
-                        pairs.append((queries[q], texts[d]))
-                        keys.append((q, d))
                 rr = self.reranker
                 rr.reset_stats()
                 t0 = time.perf_counter()
@@ -117,8 +122,8 @@ class RerankStage:
                 scored: dict[str, dict[str, float]] = {q: {} for q in block}
                 for (q, d), s in zip(keys, scores.tolist()):
                     scored[q][d] = s
-                done = {"qids": block, "scores": scored, "stats": stats}
-                atomic_write_json(path, done)
+                done = {"qids": block, "pairs_sha256": digest, "scores": scored, "stats": stats}
+                write_checked_json(path, done)
             else:
                 resumed += 1
             run.update(done["scores"])
@@ -135,12 +140,22 @@ class RerankStage:
         return RerankResult(run=run, top_k=self.top_k, blocks=len(blocks), resumed_blocks=resumed, **totals)
 
 
-def _read_block(path: Path, qids: list[str]):
-    """A finished block, or None if absent or written for other queries (then it is recomputed)."""
-    if not path.exists():
+def pairs_digest(keys: list[tuple[str, str]], pairs: list[tuple[str, str]]) -> str:
+    """sha256 of the exact (query id, doc id, query text, passage text) list a block scores."""
+    h = hashlib.sha256()
+    for key, pair in zip(keys, pairs):
+        h.update(json.dumps([*key, *pair], ensure_ascii=False).encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _read_block(path: Path, qids: list[str], digest: str):
+    """A finished block, or None if absent, damaged or scored for other pairs (then it is rescored)."""
+    data = read_checked_json(path)
+    if data is None:
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+    if data.get("qids") != qids or data.get("pairs_sha256") != digest:
+        print(f"note: {path} was scored for other candidates (the first stage or collection changed); "
+              "scoring it again", file=sys.stderr, flush=True)
         return None
-    return data if data.get("qids") == qids else None
+    return data

@@ -4,13 +4,13 @@ Encoding a large corpus is the most expensive step of a dense first stage, so it
 (model, revision, collection, max_length, dtype) and kept. The corpus is cut into fixed-size shards
 in the collection's own document order; each shard is written atomically as `shard-NNNNN.npy`
 (vectors) and `shard-NNNNN.ids` (doc ids), so an interrupted run resumes at the first missing shard,
-and search reads shards through memory maps without loading the whole matrix.
+and search reads shards through memory maps without loading the whole matrix. Every file is written
+with a check (size, sha256; `bench.cache`) and verified before use: a damaged shard is re-encoded.
 """
 
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import lazy
 from ..errors import BenchError
-from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..cache import checked, read_checked, read_checked_json, write_checked, write_checked_json, write_checked_text
 
 DONE = "complete.json"
 
@@ -31,7 +31,37 @@ class EmbeddingStore:
         self.shard_size = shard_size
 
     def complete(self) -> bool:
-        return (self.folder / DONE).exists()
+        """The marker and every shard it counts are intact (a damaged shard makes the store incomplete,
+        so `build` re-encodes just that shard)."""
+        try:
+            return sum(1 for _ in self._intact_shards()) > 0
+        except BenchError:
+            return False
+
+    def _intact_shards(self) -> Iterator[tuple[list[str], Path]]:
+        """(doc ids, vectors file) of each shard the marker counts; a BenchError at the first damaged one."""
+        meta = self._meta()
+        if meta is None:
+            raise BenchError(f"{self.folder}: embeddings are incomplete; rerun to finish encoding")
+        seen = 0
+        i = 0
+        while seen < meta["n_docs"]:
+            vec_path, ids_path = self._shard(i)
+            ids = self._ids(ids_path)
+            if ids is None or not checked(vec_path):
+                raise BenchError(f"{vec_path}: embedding shard missing or damaged; rerun to re-encode it")
+            yield ids, vec_path
+            seen += len(ids)
+            i += 1
+
+    def _meta(self) -> dict | None:
+        """The completion marker, when present and intact."""
+        meta = read_checked_json(self.folder / DONE)
+        return meta if isinstance(meta, dict) and isinstance(meta.get("n_docs"), int) else None
+
+    def _ids(self, ids_path: Path) -> list[str] | None:
+        data = read_checked(ids_path)
+        return None if data is None else data.decode("utf-8").split("\n")
 
     def _shard(self, i: int) -> tuple[Path, Path]:
         return self.folder / f"shard-{i:05d}.npy", self.folder / f"shard-{i:05d}.ids"
@@ -57,8 +87,9 @@ class EmbeddingStore:
             for i, batch in enumerate(doc_batches):
                 vec_path, ids_path = self._shard(i)
                 ids = [doc_id for doc_id, _ in batch]
-                if vec_path.exists() and ids_path.exists():
-                    if ids_path.read_text(encoding="utf-8").split("\n") != ids:
+                cached_ids = self._ids(ids_path) if vec_path.exists() else None
+                if cached_ids is not None and checked(vec_path):
+                    if cached_ids != ids:
                         raise BenchError(f"{ids_path}: cached shard does not match the collection's document "
                                          f"order; delete {self.folder} and rerun")
                     counts["reused_docs"] += len(ids)
@@ -75,29 +106,19 @@ class EmbeddingStore:
             vec_path, ids_path = self._shard(i)
             buf = io.BytesIO()
             np.save(buf, vecs)
-            atomic_write_bytes(vec_path, buf.getvalue())
-            atomic_write_text(ids_path, "\n".join(ids))
+            write_checked(vec_path, buf.getvalue())
+            write_checked_text(ids_path, "\n".join(ids))
             counts["encoded_docs"] += len(ids)
             bar.update(len(ids))
         bar.close()
         total = counts["encoded_docs"] + counts["reused_docs"]
         if total != n_docs:
             raise BenchError(f"{self.folder}: the collection yielded {total} documents, expected {n_docs}")
-        atomic_write_json(self.folder / DONE, {"n_docs": total, "shard_size": self.shard_size,
+        write_checked_json(self.folder / DONE, {"n_docs": total, "shard_size": self.shard_size,
                                                 "storage_dtype": storage_dtype})
         return counts
 
     def shards(self) -> Iterator[tuple[list[str], np.ndarray]]:
         """(doc ids, memory-mapped vectors) per shard, in corpus order."""
-        if not self.complete():
-            raise BenchError(f"{self.folder}: embeddings are incomplete; rerun to finish encoding")
-        meta = json.loads((self.folder / DONE).read_text())
-        seen = 0
-        i = 0
-        while seen < meta["n_docs"]:
-            vec_path, ids_path = self._shard(i)
-            ids = ids_path.read_text(encoding="utf-8").split("\n")
-            vecs = np.load(vec_path, mmap_mode="r")
-            yield ids, vecs
-            seen += len(ids)
-            i += 1
+        for ids, vec_path in self._intact_shards():
+            yield ids, np.load(vec_path, mmap_mode="r")

@@ -3,24 +3,24 @@
 One object per configured first stage. `retrieve(collection)` returns the top-`depth` candidates per
 query from a dense bi-encoder (exact search over cached corpus embeddings), BM25, a TREC run file, or
 ir_datasets' scoreddocs, and caches the result keyed by the stage's settings and the collection's
-fingerprint, so a rerun (or a resumed run) costs nothing.
+fingerprint (for a run file: its content), so a rerun (or a resumed run) costs nothing. The cached
+run and its info are checked on read (`bench.cache`): a damaged one is recomputed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import models
-from ..cache import entry
+from ..cache import checked, entry, read_checked_json, write_checked_json, write_checked_text
 from ..config import FirstStageSpec
 from ..engine.device import precision_for, resolve_devices
 from ..errors import BenchError
-from ..io import atomic_write_json
-from ..runs import read_run, sort_ranking, write_run
+from ..io import sha256_file
+from ..runs import format_run, read_run, sort_ranking
 from . import build_encoder
 from .bm25 import bm25_settings, bm25_top_k
 from .embeddings import EmbeddingStore
@@ -82,11 +82,14 @@ class FirstStage:
         spec_key = self.spec.model_dump(mode="json", exclude={"device", "batch_size", "token_budget", "search_chunk"})
         if self.spec.kind == "dense":  # `auto` is fp16 on a GPU, fp32 on the CPU: key the run on what runs
             spec_key["precision"] = precision_for(self.spec.dtype, self.spec.device, self.spec.engine)
+        if self.spec.kind == "run":  # the file's content, not its name: an edited run file is a new entry
+            spec_key["run_file_sha256"] = sha256_file(self._run_path(collection))
         folder = entry(self.cache_root, "runs", f"{collection.name}-{self.name}", stage=spec_key,
                        collection=collection.fingerprint(), queries=queries_digest(collection.queries))
         run_path, info_path = folder / "run.trec", folder / "info.json"
-        if run_path.exists() and info_path.exists():
-            return FirstStageResult.from_info(read_run(run_path), json.loads(info_path.read_text()), cached=True)
+        info = read_checked_json(info_path)
+        if info is not None and checked(run_path):
+            return FirstStageResult.from_info(read_run(run_path), info, cached=True)
         t0 = time.perf_counter()
         if self.spec.kind == "dense":
             ranked, info = self._dense(collection)
@@ -98,8 +101,8 @@ class FirstStage:
             ranked, info = self._scoreddocs(collection)
         info["seconds"] = time.perf_counter() - t0
         run = {qid: {doc: score for doc, score in docs} for qid, docs in ranked.items() if docs}
-        write_run(run, run_path, tag=self.name)
-        atomic_write_json(info_path, info)
+        write_checked_text(run_path, format_run(run, tag=self.name))
+        write_checked_json(info_path, info)
         return FirstStageResult.from_info(run, info, cached=False)
 
     # -- methods -----------------------------------------------------------------------------
@@ -144,9 +147,14 @@ class FirstStage:
                             language=collection.language, k1=self.spec.k1, b=self.spec.b, progress=self.progress)
         return ranked, {"method": "bm25", "bm25": bm25_settings(collection.language, self.spec.k1, self.spec.b)}
 
+    def _run_path(self, collection) -> Path:
+        path = Path(self.spec.path.format(dataset=collection.name.replace("/", "_"), language=collection.language or ""))
+        if not path.is_file():
+            raise BenchError(f"{path}: run file of first stage {self.name!r} not found")
+        return path
+
     def _from_run_file(self, collection):
-        path = Path(self.spec.path.format(dataset=collection.name.replace("/", "_"),
-                                          language=collection.language or ""))
+        path = self._run_path(collection)
         run = read_run(path)
         unknown = [q for q in run if q not in collection.queries]
         kept = {q: run[q] for q in collection.queries if q in run}
