@@ -74,6 +74,8 @@ class CollectionSpec(Spec):
     max_queries: int | None = Field(None, gt=0, description="keep the first N queries (sorted by id) to bound run time")
     synthetic: dict | None = Field(None, description="generator options (languages, docs per language, seed...)")
     first_stage: str | None = Field(None, description="name of an entry in [first_stages]; default: the only one")
+    on_empty: Literal["count", "error"] = Field("count", description="empty query texts and passages (no title, "
+                                                "no text): counted and recorded, or an error")
 
     @model_validator(mode="before")
     @classmethod
@@ -241,6 +243,14 @@ class Experiment(Spec):
     evaluation: EvaluationSpec = EvaluationSpec()
     throughput: ThroughputSpec | None = None
 
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, v):  # the default output is runs/<name>: never a path out of runs/
+        if not v.strip() or "/" in v or "\\" in v or ".." in v or v.startswith("."):
+            raise ValueError(f"{v!r}: the experiment name is the folder runs/<name>; use letters, digits, "
+                             "'-', '_' or '.', without '/', '\\' or '..'")
+        return v
+
     @field_validator("datasets")
     @classmethod
     def _some_datasets(cls, v):
@@ -259,6 +269,12 @@ class Experiment(Spec):
             if ds.first_stage is not None and ds.first_stage not in self.first_stages:
                 raise ValueError(f"datasets[{i}].first_stage = {ds.first_stage!r} is not defined; "
                                  f"defined: {sorted(self.first_stages)}")
+        for name in dict.fromkeys(self.first_stage_for(ds)[0] for ds in self.datasets):
+            depth = self.first_stages[name].depth
+            for j, r in enumerate(self.rerankers):
+                if r.top_k > depth:
+                    raise ValueError(f"rerankers[{j}].top_k = {r.top_k} exceeds first_stages.{name}.depth = {depth}: "
+                                     f"it would rerank {depth} candidates, not {r.top_k}; lower top_k or raise depth")
         labels = [r.label for r in self.rerankers]
         dup = {x for x in labels if labels.count(x) > 1}
         if dup:

@@ -34,6 +34,8 @@ def _process_umask() -> int:
 
 #: read once at import: os.umask can only be read by setting it
 _FILE_MODE = 0o666 & ~_process_umask()
+#: the mode mkdir would give a folder (for folders made private by mkdtemp, then published by a rename)
+FOLDER_MODE = 0o777 & ~_process_umask()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

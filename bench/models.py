@@ -22,10 +22,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from . import lazy
 from .errors import BenchError
+from .io import FOLDER_MODE, is_disk_full, write_error
 
 OFFLINE_PREFIX = "offline:"
 RANDOM_PREFIX = "random:"
@@ -135,11 +137,12 @@ def build_random_xlmr(architecture: str, folder: str | os.PathLike, seed: int = 
     lazy.torch.manual_seed(seed)
     model = transformers.XLMRobertaForSequenceClassification(cfg).eval()
     model.config.rerank_bench = {"untrained": True, "architecture": architecture, "seed": seed}
-    tmp = folder.with_name(folder.name + ".partial")
-    model.save_pretrained(tmp)
-    xlmr_tokenizer().save_pretrained(tmp)
-    tmp.rename(folder)
-    return folder
+
+    def save(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        xlmr_tokenizer().save_pretrained(tmp)
+
+    return build_folder(folder, save)
 
 
 def build_random_biencoder(architecture: str, folder: str | os.PathLike, seed: int = 0) -> Path:
@@ -158,15 +161,44 @@ def build_random_biencoder(architecture: str, folder: str | os.PathLike, seed: i
         model = transformers.XLMRobertaModel(cfg, add_pooling_layer=False)
         tokenizer = xlmr_tokenizer()
     model.eval().config.rerank_bench = {"untrained": True, "architecture": architecture, "seed": seed}
+
+    def save(tmp: Path) -> None:
+        model.save_pretrained(tmp / "hf")
+        tokenizer.save_pretrained(tmp / "hf")
+        modules = [st.base.modules.Transformer(str(tmp / "hf"), max_seq_length=max_seq_length),
+                   st.sentence_transformer.modules.Pooling(shape["hidden_size"], "cls"), st.base.modules.Normalize()]
+        st.SentenceTransformer(modules=modules, device="cpu").save(str(tmp))
+        shutil.rmtree(tmp / "hf")
+
+    return build_folder(folder, save)
+
+
+def build_folder(folder: str | os.PathLike, save) -> Path:
+    """Make `folder` by `save(tmp)` into a private temporary folder beside it, then one rename.
+
+    Readers never see half a model; a failed build (disk full included) leaves nothing behind; two
+    processes building the same model at once both succeed: the second rename finds the folder made
+    and the loser's copy is dropped."""
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".partial")
-    model.save_pretrained(tmp / "hf")
-    tokenizer.save_pretrained(tmp / "hf")
-    modules = [st.base.modules.Transformer(str(tmp / "hf"), max_seq_length=max_seq_length),
-               st.sentence_transformer.modules.Pooling(shape["hidden_size"], "cls"), st.base.modules.Normalize()]
-    st.SentenceTransformer(modules=modules, device="cpu").save(str(tmp))
-    shutil.rmtree(tmp / "hf")
-    tmp.rename(folder)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".building", dir=folder.parent))
+        os.chmod(tmp, FOLDER_MODE)  # a shared cache: others read the model too
+    except OSError as exc:
+        raise write_error(folder, exc) from None
+    try:
+        save(tmp)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / "config.json").exists():  # not another process's finished build
+                raise
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, Exception) and (isinstance(exc, OSError) or is_disk_full(exc)):
+            raise write_error(folder, exc) from None
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)  # the loser's copy, when another build won
     return folder
 
 

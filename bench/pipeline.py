@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from . import models
-from .cache import cache_root, entry, key_of
+from .cache import cache_root, entry, key_of, read_checked_json, write_checked_json
 from .config import Experiment, RerankerSpec
 from .data import expand, load_collection
 from .engine.device import precision_for, release_memory
+from .errors import BenchError
 from .evaluate import Conventions, evaluate
 from .io import atomic_write_text, sha256_file, slug
 from .metrics import parse_metric
@@ -42,6 +43,7 @@ class Pipeline:
         self.progress = progress
         self.log = log
         self._qrels_written: set[str] = set()  # datasets whose qrels.txt this run has written
+        self._empty: dict[str, dict] = {}  # dataset label -> counts of empty queries and passages
         self.experiment_info = {"name": experiment.name, "description": experiment.description}
         if experiment_path is not None:
             self.experiment_info.update(file=str(experiment_path), sha256=sha256_file(experiment_path))
@@ -63,6 +65,7 @@ class Pipeline:
                     self.log(f"[{collection.name}] note: {len(missing):,} judged document(s) are not in the corpus "
                              f"(e.g. {missing[0]!r}); they stay in the qrels, as trec_eval keeps them, so Recall "
                              "cannot reach 1 for their queries (records: dataset.judged_docs_missing)")
+                self._empty[collection.name] = self.check_empty(spec, collection)
                 if fs_name not in stages:
                     stages[fs_name] = FirstStage(fs_name, fs_spec, self.cache, progress=self.progress)
                 run, rec = self.first_stage(collection, stages[fs_name])
@@ -81,6 +84,27 @@ class Pipeline:
             release_memory()
         self.write_report(records)
         return records
+
+    def check_empty(self, spec, collection) -> dict:
+        """Empty query texts and passages: counted (the corpus once per corpus fingerprint, cached),
+        said, recorded as dataset.empty_queries / dataset.empty_docs; an error with on_empty = "error"."""
+        folder = entry(self.cache, "corpus-checks", collection.name, corpus=collection.corpus_fingerprint())
+        found = read_checked_json(folder / "empty_docs.json")
+        if not isinstance(found, dict):
+            docs = collection.empty_docs()
+            found = {"empty_docs": len(docs), "examples": docs[:5]}
+            write_checked_json(folder / "empty_docs.json", found)
+        queries = collection.empty_queries()
+        counts = {"empty_queries": len(queries), "empty_docs": found["empty_docs"]}
+        if queries or found["empty_docs"]:
+            what = (f"{len(queries):,} empty quer{'y' if len(queries) == 1 else 'ies'} (e.g. {queries[:3]}) and "
+                    f"{found['empty_docs']:,} passage(s) with neither title nor text (e.g. {found['examples'][:3]})")
+            if spec.on_empty == "error":
+                raise BenchError(f"{collection.name}: {what}; on_empty = \"error\" (set on_empty = "
+                                 "\"count\" to run anyway)")
+            self.log(f"[{collection.name}] note: {what}; they are kept (records: dataset.empty_queries, "
+                     "dataset.empty_docs; on_empty = \"error\" makes this an error)")
+        return counts
 
     # -- stages ---------------------------------------------------------------------------------
     def first_stage(self, collection, stage) -> tuple[dict, QualityRecord]:
@@ -129,6 +153,9 @@ class Pipeline:
         # would hide part of it. One pass serves both when the conventions allow.
         plain = Conventions(rel_level=ev_spec.rel_level)
         shared = JUDGED_AT_10 not in map(parse_metric, names) and not ev_spec.judged_only and (ev_spec.depth or 10) >= 10
+        if not any(run.get(q) for q in collection.qrels):
+            self.log(f"[{collection.name}] warning: {run_name} ranked none of the {len(collection.qrels):,} evaluated "
+                     "queries: every metric is 0 (do the run's query ids match the qrels'?)")
         evaluation = evaluate(collection.qrels, run, names + (["judged@10"] if shared else []), conventions)
         if shared:
             judged = evaluation.means.pop("judged@10")
@@ -147,7 +174,7 @@ class Pipeline:
             key=key_of(dataset=collection.fingerprint(), system=_stable(system), metrics=list(ev_spec.metrics),
                        conventions=conventions.describe(), parent=parent),
             experiment=self.experiment_info,
-            dataset={"label": collection.name, **collection.describe()},
+            dataset={"label": collection.name, **collection.describe(), **self._empty.get(collection.name, {})},
             system=system,
             evaluation={"metrics": list(ev_spec.metrics), "conventions": conventions.describe()},
             metrics=evaluation.means,

@@ -199,6 +199,8 @@ class Dataset(Part):
     max_queries: int | None = None
     fingerprint: str | None = None
     judged_docs_missing: int | None = None
+    empty_queries: int | None = None
+    empty_docs: int | None = None
 
 
 class System(Part):

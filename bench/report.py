@@ -102,15 +102,19 @@ def quality_report(records: list[QualityRecord]) -> tuple[str, pd.DataFrame]:
 def report_folder(folder: str | Path, *, all_experiments: bool = False,
                   skipped: list[str] | None = None) -> tuple[str, pd.DataFrame]:
     """(Markdown, long frame) of the quality records in `folder`: by default the latest experiment's
-    only, headed by its name and what was left out. `skipped`: see `find_records`."""
+    only. When the folder holds records of several experiments, a first line names the experiments
+    shown and those left out (with all of them, each system's name says its experiment).
+    `skipped`: see `find_records`."""
     records = find_records(folder, kind="quality", skipped=skipped)
     if not records:
         raise BenchError(f"{folder}: no quality records found (expected <out>/records/*.json written by `bench run`)")
     shown, others = (records, []) if all_experiments else latest_experiment(records)
     names = list(dict.fromkeys(experiment_name(r) for r in shown))
+    text, frame = quality_report(shown)
+    if not others and len(names) == 1:  # one experiment: the table `bench run` wrote
+        return text, frame
     head = f"Experiment{'s' if len(names) > 1 else ''}: {', '.join(names)} ({len(shown)} records)"
     if others:
         left = ", ".join(dict.fromkeys(experiment_name(r) for r in others))
-        head += f"; {len(others)} records of earlier experiments ({left}) left out: --all-experiments shows them"
-    text, frame = quality_report(shown)
+        head += f"; {len(others)} records of other experiments ({left}) left out: --all-experiments shows them"
     return f"{head}\n\n{text}", frame

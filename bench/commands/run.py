@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..config import load_experiment
 from ..data import select_datasets
+from ..io import check_output_folder
 from ..pipeline import run_experiment
 from ..preflight import check_fetchable
 
@@ -31,9 +32,9 @@ def run(args) -> int:
     if args.datasets:
         labels = [label.strip() for arg in args.datasets for label in arg.split(",") if label.strip()]
         exp = select_datasets(exp, labels, str(args.experiment))
+    out = check_output_folder(args.out or Path("runs") / exp.name)  # before any work
     if not args.skip_preflight:
         check_fetchable(exp, args.experiment)
-    out = args.out or Path("runs") / exp.name
     t0 = time.perf_counter()
     records = run_experiment(exp, out, experiment_path=args.experiment, progress=not args.no_progress,
                              log=lambda m: print(m, file=sys.stderr, flush=True))

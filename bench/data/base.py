@@ -122,6 +122,14 @@ class Collection:
         """Which of ``doc_ids`` the corpus lacks."""
         raise NotImplementedError
 
+    def empty_queries(self) -> list[str]:
+        """Ids of queries whose text is empty (or only white space)."""
+        return [qid for qid, text in self.queries.items() if not text.strip()]
+
+    def empty_docs(self) -> list[str]:
+        """Ids of passages with neither title nor text (one pass over the corpus)."""
+        return [doc_id for batch in self.iter_docs() for doc_id, text in batch if not text.strip()]
+
     def scoreddocs(self, depth: int) -> dict[str, dict[str, float]]:
         """A source's own first-stage ranking (ir_datasets scoreddocs); most sources have none."""
         raise BenchError(f"collection {self.name!r} ({self.source}) has no scoreddocs; use a first stage of "
