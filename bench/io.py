@@ -94,21 +94,26 @@ def _free_bytes(path: Path) -> int:
 
 
 def check_output_folder(folder: str | os.PathLike, option: str = "--out") -> Path:
-    """Before any work: `folder` must be (or become) a writable folder outside /proc, /sys and /dev.
-    Creates it; a BenchError names the option and the problem otherwise."""
+    """Before any work: `folder` must be a writable folder outside /proc, /sys and /dev, or one that
+    can be made (nothing is created here); a BenchError names the option and the problem otherwise."""
     folder = Path(folder)
     resolved = folder.resolve()
     if resolved.parts[1:2] and resolved.parts[1] in ("proc", "sys", "dev"):
         raise BenchError(f"{option} {folder}: under /{resolved.parts[1]}, a system folder; choose a folder for results")
-    if folder.exists() and not folder.is_dir():
-        raise BenchError(f"{option} {folder}: exists and is a file, not a folder; give a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise BenchError(f"{option} {folder}: not a writable folder ({exc.strerror or exc}); choose another") from None
+    existing = next(p for p in (resolved, *resolved.parents) if p.exists())
+    if not existing.is_dir():
+        what = "exists and is a file" if existing == resolved else f"lies under the file {existing}"
+        raise BenchError(f"{option} {folder}: {what}, not a folder; give a folder")
+    if existing == resolved:  # ours to write in: try it
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=resolved)
+            os.close(fd)
+            os.unlink(probe)
+            return folder
+        except OSError as exc:
+            raise BenchError(f"{option} {folder}: not writable ({exc.strerror or exc}); choose another folder") from None
+    if not os.access(existing, os.W_OK | os.X_OK) or os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise BenchError(f"{option} {folder}: cannot be made, {existing} is not writable; choose another folder")
     return folder
 
 
