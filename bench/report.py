@@ -35,7 +35,10 @@ def latest_experiment(records: list[QualityRecord]) -> tuple[list[QualityRecord]
     an output folder reused by another experiment keeps the earlier one's records."""
     if not records:
         return [], []
-    latest = experiment_name(max(records, key=lambda r: r.environment.created_utc))
+    def written(rec: QualityRecord) -> tuple:  # created_utc has whole seconds: the file's mtime breaks ties
+        return rec.environment.created_utc, rec.path.stat().st_mtime_ns if rec.path and rec.path.exists() else 0
+
+    latest = experiment_name(max(records, key=written))
     return ([r for r in records if experiment_name(r) == latest], [r for r in records if experiment_name(r) != latest])
 
 

@@ -46,6 +46,9 @@ def run(args) -> int:
     notify_if_cold(args.metrics)
     evaluation = evaluate(qrels, run_, args.metrics, conventions)
     print(coverage_line(qrels, run_, conventions), file=sys.stderr)
+    if not any(run_.get(q) for q in qrels):
+        print(f"warning: the run ranks none of the {len(qrels)} queries of {args.qrels}: every metric is 0 "
+              f"(do the query ids of {args.run} match the qrels'?)", file=sys.stderr)
 
     if args.format == "json":
         out = dict(evaluation.means)

@@ -87,8 +87,8 @@ class FirstStage:
         folder = entry(self.cache_root, "runs", f"{collection.name}-{self.name}", stage=spec_key,
                        collection=collection.fingerprint(), queries=queries_digest(collection.queries))
         run_path, info_path = folder / "run.trec", folder / "info.json"
-        info = read_checked_json(info_path)
-        if info is not None and checked(run_path):
+        info, run_intact = read_checked_json(info_path), checked(run_path)  # both checked: both said when damaged
+        if info is not None and run_intact:
             return FirstStageResult.from_info(read_run(run_path), info, cached=True)
         t0 = time.perf_counter()
         if self.spec.kind == "dense":
