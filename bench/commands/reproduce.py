@@ -19,7 +19,7 @@ from pathlib import Path
 from .. import registry
 from ..config import load_experiment
 from ..errors import BenchError
-from ..io import slug
+from ..io import check_output_folder, slug
 from ..pipeline import run_experiment
 from ..preflight import check_fetchable
 from ..records import QualityRecord, find_records, make_record
@@ -59,6 +59,7 @@ def run(args) -> int:
     should_run = (args.run or bool(args.names)) and not args.no_run
     missing = [e for e in entries if checks[e.name].status == "MISSING"]
     if should_run and missing:
+        check_output_folder(args.out)  # before any work
         log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
         for path in dict.fromkeys(e.experiment_path() for e in missing):
             records += run_experiment_file(path, args.out, preflight=not args.skip_preflight,

@@ -19,6 +19,7 @@ from pathlib import Path
 from ..config import DTYPE_HELP, Experiment, load_experiment
 from ..engine.device import DTYPES, ENGINES
 from ..errors import BenchError
+from ..io import check_output_folder
 from ..throughput import run_throughput
 
 
@@ -53,7 +54,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     exp = with_overrides(load_experiment(args.experiment), args)
-    out = Path(args.out or Path("runs") / f"{exp.name}-throughput")
+    out = check_output_folder(Path(args.out or Path("runs") / f"{exp.name}-throughput"))  # before any work
     result = run_throughput(exp, out, experiment_path=args.experiment, dataset=args.dataset, pairs=args.pairs,
                             attention=args.attention, cache_dir=args.cache_dir, quality_records=args.quality_records)
     print(f"records, tables and plots in {out}")
