@@ -62,6 +62,8 @@ def write_checked(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     check = check_path(path)
     check.unlink(missing_ok=True)
+    for said in [s for s in _said if s[0] == str(path)]:  # a later fault of the new file is said again
+        _said.discard(said)
     atomic_write_bytes(path, data)
     atomic_write_json(check, {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
     return path
