@@ -143,6 +143,9 @@ class FirstStageSpec(Spec):
     b: float = 0.75
     device: str = Field("auto", description="auto = every visible GPU (corpus shards spread over them) else "
                                             "the CPU; cpu; cuda:N; or several joined by commas")
+    remove_query_id: bool = Field(False, description="drop, from each query's candidates, the passage whose id "
+                                                     "equals the query id, before the depth cut (pyserini's "
+                                                     "--remove-query; FlagEmbedding's pre-2024-07 MIRACL protocol)")
 
     @model_validator(mode="after")
     def _kind_fields(self):

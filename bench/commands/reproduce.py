@@ -28,7 +28,7 @@ from ..records import QualityRecord, find_records, make_record
 def add_arguments(parser) -> None:
     parser.add_argument("names", nargs="*", metavar="NAME",
                         help="registry entries or shell-style patterns (default: all; see --list)")
-    parser.add_argument("--list", action="store_true", help="list the entries (name, expected value, source) and stop")
+    parser.add_argument("--list", action="store_true", help="list the entries (name, expected value, protocol, source) and stop")
     parser.add_argument("--records", type=Path, action="append", default=None,
                         help="folder searched (recursively) for existing records; repeatable (default: runs)")
     parser.add_argument("--out", type=Path, default=Path("runs") / "reproduce",
@@ -48,7 +48,7 @@ def run(args) -> int:
     entries = registry.select(registry.load_registry(args.registry), args.names)
     if args.list:
         for e in entries:
-            print(f"{e.name}\t{e.metric} {e.value:.4f} ±{e.tolerance:g}\t{e.source.title}"
+            print(f"{e.name}\t{e.metric} {e.value:.4f} ±{e.tolerance:g}\t{registry.protocol(e)}\t{e.source.title}"
                   + (f", {e.source.section}" if e.source.section else ""))
         return 0
 
