@@ -144,6 +144,8 @@ class Entry(Spec):
     conventions: ConventionsExpect
     experiment: str = Field(description="experiment file that produces the records, relative to the project checkout")
     source: Source
+    blocked: str | None = Field(None, description="why the harness cannot produce this number (e.g. the model needs "
+                                                  "trust_remote_code): the entry is kept for the record, never run")
 
     @field_validator("value")
     @classmethod
@@ -258,7 +260,7 @@ def protocol(entry: Entry) -> str:
     fs = entry.first_stage
     kind = f"{fs.kind}:{fs.mode}" if fs.mode else fs.kind
     removal = "remove_query_id=true" if fs.remove_query_id else "remove_query_id=false"
-    return f"{kind} top-{fs.depth}, {removal}"
+    return f"{kind} top-{fs.depth}, {removal}" + (" [blocked]" if entry.blocked else "")
 
 
 # -- comparing a record with an entry -------------------------------------------------------------
@@ -374,6 +376,8 @@ def check(entry: Entry, records: list[QualityRecord]) -> Check:
     """Judge one entry against a pool of records (from any number of runs)."""
     values, paths, reasons, missing = [], [], [], []
     diag: dict[str, list[float]] = {}
+    if entry.blocked:
+        return Check(entry, "MISSING", reasons=[f"blocked: {entry.blocked}"])
     for dataset in entry.datasets:
         rec = best_record(entry, dataset, records)
         if rec is None:

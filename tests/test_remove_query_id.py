@@ -101,3 +101,14 @@ def test_removal_on_miracl_yo_is_printed_recorded_and_checked(shared_data, yo_qu
     assert fail.status == "FAIL", (value, kept.metrics)
     assert any(r.startswith("first_stage.remove_query_id: expected True, record has False") for r in fail.reasons)
     assert "remove_query_id=true" in registry.protocol(entry)
+
+
+def test_reproduce_list_shows_each_entry_protocol(capsys):
+    from bench.cli import main
+
+    assert main(["reproduce", "--list", "flagembedding-*/miracl-yo-dev/*"]) == 0
+    lines = {line.split("\t")[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "\tdense top-100, remove_query_id=false\t" in lines["flagembedding-bge-m3/miracl-yo-dev/nDCG@10"]
+    assert "\tbge-m3:all top-100, remove_query_id=false\t" in lines["flagembedding-bge-m3-all/miracl-yo-dev/nDCG@10"]
+    assert "\tdense top-100, remove_query_id=true\t" in lines["flagembedding-bge-reranker-v2-gemma/miracl-yo-dev/nDCG@10"]
+    assert "remove_query_id=true [blocked]" in lines["flagembedding-bge-reranker-v2-minicpm-layerwise-20/miracl-yo-dev/nDCG@10"]

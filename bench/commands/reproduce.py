@@ -57,7 +57,7 @@ def run(args) -> int:
     checks = {e.name: registry.check(e, records) for e in entries}
 
     should_run = (args.run or bool(args.names)) and not args.no_run
-    missing = [e for e in entries if checks[e.name].status == "MISSING"]
+    missing = [e for e in entries if checks[e.name].status == "MISSING" and not e.blocked]
     if should_run and missing:
         log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
         for path in dict.fromkeys(e.experiment_path() for e in missing):
@@ -71,7 +71,7 @@ def run(args) -> int:
     if args.json:
         make_record("reproduce", checks=[c.as_dict() for c in results]).to_disk(args.json)
     failed = any(c.status == "FAIL" for c in results)
-    unmeasured = bool(args.names) and any(c.status == "MISSING" for c in results)
+    unmeasured = bool(args.names) and any(c.status == "MISSING" and not c.entry.blocked for c in results)
     return 1 if failed or unmeasured else 0
 
 

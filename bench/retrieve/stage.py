@@ -28,7 +28,7 @@ from .search import exact_top_k
 
 SHARD_SIZE = 100_000
 #: Spec fields added after runs were first cached: in the cache key only when an experiment sets them.
-OPTIONAL_KEY_FIELDS = ("remove_query_id",)
+OPTIONAL_KEY_FIELDS = ("remove_query_id", "mode", "weights", "rescore_depth", "hybrid_depth")
 
 
 def drop_query_ids(ranked: dict[str, list[tuple[str, float]]], depth: int) -> tuple[dict, int]:
