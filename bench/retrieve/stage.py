@@ -21,7 +21,7 @@ from ..engine.device import precision_for, resolve_devices
 from ..errors import BenchError
 from ..io import atomic_write_json
 from ..runs import read_run, sort_ranking, write_run
-from . import build_encoder
+from . import bge_m3, build_encoder
 from .bm25 import bm25_settings, bm25_top_k
 from .embeddings import EmbeddingStore
 from .search import exact_top_k
@@ -104,7 +104,7 @@ class FirstStage:
         for f in OPTIONAL_KEY_FIELDS:  # keyed only when set, so runs cached before these fields stay valid
             if f not in self.spec.model_fields_set or spec_key[f] is None:
                 spec_key.pop(f, None)
-        if self.spec.kind == "dense":  # `auto` is fp16 on a GPU, fp32 on the CPU: key the run on what runs
+        if self.spec.kind in ("dense", "bge-m3"):  # `auto` is fp16 on a GPU, fp32 on the CPU: key the run on what runs
             spec_key["precision"] = precision_for(self.spec.dtype, self.spec.device, self.spec.engine)
         folder = entry(self.cache_root, "runs", f"{collection.name}-{self.name}", stage=spec_key,
                        collection=collection.fingerprint(), queries=queries_digest(collection.queries))
@@ -114,6 +114,8 @@ class FirstStage:
         t0 = time.perf_counter()
         if self.spec.kind == "dense":
             ranked, info = self._dense(collection)
+        elif self.spec.kind == "bge-m3":
+            ranked, info = self._bge_m3(collection)
         elif self.spec.kind == "bm25":
             ranked, info = self._bm25(collection)
         elif self.spec.kind == "run":
@@ -159,6 +161,14 @@ class FirstStage:
                 "encode_seconds": t_encode, "search_seconds": t_search,
                 "docs_per_second": built["encoded_docs"] / t_encode if built["encoded_docs"] else None}
         return dict(zip(qids, hits)), info
+
+    def _bge_m3(self, collection):
+        if self._encoder is None:  # one device: the corpus is encoded once for every mode, then cached
+            self._encoder = bge_m3.M3Encoder(self.spec, cache_dir=self.cache_root,
+                                             device=resolve_devices(self.spec.device)[0])
+        return bge_m3.retrieve(self._encoder, collection, self.cache_root, self.fetch_depth, shard_size=SHARD_SIZE,
+                               search_chunk=self.spec.search_chunk, device=resolve_devices(self.spec.device)[0],
+                               progress=self.progress)
 
     def close(self) -> None:
         """Release the encoder (and its worker processes, if several devices)."""
