@@ -210,3 +210,13 @@ def test_sparse_exact_search_over_the_full_corpus_equals_brute_force(shared_data
     ours = evaluate(collection.qrels, result.run, ["nDCG@10"]).means["nDCG@10"]
     theirs = evaluate(collection.qrels, brute, ["nDCG@10"]).means["nDCG@10"]
     assert abs(ours - theirs) <= 1e-9
+
+
+def test_bge_m3_settings_are_checked():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="needs fields 'model'"):
+        FirstStageSpec(kind="bge-m3", model=MODEL)
+    with pytest.raises(ValidationError, match="only kind = 'bge-m3' takes these"):
+        FirstStageSpec(kind="dense", model=MODEL, mode="sparse")
+    assert FirstStageSpec(kind="bge-m3", model=MODEL, mode="all", weights={"sparse": 0.5}).weights.colbert == 1.0
