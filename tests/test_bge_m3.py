@@ -221,3 +221,16 @@ def test_bge_m3_settings_are_checked():
     with pytest.raises(ValidationError, match="only kind = 'bge-m3' takes these"):
         FirstStageSpec(kind="dense", model=MODEL, mode="sparse")
     assert FirstStageSpec(kind="bge-m3", model=MODEL, mode="all", weights={"sparse": 0.5}).weights.colbert == 1.0
+
+
+def test_a_dense_shard_without_its_weights_is_encoded_again(tmp_path):
+    from bench.retrieve.embeddings import DONE
+
+    for i in range(3):
+        (tmp_path / f"shard-{i:05d}.npy").write_bytes(b"x")
+    for i in (0, 2):
+        sparse.shard_file(tmp_path, i).write_bytes(b"x")
+    (tmp_path / DONE).write_text("{}")
+    assert sparse.drop_unpaired(tmp_path) == [tmp_path / "shard-00001.npy"]
+    assert not (tmp_path / DONE).exists() and (tmp_path / "shard-00000.npy").exists()
+    assert sparse.drop_unpaired(tmp_path) == []

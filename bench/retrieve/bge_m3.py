@@ -183,6 +183,7 @@ def corpus_store(encoder: M3Encoder, collection, cache_root, *, shard_size: int,
                    model=spec.model, revision=spec.revision, corpus=collection.corpus_fingerprint(),
                    max_length=spec.max_length, dtype=d.get("dtype"), engine=spec.engine, storage=storage,
                    heads="bge-m3 dense + sparse")
+    sparse.drop_unpaired(folder)  # a dense shard without its weights is encoded again
     store = EmbeddingStore(folder, shard_size=shard_size)
     built = {"encoded_docs": 0, "reused_docs": collection.n_docs()}
     t0 = time.perf_counter()

@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import lazy
 from ..io import atomic_write_bytes
-from .embeddings import EmbeddingStore
+from .embeddings import DONE, EmbeddingStore
 from .search import RunningTopK
 
 #: Scores held at once per chunk: queries x corpus rows (float64), about 256 MB.
@@ -37,6 +37,20 @@ def save_shard(folder: str | Path, i: int, weights) -> None:
     buf = io.BytesIO()
     lazy.scipy_sparse.save_npz(buf, weights.tocsr(), compressed=False)
     atomic_write_bytes(shard_file(folder, i), buf.getvalue())
+
+
+def drop_unpaired(folder: str | Path) -> list[Path]:
+    """Delete each dense shard whose lexical weights are missing (and the completion marker), so
+    that the store encodes those shards again; returns the shards dropped."""
+    folder = Path(folder)
+    dropped = []
+    for vec_path in sorted(folder.glob("shard-*.npy")):
+        if not shard_file(folder, int(vec_path.stem.split("-")[1])).exists():
+            vec_path.unlink()
+            dropped.append(vec_path)
+    if dropped:
+        (folder / DONE).unlink(missing_ok=True)
+    return dropped
 
 
 def shards(store: EmbeddingStore) -> Iterator[tuple[list[str], object]]:
