@@ -119,6 +119,14 @@ class CollectionSpec(Spec):
         return "synthetic"
 
 
+class BgeM3Weights(Spec):
+    """Weights of bge-m3's scores when combined (FlagEmbedding's MKQA scripts: dense 1, sparse 0.3, colbert 1)."""
+
+    dense: float = 1.0
+    sparse: float = 0.3
+    colbert: float = 1.0
+
+
 class FirstStageSpec(Spec):
     """First-stage retrieval producing the candidates a reranker sees.
 
@@ -127,9 +135,13 @@ class FirstStageSpec(Spec):
     * ``bm25``: bm25s over the corpus (``k1``, ``b``; tokenisation stated in the record).
     * ``run``: candidates read from a TREC run file (``path``; may contain ``{dataset}``).
     * ``scoreddocs``: ir_datasets' own scored docs (MS MARCO's official BM25 top-1000).
+    * ``bge-m3``: bge-m3's three heads from one forward (``bench.retrieve.bge_m3``), by ``mode``:
+      ``dense``, ``sparse`` (exact search over cached lexical weights), ``dense+sparse`` (the union of
+      both top ``hybrid_depth`` lists, weighted), ``multivec`` and ``all`` (the dense top
+      ``rescore_depth`` rescored by the multi-vector head, alone or weighted with the other two).
     """
 
-    kind: Literal["dense", "bm25", "run", "scoreddocs"]
+    kind: Literal["dense", "bge-m3", "bm25", "run", "scoreddocs"]
     depth: int = Field(100, gt=0, description="candidates kept per query")
     model: str | None = None
     revision: str | None = None
@@ -145,11 +157,26 @@ class FirstStageSpec(Spec):
     b: float = 0.75
     device: str = Field("auto", description="auto = every visible GPU (corpus shards spread over them) else "
                                             "the CPU; cpu; cuda:N; or several joined by commas")
+    remove_query_id: bool = Field(False, description="drop, from each query's candidates, the passage whose id "
+                                                     "equals the query id, before the depth cut (pyserini's "
+                                                     "--remove-query; FlagEmbedding's pre-2024-07 MIRACL protocol)")
+    mode: Literal["dense", "sparse", "multivec", "dense+sparse", "all"] | None = Field(
+        None, description="kind = 'bge-m3': which head(s) rank the candidates")
+    weights: BgeM3Weights | None = Field(None, description="kind = 'bge-m3': weights of dense, sparse and colbert "
+                                                           "scores in dense+sparse and all (default 1, 0.3, 1)")
+    rescore_depth: int | None = Field(None, gt=0, description="multivec / all: dense candidates rescored (default 100)")
+    hybrid_depth: int | None = Field(None, gt=0, description="dense+sparse: depth of each list merged (default 1000)")
 
     @model_validator(mode="after")
     def _kind_fields(self):
         if self.kind == "dense" and not self.model:
             raise ValueError("kind = 'dense' needs field 'model' (e.g. 'BAAI/bge-base-en-v1.5')")
+        if self.kind == "bge-m3" and (not self.model or not self.mode):
+            raise ValueError("kind = 'bge-m3' needs fields 'model' (e.g. 'BAAI/bge-m3') and 'mode' "
+                             "(dense, sparse, multivec, dense+sparse or all)")
+        m3_only = [f for f in ("mode", "weights", "rescore_depth", "hybrid_depth") if getattr(self, f) is not None]
+        if self.kind != "bge-m3" and m3_only:
+            raise ValueError(f"{', '.join(m3_only)}: only kind = 'bge-m3' takes these")
         if self.kind == "run" and not self.path:
             raise ValueError("kind = 'run' needs field 'path' (a TREC run file)")
         return self

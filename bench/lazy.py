@@ -31,6 +31,8 @@ MODULES = {
     "matplotlib_agg": "matplotlib.backends.backend_agg",
     "pd": "pandas",
     "scipy_stats": "scipy.stats",
+    "scipy_sparse": "scipy.sparse",
+    "huggingface_hub": "huggingface_hub",
     "bm25s": "bm25s",
     "tqdm": "tqdm.auto",
 }

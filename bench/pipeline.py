@@ -110,6 +110,10 @@ class Pipeline:
     def first_stage(self, collection, stage) -> tuple[dict, QualityRecord]:
         result = stage.retrieve(collection)
         name = stage.name
+        removal = result.info.get("remove_query_id")
+        if removal:
+            self.log(f"[{collection.name}] remove_query_id: removed {removal['removed']} candidate(s) whose id equals "
+                     f"their query's id, over {removal['queries']} queries (records: info.remove_query_id)")
         system = {"label": name, "stage": "first_stage", "first_stage": stage.describe(), "reranker": None}
         if result.encoder:
             system["first_stage"]["encoder"] = result.encoder

@@ -21,7 +21,7 @@ OFFLINE_HINT = ("Without network (or hub access), run the offline experiment ins
 
 
 def hub_models(exp: Experiment) -> list[tuple[str, str | None]]:
-    refs = [(fs.model, fs.revision) for fs in exp.first_stages.values() if fs.kind == "dense" and fs.model]
+    refs = [(fs.model, fs.revision) for fs in exp.first_stages.values() if fs.kind in ("dense", "bge-m3") and fs.model]
     refs += [(r.model, r.revision) for r in exp.rerankers]
     out = []
     for ref, rev in refs:

@@ -71,7 +71,10 @@ class DatasetExpect(Spec):
 
 
 class FirstStageExpect(Spec):
-    kind: Literal["dense", "bm25", "run", "scoreddocs"]
+    kind: Literal["dense", "bge-m3", "bm25", "run", "scoreddocs"]
+    mode: str | None = Field(None, description="kind = 'bge-m3': dense, sparse, multivec, dense+sparse or all")
+    remove_query_id: bool = Field(False, description="the protocol: whether passages whose id equals the query id "
+                                                     "were removed from the candidates (pyserini --remove-query)")
     model: str | None = None
     revision: str | None = None
     depth: int = Field(gt=0, description="candidates per query")
@@ -141,6 +144,8 @@ class Entry(Spec):
     conventions: ConventionsExpect
     experiment: str = Field(description="experiment file that produces the records, relative to the project checkout")
     source: Source
+    blocked: str | None = Field(None, description="why the harness cannot produce this number (e.g. the model needs "
+                                                  "trust_remote_code): the entry is kept for the record, never run")
 
     @field_validator("value")
     @classmethod
@@ -249,6 +254,15 @@ def select(entries: list[Entry], patterns: list[str]) -> list[Entry]:
     return chosen
 
 
+def protocol(entry: Entry) -> str:
+    """The entry's candidate protocol in words, for listings: which first stage, how deep, and
+    whether passages whose id equals the query id were removed."""
+    fs = entry.first_stage
+    kind = f"{fs.kind}:{fs.mode}" if fs.mode else fs.kind
+    removal = "remove_query_id=true" if fs.remove_query_id else "remove_query_id=false"
+    return f"{kind} top-{fs.depth}, {removal}" + (" [blocked]" if entry.blocked else "")
+
+
 # -- comparing a record with an entry -------------------------------------------------------------
 def _model_ref(value: Any) -> str | None:
     return value.get("ref") if isinstance(value, dict) else value
@@ -274,6 +288,8 @@ def _section_differences(prefix: str, expect: Spec, section: dict) -> list[str]:
             actual = _model_ref(section.get("model"))
         elif f == "revision":
             actual = _model_revision(section)
+        elif f == "remove_query_id":  # records made before the setting existed did not remove
+            actual = section.get(f, False)
         else:
             actual = section.get(f)
         _differ(out, f"{prefix}.{f}", getattr(expect, f), actual)
@@ -360,6 +376,8 @@ def check(entry: Entry, records: list[QualityRecord]) -> Check:
     """Judge one entry against a pool of records (from any number of runs)."""
     values, paths, reasons, missing = [], [], [], []
     diag: dict[str, list[float]] = {}
+    if entry.blocked:
+        return Check(entry, "MISSING", reasons=[f"blocked: {entry.blocked}"])
     for dataset in entry.datasets:
         rec = best_record(entry, dataset, records)
         if rec is None:

@@ -172,7 +172,8 @@ def test_command_reads_existing_records_and_exits_by_the_verdict(entries, tmp_pa
     assert main(["reproduce", "--registry", str(reg), "--records", str(tmp_path / "nothing")]) == 0
     assert "0 OK, 0 FAIL, 3 MISSING" in capsys.readouterr().out
     assert main(["reproduce", "--list", "--registry", str(reg)]) == 0
-    assert "rerank/yo/nDCG@10\tnDCG@10 0.6400 ±0.005\tA paper, Table 1" in capsys.readouterr().out
+    listing = capsys.readouterr().out
+    assert "rerank/yo/nDCG@10\tnDCG@10 0.6400 ±0.005\tdense top-100, remove_query_id=false\tA paper, Table 1" in listing
     assert main(["reproduce", "nope", "--registry", str(reg)]) == 2
     assert "no registry entry matches 'nope'" in capsys.readouterr().err
 

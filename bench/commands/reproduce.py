@@ -28,7 +28,7 @@ from ..records import QualityRecord, find_records, make_record
 def add_arguments(parser) -> None:
     parser.add_argument("names", nargs="*", metavar="NAME",
                         help="registry entries or shell-style patterns (default: all; see --list)")
-    parser.add_argument("--list", action="store_true", help="list the entries (name, expected value, source) and stop")
+    parser.add_argument("--list", action="store_true", help="list the entries (name, expected value, protocol, source) and stop")
     parser.add_argument("--records", type=Path, action="append", default=None,
                         help="folder searched (recursively) for existing records; repeatable (default: runs)")
     parser.add_argument("--out", type=Path, default=Path("runs") / "reproduce",
@@ -48,7 +48,7 @@ def run(args) -> int:
     entries = registry.select(registry.load_registry(args.registry), args.names)
     if args.list:
         for e in entries:
-            print(f"{e.name}\t{e.metric} {e.value:.4f} ±{e.tolerance:g}\t{e.source.title}"
+            print(f"{e.name}\t{e.metric} {e.value:.4f} ±{e.tolerance:g}\t{registry.protocol(e)}\t{e.source.title}"
                   + (f", {e.source.section}" if e.source.section else ""))
         return 0
 
@@ -57,7 +57,7 @@ def run(args) -> int:
     checks = {e.name: registry.check(e, records) for e in entries}
 
     should_run = (args.run or bool(args.names)) and not args.no_run
-    missing = [e for e in entries if checks[e.name].status == "MISSING"]
+    missing = [e for e in entries if checks[e.name].status == "MISSING" and not e.blocked]
     if should_run and missing:
         check_output_folder(args.out)  # before any work
         log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -72,7 +72,7 @@ def run(args) -> int:
     if args.json:
         make_record("reproduce", checks=[c.as_dict() for c in results]).to_disk(args.json)
     failed = any(c.status == "FAIL" for c in results)
-    unmeasured = bool(args.names) and any(c.status == "MISSING" for c in results)
+    unmeasured = bool(args.names) and any(c.status == "MISSING" and not c.entry.blocked for c in results)
     return 1 if failed or unmeasured else 0
 
 

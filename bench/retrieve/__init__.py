@@ -2,7 +2,9 @@
 
 Laid out as `bench.rerank` is: `stage.py` runs the stage over a collection, `encoder.py` is the model
 on one device, `parallel.py` the same interface over several, and `build_encoder` picks between them
-as `bench.rerank.build_reranker` does. `search.py` and `bm25.py` are the other ways to candidates.
+as `bench.rerank.build_reranker` does. `search.py` and `bm25.py` are the other ways to candidates;
+`bge_m3.py` runs bge-m3's dense, sparse and multi-vector heads (`kind = "bge-m3"`), with
+`sparse.py`'s lexical-weight shards and exact sparse search.
 """
 
 from __future__ import annotations

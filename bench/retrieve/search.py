@@ -23,28 +23,50 @@ def exact_top_k(queries: np.ndarray, shards: Iterable[tuple[list[str], np.ndarra
     """
     torch = lazy.torch
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(device)
-    nq = q.shape[0]
-    best_scores = torch.full((nq, 0), float("-inf"), device=device)
-    best_pos = torch.zeros((nq, 0), dtype=torch.long, device=device)
-    all_ids: list[str] = []
+    best = RunningTopK(q.shape[0], k, device)
     bar = lazy.tqdm.tqdm(total=n_docs, desc="exact search", unit="doc", disable=not progress, dynamic_ncols=True)
     for ids, vecs in shards:
-        base = len(all_ids)
-        all_ids.extend(ids)
+        base = best.extend(ids)
         for start in range(0, len(ids), chunk):
             block = torch.from_numpy(np.array(vecs[start:start + chunk], dtype=np.float32)).to(device)  # a writable copy of the memory-mapped rows
-            scores = q @ block.T
-            chunk_scores, chunk_pos = _chunk_top(scores, k)
-            cand_scores = torch.cat([best_scores, chunk_scores], dim=1)
-            cand_pos = torch.cat([best_pos, chunk_pos + (base + start)], dim=1)
-            order = torch.sort(cand_scores, dim=1, descending=True, stable=True).indices[:, :k]
-            best_scores = torch.gather(cand_scores, 1, order)
-            best_pos = torch.gather(cand_pos, 1, order)
+            best.add(q @ block.T, base + start)
             bar.update(block.shape[0])
     bar.close()
-    scores_np = best_scores.float().cpu().numpy()
-    pos_np = best_pos.cpu().numpy()
-    return [[(all_ids[p], float(s)) for p, s in zip(pos_np[i], scores_np[i])] for i in range(nq)]
+    return best.result()
+
+
+class RunningTopK:
+    """The best ``k`` columns per query row over score blocks seen one after another (any scorer:
+    dense products here, sparse ones in ``bench.retrieve.sparse``). Ties at equal score keep corpus
+    order (the earlier position first), also across the k-th place."""
+
+    def __init__(self, n_queries: int, k: int, device: str = "cpu", dtype=None):
+        torch = lazy.torch
+        self.k = k
+        self.scores = torch.full((n_queries, 0), float("-inf"), device=device, dtype=dtype or torch.float32)
+        self.pos = torch.zeros((n_queries, 0), dtype=torch.long, device=device)
+        self.ids: list[str] = []
+
+    def extend(self, ids: list[str]) -> int:
+        """Register a shard's doc ids; returns the corpus position of its first row."""
+        base = len(self.ids)
+        self.ids.extend(ids)
+        return base
+
+    def add(self, scores, base: int) -> None:
+        """Merge a ``[queries, m]`` block of scores whose columns are corpus positions base..base+m-1."""
+        torch = lazy.torch
+        chunk_scores, chunk_pos = _chunk_top(scores, self.k)
+        cand_scores = torch.cat([self.scores, chunk_scores.to(self.scores.dtype)], dim=1)
+        cand_pos = torch.cat([self.pos, chunk_pos + base], dim=1)
+        order = torch.sort(cand_scores, dim=1, descending=True, stable=True).indices[:, :self.k]
+        self.scores = torch.gather(cand_scores, 1, order)
+        self.pos = torch.gather(cand_pos, 1, order)
+
+    def result(self) -> list[list[tuple[str, float]]]:
+        scores_np = self.scores.cpu().numpy()
+        pos_np = self.pos.cpu().numpy()
+        return [[(self.ids[p], float(s)) for p, s in zip(pos_np[i], scores_np[i])] for i in range(len(pos_np))]
 
 
 #: Extra candidates taken per chunk so that a run of equal scores at the k-th place is seen whole.

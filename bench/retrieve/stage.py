@@ -21,12 +21,28 @@ from ..engine.device import precision_for, resolve_devices
 from ..errors import BenchError
 from ..io import sha256_file
 from ..runs import format_run, read_run, sort_ranking
-from . import build_encoder
+from . import bge_m3, build_encoder
 from .bm25 import bm25_settings, bm25_top_k
 from .embeddings import EmbeddingStore
 from .search import exact_top_k
 
 SHARD_SIZE = 100_000
+#: Spec fields added after runs were first cached: in the cache key only when an experiment sets them.
+OPTIONAL_KEY_FIELDS = ("remove_query_id", "mode", "weights", "rescore_depth", "hybrid_depth")
+
+
+def drop_query_ids(ranked: dict[str, list[tuple[str, float]]], depth: int) -> tuple[dict, int]:
+    """Each query's ranking without the passage whose id equals the query id, cut to ``depth``
+    (the methods fetch ``depth + 1`` so that exactly ``depth`` remain), and how many were removed.
+
+    MIRACL's query ids and passage ids share one namespace; pyserini's ``--remove-query`` (and
+    FlagEmbedding's MIRACL results before 2024-07) drop such passages from the results."""
+    out, removed = {}, 0
+    for qid, docs in ranked.items():
+        kept = [(d, s) for d, s in docs if d != qid]
+        removed += len(docs) - len(kept)
+        out[qid] = kept[:depth]
+    return out, removed
 
 
 def queries_digest(queries: dict[str, str]) -> str:
@@ -67,9 +83,14 @@ class FirstStage:
         self.cache_root = Path(cache_root)
         self.progress = progress
         self._encoder = None
+        #: what each method fetches: one more than kept when the query's own id may be dropped
+        self.fetch_depth = spec.depth + (1 if spec.remove_query_id else 0)
 
     def describe(self) -> dict:
         out = {"name": self.name, **self.spec.model_dump(mode="json")}
+        for f in OPTIONAL_KEY_FIELDS:  # stated when set (records made before them read as the default)
+            if f not in self.spec.model_fields_set or out[f] is None:
+                out.pop(f, None)
         if self.spec.model:
             out["model"] = models.describe(self.spec.model, self.spec.revision)
         if self._encoder is not None:
@@ -80,7 +101,10 @@ class FirstStage:
     def retrieve(self, collection) -> FirstStageResult:
         """The candidate run and what it cost (timings, cache hits)."""
         spec_key = self.spec.model_dump(mode="json", exclude={"device", "batch_size", "token_budget", "search_chunk"})
-        if self.spec.kind == "dense":  # `auto` is fp16 on a GPU, fp32 on the CPU: key the run on what runs
+        for f in OPTIONAL_KEY_FIELDS:  # keyed only when set, so runs cached before these fields stay valid
+            if f not in self.spec.model_fields_set or spec_key[f] is None:
+                spec_key.pop(f, None)
+        if self.spec.kind in ("dense", "bge-m3"):  # `auto` is fp16 on a GPU, fp32 on the CPU: key the run on what runs
             spec_key["precision"] = precision_for(self.spec.dtype, self.spec.device, self.spec.engine)
         if self.spec.kind == "run":  # the file's content, not its name: an edited run file is a new entry
             spec_key["run_file_sha256"] = sha256_file(self._run_path(collection))
@@ -93,12 +117,17 @@ class FirstStage:
         t0 = time.perf_counter()
         if self.spec.kind == "dense":
             ranked, info = self._dense(collection)
+        elif self.spec.kind == "bge-m3":
+            ranked, info = self._bge_m3(collection)
         elif self.spec.kind == "bm25":
             ranked, info = self._bm25(collection)
         elif self.spec.kind == "run":
             ranked, info = self._from_run_file(collection)
         else:
             ranked, info = self._scoreddocs(collection)
+        if self.spec.remove_query_id:
+            ranked, removed = drop_query_ids(ranked, self.spec.depth)
+            info["remove_query_id"] = {"removed": removed, "queries": len(ranked)}
         info["seconds"] = time.perf_counter() - t0
         run = {qid: {doc: score for doc, score in docs} for qid, docs in ranked.items() if docs}
         write_checked_text(run_path, format_run(run, tag=self.name))
@@ -126,7 +155,7 @@ class FirstStage:
         qids = sorted(collection.queries)
         t0 = time.perf_counter()
         q = enc.encode_queries([collection.queries[qid] for qid in qids])
-        hits = exact_top_k(q, store.shards(), self.spec.depth, chunk=self.spec.search_chunk,
+        hits = exact_top_k(q, store.shards(), self.fetch_depth, chunk=self.spec.search_chunk,
                            device=resolve_devices(self.spec.device)[0], progress=self.progress,
                            n_docs=collection.n_docs())
         t_search = time.perf_counter() - t0
@@ -136,6 +165,14 @@ class FirstStage:
                 "docs_per_second": built["encoded_docs"] / t_encode if built["encoded_docs"] else None}
         return dict(zip(qids, hits)), info
 
+    def _bge_m3(self, collection):
+        if self._encoder is None:  # one device: the corpus is encoded once for every mode, then cached
+            self._encoder = bge_m3.M3Encoder(self.spec, cache_dir=self.cache_root,
+                                             device=resolve_devices(self.spec.device)[0])
+        return bge_m3.retrieve(self._encoder, collection, self.cache_root, self.fetch_depth, shard_size=SHARD_SIZE,
+                               search_chunk=self.spec.search_chunk, device=resolve_devices(self.spec.device)[0],
+                               progress=self.progress)
+
     def close(self) -> None:
         """Release the encoder (and its worker processes, if several devices)."""
         if self._encoder is not None:
@@ -143,7 +180,7 @@ class FirstStage:
         self._encoder = None
 
     def _bm25(self, collection):
-        ranked = bm25_top_k(collection.iter_docs(), collection.queries, self.spec.depth,
+        ranked = bm25_top_k(collection.iter_docs(), collection.queries, self.fetch_depth,
                             language=collection.language, k1=self.spec.k1, b=self.spec.b, progress=self.progress)
         return ranked, {"method": "bm25", "bm25": bm25_settings(collection.language, self.spec.k1, self.spec.b)}
 
@@ -164,7 +201,7 @@ class FirstStage:
         return self._cut(kept), {"method": "run file", "path": str(path), "ignored_queries": len(unknown)}
 
     def _scoreddocs(self, collection):
-        return self._cut(collection.scoreddocs(self.spec.depth)), {"method": "ir_datasets scoreddocs"}
+        return self._cut(collection.scoreddocs(self.fetch_depth)), {"method": "ir_datasets scoreddocs"}
 
     def _cut(self, run):
-        return {qid: sort_ranking(docs)[: self.spec.depth] for qid, docs in run.items()}
+        return {qid: sort_ranking(docs)[: self.fetch_depth] for qid, docs in run.items()}
