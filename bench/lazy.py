@@ -33,6 +33,9 @@ MODULES = {
     "scipy_stats": "scipy.stats",
     "bm25s": "bm25s",
     "tqdm": "tqdm.auto",
+    "ray": "ray",
+    "ray_data": "ray.data",
+    "pyarrow_fs": "pyarrow.fs",
 }
 
 __all__ = sorted(MODULES)

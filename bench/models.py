@@ -122,6 +122,17 @@ def xlmr_tokenizer():
     return lazy.transformers.XLMRobertaTokenizerFast(tokenizer_file=str(xlmr_tokenizer_file()))
 
 
+def _publish(tmp: Path, folder: Path) -> None:
+    """Move a finished model folder into place; if another process (a worker on the same machine)
+    published the same model first, keep theirs: both were built from the same seed."""
+    try:
+        tmp.rename(folder)
+    except OSError:
+        if not (folder / "config.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def build_random_xlmr(architecture: str, folder: str | os.PathLike, seed: int = 0) -> Path:
     """Save an untrained XLM-R sequence classifier of `architecture`'s exact shape, with the real
     XLM-R tokenizer, to `folder` (a normal HF model folder)."""
@@ -135,10 +146,10 @@ def build_random_xlmr(architecture: str, folder: str | os.PathLike, seed: int = 
     lazy.torch.manual_seed(seed)
     model = transformers.XLMRobertaForSequenceClassification(cfg).eval()
     model.config.rerank_bench = {"untrained": True, "architecture": architecture, "seed": seed}
-    tmp = folder.with_name(folder.name + ".partial")
+    tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     model.save_pretrained(tmp)
     xlmr_tokenizer().save_pretrained(tmp)
-    tmp.rename(folder)
+    _publish(tmp, folder)
     return folder
 
 
@@ -159,14 +170,14 @@ def build_random_biencoder(architecture: str, folder: str | os.PathLike, seed: i
         tokenizer = xlmr_tokenizer()
     model.eval().config.rerank_bench = {"untrained": True, "architecture": architecture, "seed": seed}
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".partial")
+    tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     model.save_pretrained(tmp / "hf")
     tokenizer.save_pretrained(tmp / "hf")
     modules = [st.base.modules.Transformer(str(tmp / "hf"), max_seq_length=max_seq_length),
                st.sentence_transformer.modules.Pooling(shape["hidden_size"], "cls"), st.base.modules.Normalize()]
     st.SentenceTransformer(modules=modules, device="cpu").save(str(tmp))
     shutil.rmtree(tmp / "hf")
-    tmp.rename(folder)
+    _publish(tmp, folder)
     return folder
 
 

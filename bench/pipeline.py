@@ -16,6 +16,7 @@ from . import models
 from .cache import cache_root, entry, key_of
 from .config import Experiment, RerankerSpec
 from .data import expand, load_collection
+from .distributed import open_backend
 from .engine.device import precision_for, release_memory
 from .evaluate import Conventions, evaluate
 from .io import atomic_write_text, sha256_file, slug
@@ -42,6 +43,7 @@ class Pipeline:
         self.progress = progress
         self.log = log
         self._qrels_written: set[str] = set()  # datasets whose qrels.txt this run has written
+        self.backend = None  # opened by run(): the local backend, or a connected cluster
         self.experiment_info = {"name": experiment.name, "description": experiment.description}
         if experiment_path is not None:
             self.experiment_info.update(file=str(experiment_path), sha256=sha256_file(experiment_path))
@@ -49,6 +51,7 @@ class Pipeline:
     # -- the whole experiment -------------------------------------------------------------------
     def run(self) -> list[QualityRecord]:
         records: list[QualityRecord] = []
+        self.backend = open_backend(self.exp.execution, self.cache, log=self.log)  # fails before any work
         specs = [s for spec in self.exp.datasets for s in expand(spec)]
         prepared = []
         stages: dict[str, FirstStage] = {}  # one per name: datasets sharing it load its model once
@@ -64,7 +67,8 @@ class Pipeline:
                              f"(e.g. {missing[0]!r}); they stay in the qrels, as trec_eval keeps them, so Recall "
                              "cannot reach 1 for their queries (records: dataset.judged_docs_missing)")
                 if fs_name not in stages:
-                    stages[fs_name] = FirstStage(fs_name, fs_spec, self.cache, progress=self.progress)
+                    stages[fs_name] = FirstStage(fs_name, fs_spec, self.cache, progress=self.progress,
+                                                  backend=self.backend)
                 run, rec = self.first_stage(collection, stages[fs_name])
                 records.append(rec)
                 prepared.append((collection, fs_name, run, rec))
@@ -91,7 +95,7 @@ class Pipeline:
             system["first_stage"]["encoder"] = result.encoder
         timings = {"first_stage_seconds": result.seconds, "cached": result.cached,
                    "encode_seconds": result.encode_seconds, "search_seconds": result.search_seconds,
-                   "docs_per_second": result.docs_per_second}
+                   "docs_per_second": result.docs_per_second, "backend": self.exp.execution.backend}
         rec = self._quality_record(collection, system, result.run, name, timings, {}, result.info)
         return result.run, rec
 
@@ -106,18 +110,22 @@ class Pipeline:
                 holder["reranker"] = build_reranker(spec, cache_dir=self.cache)
             return holder["reranker"]
 
-        stage = RerankStage(factory, spec.top_k, checkpoints, progress=self.progress)
+        if self.backend is not None:  # the same blocks, scored on the cluster
+            stage = self.backend.rerank_stage(spec, spec.top_k, checkpoints)
+        else:
+            stage = RerankStage(factory, spec.top_k, checkpoints, progress=self.progress)
         t0 = time.perf_counter()
         result = stage.rerank(collection.queries, candidates, collection.get_docs)
-        described = holder["reranker"].describe() if "reranker" in holder else {
+        described = holder["reranker"].describe() if "reranker" in holder else getattr(stage, "described", None) or {
             "engine": spec.engine, "model": models.describe(spec.model, spec.revision), "note": "all blocks resumed from cache"}
         system = {"label": spec.label, "stage": "rerank", "first_stage": fs_rec.system.first_stage,
                   "first_stage_label": fs_name, "reranker": {**spec.model_dump(mode="json"), **described}}
         timings = {"rerank_seconds": time.perf_counter() - t0, "rerank_scoring_seconds": result.seconds,
                    "rerank_pairs_per_s": result.pairs_per_second, "resumed_blocks": result.resumed_blocks,
-                   "blocks": result.blocks}
+                   "blocks": result.blocks, "backend": self.exp.execution.backend}
+        info = {"checkpoints": str(checkpoints), **({"execution": stage.execution} if self.backend else {})}
         return self._quality_record(collection, system, result.run, f"{fs_name}__{spec.label}", timings,
-                                    result.diagnostics(), {"checkpoints": str(checkpoints)}, parent=fs_rec.key)
+                                    result.diagnostics(), info, parent=fs_rec.key)
 
     # -- records --------------------------------------------------------------------------------
     def _quality_record(self, collection, system: dict, run: dict, run_name: str, timings: dict,
