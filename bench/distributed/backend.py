@@ -7,6 +7,8 @@ its local encoding and search; `rerank_stage(...)` stands in for `RerankStage`.
 
 from __future__ import annotations
 
+import logging
+import socket
 import time
 from pathlib import Path
 
@@ -28,6 +30,31 @@ def require_ray():
         return lazy.ray
     except ImportError as exc:
         raise BenchError(f"--backend ray needs Ray, which is not installed ({exc}): {INSTALL_HINT}") from None
+
+
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """A BenchError unless `address` is auto/None or a host:port (optionally ray://) that accepts a TCP
+    connection: Ray itself keeps retrying an unreachable address for minutes."""
+    if address in (None, "auto", "local"):
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise BenchError(f"Ray address {address!r}: expected auto, host:port (the head's GCS, 6379 by default) or "
+                         "ray://host:port (Ray Client, 10001 by default)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise BenchError(f"Ray address {address!r}: nothing answers at {host}:{port} ({exc}); start the cluster with "
+                         "`ray start --head` on that machine, or pass its address") from None
+
+
+def quiet_ray_data(progress: bool) -> None:
+    """Ray Data's per-job banners and progress bars off (they would drown the harness's own log)."""
+    ctx = lazy.ray_data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    ctx.print_on_execution_start = False
+    ctx.enable_auto_log_stats = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def encode_queries(spec, cache_dir: str, texts: list[str]):
@@ -63,12 +90,14 @@ class RayBackend:
     def connect(cls, execution, cache_root: Path, *, log=print) -> "RayBackend":
         ray = require_ray()
         if not ray.is_initialized():
+            check_address(execution.address)
             try:
                 ray.init(address=execution.address, logging_level="ERROR", log_to_driver=False)
             except Exception as exc:  # ConnectionError, a timeout, a malformed address ...
                 raise BenchError(f"cannot connect to the Ray cluster at {execution.address or '(default)'!r}: "
                                  f"{type(exc).__name__}: {exc}. Start one with `ray start --head` and pass its "
                                  "address (--ray-address auto | host:6379 | ray://host:10001)") from None
+        quiet_ray_data(progress=False)
         storage = Storage(execution.storage or str(cache_root))
         cls._check_storage(ray, storage)
         backend = cls(execution, cache_root, storage, log=log)
@@ -85,11 +114,16 @@ class RayBackend:
             strategy = lazy.ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy
             nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
             task = ray.remote(num_cpus=0, max_retries=1)(read_probe)
-            seen = ray.get([task.options(scheduling_strategy=strategy(node, soft=False)).remote(storage, rel)
-                            for node in nodes], timeout=120)
+            refs = [task.options(scheduling_strategy=strategy(node, soft=False)).remote(storage, rel) for node in nodes]
+            seen = {}
+            for node, ref in zip(nodes, refs):
+                try:
+                    seen[node] = ray.get(ref, timeout=120)
+                except lazy.ray.exceptions.TaskUnschedulableError:  # the node left since ray.nodes(): not ours to check
+                    continue
         finally:
             storage.delete(rel)
-        bad = [(node, got) for node, got in zip(nodes, seen) if got != rel]
+        bad = [(node, got) for node, got in seen.items() if got != rel]
         if bad:
             node, got = bad[0]
             raise BenchError(f"storage {storage.uri!r}: {len(bad)} of {len(nodes)} node(s) cannot read what the driver "

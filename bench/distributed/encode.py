@@ -90,13 +90,12 @@ def encode_corpus(collection, spec, *, storage: Storage, folder: str, storage_dt
 def run_actor_pool(items: list[dict], actor_class, constructor_kwargs: dict, execution) -> dict:
     """One row per item through a pool of `execution.workers` actors of `actor_class` (Ray Data's
     map_batches with an ActorPoolStrategy, one item per call); a dead actor is restarted and its item
-    retried. Returns the actors' output columns, concatenated."""
+    retried (Ray Data's defaults for actor pools: max_restarts=-1, max_task_retries=-1). Returns the actors' output columns, concatenated."""
     ray_data = lazy.ray_data
     ds = ray_data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(actor_class, fn_constructor_kwargs=constructor_kwargs, batch_size=1,
                         compute=ray_data.ActorPoolStrategy(size=min(execution.workers, len(items))),
-                        num_cpus=execution.cpus_per_worker, num_gpus=execution.gpus_per_worker,
-                        max_restarts=-1, max_task_retries=-1)
+                        num_cpus=execution.cpus_per_worker, num_gpus=execution.gpus_per_worker)
     out: dict[str, list] = {}
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for k, v in batch.items():
