@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import lazy
 from ..rerank import build_reranker
 from ..rerank.stage import BlockPlan, RerankResult, block_file, parse_block, score_block
 from .encode import run_actor_pool
