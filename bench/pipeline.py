@@ -103,7 +103,8 @@ class Pipeline:
                holder: dict) -> QualityRecord:
         spec_key = spec.model_dump(mode="json", exclude={"name", "device", "batch_size", "token_budget"})
         checkpoints = entry(self.cache, "rerank", f"{collection.name}-{spec.label}", reranker=spec_key,
-                            precision=precision_for(spec.dtype, spec.device, spec.engine), candidates=fs_rec.key)
+                            precision=self.backend.precision(spec) if self.backend else
+                            precision_for(spec.dtype, spec.device, spec.engine), candidates=fs_rec.key)
 
         def factory():
             if "reranker" not in holder:

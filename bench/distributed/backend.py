@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .. import lazy
+from ..engine.device import AUTO_CUDA, resolve_precision
 from ..errors import BenchError
 from ..retrieve import stage as retrieve_stage
 from .encode import encode_corpus
@@ -142,6 +143,12 @@ class RayBackend:
     def relative(self, folder: Path) -> str:
         """A cache entry's path under the storage root (the same relative path as in the cache)."""
         return Path(folder).relative_to(self.cache_root).as_posix()
+
+    def precision(self, spec) -> str:
+        """The precision the workers run `spec` in (what cache keys hold): decided by the GPUs the
+        actors get, not by the driver's own devices (`auto` is fp16 on a GPU, fp32 on the CPU)."""
+        device = (spec.device if spec.device.startswith("cuda") else "cuda") if self.execution.gpus_per_worker else "cpu"
+        return resolve_precision(spec.dtype, device, AUTO_CUDA[spec.engine]).name
 
     def worker_spec(self, spec):
         """The spec as workers run it: on the CPU when actors hold no GPU."""

@@ -93,7 +93,8 @@ class FirstStage:
         """The candidate run and what it cost (timings, cache hits)."""
         spec_key = self.spec.model_dump(mode="json", exclude={"device", "batch_size", "token_budget", "search_chunk"})
         if self.spec.kind == "dense":  # `auto` is fp16 on a GPU, fp32 on the CPU: key the run on what runs
-            spec_key["precision"] = precision_for(self.spec.dtype, self.spec.device, self.spec.engine)
+            spec_key["precision"] = (self.backend.precision(self.spec) if self.backend is not None else
+                                     precision_for(self.spec.dtype, self.spec.device, self.spec.engine))
         folder = entry(self.cache_root, "runs", f"{collection.name}-{self.name}", stage=spec_key,
                        collection=collection.fingerprint(), queries=queries_digest(collection.queries))
         run_path, info_path = folder / "run.trec", folder / "info.json"
