@@ -138,6 +138,7 @@ def watch(root: Path, pattern: str, action, *, count: int = 1, timeout: float = 
     return done
 
 
+@pytest.mark.slow
 def test_ray_backend_records_equal_local_even_when_a_node_and_an_actor_die(ray_cluster, local_run, tmp_path):
     """The offline demo's shape run on the 3-node cluster with a worker node lost while shards are
     encoded and a reranker actor killed while blocks are scored: Ray restarts the actors and retries
@@ -179,6 +180,7 @@ def kill_processes(title: str) -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 def test_interrupted_driver_resumes_with_only_the_missing_work(ray_cluster, local_run, tmp_path):
     """The driver interrupted while shards are encoded, then while blocks are scored: each restart
     submits only what storage does not hold, and the final records equal the local ones."""
@@ -242,3 +244,25 @@ def test_unreachable_address_fails_fast(tmp_path, experiment_toml):
         from bench.distributed.backend import check_address
 
         check_address("head-without-port")
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_miracl_yo_full_corpus_on_the_cluster_equals_local(ray_cluster, miracl_yo_experiment, tmp_path, monkeypatch):
+    """The MIRACL-yo full-corpus experiment (49,043 passages) with a tiny random bi-encoder in place
+    of MiniLM (MiniLM takes minutes per full encoding here): cluster records equal local ones."""
+    monkeypatch.setattr(retrieve_stage, "SHARD_SIZE", 25_000)  # two shards, one per worker
+    tiny = {'model = "offline:all-MiniLM-L6-v2"': 'model = "random:tiny-bge-m3"'}
+    records = {}
+    for backend in ("local", "ray"):
+        folder = tmp_path / backend
+        path = miracl_yo_experiment(folder, **tiny)
+        path.write_text(f'cache_dir = "{(folder / "cache").as_posix()}"\n' + path.read_text(encoding="utf-8")
+                        + f'\n[execution]\nbackend = "{backend}"\nworkers = 2\n', encoding="utf-8")
+        (records[backend],) = run_experiment(load_experiment(path), folder / "out", experiment_path=path,
+                                             progress=False, log=lambda m: None)
+    local, cluster = records["local"], records["ray"]
+    assert cluster.info["execution"]["submitted_shards"] == 2 and cluster.dataset.n_docs == 49_043
+    assert (cluster.key, cluster.metrics, cluster.per_query) == (local.key, local.metrics, local.per_query)
+    assert (tmp_path / "ray" / "out" / cluster.run_file).read_bytes() == \
+        (tmp_path / "local" / "out" / local.run_file).read_bytes()
