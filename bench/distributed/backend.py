@@ -185,7 +185,6 @@ class RayBackend:
                 "execution": self.describe(steps={"query_encode_seconds": t_queries, "encode_seconds": t_encode,
                                                   "search_seconds": t_search, "encode_seconds_per_shard": per_shard},
                                            submitted_shards=submitted, shards=n_shards)}
-        self.last_dense = info["execution"]
         return dict(zip(qids, hits)), info
 
     def rerank_stage(self, spec, top_k: int, checkpoints: Path) -> RayRerankStage:
