@@ -266,3 +266,13 @@ def test_miracl_yo_full_corpus_on_the_cluster_equals_local(ray_cluster, miracl_y
     assert (cluster.key, cluster.metrics, cluster.per_query) == (local.key, local.metrics, local.per_query)
     assert (tmp_path / "ray" / "out" / cluster.run_file).read_bytes() == \
         (tmp_path / "local" / "out" / local.run_file).read_bytes()
+
+
+def test_storage_the_workers_cannot_see_fails_before_any_work(ray_cluster, tmp_path, experiment_toml, capsys):
+    """fsspec's memory:// filesystem lives in one process: the driver can write it, no worker can
+    read it, as with a local folder on a multi-machine cluster."""
+    path = experiment_toml(**parts(tmp_path / "cache", backend="ray", storage="memory://rerank-bench-probe"))
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--skip-preflight", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "3 of 3 node(s) cannot read what the driver wrote" in err and "every node shares" in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache" / "embeddings").exists()
