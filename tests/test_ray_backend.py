@@ -276,3 +276,16 @@ def test_storage_the_workers_cannot_see_fails_before_any_work(ray_cluster, tmp_p
     err = capsys.readouterr().err
     assert "3 of 3 node(s) cannot read what the driver wrote" in err and "every node shares" in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache" / "embeddings").exists()
+
+
+def test_cache_keys_hold_the_precision_the_workers_run():
+    """`auto` is fp16 on the actors' GPUs even when the driver has none; fp32 on CPU actors."""
+    from bench.config import ExecutionSpec, RerankerSpec
+    from bench.distributed.backend import RayBackend
+
+    spec = RerankerSpec(model="random:tiny-xlmr-reranker")
+    on = lambda **ex: RayBackend(ExecutionSpec(backend="ray", **ex), Path("."), storage=None)  # noqa: E731
+    assert on(gpus_per_worker=1).precision(spec) == "fp16"
+    assert on(gpus_per_worker=0).precision(spec) == "fp32"
+    assert on(gpus_per_worker=1).precision(spec.model_copy(update={"device": "cpu"})) == "fp32"
+    assert on(gpus_per_worker=1).precision(spec.model_copy(update={"dtype": "bf16"})) == "bf16"

@@ -147,7 +147,10 @@ class RayBackend:
     def precision(self, spec) -> str:
         """The precision the workers run `spec` in (what cache keys hold): decided by the GPUs the
         actors get, not by the driver's own devices (`auto` is fp16 on a GPU, fp32 on the CPU)."""
-        device = (spec.device if spec.device.startswith("cuda") else "cuda") if self.execution.gpus_per_worker else "cpu"
+        if not self.execution.gpus_per_worker or spec.device == "cpu":
+            device = "cpu"
+        else:
+            device = spec.device if spec.device.startswith("cuda") else "cuda"
         return resolve_precision(spec.dtype, device, AUTO_CUDA[spec.engine]).name
 
     def worker_spec(self, spec):
