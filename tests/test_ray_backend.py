@@ -31,8 +31,8 @@ from bench.retrieve import stage as retrieve_stage
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARD, BLOCK = 40, 30  # 400 docs: 10 shards; 30 queries x top-10: 10 blocks
-SHARDS = BLOCKS = 10
+SHARD, BLOCK = 20, 10  # 400 docs: 20 shards; 30 queries x top-10: 30 blocks (an interrupted run leaves many)
+SHARDS, BLOCKS = 20, 30
 
 
 def parts(cache: Path, **execution) -> dict:
