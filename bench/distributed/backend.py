@@ -55,7 +55,7 @@ def quiet_ray_data(progress: bool) -> None:
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # also its note that the bars are off
 
 
 def encode_queries(spec, cache_dir: str, texts: list[str]):
