@@ -289,3 +289,30 @@ def test_cache_keys_hold_the_precision_the_workers_run():
     assert on(gpus_per_worker=0).precision(spec) == "fp32"
     assert on(gpus_per_worker=1).precision(spec.model_copy(update={"device": "cpu"})) == "fp32"
     assert on(gpus_per_worker=1).precision(spec.model_copy(update={"dtype": "bf16"})) == "bf16"
+
+
+def test_partial_top_k_merge_keeps_the_local_tie_rule(tmp_path):
+    """Shards full of equal scores (duplicated vectors across shard groups): searching groups apart
+    and merging gives exactly the local search's list, ties broken by corpus order."""
+    import numpy as np
+
+    from bench.distributed.search import merge_top_k, search_group, shard_groups
+    from bench.distributed.storage import Storage
+    from bench.retrieve.embeddings import shard_files, shard_payload
+    from bench.retrieve.search import exact_top_k
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((6, 8)).astype(np.float32)
+    vecs = base[rng.integers(0, 6, size=70)]  # 70 docs, 6 distinct vectors: ties everywhere
+    ids = [f"d{i:03d}" for i in range(70)]
+    queries = rng.standard_normal((5, 8)).astype(np.float32)
+    storage, size = Storage(str(tmp_path)), 16
+    shards = [(ids[s:s + size], vecs[s:s + size]) for s in range(0, 70, size)]
+    for i, (shard_ids, shard_vecs) in enumerate(shards):
+        vec_bytes, ids_text = shard_payload(shard_vecs, shard_ids, "float32")
+        storage.write_bytes(f"e/{shard_files(i)[0]}", vec_bytes)
+        storage.write_text(f"e/{shard_files(i)[1]}", ids_text)
+    groups = shard_groups(len(shards), 3)
+    assert groups == [[0, 1], [2], [3, 4]]
+    partials = [search_group(storage, "e", g, g[0] * size, queries, 25, 7, "cpu") for g in groups]
+    assert merge_top_k(partials, 25) == exact_top_k(queries, shards, 25, chunk=7, progress=False)
