@@ -316,3 +316,18 @@ def test_partial_top_k_merge_keeps_the_local_tie_rule(tmp_path):
     assert groups == [[0, 1], [2], [3, 4]]
     partials = [search_group(storage, "e", g, g[0] * size, queries, 25, 7, "cpu") for g in groups]
     assert merge_top_k(partials, 25) == exact_top_k(queries, shards, 25, chunk=7, progress=False)
+
+
+def test_storage_writes_whole_files_with_checks_and_refuses_damaged_ones(tmp_path):
+    """Each file lands whole (temporary name, then a move) with a `.check` beside it in the local
+    cache's layout; a file changed after writing reads as missing, so it is computed again."""
+    from bench.distributed.storage import CHECK_SUFFIX, Storage
+
+    storage = Storage(str(tmp_path / "store"))
+    storage.write_checked_json("rerank/x/block-00000.json", {"qids": ["q1"]})
+    assert json.loads(storage.read_checked("rerank/x/block-00000.json")) == {"qids": ["q1"]}
+    assert sorted(p.name for p in (tmp_path / "store" / "rerank" / "x").iterdir()) == [
+        "block-00000.json", "block-00000.json" + CHECK_SUFFIX]  # no temporary file left
+    (tmp_path / "store" / "rerank" / "x" / "block-00000.json").write_text('{"qids": ["q2"]}')
+    assert storage.read_checked("rerank/x/block-00000.json") is None
+    assert storage.read_checked("rerank/x/block-00001.json") is None

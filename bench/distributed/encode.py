@@ -35,8 +35,8 @@ class ShardEncoder:
             ((_, vecs),) = list(self.encoder.encode_shards([(int(i), texts)]))
             vec_bytes, ids_text = shard_payload(vecs, ids, self.storage_dtype)
             vec_name, ids_name = shard_files(int(i))
-            self.storage.write_bytes(f"{self.folder}/{vec_name}", vec_bytes)
-            self.storage.write_text(f"{self.folder}/{ids_name}", ids_text)  # last: the shard counts once both exist
+            self.storage.write_checked(f"{self.folder}/{vec_name}", vec_bytes)
+            self.storage.write_checked(f"{self.folder}/{ids_name}", ids_text.encode("utf-8"))  # last: the shard counts once both exist
             out["shard"].append(int(i))
             out["docs"].append(len(ids))
             out["seconds"].append(time.perf_counter() - t0)
@@ -47,10 +47,10 @@ class ShardEncoder:
 def stored_shard_ids(storage: Storage, folder: str, i: int) -> list[str] | None:
     """Shard `i`'s doc ids if both its files are on storage, else None."""
     vec_name, ids_name = shard_files(i)
-    if not storage.exists(f"{folder}/{vec_name}"):
+    if not storage.exists(f"{folder}/{vec_name}"):  # its bytes are verified where they are read (search)
         return None
-    text = storage.read_text(f"{folder}/{ids_name}")
-    return None if text is None else text.split("\n")
+    data = storage.read_checked(f"{folder}/{ids_name}")
+    return None if data is None else data.decode("utf-8").split("\n")
 
 
 def encode_corpus(collection, spec, *, storage: Storage, folder: str, storage_dtype: str, shard_size: int,
@@ -83,7 +83,7 @@ def encode_corpus(collection, spec, *, storage: Storage, folder: str, storage_dt
     total = counts["encoded_docs"] + counts["reused_docs"]
     if total != collection.n_docs():
         raise BenchError(f"{storage.path(folder)}: the collection yielded {total} documents, expected {collection.n_docs()}")
-    storage.write_json(f"{folder}/{DONE}", completion(total, shard_size, storage_dtype))
+    storage.write_checked_json(f"{folder}/{DONE}", completion(total, shard_size, storage_dtype))
     return counts
 
 

@@ -35,7 +35,7 @@ class BlockScorer:
             keys = [(str(q), str(d)) for q, d in zip(keys_q, keys_d)]
             pairs = [(str(q), str(p)) for q, p in zip(query_texts, passages)]
             done = score_block(self.reranker, [str(q) for q in qids], keys, pairs)
-            self.storage.write_json(f"{self.folder}/{block_file(int(i))}", done)
+            self.storage.write_checked_json(f"{self.folder}/{block_file(int(i))}", done)
             out["block"].append(int(i))
             out["pairs"].append(len(pairs))
             out["seconds"].append(done["stats"]["wall_seconds"])
@@ -62,8 +62,7 @@ class RayRerankStage:
         plan = BlockPlan.of(queries, candidates, self.top_k)
         done: dict[int, dict] = {}
         for i, block in enumerate(plan.blocks):
-            text = storage.read_text(f"{self.folder}/{block_file(i)}")
-            found = parse_block(text, block) if text is not None else None
+            found = self._stored(i, block)
             if found is not None:
                 done[i] = found
         missing = [i for i in range(len(plan.blocks)) if i not in done]
@@ -81,8 +80,15 @@ class RayRerankStage:
                                                           folder=self.folder), execution)
             self.described = json.loads(out["described"][0])
             for i in missing:
-                done[i] = parse_block(storage.read_text(f"{self.folder}/{block_file(i)}"), plan.blocks[i])
+                done[i] = self._stored(i, plan.blocks[i])
+                if done[i] is None:
+                    raise RuntimeError(f"{storage.path(self.folder)}: block {i} was scored but cannot be read back")
         self.submitted_blocks = len(missing)
         self.execution = self.backend.describe(steps={"rerank_seconds": time.perf_counter() - t0},
                                                submitted_blocks=len(missing), blocks=len(plan.blocks))
         return plan.assemble([done[i] for i in range(len(plan.blocks))], resumed=len(plan.blocks) - len(missing))
+
+    def _stored(self, i: int, qids: list[str]) -> dict | None:
+        """Block `i` from storage if it is there, intact, and was scored for `qids`."""
+        data = self.backend.storage.read_checked(f"{self.folder}/{block_file(i)}")
+        return None if data is None else parse_block(data.decode("utf-8"), qids)

@@ -32,8 +32,11 @@ def search_group(storage: Storage, folder: str, shards: list[int], base: int, qu
     loaded, ids_all = [], []
     for i in shards:
         vec_name, ids_name = shard_files(i)
-        ids = storage.read_text(f"{folder}/{ids_name}").split("\n")
-        vecs = np.load(io.BytesIO(storage.read_bytes(f"{folder}/{vec_name}")))
+        ids_data, vec_data = storage.read_checked(f"{folder}/{ids_name}"), storage.read_checked(f"{folder}/{vec_name}")
+        if ids_data is None or vec_data is None:
+            raise RuntimeError(f"{storage.path(folder)}: shard {i} is missing or damaged on storage; rerun to re-encode it")
+        ids = ids_data.decode("utf-8").split("\n")
+        vecs = np.load(io.BytesIO(vec_data))
         loaded.append((ids, vecs))
         ids_all.extend(ids)
     position = {doc_id: base + p for p, doc_id in enumerate(ids_all)}

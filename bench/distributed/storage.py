@@ -9,12 +9,17 @@ single PUT is atomic already).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from pathlib import Path
 
 from .. import lazy
 from ..errors import BenchError
+
+#: beside a file F, F.check holds {"size", "sha256"} of the bytes written to F: the layout of the local
+#: cache's checked entries, so each backend can verify what the other wrote
+CHECK_SUFFIX = ".check"
 
 
 def _filesystem(uri: str):
@@ -75,6 +80,32 @@ class Storage:
 
     def write_json(self, rel: str, obj) -> None:
         self.write_text(rel, json.dumps(obj, ensure_ascii=False))
+
+    def write_checked(self, rel: str, data: bytes) -> None:
+        """Write a file and then its check; a crash between the two leaves no check or a stale one."""
+        if self.exists(rel + CHECK_SUFFIX):
+            self.delete(rel + CHECK_SUFFIX)
+        self.write_bytes(rel, data)
+        self.write_json(rel + CHECK_SUFFIX, {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+
+    def write_checked_json(self, rel: str, obj) -> None:
+        self.write_checked(rel, json.dumps(obj, ensure_ascii=False).encode("utf-8"))
+
+    def read_checked(self, rel: str) -> bytes | None:
+        """The file's bytes; None when it is absent or its check says they are not what was written (a
+        file with no check beside it is taken as it is: older local entries have none)."""
+        if not self.exists(rel):
+            return None
+        data = self.read_bytes(rel)
+        check = self.read_text(rel + CHECK_SUFFIX)
+        if check is None:
+            return data
+        try:
+            want = json.loads(check)
+            intact = int(want["size"]) == len(data) and want["sha256"] == hashlib.sha256(data).hexdigest()
+        except (ValueError, KeyError, TypeError):
+            intact = False
+        return data if intact else None
 
     def delete(self, rel: str) -> None:
         self.fs.delete_file(self.path(rel))
