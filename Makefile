@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(if $(TORCH_SPEC),$(BIN)/python -m pip install -q "$(TORCH_SPEC)")
-	$(BIN)/python -m pip install -q -e '.[offline,test]'
+	$(BIN)/python -m pip install -q -e '.[offline,test,ray]'
 	@echo "compiling ranx's metric kernels once (numba, about a minute on first install)..."
 	$(BIN)/python -c "from bench.evaluate import warm_up; warm_up()"
 	touch $(STAMP)

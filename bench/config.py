@@ -259,6 +259,21 @@ class ThroughputSpec(Spec):
         return v
 
 
+class ExecutionSpec(Spec):
+    """Where the expensive steps run: ``local`` (this process, the default) or ``ray`` (a Ray cluster:
+    corpus encoding, exact search and reranking on its workers; see README 'Running on a Ray cluster')."""
+
+    backend: Literal["local", "ray"] = "local"
+    address: str | None = Field(None, description="ray: the cluster, e.g. 'auto' or 'ray://head:10001'; "
+                                                  "None: Ray's own default (RAY_ADDRESS, else a local one)")
+    storage: str | None = Field(None, description="ray: where shards and blocks are written, readable and writable "
+                                                  "by every node: a shared path or a pyarrow/fsspec URI "
+                                                  "(s3://bucket/prefix); None: the cache folder")
+    gpus_per_worker: float = Field(0, ge=0, description="ray: GPUs each encoder/reranker actor holds (0: CPU)")
+    cpus_per_worker: float = Field(1, gt=0, description="ray: CPUs each actor or search task holds")
+    workers: int = Field(1, gt=0, description="ray: actors in each pool, and search tasks")
+
+
 class Experiment(Spec):
     name: str
     description: str = ""
@@ -269,6 +284,7 @@ class Experiment(Spec):
     rerankers: list[RerankerSpec] = []
     evaluation: EvaluationSpec = EvaluationSpec()
     throughput: ThroughputSpec | None = None
+    execution: ExecutionSpec = ExecutionSpec()
 
     @field_validator("name")
     @classmethod

@@ -35,6 +35,9 @@ MODULES = {
     "huggingface_hub": "huggingface_hub",
     "bm25s": "bm25s",
     "tqdm": "tqdm.auto",
+    "ray": "ray",
+    "ray_data": "ray.data",
+    "pyarrow_fs": "pyarrow.fs",
 }
 
 __all__ = sorted(MODULES)

@@ -16,6 +16,7 @@ from . import models
 from .cache import cache_root, entry, key_of, read_checked_json, write_checked_json
 from .config import Experiment, RerankerSpec
 from .data import expand, load_collection
+from .distributed import open_backend
 from .engine.device import precision_for, release_memory
 from .errors import BenchError
 from .evaluate import Conventions, evaluate
@@ -44,6 +45,7 @@ class Pipeline:
         self.log = log
         self._qrels_written: set[str] = set()  # datasets whose qrels.txt this run has written
         self._empty: dict[str, dict] = {}  # dataset label -> counts of empty queries and passages
+        self.backend = None  # opened by run(): the local backend, or a connected cluster
         self.experiment_info = {"name": experiment.name, "description": experiment.description}
         if experiment_path is not None:
             self.experiment_info.update(file=str(experiment_path), sha256=sha256_file(experiment_path))
@@ -51,6 +53,7 @@ class Pipeline:
     # -- the whole experiment -------------------------------------------------------------------
     def run(self) -> list[QualityRecord]:
         records: list[QualityRecord] = []
+        self.backend = open_backend(self.exp.execution, self.cache, log=self.log)  # fails before any work
         specs = [s for spec in self.exp.datasets for s in expand(spec)]
         prepared = []
         stages: dict[str, FirstStage] = {}  # one per name: datasets sharing it load its model once
@@ -67,7 +70,8 @@ class Pipeline:
                              "cannot reach 1 for their queries (records: dataset.judged_docs_missing)")
                 self._empty[collection.name] = self.check_empty(spec, collection)
                 if fs_name not in stages:
-                    stages[fs_name] = FirstStage(fs_name, fs_spec, self.cache, progress=self.progress)
+                    stages[fs_name] = FirstStage(fs_name, fs_spec, self.cache, progress=self.progress,
+                                                  backend=self.backend)
                 run, rec = self.first_stage(collection, stages[fs_name])
                 records.append(rec)
                 prepared.append((collection, fs_name, run, rec))
@@ -119,7 +123,7 @@ class Pipeline:
             system["first_stage"]["encoder"] = result.encoder
         timings = {"first_stage_seconds": result.seconds, "cached": result.cached,
                    "encode_seconds": result.encode_seconds, "search_seconds": result.search_seconds,
-                   "docs_per_second": result.docs_per_second}
+                   "docs_per_second": result.docs_per_second, "backend": self.exp.execution.backend}
         rec = self._quality_record(collection, system, result.run, name, timings, {}, result.info)
         return result.run, rec
 
@@ -127,25 +131,30 @@ class Pipeline:
                holder: dict) -> QualityRecord:
         spec_key = spec.model_dump(mode="json", exclude={"name", "device", "batch_size", "token_budget"})
         checkpoints = entry(self.cache, "rerank", f"{collection.name}-{spec.label}", reranker=spec_key,
-                            precision=precision_for(spec.dtype, spec.device, spec.engine), candidates=fs_rec.key)
+                            precision=self.backend.precision(spec) if self.backend else
+                            precision_for(spec.dtype, spec.device, spec.engine), candidates=fs_rec.key)
 
         def factory():
             if "reranker" not in holder:
                 holder["reranker"] = build_reranker(spec, cache_dir=self.cache)
             return holder["reranker"]
 
-        stage = RerankStage(factory, spec.top_k, checkpoints, progress=self.progress)
+        if self.backend is not None:  # the same blocks, scored on the cluster
+            stage = self.backend.rerank_stage(spec, spec.top_k, checkpoints)
+        else:
+            stage = RerankStage(factory, spec.top_k, checkpoints, progress=self.progress)
         t0 = time.perf_counter()
         result = stage.rerank(collection.queries, candidates, collection.get_docs)
-        described = holder["reranker"].describe() if "reranker" in holder else {
+        described = holder["reranker"].describe() if "reranker" in holder else getattr(stage, "described", None) or {
             "engine": spec.engine, "model": models.describe(spec.model, spec.revision), "note": "all blocks resumed from cache"}
         system = {"label": spec.label, "stage": "rerank", "first_stage": fs_rec.system.first_stage,
                   "first_stage_label": fs_name, "reranker": {**spec.model_dump(mode="json"), **described}}
         timings = {"rerank_seconds": time.perf_counter() - t0, "rerank_scoring_seconds": result.seconds,
                    "rerank_pairs_per_s": result.pairs_per_second, "resumed_blocks": result.resumed_blocks,
-                   "blocks": result.blocks}
+                   "blocks": result.blocks, "backend": self.exp.execution.backend}
+        info = {"checkpoints": str(checkpoints), **({"execution": stage.execution} if self.backend else {})}
         return self._quality_record(collection, system, result.run, f"{fs_name}__{spec.label}", timings,
-                                    result.diagnostics(), {"checkpoints": str(checkpoints)}, parent=fs_rec.key)
+                                    result.diagnostics(), info, parent=fs_rec.key)
 
     # -- records --------------------------------------------------------------------------------
     def _quality_record(self, collection, system: dict, run: dict, run_name: str, timings: dict,

@@ -249,6 +249,7 @@ class QualityTimings(Part):
     rerank_pairs_per_s: float | None = None
     resumed_blocks: int | None = None
     blocks: int | None = None
+    backend: str | None = None              # where the expensive steps ran: local or ray (info.execution: the cluster)
 
 
 class QualityRecord(Record):

@@ -20,6 +20,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--datasets", "--only", dest="datasets", action="append", metavar="LABELS", default=None,
                         help="run only these datasets, by label (repeatable or comma-separated), e.g. "
                              "--datasets miracl/yo/dev")
+    parser.add_argument("--backend", choices=["local", "ray"], default=None,
+                        help="where the expensive steps run (default: the experiment's [execution] backend, else local)")
+    parser.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                        help="the Ray cluster (auto | host:6379 | ray://host:10001); implies --backend ray")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     parser.add_argument("--skip-preflight", action="store_true",
                         help="do not check up front that hub models can be fetched")
@@ -32,6 +36,7 @@ def run(args) -> int:
     if args.datasets:
         labels = [label.strip() for arg in args.datasets for label in arg.split(",") if label.strip()]
         exp = select_datasets(exp, labels, str(args.experiment))
+    exp = with_execution(exp, args.backend, args.ray_address)
     out = check_output_folder(args.out or Path("runs") / exp.name)  # before any work
     if not args.skip_preflight:
         check_fetchable(exp, args.experiment)
@@ -43,3 +48,9 @@ def run(args) -> int:
     print(f"{len(records)} records in {out / 'records'}; report: {out / 'report.md'}, {out / 'report.csv'}; "
           f"{elapsed:.1f} s")
     return 0
+
+
+def with_execution(exp, backend: str | None, address: str | None):
+    """The experiment with its [execution] backend and address overridden from the command line."""
+    update = {k: v for k, v in (("backend", backend or ("ray" if address else None)), ("address", address)) if v}
+    return exp.model_copy(update={"execution": exp.execution.model_copy(update=update)}) if update else exp

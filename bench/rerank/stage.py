@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import lazy
-from ..cache import read_checked_json, write_checked_json
+from ..cache import read_checked, write_checked_json
 from ..runs import sort_ranking
 
 BLOCK_PAIRS = 20_000
@@ -82,62 +82,43 @@ class RerankStage:
 
     def rerank(self, queries: dict[str, str], candidates: dict[str, dict[str, float]], get_docs) -> RerankResult:
         """The reranked run with its counters and timings. `get_docs(ids) -> {id: text}`."""
-        qids = [q for q in sorted(candidates) if q in queries and candidates[q]]
-        ranked = {q: [d for d, _ in sort_ranking(candidates[q])] for q in qids}
-        tops = {q: docs[: self.top_k] for q, docs in ranked.items()}
-        rest = {q: docs[self.top_k:] for q, docs in ranked.items()}
-        blocks, cur, size = [], [], 0
-        for q in qids:
-            cur.append(q)
-            size += len(tops[q])
-            if size >= BLOCK_PAIRS:
-                blocks.append(cur)
-                cur, size = [], 0
-        if cur:
-            blocks.append(cur)
+        plan = BlockPlan.of(queries, candidates, self.top_k)
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        run: dict[str, dict[str, float]] = {}
-        totals = {"pairs": 0, "tokens": 0, "padded_tokens": 0, "truncated_pairs": 0, "truncated_queries": 0,
-                  "seconds": 0.0}
-        resumed = 0
-        bar = lazy.tqdm.tqdm(total=sum(len(t) for t in tops.values()), desc="rerank", unit="pair",
-                             disable=not self.progress, dynamic_ncols=True)
-        for i, block in enumerate(blocks):
-            path = self.checkpoint_dir / f"block-{i:05d}.json"
-            pairs, keys = [], []
-            for q in block:
-                texts = get_docs(tops[q])
-                for d in tops[q]:
-                    pairs.append((queries[q], texts[d]))
-                    keys.append((q, d))
-            digest = pairs_digest(keys, pairs)
-            done = _read_block(path, block, digest)
+        done_blocks, resumed = [], 0
+        bar = lazy.tqdm.tqdm(total=plan.pairs, desc="rerank", unit="pair", disable=not self.progress,
+                             dynamic_ncols=True)
+        for i, block in enumerate(plan.blocks):
+            path = self.checkpoint_dir / block_file(i)
+            keys, pairs = plan.pairs_of(block, queries, get_docs)
+            done = _read_block(path, block, pairs_digest(keys, pairs))
             if done is None:
-                rr = self.reranker
-                rr.reset_stats()
-                t0 = time.perf_counter()
-                scores = rr.score(pairs)
-                elapsed = time.perf_counter() - t0
-                stats = {**rr.stats(), "wall_seconds": elapsed}
-                scored: dict[str, dict[str, float]] = {q: {} for q in block}
-                for (q, d), s in zip(keys, scores.tolist()):
-                    scored[q][d] = s
-                done = {"qids": block, "pairs_sha256": digest, "scores": scored, "stats": stats}
+                done = score_block(self.reranker, block, keys, pairs)
                 write_checked_json(path, done)
             else:
                 resumed += 1
-            run.update(done["scores"])
-            for k in totals:  # an engine that does not count something reports None: keep it None
-                value = done["stats"].get(k if k != "seconds" else "wall_seconds")
-                totals[k] = None if value is None or totals[k] is None else totals[k] + value
+            done_blocks.append(done)
             bar.update(sum(len(v) for v in done["scores"].values()))
         bar.close()
-        for q, below in rest.items():
-            if below:
-                floor = min(run[q].values()) if run.get(q) else 0.0
-                for i, d in enumerate(below, start=1):
-                    run[q][d] = floor - i  # keeps first-stage order under the reranked prefix
-        return RerankResult(run=run, top_k=self.top_k, blocks=len(blocks), resumed_blocks=resumed, **totals)
+        return plan.assemble(done_blocks, resumed)
+
+
+def block_file(i: int) -> str:
+    """The checkpoint file name of block `i` (the same in a local cache entry and on a cluster's storage)."""
+    return f"block-{i:05d}.json"
+
+
+def score_block(reranker, qids: list[str], keys: list[tuple[str, str]], pairs: list[tuple[str, str]]) -> dict:
+    """One block scored: its checkpoint content (query ids, the digest of its pairs, scores per query,
+    the reranker's counters)."""
+    reranker.reset_stats()
+    t0 = time.perf_counter()
+    scores = reranker.score(pairs)
+    elapsed = time.perf_counter() - t0
+    scored: dict[str, dict[str, float]] = {q: {} for q in qids}
+    for (q, d), s in zip(keys, scores.tolist()):
+        scored[q][d] = s
+    return {"qids": qids, "pairs_sha256": pairs_digest(keys, pairs), "scores": scored,
+            "stats": {**reranker.stats(), "wall_seconds": elapsed}}
 
 
 def pairs_digest(keys: list[tuple[str, str]], pairs: list[tuple[str, str]]) -> str:
@@ -149,13 +130,85 @@ def pairs_digest(keys: list[tuple[str, str]], pairs: list[tuple[str, str]]) -> s
     return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class BlockPlan:
+    """Which pairs a rerank scores and how they are cut into blocks of about BLOCK_PAIRS pairs (whole
+    queries, sorted query ids), and how finished blocks make the reranked run. Any backend that
+    scores the blocks of one plan returns the same run."""
+
+    top_k: int
+    tops: dict[str, list[str]]      # the reranked prefix per query, in first-stage order
+    rest: dict[str, list[str]]      # the remainder kept in first-stage order below it
+    blocks: list[list[str]]
+
+    @classmethod
+    def of(cls, queries: dict[str, str], candidates: dict[str, dict[str, float]], top_k: int) -> "BlockPlan":
+        qids = [q for q in sorted(candidates) if q in queries and candidates[q]]
+        ranked = {q: [d for d, _ in sort_ranking(candidates[q])] for q in qids}
+        tops = {q: docs[:top_k] for q, docs in ranked.items()}
+        rest = {q: docs[top_k:] for q, docs in ranked.items()}
+        blocks, cur, size = [], [], 0
+        for q in qids:
+            cur.append(q)
+            size += len(tops[q])
+            if size >= BLOCK_PAIRS:
+                blocks.append(cur)
+                cur, size = [], 0
+        if cur:
+            blocks.append(cur)
+        return cls(top_k, tops, rest, blocks)
+
+    @property
+    def pairs(self) -> int:
+        return sum(len(t) for t in self.tops.values())
+
+    def pairs_of(self, block: list[str], queries: dict[str, str], get_docs) -> tuple[list, list]:
+        """(keys, pairs) of one block: (query id, doc id) and (query text, passage text) per pair; the
+        docstore is read once per query of the block."""
+        pairs, keys = [], []
+        for q in block:
+            texts = get_docs(self.tops[q])
+            for d in self.tops[q]:
+                pairs.append((queries[q], texts[d]))
+                keys.append((q, d))
+        return keys, pairs
+
+    def assemble(self, done_blocks: list[dict], resumed: int) -> RerankResult:
+        """The reranked run and summed counters from every block's checkpoint content, in block order."""
+        run: dict[str, dict[str, float]] = {}
+        totals = {"pairs": 0, "tokens": 0, "padded_tokens": 0, "truncated_pairs": 0, "truncated_queries": 0,
+                  "seconds": 0.0}
+        for done in done_blocks:
+            run.update(done["scores"])
+            for k in totals:  # an engine that does not count something reports None: keep it None
+                value = done["stats"].get(k if k != "seconds" else "wall_seconds")
+                totals[k] = None if value is None or totals[k] is None else totals[k] + value
+        for q, below in self.rest.items():
+            if below:
+                floor = min(run[q].values()) if run.get(q) else 0.0
+                for i, d in enumerate(below, start=1):
+                    run[q][d] = floor - i  # keeps first-stage order under the reranked prefix
+        return RerankResult(run=run, top_k=self.top_k, blocks=len(self.blocks), resumed_blocks=resumed, **totals)
+
+
 def _read_block(path: Path, qids: list[str], digest: str):
     """A finished block, or None if absent, damaged or scored for other pairs (then it is rescored)."""
-    data = read_checked_json(path)
+    data = read_checked(path)
     if data is None:
         return None
+    return parse_block(data.decode("utf-8", errors="replace"), qids, digest, where=str(path))
+
+
+def parse_block(text: str, qids: list[str], digest: str, *, where: str):
+    """A checkpoint's content if it is whole and was scored for exactly these pairs (`qids` and their
+    `pairs_digest`), else None: the caller scores the block again. A block written for other
+    candidates is said on stderr."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return None
     if data.get("qids") != qids or data.get("pairs_sha256") != digest:
-        print(f"note: {path} was scored for other candidates (the first stage or collection changed); "
+        print(f"note: {where} was scored for other candidates (the first stage or collection changed); "
               "scoring it again", file=sys.stderr, flush=True)
         return None
     return data

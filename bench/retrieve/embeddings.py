@@ -23,6 +23,27 @@ from ..cache import checked, read_checked, read_checked_json, write_checked, wri
 DONE = "complete.json"
 
 
+def shard_files(i: int) -> tuple[str, str]:
+    """The file names of shard `i` (vectors, doc ids), the same in a local cache entry and on a
+    cluster's storage, so a shard written by either is found by the other."""
+    return f"shard-{i:05d}.npy", f"shard-{i:05d}.ids"
+
+
+def shard_payload(vecs: np.ndarray, ids: list[str], storage_dtype: str) -> tuple[bytes, str]:
+    """A shard's two files as written: the vectors as .npy bytes in `storage_dtype`, the ids one a line."""
+    vecs = np.ascontiguousarray(vecs, dtype=storage_dtype)
+    if vecs.shape[0] != len(ids):
+        raise RuntimeError(f"encoder returned {vecs.shape[0]} vectors for {len(ids)} texts")
+    buf = io.BytesIO()
+    np.save(buf, vecs)
+    return buf.getvalue(), "\n".join(ids)
+
+
+def completion(n_docs: int, shard_size: int, storage_dtype: str) -> dict:
+    """What the completion marker (`DONE`) of a finished entry holds."""
+    return {"n_docs": n_docs, "shard_size": shard_size, "storage_dtype": storage_dtype}
+
+
 class EmbeddingStore:
     """One cache entry of corpus embeddings: a folder of shards plus a completion marker."""
 
@@ -64,7 +85,8 @@ class EmbeddingStore:
         return None if data is None else data.decode("utf-8").split("\n")
 
     def _shard(self, i: int) -> tuple[Path, Path]:
-        return self.folder / f"shard-{i:05d}.npy", self.folder / f"shard-{i:05d}.ids"
+        vec_name, ids_name = shard_files(i)
+        return self.folder / vec_name, self.folder / ids_name
 
     def build(self, doc_batches: Iterator[list[tuple[str, str]]], encode: Callable[[list[str]], np.ndarray] | None = None,
               *, n_docs: int, storage_dtype: str = "float32", progress: bool = True,
@@ -100,22 +122,17 @@ class EmbeddingStore:
 
         for i, vecs in encode_shards(missing()):
             ids = pending_ids.pop(i)
-            vecs = np.ascontiguousarray(vecs, dtype=storage_dtype)
-            if vecs.shape[0] != len(ids):
-                raise RuntimeError(f"encoder returned {vecs.shape[0]} vectors for {len(ids)} texts")
+            vec_bytes, ids_text = shard_payload(vecs, ids, storage_dtype)
             vec_path, ids_path = self._shard(i)
-            buf = io.BytesIO()
-            np.save(buf, vecs)
-            write_checked(vec_path, buf.getvalue())
-            write_checked_text(ids_path, "\n".join(ids))
+            write_checked(vec_path, vec_bytes)
+            write_checked_text(ids_path, ids_text)
             counts["encoded_docs"] += len(ids)
             bar.update(len(ids))
         bar.close()
         total = counts["encoded_docs"] + counts["reused_docs"]
         if total != n_docs:
             raise BenchError(f"{self.folder}: the collection yielded {total} documents, expected {n_docs}")
-        write_checked_json(self.folder / DONE, {"n_docs": total, "shard_size": self.shard_size,
-                                                "storage_dtype": storage_dtype})
+        write_checked_json(self.folder / DONE, completion(total, self.shard_size, storage_dtype))
         return counts
 
     def shards(self) -> Iterator[tuple[list[str], np.ndarray]]:

@@ -52,6 +52,16 @@ def queries_digest(queries: dict[str, str]) -> str:
     return h.hexdigest()[:16]
 
 
+def embedding_entry(cache_root: str | Path, spec: FirstStageSpec, collection, encoder: dict) -> tuple[Path, str]:
+    """The cache entry of a collection's corpus embeddings under `spec` and the dtype they are stored
+    in, from the encoder's own description (its dtype as it runs). Every backend keys shards here."""
+    storage = "float32" if encoder.get("dtype") in ("fp32", "tf32") else "float16"
+    folder = entry(cache_root, "embeddings", f"{collection.name}-{Path(spec.model).name}",
+                   model=spec.model, revision=spec.revision, corpus=collection.corpus_fingerprint(),
+                   max_length=spec.max_length, dtype=encoder.get("dtype"), engine=spec.engine, storage=storage)
+    return folder, storage
+
+
 @dataclass(frozen=True)
 class FirstStageResult:
     """What `FirstStage.retrieve` returns: the candidate run, what it cost, and the stage's account
@@ -77,11 +87,13 @@ class FirstStageResult:
 class FirstStage:
     """Candidates for every query of a collection, by one configured method."""
 
-    def __init__(self, name: str, spec: FirstStageSpec, cache_root: str | Path, *, progress: bool = True):
+    def __init__(self, name: str, spec: FirstStageSpec, cache_root: str | Path, *, progress: bool = True,
+                 backend=None):
         self.name = name
         self.spec = spec
         self.cache_root = Path(cache_root)
         self.progress = progress
+        self.backend = backend  # None: this process; else `backend.dense(stage, collection)` runs dense retrieval
         self._encoder = None
         #: what each method fetches: one more than kept when the query's own id may be dropped
         self.fetch_depth = spec.depth + (1 if spec.remove_query_id else 0)
@@ -105,7 +117,9 @@ class FirstStage:
             if f not in self.spec.model_fields_set or spec_key[f] is None:
                 spec_key.pop(f, None)
         if self.spec.kind in ("dense", "bge-m3"):  # `auto` is fp16 on a GPU, fp32 on the CPU: key the run on what runs
-            spec_key["precision"] = precision_for(self.spec.dtype, self.spec.device, self.spec.engine)
+            spec_key["precision"] = (self.backend.precision(self.spec) if self.backend is not None
+                                     and self.spec.kind == "dense" else
+                                     precision_for(self.spec.dtype, self.spec.device, self.spec.engine))
         if self.spec.kind == "run":  # the file's content, not its name: an edited run file is a new entry
             spec_key["run_file_sha256"] = sha256_file(self._run_path(collection))
         folder = entry(self.cache_root, "runs", f"{collection.name}-{self.name}", stage=spec_key,
@@ -136,15 +150,13 @@ class FirstStage:
 
     # -- methods -----------------------------------------------------------------------------
     def _dense(self, collection):
+        if self.backend is not None:  # another execution backend (a Ray cluster) encodes and searches
+            return self.backend.dense(self, collection)
         if self._encoder is None:  # one process per device when there are several, whole shards each
             self._encoder = build_encoder(self.spec, cache_dir=self.cache_root)
         enc = self._encoder
         d = enc.describe()
-        storage = "float32" if d.get("dtype") in ("fp32", "tf32") else "float16"
-        store_folder = entry(self.cache_root, "embeddings", f"{collection.name}-{Path(self.spec.model).name}",
-                             model=self.spec.model, revision=self.spec.revision, corpus=collection.corpus_fingerprint(),
-                             max_length=self.spec.max_length, dtype=d.get("dtype"), engine=self.spec.engine,
-                             storage=storage)
+        store_folder, storage = embedding_entry(self.cache_root, self.spec, collection, d)
         store = EmbeddingStore(store_folder, shard_size=SHARD_SIZE)
         t0 = time.perf_counter()
         built = {"encoded_docs": 0, "reused_docs": collection.n_docs()}
