@@ -19,12 +19,16 @@ from ..engine.device import AUTO_CUDA, matmul_precision, resolve_precision
 from .common import EngineBase, check_pairs, check_scores
 from .scoring import head_from_logits, load_decoder
 
+#: ``dtype = "auto"`` on CUDA for decoder engines: bf16 for the fast engine (Qwen's and Gemma's
+#: activations overflow fp16), each baseline as its users run it.
+DECODER_AUTO_CUDA = {**AUTO_CUDA, "fast": "bf16"}
+
 
 class DecoderEngineBase(EngineBase):
     """What the decoder engines share: the loaded model, head and prompts, and what the record says."""
 
     def __init__(self, spec, device: str, cache_dir=None, *, config=None):
-        super().__init__(spec, device, resolve_precision(spec.dtype, device, AUTO_CUDA[self.engine]),
+        super().__init__(spec, device, resolve_precision(spec.dtype, device, DECODER_AUTO_CUDA[self.engine]),
                          query_limit=True)
         loaded = load_decoder(spec, device, self.precision, cache_dir, config=config)
         self.source = loaded.source

@@ -8,6 +8,7 @@ from ..engine.device import ENGINES
 from ..errors import BenchError
 from .baselines import CrossEncoderReranker, FlagStyleReranker, TransformersReranker
 from .common import Reranker
+from .decoder_baselines import DecoderCrossEncoderReranker, DecoderFlagReranker
 from .decoder_fast import FastDecoderReranker
 from .decoder_hf import DecoderTransformersReranker
 from .fast import FastReranker
@@ -47,7 +48,11 @@ def _build_decoder(spec, device: str, cache_dir, options: dict, config) -> Reran
         return FastDecoderReranker(spec, device=device, cache_dir=cache_dir, config=config, **options)
     if options:
         raise BenchError(f"reranker engine {spec.engine!r} takes no options (got {sorted(options)})")
-    if spec.engine == "transformers":
-        return DecoderTransformersReranker(spec, device=device, cache_dir=cache_dir, config=config)
-    raise BenchError(f"reranker {spec.model!r} is a decoder reranker: engine {spec.engine!r} does not run it; "
-                     "use fast or transformers")
+    if spec.trust_remote_code and spec.engine != "transformers":
+        raise BenchError(f"reranker {spec.model!r}: trust_remote_code models run only through the Hugging Face "
+                         "forward: set engine = 'transformers'")
+    engines = {"transformers": DecoderTransformersReranker, "sentence-transformers": DecoderCrossEncoderReranker,
+               "flag": DecoderFlagReranker}
+    if spec.engine not in engines:
+        raise BenchError(f"reranker engine {spec.engine!r}: use one of {', '.join(ENGINES)}")
+    return engines[spec.engine](spec, device=device, cache_dir=cache_dir, config=config)

@@ -22,6 +22,8 @@ from ..engine.prompts import PromptTokenizer
 from ..errors import BenchError
 
 HEADS = ("classification", "yes_no", "token_logit")
+#: RerankerSpec fields that decide how a decoder reranker scores (passed on wherever a spec is rebuilt)
+DECODER_FIELDS = {"head", "template", "instruction", "yes_token", "no_token", "prefix_reuse", "trust_remote_code"}
 
 
 @dataclass(frozen=True)
