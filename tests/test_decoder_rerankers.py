@@ -149,6 +149,9 @@ def test_fast_engine_equals_the_model_card_forward(model, pairs):
         assert (info["prefix_reuse"]["prefix_tokens_saved"] > 0.05) is reuse
         assert fast.stats()["truncated_pairs"] == card.stats()["truncated_pairs"]
         assert info["scoring"] == card.describe()["scoring"]
+    if model == QWEN3:  # the other baselines: FlagLLMReranker's batching, sentence-transformers' LogitScore
+        for engine in ("flag", "sentence-transformers"):
+            assert np.abs(scorer(model, engine, max_length=96).score(pairs) - expected).max() < TOL, engine
 
 
 def test_scoring_head_is_recorded_for_every_reranker(tiny_reranker, cache_dir):
@@ -211,3 +214,30 @@ def test_cli_exits_2_on_a_template_without_slots(experiment_toml, capsys):
                            rerankers=[{"model": QWEN3, "template": "{query} only"}])
     assert main(["run", str(path)]) == 2
     assert "{passage}" in capsys.readouterr().err
+
+
+def test_bench_throughput_runs_every_decoder_engine(shared_data, cache_dir, experiment_toml, tmp_path, capsys):
+    """`bench throughput` with the tiny Qwen3 decoder: all four engines and the no-reuse variant side by
+    side, with records, table and plot."""
+    from bench.cli import main
+    from bench.records import find_records
+
+    exp = experiment_toml(
+        "tp.toml", name="tp-decoder", cache_dir=cache_dir, first_stages={"bm25": {"kind": "bm25"}},
+        datasets=[{"source": "beir", "path": shared_data / "miracl-yo-dev", "split": "dev"}],
+        rerankers=[{"model": QWEN3, "name": "tiny-qwen3", "device": "cpu", "max_length": 128}],
+        throughput={"engines": ["fast", "transformers", "sentence-transformers", "flag"], "dtypes": ["fp32"],
+                    "batch_sizes": [8], "token_budgets": [2048], "pairs": 12, "k": 4, "warmup": 0, "repeats": 1,
+                    "variants": {"fast": [{}, {"prefix_reuse": False}]}})
+    out = tmp_path / "out"
+    rc = main(["throughput", str(exp), "--out", str(out), "--candidates", "qrels", "--latency-queries", "1"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    (tp,) = find_records(out, kind="throughput")
+    assert len(tp.cells) == 5 and not any(c.error for c in tp.cells)
+    assert {c.engine for c in tp.cells} == {"fast", "transformers", "sentence-transformers", "flag"}
+    reuse = {c.engine_describe["prefix_reuse"]["enabled"] for c in tp.cells if c.engine == "fast"}
+    assert reuse == {True, False}
+    assert all(c.engine_describe["scoring"]["head"] == "yes_no" for c in tp.cells)
+    assert (out / "plots" / "throughput-tiny-qwen3.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "throughput-tiny-qwen3.md").read_text().count("| fast") == 2
