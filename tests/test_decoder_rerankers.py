@@ -27,14 +27,7 @@ TOL = 1e-4
 QWEN3, QWEN2, GEMMA = "random:tiny-qwen3-reranker", "random:tiny-qwen2-reranker", "random:tiny-gemma-reranker"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

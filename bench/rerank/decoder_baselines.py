@@ -13,6 +13,7 @@ import numpy as np
 from .. import lazy
 from ..engine.device import matmul_precision
 from ..errors import BenchError
+from .baselines import flag_probe
 from .common import check_pairs, check_scores
 from .decoder_hf import DecoderEngineBase
 from .scoring import head_from_logits
@@ -110,16 +111,7 @@ class DecoderFlagReranker(DecoderEngineBase):
         seqs = [enc.seqs[i] for i in order]
         scores, padded = [], 0
         with torch.inference_mode(), matmul_precision(self.precision):
-            bs = self.batch_size
-            while seqs:  # FlagEmbedding's probe of the first (longest) batch
-                try:
-                    self._forward(seqs[:bs])
-                    break
-                except torch.OutOfMemoryError:
-                    if bs <= 1:
-                        raise
-                    bs = bs * 3 // 4
-            self.batch_size_used = bs
+            bs = self.batch_size_used = flag_probe(self._forward, seqs, self.batch_size)
             for s in range(0, len(seqs), bs):
                 out, size = self._forward(seqs[s:s + bs])
                 scores.extend(out.cpu().numpy().tolist())
