@@ -14,6 +14,7 @@ Known decoder rerankers get their head, template, tokens, default max_length and
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 from .. import lazy, models
@@ -170,14 +171,21 @@ class LoadedDecoder:
     source: str
 
 
+@functools.lru_cache(maxsize=4)
+def _tokenizer(source: str, revision: str | None, trust_remote_code: bool):
+    """A decoder's tokenizer, loaded once per process: Qwen's 151,669-entry tokenizer.json takes seconds
+    to parse, and a throughput sweep builds one engine per cell. Read only here (nothing mutates it)."""
+    return lazy.transformers.AutoTokenizer.from_pretrained(source, revision=revision,
+                                                           trust_remote_code=trust_remote_code)
+
+
 def load_decoder(spec, device: str, precision, cache_dir=None, config=None) -> LoadedDecoder:
     """Tokenizer, ``AutoModelForCausalLM`` (eval, on ``device`` in ``precision``), head and prompts."""
     transformers = lazy.transformers
     source = models.resolve(spec.model, cache_dir)
     config = config or load_config(spec, cache_dir)
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source, revision=spec.revision,
-                                                               trust_remote_code=spec.trust_remote_code)
+        tokenizer = _tokenizer(source, spec.revision, spec.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise load_error("reranker tokenizer", spec, exc) from None
     scoring = resolve_scoring(spec, config, tokenizer)
