@@ -188,6 +188,8 @@ def test_bad_inputs_are_one_clear_error(unknown_causal_lm, tmp_path):
     with pytest.raises(BenchError, match="no known template: set template"):
         scorer(unknown_causal_lm, "fast")
     scorer(unknown_causal_lm, "fast", template="qwen3", head="yes_no", max_length=64)  # fields set: it runs
+    with pytest.raises(BenchError, match="query_max_length: the 'qwen3' template cuts queries as its authors do"):
+        scorer(QWEN3, "fast", max_length=64, query_max_length=16)
     with pytest.raises(BenchError, match="splits it into"):
         scorer(QWEN3, "fast", max_length=64, yes_token="relevant!")
     remote = tmp_path / "remote"

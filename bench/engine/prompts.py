@@ -18,8 +18,9 @@ reproduces its authors' code token for token, including how a long pair is cut:
   by ``only_second`` truncation to ``max_length``, wrapped in the chat prefix, ``sep + task prompt`` and
   the chat suffix.
 * a custom template: a string with ``{query}`` and ``{passage}`` (and optionally ``{instruction}``);
-  the text before ``{passage}``, the passage and the text after it are tokenized separately without
-  special tokens (write BOS or chat tokens literally), and the passage is cut to fit ``max_length``.
+  the text before ``{passage}`` (cut to ``query_max_length`` when given), the passage and the text after
+  it are tokenized separately without special tokens (write BOS or chat tokens literally), and the
+  passage is cut to fit ``max_length``.
 
 Every sequence also says how many of its leading tokens depend on the query only (``shared``): the
 prefix that the fast engine computes once per query (``bench.engine.decoder``).
@@ -102,6 +103,9 @@ class PromptTokenizer:
         self.query_max_length = query_max_length
         self.instruction = instruction
         enc = lambda text: _ids(tokenizer, [text])[0]  # noqa: E731
+        if query_max_length is not None and template in ("qwen3", "mxbai-v2"):
+            raise BenchError(f"query_max_length: the {template!r} template cuts queries as its authors do "
+                             "(qwen3: the whole text at its end; mxbai-v2: to max_length * 3 // 4); remove the field")
         if template == "qwen3":
             self.prefix, self.suffix = enc(QWEN3_PREFIX), enc(QWEN3_SUFFIX)
             self.room = max_length - len(self.prefix) - len(self.suffix)
@@ -200,12 +204,13 @@ class PromptTokenizer:
         queries = list(dict.fromkeys(q for q, _ in pairs))
         passages = list(dict.fromkeys(p for _, p in pairs))
         heads = [self.head.replace("{instruction}", self.instruction or "").replace("{query}", q) for q in queries]
-        h_ids = dict(zip(queries, _ids(self.tokenizer, heads, self.room - 1)))
+        limit = min(self.query_max_length or self.room - 1, self.room - 1)
+        h_ids = dict(zip(queries, _ids(self.tokenizer, heads, limit)))
         p_ids = dict(zip(passages, _ids(self.tokenizer, passages)))
         seqs, shared, hit, hit_q = [], [], 0, 0
         for q, p in pairs:
             head = h_ids[q]
-            hit_q += len(head) >= self.room - 1
+            hit_q += len(head) >= limit
             keep = self.room - len(head)
             passage = p_ids[p]
             if len(passage) > keep:
