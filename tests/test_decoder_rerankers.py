@@ -145,6 +145,9 @@ def test_fast_engine_equals_the_model_card_forward(model, pairs):
     if model == QWEN3:  # the other baselines: FlagLLMReranker's batching, sentence-transformers' LogitScore
         for engine in ("flag", "sentence-transformers"):
             assert np.abs(scorer(model, engine, max_length=96).score(pairs) - expected).max() < TOL, engine
+        # a budget below two prefixes: prefixes computed batch by batch, their caches merged
+        small = scorer(model, "fast", max_length=96, token_budget=150).score(pairs)
+        assert np.abs(small - expected).max() < TOL
 
 
 def test_scoring_head_is_recorded_for_every_reranker(tiny_reranker, cache_dir):

@@ -272,6 +272,26 @@ def _prefix_gather(batch: DecoderBatch, cache: PrefixCache):
     return gather, cu_k.to(batch.cu.dtype), int(total.max())
 
 
+def merge_caches(caches: Sequence[PrefixCache]) -> PrefixCache:
+    """Prefix caches computed batch by batch as one (rows in order; padded ones padded to the longest)."""
+    if len(caches) == 1:
+        return caches[0]
+    torch = lazy.torch
+    longest = max(c.longest for c in caches)
+    lengths = torch.cat([c.lengths for c in caches])
+    cu = torch.zeros(lengths.numel() + 1, dtype=caches[0].cu.dtype, device=lengths.device)
+    cu[1:] = torch.cumsum(lengths, 0)
+
+    def join(parts):
+        if parts[0].dim() == 4:  # padded [g, longest, heads, dim]
+            parts = [torch.nn.functional.pad(x, (0, 0, 0, 0, 0, longest - x.shape[1])) for x in parts]
+        return torch.cat(parts)
+
+    layers = range(len(caches[0].keys))
+    return PrefixCache([join([c.keys[i] for c in caches]) for i in layers],
+                       [join([c.values[i] for c in caches]) for i in layers], cu, lengths, longest)
+
+
 def split_prefixes(seqs: Sequence[list[int]], shared: Sequence[int], reuse: bool):
     """Distinct prefixes and, per sequence, (prefix index or -1, its own tokens, their first position).
 

@@ -114,10 +114,21 @@ class FastDecoderReranker(DecoderEngineBase):
         return out, computed, padded
 
     def _prefix_cache(self, prefixes):
-        """All prefixes' keys and values, in one batch (prefixes are short: a query and its template)."""
-        batch = decoder.make_batch(prefixes, [0] * len(prefixes), self.device)
-        cache = self.decoder.prefix_cache(batch)
-        return cache, (len(prefixes) * batch.max_len if self.padded else batch.ids.numel())
+        """All prefixes' keys and values, computed in token-budget batches (in order) and merged."""
+        caches, computed, s = [], 0, 0
+        while s < len(prefixes):
+            e, longest = s + 1, len(prefixes[s])
+            while e < len(prefixes):
+                longest_next = max(longest, len(prefixes[e]))
+                cost = (e - s + 1) * longest_next if self.padded else sum(map(len, prefixes[s:e + 1]))
+                if cost > self.budget.used:
+                    break
+                e, longest = e + 1, longest_next
+            batch = decoder.make_batch(prefixes[s:e], [0] * (e - s), self.device)
+            caches.append(self.decoder.prefix_cache(batch))
+            computed += (e - s) * batch.max_len if self.padded else batch.ids.numel()
+            s = e
+        return decoder.merge_caches(caches), computed
 
     def _cost(self, runs) -> int:
         return len(runs) * max(len(r) for r in runs) if self.padded else sum(len(r) for r in runs)
