@@ -119,6 +119,41 @@ def test_gemma_prompt_ids_equal_flagembedding_code(cache_dir, pairs):
     assert all(seq[0] == tok.bos_token_id for seq in built.seqs)
 
 
+def mxbai_inputs(tokenizer, pairs, max_length):
+    """mixedbread-ai/mxbai-rerank mxbai_rerank_v2.py: MxbaiRerankV2.prepare_predefined_inputs and
+    prepare_inputs (no instruction), before padding."""
+    task = ("You are a search relevance expert who evaluates how well documents match search queries. For each "
+            "query-document pair, carefully analyze the semantic relationship between them, then provide your "
+            "binary relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:")
+    prefix = ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+              "<|im_start|>user\n")
+    ids = lambda x: tokenizer(x, return_tensors=None, add_special_tokens=False)["input_ids"]  # noqa: E731
+    task_ids, sep_ids, prefix_ids, suffix_ids = ids(task), ids("\n"), ids(prefix), ids("<|im_end|>\n<|im_start|>assistant\n")
+    model_max_length = tokenizer.model_max_length
+    predefined = len(prefix_ids) + len(task_ids) + len(suffix_ids) + len(sep_ids)
+    if max_length + predefined > model_max_length:
+        max_length = model_max_length - predefined
+    out = []
+    for q, d in pairs:
+        qi = tokenizer(f"query: {q}", add_special_tokens=False, max_length=max_length * 3 // 4, truncation=True)
+        di = tokenizer(f"document: {d}", add_special_tokens=False, truncation=True,
+                       max_length=min(model_max_length - len(qi["input_ids"]), max_length))
+        first, second = qi["input_ids"], sep_ids + di["input_ids"]
+        over = len(first) + len(second) - max_length  # prepare_for_model(truncation="only_second") of transformers 4
+        if over > 0:
+            second = second[:-over]
+        out.append(prefix_ids + first + second + sep_ids + task_ids + suffix_ids)
+    return out
+
+
+def test_mxbai_prompt_ids_equal_mxbai_rerank_code(cache_dir, pairs):
+    tok = tokenizer_of(QWEN2, cache_dir)
+    for max_length in (64, 8192):
+        built = PromptTokenizer(tok, "mxbai-v2", max_length)(pairs)
+        assert built.seqs == mxbai_inputs(tok, pairs, max_length)
+        assert (built.hit_max > 0) == (max_length == 64)
+
+
 def scorer(model: str, engine: str, **fields):
     options = fields.pop("options", {})
     spec = RerankerSpec(model=model, engine=engine, device="cpu", dtype="fp32", **fields)
