@@ -5,7 +5,9 @@ Per ``score`` call, pairs are taken a few thousand at a time (whole groups of on
 the distinct prefixes of the group run first (keys and values kept), then every prompt's remaining
 tokens, longest first, in batches of at most ``token_budget`` tokens (padded tokens on the SDPA path),
 each reading its prefix's rows. ``prefix_reuse = false`` runs every prompt whole. The record states
-the share of tokens the reuse saved (``prefix_tokens_saved``).
+the share of tokens the reuse saved (``prefix_tokens_saved``). In ``stats()``, ``tokens`` are the
+prompts' tokens and ``padded_tokens`` the tokens the forward ran (padding included on the SDPA path):
+with reuse the second can be the smaller, so a sweep's padding fraction reads 0 there.
 """
 
 from __future__ import annotations
