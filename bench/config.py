@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .engine.common import FAST_OPTIONS
 from .engine.device import DTYPES, ENGINES
+from .engine.prompts import check_custom_template
 from .errors import BenchError
 from .metrics import MetricName
 
@@ -203,6 +204,21 @@ class RerankerSpec(Spec):
     token_budget: int | None = Field(None, gt=0, description="max tokens per batch for the fast engine; None: its default")
     device: str = Field("auto", description="auto = every visible GPU (one process each) else the CPU; cpu; "
                                             "cuda:N; or several joined by commas")
+    # Decoder rerankers (bench.rerank.scoring): None = the known model's own choice.
+    head: Literal["classification", "yes_no", "token_logit"] | None = None
+    template: str | None = Field(None, description="qwen3, bge-gemma, mxbai-v2, or a string with {query} and {passage}")
+    instruction: str | None = Field(None, description="task instruction (Qwen3's <Instruct>, mxbai's instruction:)")
+    yes_token: str | None = Field(None, description="the word whose logit scores relevance (default: the model's)")
+    no_token: str | None = Field(None, description="yes_no head: the word whose logit is subtracted")
+    prefix_reuse: bool = Field(True, description="fast engine, decoder heads: each query's prompt prefix computed once")
+    trust_remote_code: bool = Field(False, description="allow a model's own modelling code (Hugging Face forward only)")
+
+    @field_validator("template")
+    @classmethod
+    def _template_slots(cls, v):
+        if v is not None:
+            check_custom_template(v)
+        return v
 
     @property
     def label(self) -> str:

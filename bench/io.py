@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -171,3 +172,32 @@ def text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
         raise BenchError(f"{where(path, lineno + 1)}: not UTF-8 text ({exc.reason})") from None
     except (EOFError, gzip.BadGzipFile) as exc:
         raise BenchError(f"{where(path, lineno + 1)}: cannot read ({exc}); the file is cut short or not gzip") from None
+
+
+def build_folder(folder: str | os.PathLike, save) -> Path:
+    """Make `folder` by `save(tmp)` into a private temporary folder beside it, then one rename.
+
+    Readers never see half a model; a failed build (disk full included) leaves nothing behind; two
+    processes building the same model at once both succeed: the second rename finds the folder made
+    and the loser's copy is dropped."""
+    folder = Path(folder)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".building", dir=folder.parent))
+        os.chmod(tmp, FOLDER_MODE)  # a shared cache: others read the model too
+    except OSError as exc:
+        raise write_error(folder, exc) from None
+    try:
+        save(tmp)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / "config.json").exists():  # not another process's finished build
+                raise
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, Exception) and (isinstance(exc, OSError) or is_disk_full(exc)):
+            raise write_error(folder, exc) from None
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)  # the loser's copy, when another build won
+    return folder

@@ -22,6 +22,8 @@ from typing import Any
 MODULES = {
     "torch": "torch",
     "transformers": "transformers",
+    "transformers_convert": "transformers.convert_slow_tokenizer",
+    "tokenizers": "tokenizers",
     "sentence_transformers": "sentence_transformers",
     "ranx": "ranx",
     "numba": "numba",

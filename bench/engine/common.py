@@ -14,7 +14,7 @@ DEFAULT_TOKEN_BUDGET = {"cuda": 65536, "cpu": 8192}
 PACKED_OPTIONS = ("gelu_epilogue", "fused_add_norm")
 #: The fast reranker's keywords (see bench.rerank.fast): the variants a throughput sweep may set.
 FAST_OPTIONS = ("attention", "forward", "compile", "prune_last_layer", *PACKED_OPTIONS,
-                "token_budget", "first_chunk", "largest_chunk")
+                "token_budget", "first_chunk", "largest_chunk", "prefix_reuse")
 
 
 def default_token_budget(device: str) -> int:

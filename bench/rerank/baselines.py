@@ -24,6 +24,21 @@ def _explicit(spec, field: str) -> bool:
     return field in spec.model_fields_set
 
 
+def flag_probe(forward, items, batch_size: int) -> int:
+    """FlagEmbedding's probe: the first (longest) batch runs once, shrinking by 3/4 on out-of-memory
+    until it fits; the batch size that fit."""
+    torch = lazy.torch
+    while items:
+        try:
+            forward(items[:batch_size])
+            break
+        except torch.OutOfMemoryError:
+            if batch_size <= 1:
+                raise
+            batch_size = batch_size * 3 // 4
+    return batch_size
+
+
 class TransformersReranker(EngineBase):
     """The plain loop: ``AutoModelForSequenceClassification``, pairs in input order, batches of
     ``batch_size`` tokenized with ``tokenizer(q, p, padding=True, truncation=True, max_length)``
@@ -191,16 +206,7 @@ class FlagStyleReranker(EngineBase):
             items, hit, hit_q = self._items(pairs)
             order = np.argsort([-len(x["input_ids"]) for x in items])
             items = [items[i] for i in order]
-            bs = self.batch_size
-            while True:  # FlagEmbedding's probe of the first (longest) batch
-                try:
-                    self._forward(items[:bs])
-                    break
-                except torch.OutOfMemoryError:
-                    if bs <= 1:
-                        raise
-                    bs = bs * 3 // 4
-            self.batch_size_used = bs
+            bs = self.batch_size_used = flag_probe(self._forward, items, self.batch_size)
             scores, padded = [], 0
             for s in range(0, len(items), bs):
                 logits, size = self._forward(items[s:s + bs])

@@ -104,14 +104,16 @@ def load_cross_encoder(spec, device: str, precision, cache_dir=None):
     transformers = lazy.transformers
     source = models.resolve(spec.model, cache_dir)
     try:
-        config = transformers.AutoConfig.from_pretrained(source, revision=spec.revision)
+        config = transformers.AutoConfig.from_pretrained(source, revision=spec.revision,
+                                                         trust_remote_code=getattr(spec, "trust_remote_code", False))
         if getattr(config, "num_labels", 1) != 1:
             raise BenchError(f"reranker model {spec.model!r} has {config.num_labels} labels; a reranker "
                              "must output one logit per pair (num_labels = 1)")
         check_max_length(config, spec.max_length, f"reranker {spec.label}")
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source, revision=spec.revision)
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(source, revision=spec.revision,
-                                                                   dtype=precision.torch_dtype)
+        remote = getattr(spec, "trust_remote_code", False)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, revision=spec.revision, trust_remote_code=remote)
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(
+            source, revision=spec.revision, dtype=precision.torch_dtype, trust_remote_code=remote)
     except (OSError, ValueError) as exc:
         raise load_error("reranker model", spec, exc) from None
     model.to(device).eval()
@@ -142,4 +144,5 @@ class EngineBase:
             model["untrained"] = models.describe(getattr(self, "source", self.spec.model))["untrained"]
         return {"engine": self.engine, "label": self.label, "model": model, "dtype": self.precision.name,
                 "dtype_requested": self.precision.requested, "device": self.device,
-                "max_length": self.spec.max_length, **fields}
+                "max_length": self.spec.max_length, "scoring": {"head": "classification"},
+                "trust_remote_code": getattr(self.spec, "trust_remote_code", False), **fields}

@@ -29,6 +29,7 @@ from ..errors import BenchError
 from ..io import atomic_write_text
 from ..plots import plot_quality_speed
 from ..records import FidelityComparison, FidelityRecord, ThroughputRecord, find_records
+from ..rerank.scoring import DECODER_FIELDS, is_causal_lm, load_config
 from ..retrieve.stage import FirstStage
 from .fidelity import fidelity_record, sweep_fidelity
 from .flops import tokenizer_and_shape
@@ -147,11 +148,14 @@ def _sweep(spec: RerankerSpec, tp: ThroughputSpec, pairset: PairSet, cells, *, c
            deadline: float | None, settings: dict) -> Sweep:
     """The sweep of one reranker: the model's tokenizer and shape count its FLOPs; ``order = "auto"``
     interleaves the cells on a CPU."""
-    tokenizer, shape = tokenizer_and_shape(models.resolve(spec.model, cache_dir), revision=spec.revision)
+    tokenizer, shape = None, None  # FLOPs are counted for BERT-family cross-encoders only
+    if not is_causal_lm(load_config(spec, cache_dir)):
+        tokenizer, shape = tokenizer_and_shape(models.resolve(spec.model, cache_dir), revision=spec.revision)
     interleave = tp.order == "interleaved" or (tp.order == "auto" and resolve_device(spec.device).startswith("cpu"))
     return Sweep(pairset, cells,
                  reranker_factory(spec.model, cache_dir=cache_dir, device=spec.device,
-                                  query_max_length=spec.query_max_length, revision=spec.revision),
+                                  query_max_length=spec.query_max_length, revision=spec.revision,
+                                  scoring=spec.model_dump(include=DECODER_FIELDS, exclude_unset=True)),
                  model=spec.model, device=spec.device, warmup=tp.warmup, repeats=tp.repeats,
                  latency_queries=tp.latency_queries, tokenizer=tokenizer, shape=shape,
                  query_max_length=spec.query_max_length, name=name, deadline=deadline, interleave=interleave,

@@ -120,12 +120,14 @@ ScorerFactory = Callable[[Cell], Any]
 
 
 def reranker_factory(model: str, *, cache_dir=None, device: str = "auto", query_max_length: int | None = None,
-                     revision: str | None = None) -> ScorerFactory:
-    """Cells → rerankers through the project's one entry point, `bench.rerank.build_reranker`."""
+                     revision: str | None = None, scoring: Mapping[str, Any] | None = None) -> ScorerFactory:
+    """Cells → rerankers through the project's one entry point, `bench.rerank.build_reranker`;
+    ``scoring``: the reranker's decoder fields (head, template, instruction, prefix_reuse...)."""
 
     def build(cell: Cell):
         fields = dict(model=model, revision=revision, engine=cell.engine, dtype=cell.dtype,
-                      max_length=cell.max_length, query_max_length=query_max_length, device=device)
+                      max_length=cell.max_length, query_max_length=query_max_length, device=device,
+                      **dict(scoring or {}))
         if cell.batch_size is not None:
             fields["batch_size"] = cell.batch_size
         if cell.token_budget is not None:

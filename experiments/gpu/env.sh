@@ -9,6 +9,9 @@ fi
 if [ -z "${RERANK_BENCH_BERT_TOKENIZER_DIR:-}" ] && [ -d "$ROOT/.gpu/tokenizers/bert-base-uncased" ]; then
   export RERANK_BENCH_BERT_TOKENIZER_DIR="$ROOT/.gpu/tokenizers/bert-base-uncased"
 fi
+if [ -z "${RERANK_BENCH_QWEN_TIKTOKEN:-}" ] && [ -f "$ROOT/.gpu/tokenizers/qwen.tiktoken" ]; then
+  export RERANK_BENCH_QWEN_TIKTOKEN="$ROOT/.gpu/tokenizers/qwen.tiktoken"
+fi
 # Models are built here, never under $OUT (only results come back).
 export RERANK_BENCH_CACHE="${RERANK_BENCH_CACHE:-${TMPDIR:-/tmp}/rerank-bench-gpu-cache$([ "$SMOKE" = 1 ] && echo -smoke)}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 TQDM_DISABLE=1 PYTHONUNBUFFERED=1

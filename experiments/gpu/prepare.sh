@@ -8,6 +8,7 @@
 # .gpu/data/miracl-yo-dev                  copy of ../shared/data/miracl-yo-dev (the pairs' text)
 # .gpu/tokenizers/xlm-roberta/tokenizer.json  XLM-R's tokenizer (random:bge-reranker-large, random:bge-m3)
 # .gpu/tokenizers/bert-base-uncased/       bert-base-uncased's tokenizer files (random:bge-base-en-v1.5)
+# .gpu/tokenizers/qwen.tiktoken            Qwen's BPE ranks (random:qwen3-reranker-0.6b, decoder_check.py)
 # .whl/                                    pydantic and its dependencies for CPython 3.10-3.14, x86_64/aarch64; tomli
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,6 +27,8 @@ MINILM=$("$PY" -c "from bench import models; print(models.minilm_dir())")
 for f in tokenizer.json tokenizer_config.json vocab.txt special_tokens_map.json; do
   cp "$MINILM/$f" .gpu/tokenizers/bert-base-uncased/
 done
+QWEN=$("$PY" -c "from bench import decoder_models; print(decoder_models.qwen_tiktoken_file())")
+cp "$QWEN" .gpu/tokenizers/qwen.tiktoken
 
 for v in 3.10 3.11 3.12 3.13 3.14; do
   for plat in manylinux2014_x86_64 manylinux2014_aarch64; do
