@@ -310,8 +310,8 @@ def test_partial_top_k_merge_keeps_the_local_tie_rule(tmp_path):
     shards = [(ids[s:s + size], vecs[s:s + size]) for s in range(0, 70, size)]
     for i, (shard_ids, shard_vecs) in enumerate(shards):
         vec_bytes, ids_text = shard_payload(shard_vecs, shard_ids, "float32")
-        storage.write_bytes(f"e/{shard_files(i)[0]}", vec_bytes)
-        storage.write_text(f"e/{shard_files(i)[1]}", ids_text)
+        storage.write_checked(f"e/{shard_files(i)[0]}", vec_bytes)
+        storage.write_checked(f"e/{shard_files(i)[1]}", ids_text.encode("utf-8"))
     groups = shard_groups(len(shards), 3)
     assert groups == [[0, 1], [2], [3, 4]]
     partials = [search_group(storage, "e", g, g[0] * size, queries, 25, 7, "cpu") for g in groups]
@@ -331,3 +331,5 @@ def test_storage_writes_whole_files_with_checks_and_refuses_damaged_ones(tmp_pat
     (tmp_path / "store" / "rerank" / "x" / "block-00000.json").write_text('{"qids": ["q2"]}')
     assert storage.read_checked("rerank/x/block-00000.json") is None
     assert storage.read_checked("rerank/x/block-00001.json") is None
+    storage.write_text("rerank/x/block-00002.json", '{"qids": ["q3"]}')  # no check beside it: not trusted
+    assert storage.read_checked("rerank/x/block-00002.json") is None
