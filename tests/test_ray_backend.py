@@ -138,6 +138,38 @@ def watch(root: Path, pattern: str, action, *, count: int = 1, timeout: float = 
     return done
 
 
+def interrupted(root: Path, pattern: str, folder: Path, exp_parts: dict, out: str) -> None:
+    """Run the driver and interrupt it (Ctrl-C in the main thread) once a file matches `pattern`.
+
+    A KeyboardInterrupt that lands in a finaliser is swallowed by Python, so the interrupt is repeated
+    every half second until the run has stopped; then the thread is joined and a last pending
+    interrupt is absorbed, so none lands after this returns."""
+    stopped = threading.Event()
+
+    def keep_interrupting():
+        while not stopped.is_set():
+            if list(root.glob(pattern)):
+                _thread.interrupt_main()
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=keep_interrupting, daemon=True)
+    thread.start()
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            run_bench(folder, exp_parts, out=out)
+        finally:
+            stopped.set()
+            while thread.is_alive():
+                try:
+                    thread.join()
+                except KeyboardInterrupt:
+                    pass
+            try:
+                time.sleep(0.05)  # the thread's last interrupt, if any, is delivered here
+            except KeyboardInterrupt:
+                pass
+
+
 @pytest.mark.slow
 def test_ray_backend_records_equal_local_even_when_a_node_and_an_actor_die(ray_cluster, local_run, tmp_path):
     """The offline demo's shape run on the 3-node cluster with a worker node lost while shards are
@@ -187,15 +219,11 @@ def test_interrupted_driver_resumes_with_only_the_missing_work(ray_cluster, loca
     cache = tmp_path / "cache"
     exp = parts(cache, backend="ray", workers=1)
 
-    watch(cache, SHARD_FILES, _thread.interrupt_main)
-    with pytest.raises(KeyboardInterrupt):
-        run_bench(tmp_path, exp, out="first")
+    interrupted(cache, SHARD_FILES, tmp_path, exp, out="first")
     held = settled_count(cache, SHARD_FILES)
     assert 1 <= held < SHARDS and not list(cache.glob("embeddings/*/complete.json"))
 
-    watch(cache, BLOCK_FILES, _thread.interrupt_main)
-    with pytest.raises(KeyboardInterrupt):
-        run_bench(tmp_path, exp, out="second")
+    interrupted(cache, BLOCK_FILES, tmp_path, exp, out="second")
     (fs_file,) = (tmp_path / "second" / "records").glob("*.json")  # the first stage finished this time
     fs_exec = json.loads(fs_file.read_text())["info"]["execution"]
     assert fs_exec["submitted_shards"] == SHARDS - held
