@@ -37,6 +37,7 @@ from .engine.common import FAST_OPTIONS
 from .engine.device import DTYPES, ENGINES
 from .errors import BenchError
 from .metrics import MetricName
+from .systems import pipeline_label
 
 Dtype = Literal[DTYPES]
 Engine = Literal[ENGINES]
@@ -73,7 +74,9 @@ class CollectionSpec(Spec):
                                                           "{lang} in id replaced (e.g. id = 'miracl/{lang}/dev')")
     max_queries: int | None = Field(None, gt=0, description="keep the first N queries (sorted by id) to bound run time")
     synthetic: dict | None = Field(None, description="generator options (languages, docs per language, seed...)")
-    first_stage: str | None = Field(None, description="name of an entry in [first_stages]; default: the only one")
+    first_stage: str | list[str] | None = Field(
+        None, description="name of an entry in [first_stages], or a list of them (each its own pipelines, every "
+                          "reranker reranking each); default: the only one")
 
     @model_validator(mode="before")
     @classmethod
@@ -128,6 +131,7 @@ class FirstStageSpec(Spec):
     """
 
     kind: Literal["dense", "bm25", "run", "scoreddocs"]
+    name: str | None = Field(None, description="label in tables; default: its key in [first_stages]")
     depth: int = Field(100, gt=0, description="candidates kept per query")
     model: str | None = None
     revision: str | None = None
@@ -255,19 +259,38 @@ class Experiment(Spec):
         for i, ds in enumerate(self.datasets):
             if ds.first_stage is None and len(self.first_stages) > 1:
                 raise ValueError(f"datasets[{i}]: several first stages are defined; set first_stage to one of "
-                                 f"{sorted(self.first_stages)}")
-            if ds.first_stage is not None and ds.first_stage not in self.first_stages:
-                raise ValueError(f"datasets[{i}].first_stage = {ds.first_stage!r} is not defined; "
-                                 f"defined: {sorted(self.first_stages)}")
-        labels = [r.label for r in self.rerankers]
-        dup = {x for x in labels if labels.count(x) > 1}
-        if dup:
-            raise ValueError(f"rerankers share the label(s) {sorted(dup)}: give each a distinct 'name'")
+                                 f"{sorted(self.first_stages)} (or a list of them)")
+            names = [ds.first_stage] if isinstance(ds.first_stage, str) else ds.first_stage or []
+            if isinstance(ds.first_stage, list) and (not names or len(set(names)) != len(names)):
+                raise ValueError(f"datasets[{i}].first_stage = {names}: list each first stage once, at least one")
+            for name in names:
+                if name not in self.first_stages:
+                    raise ValueError(f"datasets[{i}].first_stage = {name!r} is not defined; "
+                                     f"defined: {sorted(self.first_stages)}")
+        for what, labels in (("first stages", [self.first_stage_label(n) for n in self.first_stages]),
+                             ("rerankers", [r.label for r in self.rerankers])):
+            dup = {x for x in labels if labels.count(x) > 1}
+            if dup:
+                raise ValueError(f"{what} share the label(s) {sorted(dup)}: give each a distinct 'name'")
         return self
 
+    def first_stages_for(self, ds: CollectionSpec) -> list[tuple[str, FirstStageSpec]]:
+        """The first stages a dataset runs, in the order it lists them: (name, settings) pairs."""
+        names = [ds.first_stage] if isinstance(ds.first_stage, str) else ds.first_stage or [next(iter(self.first_stages))]
+        return [(name, self.first_stages[name]) for name in names]
+
     def first_stage_for(self, ds: CollectionSpec) -> tuple[str, FirstStageSpec]:
-        name = ds.first_stage or next(iter(self.first_stages))
-        return name, self.first_stages[name]
+        """The dataset's first first stage (the one a throughput sweep reads its pairs from)."""
+        return self.first_stages_for(ds)[0]
+
+    def first_stage_label(self, name: str) -> str:
+        return self.first_stages[name].name or name
+
+    def system_label(self, first_stage: str, reranker: RerankerSpec | None = None) -> str:
+        """The label of the pipeline `first_stage` (a key of first_stages) » `reranker` (`bench.systems`):
+        reranked systems name their first stage when the experiment defines several."""
+        return pipeline_label(self.first_stage_label(first_stage), reranker.label if reranker else None,
+                              qualify=len(self.first_stages) > 1)
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:

@@ -55,19 +55,20 @@ class Pipeline:
         try:
             for spec in specs:
                 collection = load_collection(spec, cache_dir=self.cache)
-                fs_name, fs_spec = self.exp.first_stage_for(spec)
+                first_stages = self.exp.first_stages_for(spec)
                 self.log(f"[{collection.name}] {len(collection.queries)} queries, {collection.n_docs():,} docs; "
-                         f"first stage {fs_name}")
+                         f"first stage {', '.join(name for name, _ in first_stages)}")
                 missing = collection.judged_docs_missing()
                 if missing:
                     self.log(f"[{collection.name}] note: {len(missing):,} judged document(s) are not in the corpus "
                              f"(e.g. {missing[0]!r}); they stay in the qrels, as trec_eval keeps them, so Recall "
                              "cannot reach 1 for their queries (records: dataset.judged_docs_missing)")
-                if fs_name not in stages:
-                    stages[fs_name] = FirstStage(fs_name, fs_spec, self.cache, progress=self.progress)
-                run, rec = self.first_stage(collection, stages[fs_name])
-                records.append(rec)
-                prepared.append((collection, fs_name, run, rec))
+                for fs_name, fs_spec in first_stages:
+                    if fs_name not in stages:
+                        stages[fs_name] = FirstStage(fs_name, fs_spec, self.cache, progress=self.progress)
+                    run, rec = self.first_stage(collection, stages[fs_name])
+                    records.append(rec)
+                    prepared.append((collection, fs_name, run, rec))
         finally:
             for stage in stages.values():
                 stage.close()
@@ -75,7 +76,7 @@ class Pipeline:
         for rspec in self.exp.rerankers:
             holder: dict[str, Any] = {}
             for collection, fs_name, run, fs_rec in prepared:
-                self.log(f"[{collection.name}] rerank top-{rspec.top_k} with {rspec.label}")
+                self.log(f"[{collection.name}] rerank top-{rspec.top_k} with {self.exp.system_label(fs_name, rspec)}")
                 records.append(self.rerank(collection, fs_name, fs_rec, run, rspec, holder))
             holder.clear()
             release_memory()
@@ -86,7 +87,7 @@ class Pipeline:
     def first_stage(self, collection, stage) -> tuple[dict, QualityRecord]:
         result = stage.retrieve(collection)
         name = stage.name
-        system = {"label": name, "stage": "first_stage", "first_stage": stage.describe(), "reranker": None}
+        system = {"label": self.exp.system_label(name), "stage": "first_stage", "first_stage": stage.describe(), "reranker": None}
         if result.encoder:
             system["first_stage"]["encoder"] = result.encoder
         timings = {"first_stage_seconds": result.seconds, "cached": result.cached,
@@ -111,8 +112,9 @@ class Pipeline:
         result = stage.rerank(collection.queries, candidates, collection.get_docs)
         described = holder["reranker"].describe() if "reranker" in holder else {
             "engine": spec.engine, "model": models.describe(spec.model, spec.revision), "note": "all blocks resumed from cache"}
-        system = {"label": spec.label, "stage": "rerank", "first_stage": fs_rec.system.first_stage,
-                  "first_stage_label": fs_name, "reranker": {**spec.model_dump(mode="json"), **described}}
+        system = {"label": self.exp.system_label(fs_name, spec), "stage": "rerank",
+                  "first_stage": fs_rec.system.first_stage, "first_stage_label": self.exp.system_label(fs_name),
+                  "reranker": {**spec.model_dump(mode="json"), **described}}
         timings = {"rerank_seconds": time.perf_counter() - t0, "rerank_scoring_seconds": result.seconds,
                    "rerank_pairs_per_s": result.pairs_per_second, "resumed_blocks": result.resumed_blocks,
                    "blocks": result.blocks}
