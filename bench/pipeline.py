@@ -20,8 +20,9 @@ from .engine.device import precision_for, release_memory
 from .evaluate import Conventions, evaluate
 from .io import atomic_write_text, sha256_file, slug
 from .metrics import parse_metric
-from .records import QualityRecord, make_record
+from .records import QualityRecord, find_records, make_record
 from .report import quality_report
+from .report_html import html_page
 from .rerank import build_reranker
 from .rerank.stage import RerankStage
 from .retrieve.stage import FirstStage
@@ -167,6 +168,8 @@ class Pipeline:
         text, frame = quality_report(records)
         atomic_write_text(self.out / "report.md", text)
         atomic_write_text(self.out / "report.csv", frame.to_csv(index=False))
+        atomic_write_text(self.out / "report.html", html_page(records, find_records(self.out, kind="throughput"),
+                                                               page_dir=self.out.resolve()))
         return text
 
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -170,3 +173,89 @@ def test_labels_are_pipelines_only_when_first_stages_differ(tmp_path, experiment
     bad = {**parts, "datasets": [{"source": "synthetic", "first_stage": ["bm25", "nope"]}]}
     with pytest.raises(BenchError, match="'nope' is not defined"):
         load_experiment(experiment_toml("bad2.toml", **bad))
+
+
+# -- the results page, in a real browser ------------------------------------------------------------
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+def chromium() -> str:
+    """Debian's chromium (CI installs it, see .ci/run), or a skip that says why."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip("no chromium on PATH (Debian: apt-get install chromium); the results page is not opened")
+
+
+def browse(page: Path, *flags: str) -> subprocess.CompletedProcess:
+    """Headless chromium on `page`; stderr holds the page's console (`CONSOLE` lines)."""
+    return subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+                           "--v=0", f"--user-data-dir={page.parent / '.chromium'}", *flags, page.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+
+
+def console_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line]
+
+
+class Cells(HTMLParser):
+    """The numbers of the page's metric tables, as the browser's DOM holds them: (metric, dataset,
+    system) -> the cell's text without its significance letters."""
+
+    def __init__(self):
+        super().__init__()
+        self.cells, self._at, self._sup = {}, None, False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "td" and "data-metric" in attrs:
+            self._at = (attrs["data-metric"], attrs["data-dataset"], attrs["data-system"])
+            self.cells[self._at] = ""
+        self._sup = self._sup or tag == "sup"
+
+    def handle_endtag(self, tag):
+        self._at = None if tag == "td" else self._at
+        self._sup = self._sup and tag != "sup"
+
+    def handle_data(self, data):
+        if self._at is not None and not self._sup:
+            self.cells[self._at] += data
+
+
+def test_results_page_in_headless_chromium_shows_report_md_numbers(pipelines_run, capsys):
+    _, out = pipelines_run
+    page = out / "report.html"
+    assert page.is_file(), "bench run writes report.html beside report.md"
+    text = page.read_text(encoding="utf-8")
+    assert "<script" not in text and " src=" not in text and "<link" not in text  # nothing fetched at view time
+    # the console check does see a page's errors (a control page with one)
+    bad = out / "bad.html"
+    bad.write_text("<html><body><script>console.error('control-error')</script></body></html>", encoding="utf-8")
+    assert any("control-error" in line for line in console_lines(browse(bad, "--dump-dom").stderr))
+
+    shown = browse(page, "--dump-dom")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert console_lines(shown.stderr) == []
+    parser = Cells()
+    parser.feed(shown.stdout)
+    report = (out / "report.md").read_text(encoding="utf-8")
+    for metric in ("nDCG@10", "Recall@20"):
+        expected = {col: value for (_, col), value in report_cells(report, metric).items()}
+        in_dom = {system: float(v) for (m, ds, system), v in parser.cells.items() if m == metric and ds == "vaswani"}
+        assert sorted(in_dom) == sorted(EXPECTED) and in_dom == expected
+    assert all(f"<h3 " in shown.stdout and label in shown.stdout for label in ("bm25 » tiny", "bench run "))
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report-html.png"
+    shot.unlink(missing_ok=True)
+    taken = browse(page, f"--screenshot={shot}", "--window-size=1280,2000")
+    assert taken.returncode == 0 and console_lines(taken.stderr) == []
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # bench report --html writes the same page from the records alone
+    again = out / "again.html"
+    assert main(["report", str(out), "--html", str(again)]) == 0
+    parser2 = Cells()
+    parser2.feed(again.read_text(encoding="utf-8"))
+    assert parser2.cells == parser.cells

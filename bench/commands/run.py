@@ -39,6 +39,7 @@ def run(args) -> int:
                              log=lambda m: print(m, file=sys.stderr, flush=True))
     elapsed = time.perf_counter() - t0
     print((out / "report.md").read_text())
-    print(f"{len(records)} records in {out / 'records'}; report: {out / 'report.md'}, {out / 'report.csv'}; "
+    print(f"{len(records)} records in {out / 'records'}; report: {out / 'report.md'}, {out / 'report.csv'}, "
+          f"{out / 'report.html'}; "
           f"{elapsed:.1f} s")
     return 0

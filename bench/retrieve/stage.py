@@ -69,7 +69,7 @@ class FirstStage:
         self._encoder = None
 
     def describe(self) -> dict:
-        out = {"name": self.name, **self.spec.model_dump(mode="json")}
+        out = {"name": self.name, **self.spec.model_dump(mode="json", exclude={"name"})}
         if self.spec.model:
             out["model"] = models.describe(self.spec.model, self.spec.revision)
         if self._encoder is not None:
@@ -79,7 +79,7 @@ class FirstStage:
     # -- public ------------------------------------------------------------------------------
     def retrieve(self, collection) -> FirstStageResult:
         """The candidate run and what it cost (timings, cache hits)."""
-        spec_key = self.spec.model_dump(mode="json", exclude={"device", "batch_size", "token_budget", "search_chunk"})
+        spec_key = self.spec.model_dump(mode="json", exclude={"device", "batch_size", "token_budget", "search_chunk", "name"})
         if self.spec.kind == "dense":  # `auto` is fp16 on a GPU, fp32 on the CPU: key the run on what runs
             spec_key["precision"] = precision_for(self.spec.dtype, self.spec.device, self.spec.engine)
         folder = entry(self.cache_root, "runs", f"{collection.name}-{self.name}", stage=spec_key,
