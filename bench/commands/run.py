@@ -10,7 +10,11 @@ from pathlib import Path
 from ..config import load_experiment
 from ..data import select_datasets
 from ..pipeline import run_experiment
+from ..plan import plan
 from ..preflight import check_fetchable
+
+#: The project's committed reference records: their measured rates feed --dry-run's time estimate.
+RESULTS = Path(__file__).resolve().parents[2] / "results"
 
 
 def add_arguments(parser) -> None:
@@ -20,6 +24,9 @@ def add_arguments(parser) -> None:
                         help="run only these datasets, by label (repeatable or comma-separated), e.g. "
                              "--datasets miracl/yo/dev")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print what would run (datasets, first stages, rerankers, pairs, what is cached, missing "
+                             "downloads, a time estimate from measured rates) and exit, loading no model")
     parser.add_argument("--skip-preflight", action="store_true",
                         help="do not check up front that hub models can be fetched")
 
@@ -31,9 +38,12 @@ def run(args) -> int:
     if args.datasets:
         labels = [label.strip() for arg in args.datasets for label in arg.split(",") if label.strip()]
         exp = select_datasets(exp, labels, str(args.experiment))
+    out = args.out or Path("runs") / exp.name
+    if args.dry_run:
+        print(plan(exp, out, results=RESULTS).text(), end="")
+        return 0
     if not args.skip_preflight:
         check_fetchable(exp, args.experiment)
-    out = args.out or Path("runs") / exp.name
     t0 = time.perf_counter()
     records = run_experiment(exp, out, experiment_path=args.experiment, progress=not args.no_progress,
                              log=lambda m: print(m, file=sys.stderr, flush=True))

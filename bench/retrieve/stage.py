@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import models
-from ..cache import entry
+from ..cache import entry, entry_path
 from ..config import FirstStageSpec
 from ..engine.device import precision_for, resolve_devices
 from ..errors import BenchError
@@ -77,13 +77,22 @@ class FirstStage:
         return out
 
     # -- public ------------------------------------------------------------------------------
-    def retrieve(self, collection) -> FirstStageResult:
-        """The candidate run and what it cost (timings, cache hits)."""
+    def cache_folder(self, collection, *, create: bool = True) -> Path:
+        """Where this stage's run over `collection` is cached (keyed by every setting that shapes it)."""
         spec_key = self.spec.model_dump(mode="json", exclude={"device", "batch_size", "token_budget", "search_chunk", "name"})
         if self.spec.kind == "dense":  # `auto` is fp16 on a GPU, fp32 on the CPU: key the run on what runs
             spec_key["precision"] = precision_for(self.spec.dtype, self.spec.device, self.spec.engine)
-        folder = entry(self.cache_root, "runs", f"{collection.name}-{self.name}", stage=spec_key,
-                       collection=collection.fingerprint(), queries=queries_digest(collection.queries))
+        return (entry if create else entry_path)(self.cache_root, "runs", f"{collection.name}-{self.name}",
+                                                 stage=spec_key, collection=collection.fingerprint(),
+                                                 queries=queries_digest(collection.queries))
+
+    def is_cached(self, collection) -> bool:
+        folder = self.cache_folder(collection, create=False)
+        return (folder / "run.trec").exists() and (folder / "info.json").exists()
+
+    def retrieve(self, collection) -> FirstStageResult:
+        """The candidate run and what it cost (timings, cache hits)."""
+        folder = self.cache_folder(collection)
         run_path, info_path = folder / "run.trec", folder / "info.json"
         if run_path.exists() and info_path.exists():
             return FirstStageResult.from_info(read_run(run_path), json.loads(info_path.read_text()), cached=True)
