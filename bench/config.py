@@ -122,6 +122,16 @@ class CollectionSpec(Spec):
         return "synthetic"
 
 
+#: The FirstStageSpec fields each kind reads, besides kind and depth.
+FIRST_STAGE_FIELDS = {
+    "dense": ("model", "revision", "query_instruction", "dtype", "max_length", "batch_size", "token_budget", "engine",
+              "search_chunk", "device"),
+    "bm25": ("k1", "b"),
+    "run": ("path",),
+    "scoreddocs": (),
+}
+
+
 class FirstStageSpec(Spec):
     """First-stage retrieval producing the candidates a reranker sees.
 
@@ -154,6 +164,10 @@ class FirstStageSpec(Spec):
     @classmethod
     def _known_model(cls, v):
         return _checked_model(v)
+
+    def settings(self) -> dict:
+        """The fields that act for this kind (records describe a dense stage without BM25's k1 and b)."""
+        return self.model_dump(mode="json", include={"kind", "depth", *FIRST_STAGE_FIELDS[self.kind]})
 
     @model_validator(mode="after")
     def _kind_fields(self):

@@ -31,8 +31,21 @@ def _process_umask() -> int:
     return mask
 
 
-#: read once at import: os.umask can only be read by setting it
-_FILE_MODE = 0o666 & ~_process_umask()
+#: read once at import: os.umask can only be read by setting it (which races with other threads)
+_IMPORT_UMASK = _process_umask()
+
+
+def _file_mode() -> int:
+    """0666 less the umask in force now: Linux states it in /proc/self/status (read without changing
+    it, so safe beside other threads); elsewhere the umask at import."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o666 & ~_IMPORT_UMASK
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -42,7 +55,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, _FILE_MODE)
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

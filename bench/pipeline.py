@@ -28,6 +28,8 @@ from .rerank.stage import RerankStage
 from .retrieve.stage import FirstStage
 from .runs import write_qrels, write_run
 
+#: The project checkout this code runs from (records state experiment files relative to it).
+REPOSITORY = Path(__file__).resolve().parent.parent
 #: holes in the judgements, a diagnostic every quality record carries
 JUDGED_AT_10 = parse_metric("judged@10")
 
@@ -45,7 +47,7 @@ class Pipeline:
         self._qrels_written: set[str] = set()  # datasets whose qrels.txt this run has written
         self.experiment_info = {"name": experiment.name, "description": experiment.description}
         if experiment_path is not None:
-            self.experiment_info.update(file=str(experiment_path), sha256=sha256_file(experiment_path))
+            self.experiment_info.update(experiment_file(experiment_path), sha256=sha256_file(experiment_path))
 
     # -- the whole experiment -------------------------------------------------------------------
     def run(self) -> list[QualityRecord]:
@@ -94,7 +96,8 @@ class Pipeline:
         timings = {"first_stage_seconds": result.seconds, "cached": result.cached,
                    "encode_seconds": result.encode_seconds, "search_seconds": result.search_seconds,
                    "docs_per_second": result.docs_per_second}
-        rec = self._quality_record(collection, system, result.run, name, timings, {}, result.info)
+        info = {k: v for k, v in result.info.items() if k != "encoder"}  # stated once, in system.first_stage
+        rec = self._quality_record(collection, system, result.run, name, timings, {}, info)
         return result.run, rec
 
     def rerank(self, collection, fs_name: str, fs_rec: QualityRecord, candidates: dict, spec: RerankerSpec,
@@ -171,6 +174,17 @@ class Pipeline:
         atomic_write_text(self.out / "report.html", html_page(records, find_records(self.out, kind="throughput"),
                                                                page_dir=self.out.resolve()))
         return text
+
+
+def experiment_file(path: str | Path) -> dict:
+    """Where the experiment file is, for records read elsewhere: `file` absolute, and `repository_file`
+    relative to the project checkout's root when it lies inside it (the form to use with the recorded
+    git commit on another machine)."""
+    path = Path(path).resolve()
+    out = {"file": str(path)}
+    if path.is_relative_to(REPOSITORY):
+        out["repository_file"] = path.relative_to(REPOSITORY).as_posix()
+    return out
 
 
 def _stable(system: dict) -> dict:

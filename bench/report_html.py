@@ -306,7 +306,7 @@ def _href(path: Path, page_dir: Path | None) -> str:
 def _command(recs: list[QualityRecord]) -> str:
     """The command that reruns this system's row: the experiment at the recorded commit, on its datasets."""
     rec = recs[0]
-    exp = rec.experiment.get("file")
+    exp = rec.experiment.get("repository_file") or rec.experiment.get("file")
     git = rec.environment.git
     datasets = ",".join(dict.fromkeys(r.dataset.label for r in recs))
     lines = []

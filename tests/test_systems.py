@@ -92,6 +92,13 @@ def test_several_first_stages_make_four_distinct_systems(pipelines_run, capsys):
     assert reranked["minilm » tiny"].system.first_stage_label == "minilm"
     assert reranked["minilm » tiny"].system.first_stage["kind"] == "dense"
     assert reranked["bm25 » tiny"].system.first_stage["kind"] == "bm25"
+    # each record states each block once, and only the settings its first stage's kind reads
+    first = {r.system.label: r for r in records if r.system.stage == "first_stage"}
+    dense, bm25 = first["minilm"], first["bm25"]
+    assert "encoder" in dense.system.first_stage and "encoder" not in dense.info
+    assert not {"k1", "b", "path"} & set(dense.system.first_stage)
+    assert {"k1", "b"} <= set(bm25.system.first_stage) and not {"model", "dtype", "max_length"} & set(bm25.system.first_stage)
+    assert Path(dense.experiment["file"]).is_absolute() and dense.experiment["file"] == str(path.resolve())
     # report.md: one column per pipeline, each holding its own record's numbers
     report = (out / "report.md").read_text(encoding="utf-8")
     for metric in ("nDCG@10", "Recall@20"):

@@ -69,7 +69,7 @@ class FirstStage:
         self._encoder = None
 
     def describe(self) -> dict:
-        out = {"name": self.name, **self.spec.model_dump(mode="json", exclude={"name"})}
+        out = {"name": self.name, **self.spec.settings()}
         if self.spec.model:
             out["model"] = models.describe(self.spec.model, self.spec.revision)
         if self._encoder is not None:
