@@ -126,10 +126,14 @@ class CollectionSpec(Spec):
 FIRST_STAGE_FIELDS = {
     "dense": ("model", "revision", "query_instruction", "dtype", "max_length", "batch_size", "token_budget", "engine",
               "search_chunk", "device"),
-    "bm25": ("k1", "b"),
+    "bm25": ("preset", "k1", "b"),
     "run": ("path",),
     "scoreddocs": (),
 }
+
+
+#: BM25 settings of other toolkits, as closely as bm25s allows (README, "BM25 against Pyserini").
+BM25_PRESETS = {"pyserini": {"k1": 0.9, "b": 0.4}}
 
 
 class FirstStageSpec(Spec):
@@ -155,6 +159,8 @@ class FirstStageSpec(Spec):
     engine: Literal["fast", "sentence-transformers"] = "fast"
     search_chunk: int = Field(65536, gt=0, description="corpus rows scored at once in exact search")
     path: str | None = None
+    preset: Literal["pyserini"] | None = Field(None, description="bm25: 'pyserini' = Pyserini's k1 0.9, b 0.4 (fields "
+                                                                 "set here still win; README says what differs)")
     k1: float = 1.5
     b: float = 0.75
     device: str = Field("auto", description="auto = every visible GPU (corpus shards spread over them) else "
@@ -164,6 +170,16 @@ class FirstStageSpec(Spec):
     @classmethod
     def _known_model(cls, v):
         return _checked_model(v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data):
+        if isinstance(data, dict) and data.get("preset") is not None:
+            if data.get("kind") != "bm25":
+                raise ValueError(f"preset = {data['preset']!r} is a BM25 preset; kind is {data.get('kind')!r}")
+            if data["preset"] in BM25_PRESETS:
+                data = {**BM25_PRESETS[data["preset"]], **data}
+        return data
 
     def settings(self) -> dict:
         """The fields that act for this kind (records describe a dense stage without BM25's k1 and b)."""

@@ -91,3 +91,14 @@ def test_dry_run_counts_cached_data_and_estimates_from_measured_rates(experiment
     after = capsys.readouterr().out
     assert "first stage bm25 (bm25, depth 20): cached" in after
     assert "pairs/s (measured on cpu: " in after and "synthetic_en__bm25__tiny.json" in after
+
+
+def test_bm25_pyserini_preset_sets_k1_and_b_unless_given(experiment_toml):
+    exp = load_experiment(experiment_toml(**parts(first_stages={
+        "p": {"kind": "bm25", "preset": "pyserini"}, "q": {"kind": "bm25", "preset": "pyserini", "k1": 1.2}},
+        datasets=[{"source": "synthetic", "first_stage": ["p", "q"]}])))
+    assert (exp.first_stages["p"].k1, exp.first_stages["p"].b) == (0.9, 0.4)
+    assert (exp.first_stages["q"].k1, exp.first_stages["q"].b) == (1.2, 0.4)
+    with pytest.raises(BenchError, match="is a BM25 preset"):
+        load_experiment(experiment_toml("d.toml", **parts(first_stages={
+            "d": {"kind": "dense", "model": "offline:all-MiniLM-L6-v2", "preset": "pyserini"}})))

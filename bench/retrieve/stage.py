@@ -79,7 +79,8 @@ class FirstStage:
     # -- public ------------------------------------------------------------------------------
     def cache_folder(self, collection, *, create: bool = True) -> Path:
         """Where this stage's run over `collection` is cached (keyed by every setting that shapes it)."""
-        spec_key = self.spec.model_dump(mode="json", exclude={"device", "batch_size", "token_budget", "search_chunk", "name"})
+        spec_key = self.spec.model_dump(mode="json", exclude={"device", "batch_size", "token_budget", "search_chunk", "name",
+                                                           "preset"})
         if self.spec.kind == "dense":  # `auto` is fp16 on a GPU, fp32 on the CPU: key the run on what runs
             spec_key["precision"] = precision_for(self.spec.dtype, self.spec.device, self.spec.engine)
         return (entry if create else entry_path)(self.cache_root, "runs", f"{collection.name}-{self.name}",
