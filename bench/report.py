@@ -15,7 +15,7 @@ from . import lazy
 from .errors import BenchError
 from .metrics import by_metric
 from .records import QualityRecord, find_records
-from .systems import display_label, qualified
+from .systems import SYNTHETIC_MARK, display_label, qualified
 
 if TYPE_CHECKING:  # annotations only; pandas itself is imported on first use, through lazy
     import pandas as pd
@@ -24,7 +24,14 @@ if TYPE_CHECKING:  # annotations only; pandas itself is imported on first use, t
 def system_label(rec: QualityRecord) -> str:
     """A system's column name (`bench.systems`): first stages say so, untrained models are marked."""
     system = rec.system
-    return display_label(system.label, first_stage_only=system.stage == "first_stage", untrained=system.untrained)
+    return display_label(system.label, first_stage_only=system.stage == "first_stage", untrained=system.untrained,
+                         synthetic=trained_on_synthetic(rec))
+
+
+def trained_on_synthetic(rec: QualityRecord) -> bool:
+    """Whether the system's reranker is one the project trained on its synthetic collection."""
+    model = (rec.system.reranker or {}).get("model")
+    return isinstance(model, dict) and model.get("trained_on") == "synthetic data"
 
 
 def system_labels(records: list[QualityRecord]) -> list[str]:
@@ -38,7 +45,7 @@ def system_labels(records: list[QualityRecord]) -> list[str]:
         system = rec.system
         if seen[(rec.dataset.label, label)] > 1 and system.stage == "rerank":
             label = display_label(qualified(system.label, system.first_stage_label), first_stage_only=False,
-                                  untrained=system.untrained)
+                                  untrained=system.untrained, synthetic=trained_on_synthetic(rec))
         out.append(label)
     return out
 
@@ -93,6 +100,10 @@ def quality_report(records: list[QualityRecord]) -> tuple[str, pd.DataFrame]:
         table = metric_table(frame, metric)
         parts.append(f"### {metric}\n\n" + table.to_markdown(floatfmt=".4f") + "\n")
     notes = []
+    if frame.system.str.contains(SYNTHETIC_MARK, regex=False).any():
+        notes.append("Systems marked (trained on synthetic data) rerank with a small model the project trains on its "
+                     "synthetic collection's training split (other entities and questions than the ones evaluated): "
+                     "a demonstration, not a model for real text.")
     if frame.system.str.contains("(untrained)", regex=False).any():
         notes.append("Systems marked (untrained) have random weights: they exercise the code path, their scores "
                      "say nothing about quality.")

@@ -18,6 +18,8 @@ ARROW = " » "
 FIRST_STAGE_PREFIX = "first stage: "
 #: After the label of a system whose model has random weights.
 UNTRAINED_MARK = " (untrained)"
+#: After the label of a system whose reranker the project trained on its own synthetic collection.
+SYNTHETIC_MARK = " (trained on synthetic data)"
 
 
 def pipeline_label(first_stage: str | None, reranker: str | None, *, qualify: bool) -> str:
@@ -32,10 +34,11 @@ def pipeline_label(first_stage: str | None, reranker: str | None, *, qualify: bo
     return reranker
 
 
-def display_label(label: str, *, first_stage_only: bool, untrained: bool) -> str:
-    """A system's name in tables: first stages say so, random-weight models are marked."""
+def display_label(label: str, *, first_stage_only: bool, untrained: bool, synthetic: bool = False) -> str:
+    """A system's name in tables: first stages say so, random-weight models and models trained on
+    the synthetic collection are marked."""
     text = f"{FIRST_STAGE_PREFIX}{label}" if first_stage_only else label
-    return text + UNTRAINED_MARK if untrained else text
+    return text + (UNTRAINED_MARK if untrained else SYNTHETIC_MARK if synthetic else "")
 
 
 def qualified(label: str, first_stage: str | None) -> str:
