@@ -102,3 +102,17 @@ def test_bm25_pyserini_preset_sets_k1_and_b_unless_given(experiment_toml):
     with pytest.raises(BenchError, match="is a BM25 preset"):
         load_experiment(experiment_toml("d.toml", **parts(first_stages={
             "d": {"kind": "dense", "model": "offline:all-MiniLM-L6-v2", "preset": "pyserini"}})))
+
+
+@pytest.mark.parametrize("command", ["report", "compare", "throughput", "data", "eval", "reproduce", "run"])
+def test_every_command_takes_no_progress(command, monkeypatch):
+    """`--no-progress` is accepted by every command and silences tqdm's and huggingface_hub's bars."""
+    import bench.cli
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    monkeypatch.setattr(bench.cli.importlib.import_module(bench.cli.COMMANDS[command][0]), "run", lambda args: 0)
+    assert main([command, "--no-progress"] + {"report": ["x"], "compare": ["x"], "throughput": ["x"], "data": ["x"],
+                                              "eval": ["--qrels", "q", "--run", "r", "-m", "ndcg@10"], "reproduce": [],
+                                              "run": ["x.toml"]}[command]) == 0
+    assert os.environ["TQDM_DISABLE"] == "1" and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,8 +31,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    if args.no_progress:  # also the bars inside the engines and libraries (tqdm reads this)
-        os.environ["TQDM_DISABLE"] = "1"
     exp = load_experiment(args.experiment)
     if args.datasets:
         labels = [label.strip() for arg in args.datasets for label in arg.split(",") if label.strip()]
