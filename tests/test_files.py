@@ -8,7 +8,10 @@ import stat
 from pathlib import Path
 
 from bench.cli import main
+from bench.config import CollectionSpec, FirstStageSpec
+from bench.data import load_collection
 from bench.pipeline import experiment_file
+from bench.retrieve.stage import FirstStage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,3 +46,20 @@ def test_records_state_the_experiment_file_absolute_and_from_the_checkout(tmp_pa
     assert inside == {"file": str(REPO / "experiments" / "offline.toml"), "repository_file": "experiments/offline.toml"}
     (tmp_path / "e.toml").write_text("", encoding="utf-8")
     assert experiment_file(tmp_path / "e.toml") == {"file": str((tmp_path / "e.toml").resolve())}
+
+
+def test_embedding_cache_keys_on_the_max_length_that_took_effect(minilm, tmp_path):
+    """MiniLM reads 256 tokens at most: asking 512 encodes with 256, so it shares 256's embeddings."""
+    collection = load_collection(CollectionSpec(source="synthetic", synthetic={
+        "languages": ["en"], "docs_per_language": 24, "queries_per_language": 2}))
+    folders, encoded = [], []
+    for max_length in (256, 512):
+        spec = FirstStageSpec(kind="dense", model=minilm, dtype="fp32", depth=5, max_length=max_length, device="cpu")
+        stage = FirstStage(f"m{max_length}", spec, tmp_path, progress=False)
+        try:
+            info = stage.retrieve(collection).info
+        finally:
+            stage.close()
+        folders.append(info["embeddings"]["folder"])
+        encoded.append(info["embeddings"]["encoded_docs"])
+    assert folders[0] == folders[1] and encoded == [24, 0]

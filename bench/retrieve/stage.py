@@ -121,7 +121,8 @@ class FirstStage:
         storage = "float32" if d.get("dtype") in ("fp32", "tf32") else "float16"
         store_folder = entry(self.cache_root, "embeddings", f"{collection.name}-{Path(self.spec.model).name}",
                              model=self.spec.model, revision=self.spec.revision, corpus=collection.corpus_fingerprint(),
-                             max_length=self.spec.max_length, dtype=d.get("dtype"), engine=self.spec.engine,
+                             max_length=d.get("max_length", self.spec.max_length),  # as capped by the model
+                             dtype=d.get("dtype"), engine=self.spec.engine,
                              storage=storage)
         store = EmbeddingStore(store_folder, shard_size=SHARD_SIZE)
         t0 = time.perf_counter()
