@@ -246,7 +246,7 @@ def _language_section(metric, records, labels, systems, colours) -> str:
             continue
         parts.append(f"<h3>{_e(family)}: {_e(metric)} per language</h3>"
                      + _bars(members, language, systems, values, colours, metric))
-    return (f"<h2 id='languages'>Per language</h2>\n" + "\n".join(parts)) if parts else ""
+    return ("<h2 id='languages'>Per language</h2>\n" + "\n".join(parts)) if parts else ""
 
 
 def _bars(datasets, language, systems, values, colours, metric, height=300) -> str:

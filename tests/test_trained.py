@@ -47,7 +47,7 @@ def test_trained_once_cached_and_marked_in_tables(quick_training, experiment_tom
     meta = json.loads((folder / "config.json").read_text())["rerank_bench"]
     assert meta["trained_on"] == "synthetic data" and meta["train_seed"] == trained.TRAIN_SEED
     assert models.describe(REF)["trained_on"] == "synthetic data"
-    monkeypatch.setattr(trained, "train_demo", lambda folder: pytest.fail("trained twice"))
+    monkeypatch.setattr(trained, "train_demo", lambda *a, **k: pytest.fail("trained twice"))
     trained.ensure(REF, tmp_path, log=lambda m: None)  # cached: no second training
 
     path = experiment_toml(name="demo", cache_dir=str(tmp_path), first_stages={"bm25": {"kind": "bm25", "depth": 10}},

@@ -40,7 +40,7 @@ def ensure(ref: str, cache_dir=None, log=print) -> None:
     folder = models.trained_folder(name, cache_dir)
     if not (folder / "config.json").exists():
         log(f"training the demo reranker {ref} on the synthetic training split (once; about a minute on a CPU)...")
-        seconds = train_demo(folder)
+        seconds = train_demo(folder, log=log)
         log(f"trained {ref} in {seconds:.0f} s: {folder}")
 
 
@@ -66,7 +66,7 @@ def training_groups(languages=LANGUAGES) -> list[tuple[str, list[str]]]:
     return groups
 
 
-def train_demo(folder: str | Path) -> float:
+def train_demo(folder: str | Path, log=None) -> float:
     """Fine-tune the demo model and save it to `folder` (a normal HF model folder); returns seconds."""
     torch, transformers = lazy.torch, lazy.transformers
     started = time.perf_counter()
@@ -83,7 +83,7 @@ def train_demo(folder: str | Path) -> float:
     n, size, warmup = SETTINGS["steps"], SETTINGS["questions_per_step"], SETTINGS["warmup_steps"]
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) * (1 - step / n))
     model.train()
-    for _ in range(n):
+    for step in range(n):
         batch = rng.sample(groups, size)
         questions = [q for q, docs in batch for _ in docs]
         passages = [d for _, docs in batch for d in docs]
@@ -95,6 +95,8 @@ def train_demo(folder: str | Path) -> float:
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
+        if log and (step + 1) % 50 == 0:
+            log(f"  step {step + 1}/{n}: loss {float(loss):.3f}, {time.perf_counter() - started:.0f} s")
     model.eval()
     seconds = time.perf_counter() - started
     model.config.rerank_bench = {"untrained": False, "trained_on": "synthetic data", "model": f"{TRAINED_PREFIX}{DEMO}",
