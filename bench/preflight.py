@@ -14,7 +14,7 @@ import huggingface_hub  # cheap: the library loads its parts on first use
 
 from .config import Experiment
 from .errors import BenchError
-from .models import OFFLINE_PREFIX, RANDOM_PREFIX
+from .models import OFFLINE_PREFIX, RANDOM_PREFIX, TRAINED_PREFIX
 
 OFFLINE_HINT = ("Without network (or hub access), run the offline experiment instead: "
                 "`make demo` (bench run experiments/offline.toml).")
@@ -25,7 +25,7 @@ def hub_models(exp: Experiment) -> list[tuple[str, str | None]]:
     refs += [(r.model, r.revision) for r in exp.rerankers]
     out = []
     for ref, rev in refs:
-        if ref.startswith((OFFLINE_PREFIX, RANDOM_PREFIX)) or Path(ref).exists():
+        if ref.startswith((OFFLINE_PREFIX, RANDOM_PREFIX, TRAINED_PREFIX)) or Path(ref).exists():
             continue
         if (ref, rev) not in out:
             out.append((ref, rev))
