@@ -96,7 +96,7 @@ def train_demo(folder: str | Path, log=None) -> float:
         schedule.step()
         optimizer.zero_grad()
         if log and (step + 1) % 50 == 0:
-            log(f"  step {step + 1}/{n}: loss {float(loss):.3f}, {time.perf_counter() - started:.0f} s")
+            log(f"  step {step + 1}/{n}: loss {loss.item():.3f}, {time.perf_counter() - started:.0f} s")
     model.eval()
     seconds = time.perf_counter() - started
     model.config.rerank_bench = {"untrained": False, "trained_on": "synthetic data", "model": f"{TRAINED_PREFIX}{DEMO}",
