@@ -24,7 +24,7 @@ REF = "trained:synthetic-minilm-ce"
 def quick_training(monkeypatch):
     monkeypatch.setitem(trained.SETTINGS, "steps", 3)
     monkeypatch.setitem(trained.SETTINGS, "queries_per_language", 8)
-    monkeypatch.setitem(trained.SETTINGS, "docs_per_language", 40)
+    monkeypatch.setitem(trained.SETTINGS, "docs_per_language", 120)
 
 
 def test_training_split_is_not_the_evaluation_collection():

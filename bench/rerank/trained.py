@@ -62,6 +62,8 @@ def training_groups(languages=LANGUAGES) -> list[tuple[str, list[str]]]:
         for qid, (entity, attribute, _) in p.queries.items():
             e = p.world[entity]
             others = [i for i in by_kind[e.kind] if i not in (entity, e.twin)]
+            if len(others) < 3:
+                raise BenchError(f"training split of {len(p.world)} entities is too small: raise docs_per_language")
             strangers = rng.sample(others, 3)  # the same attribute of other entities: the first stage's favourites
             answer = p.doc_ids[(entity, attribute)]
             same = p.doc_ids[(entity, rng.choice([a for a in ATTRIBUTES[e.kind] if a != attribute]))]
