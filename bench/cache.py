@@ -33,10 +33,14 @@ def key_of(**parts: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
 
 
+def entry_path(root: str | os.PathLike, kind: str, label: str, **parts: Any) -> Path:
+    """Folder `<root>/<kind>/<label>-<key>` for these parts, without creating it (`bench run --dry-run`)."""
+    return Path(root) / kind / f"{slug(label, strip=False)[:60]}-{key_of(**parts)}"
+
+
 def entry(root: str | os.PathLike, kind: str, label: str, **parts: Any) -> Path:
     """Folder `<root>/<kind>/<label>-<key>` for these parts, with `key.json` written once."""
-    key = key_of(**parts)
-    folder = Path(root) / kind / f"{slug(label, strip=False)[:60]}-{key}"
+    folder = entry_path(root, kind, label, **parts)
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "key.json").exists():
         atomic_write_json(folder / "key.json", parts)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from . import __version__
@@ -34,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def silence_progress() -> None:
+    """No progress bar from here on: tqdm (ours, and the libraries' that use it) and huggingface_hub
+    read these variables when they draw."""
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -44,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     sub = argparse.ArgumentParser(prog=f"bench {name}", description=COMMANDS[name][1])
     module.add_arguments(sub)
+    if "--no-progress" not in sub._option_string_actions:  # every command takes it, whether it draws bars or not
+        sub.add_argument("--no-progress", action="store_true", help="no progress bars (ours, tqdm's, Hugging Face's)")
     args = sub.parse_args(rest)
+    if args.no_progress:
+        silence_progress()
     try:
         return int(module.run(args) or 0)
     except BenchError as exc:

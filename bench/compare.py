@@ -28,7 +28,7 @@ from .evaluate import Conventions, evaluate
 from .metrics import Metric, by_metric, parse_metric
 from .plots import new_figure, save_png
 from .records import ComparisonRecord, QualityRecord, find_records, make_record, read_record
-from .report import system_label
+from .report import system_labels
 from .runs import read_qrels, read_run
 from .stats import bootstrap_ci, holm, paired_randomization_test, paired_t_test
 
@@ -103,9 +103,10 @@ def scores_from_records(records: list[QualityRecord], metrics: Sequence[str | Me
     shared_conventions(records)
     frames = []
     # first stages first (they are the baseline and letter a), otherwise in the order given
-    for rec in sorted(records, key=lambda r: r.system.stage != "first_stage"):
+    labelled = sorted(zip(records, system_labels(records)), key=lambda pair: pair[0].system.stage != "first_stage")
+    for rec, system in labelled:  # labels distinct per dataset, untrained models marked
         where = rec.path or "record"
-        dataset, system = rec.dataset.label, system_label(rec)  # marks untrained models
+        dataset = rec.dataset.label
         per_query = by_metric(rec.per_query)
         chosen = {metric: per_query[metric] for metric in wanted if metric in per_query}
         missing = [metric for metric in wanted if metric not in chosen]
@@ -117,6 +118,25 @@ def scores_from_records(records: list[QualityRecord], metrics: Sequence[str | Me
         frames.append(_long_rows({str(metric): chosen[metric] for metric in wanted}, dataset, system,
                                  rec.dataset.language))
     return lazy.pd.concat(frames, ignore_index=True)
+
+
+def select_systems(scores: pd.DataFrame, wanted: Sequence[str]) -> pd.DataFrame:
+    """The rows of the systems in `wanted`, in that order; an entry `LABEL=NEW` also renames one
+    (records keep their labels; this is how two run folders' same-named systems are compared)."""
+    pairs = [item.split("=", 1) if "=" in item else (item, item) for item in wanted]
+    present = list(dict.fromkeys(scores["system"]))
+    unknown = [old for old, _ in pairs if old not in present]
+    if unknown:
+        raise BenchError(f"--systems: no system labelled {', '.join(map(repr, unknown))}; the inputs hold: "
+                         f"{', '.join(map(repr, present))}")
+    names = [new for _, new in pairs]
+    if len(set(names)) != len(names):
+        raise BenchError(f"--systems: labels repeat in {names}; give each its own (LABEL=NEW renames)")
+    rename = dict(pairs)
+    out = scores[scores["system"].isin(rename)].copy()
+    out["system"] = out["system"].map(rename)
+    order = {name: i for i, name in enumerate(names)}
+    return out.sort_values("system", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
 
 
 def reevaluate(rec: QualityRecord, metrics: Sequence[Metric], *, probe: Metric | None) -> dict[Metric, dict[str, float]]:
@@ -209,7 +229,8 @@ def compare(scores: pd.DataFrame, settings: Settings = Settings(), systems: Sequ
     if dupes.any():
         row = scores[dupes].iloc[0]
         raise BenchError(f"system {row.system!r} appears twice for dataset {row.dataset!r} (metric {row.metric!r}); "
-                         f"give each input its own label")
+                         f"give each input its own label (run files: --label/--labels; records: --systems "
+                         f"LABEL=NEW to rename, or compare one run folder's records)")
     order = list(systems) if systems is not None else list(dict.fromkeys(scores["system"]))
     unknown = set(scores["system"]) - set(order)
     if unknown:

@@ -27,9 +27,10 @@ Layout of an experiment file::
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -38,6 +39,8 @@ from .engine.device import DTYPES, ENGINES
 from .engine.prompts import check_custom_template
 from .errors import BenchError
 from .metrics import MetricName
+from .models import reference_problem
+from .systems import pipeline_label
 
 Dtype = Literal[DTYPES]
 Engine = Literal[ENGINES]
@@ -74,7 +77,9 @@ class CollectionSpec(Spec):
                                                           "{lang} in id replaced (e.g. id = 'miracl/{lang}/dev')")
     max_queries: int | None = Field(None, gt=0, description="keep the first N queries (sorted by id) to bound run time")
     synthetic: dict | None = Field(None, description="generator options (languages, docs per language, seed...)")
-    first_stage: str | None = Field(None, description="name of an entry in [first_stages]; default: the only one")
+    first_stage: str | list[str] | None = Field(
+        None, description="name of an entry in [first_stages], or a list of them (each its own pipelines, every "
+                          "reranker reranking each); default: the only one")
     on_empty: Literal["count", "error"] = Field("count", description="empty query texts and passages (no title, "
                                                 "no text): counted and recorded, or an error")
 
@@ -128,6 +133,22 @@ class BgeM3Weights(Spec):
     colbert: float = 1.0
 
 
+_ENCODER_FIELDS = ("model", "revision", "query_instruction", "dtype", "max_length", "batch_size", "token_budget",
+                   "engine", "search_chunk", "device")
+#: The FirstStageSpec fields each kind reads, besides kind, depth and remove_query_id.
+FIRST_STAGE_FIELDS = {
+    "dense": _ENCODER_FIELDS,
+    "bge-m3": (*_ENCODER_FIELDS, "mode", "weights", "rescore_depth", "hybrid_depth"),
+    "bm25": ("preset", "k1", "b"),
+    "run": ("path",),
+    "scoreddocs": (),
+}
+
+
+#: BM25 settings of other toolkits, as closely as bm25s allows (README, "BM25 against Pyserini").
+BM25_PRESETS = {"pyserini": {"k1": 0.9, "b": 0.4}}
+
+
 class FirstStageSpec(Spec):
     """First-stage retrieval producing the candidates a reranker sees.
 
@@ -143,6 +164,7 @@ class FirstStageSpec(Spec):
     """
 
     kind: Literal["dense", "bge-m3", "bm25", "run", "scoreddocs"]
+    name: str | None = Field(None, description="label in tables; default: its key in [first_stages]")
     depth: int = Field(100, gt=0, description="candidates kept per query")
     model: str | None = None
     revision: str | None = None
@@ -154,6 +176,8 @@ class FirstStageSpec(Spec):
     engine: Literal["fast", "sentence-transformers"] = "fast"
     search_chunk: int = Field(65536, gt=0, description="corpus rows scored at once in exact search")
     path: str | None = None
+    preset: Literal["pyserini"] | None = Field(None, description="bm25: 'pyserini' = Pyserini's k1 0.9, b 0.4 (fields "
+                                                                 "set here still win; README says what differs)")
     k1: float = 1.5
     b: float = 0.75
     device: str = Field("auto", description="auto = every visible GPU (corpus shards spread over them) else "
@@ -167,6 +191,25 @@ class FirstStageSpec(Spec):
                                                            "scores in dense+sparse and all (default 1, 0.3, 1)")
     rescore_depth: int | None = Field(None, gt=0, description="multivec / all: dense candidates rescored (default 100)")
     hybrid_depth: int | None = Field(None, gt=0, description="dense+sparse: depth of each list merged (default 1000)")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v):
+        return _checked_model(v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data):
+        if isinstance(data, dict) and data.get("preset") is not None:
+            if data.get("kind") != "bm25":
+                raise ValueError(f"preset = {data['preset']!r} is a BM25 preset; kind is {data.get('kind')!r}")
+            if data["preset"] in BM25_PRESETS:
+                data = {**BM25_PRESETS[data["preset"]], **data}
+        return data
+
+    def settings(self) -> dict:
+        """The fields that act for this kind (records describe a dense stage without BM25's k1 and b)."""
+        return self.model_dump(mode="json", include={"kind", "depth", "remove_query_id", *FIRST_STAGE_FIELDS[self.kind]})
 
     @model_validator(mode="after")
     def _kind_fields(self):
@@ -220,9 +263,21 @@ class RerankerSpec(Spec):
             check_custom_template(v)
         return v
 
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v):
+        return _checked_model(v)
+
     @property
     def label(self) -> str:
         return self.name or self.model.rstrip("/").split("/")[-1].split(":")[-1]
+
+
+def _checked_model(ref: str | None) -> str | None:
+    problem = None if ref is None else reference_problem(ref)
+    if problem:
+        raise ValueError(problem)
+    return ref
 
 
 class EvaluationSpec(Spec):
@@ -324,29 +379,49 @@ class Experiment(Spec):
         for i, ds in enumerate(self.datasets):
             if ds.first_stage is None and len(self.first_stages) > 1:
                 raise ValueError(f"datasets[{i}]: several first stages are defined; set first_stage to one of "
-                                 f"{sorted(self.first_stages)}")
-            if ds.first_stage is not None and ds.first_stage not in self.first_stages:
-                raise ValueError(f"datasets[{i}].first_stage = {ds.first_stage!r} is not defined; "
-                                 f"defined: {sorted(self.first_stages)}")
-        for name in dict.fromkeys(self.first_stage_for(ds)[0] for ds in self.datasets):
+                                 f"{sorted(self.first_stages)} (or a list of them)")
+            names = [ds.first_stage] if isinstance(ds.first_stage, str) else ds.first_stage or []
+            if isinstance(ds.first_stage, list) and (not names or len(set(names)) != len(names)):
+                raise ValueError(f"datasets[{i}].first_stage = {names}: list each first stage once, at least one")
+            for name in names:
+                if name not in self.first_stages:
+                    raise ValueError(f"datasets[{i}].first_stage = {name!r} is not defined; "
+                                     f"defined: {sorted(self.first_stages)}")
+        for name in dict.fromkeys(n for ds in self.datasets for n, _ in self.first_stages_for(ds)):
             depth = self.first_stages[name].depth
             for j, r in enumerate(self.rerankers):
                 if r.top_k > depth:
                     raise ValueError(f"rerankers[{j}].top_k = {r.top_k} exceeds first_stages.{name}.depth = {depth}: "
                                      f"it would rerank {depth} candidates, not {r.top_k}; lower top_k or raise depth")
-        labels = [r.label for r in self.rerankers]
-        dup = {x for x in labels if labels.count(x) > 1}
-        if dup:
-            raise ValueError(f"rerankers share the label(s) {sorted(dup)}: give each a distinct 'name'")
+        for what, labels in (("first stages", [self.first_stage_label(n) for n in self.first_stages]),
+                             ("rerankers", [r.label for r in self.rerankers])):
+            dup = {x for x in labels if labels.count(x) > 1}
+            if dup:
+                raise ValueError(f"{what} share the label(s) {sorted(dup)}: give each a distinct 'name'")
         return self
 
+    def first_stages_for(self, ds: CollectionSpec) -> list[tuple[str, FirstStageSpec]]:
+        """The first stages a dataset runs, in the order it lists them: (name, settings) pairs."""
+        names = [ds.first_stage] if isinstance(ds.first_stage, str) else ds.first_stage or [next(iter(self.first_stages))]
+        return [(name, self.first_stages[name]) for name in names]
+
     def first_stage_for(self, ds: CollectionSpec) -> tuple[str, FirstStageSpec]:
-        name = ds.first_stage or next(iter(self.first_stages))
-        return name, self.first_stages[name]
+        """The dataset's first first stage (the one a throughput sweep reads its pairs from)."""
+        return self.first_stages_for(ds)[0]
+
+    def first_stage_label(self, name: str) -> str:
+        return self.first_stages[name].name or name
+
+    def system_label(self, first_stage: str, reranker: RerankerSpec | None = None) -> str:
+        """The label of the pipeline `first_stage` (a key of first_stages) » `reranker` (`bench.systems`):
+        reranked systems name their first stage when the experiment defines several."""
+        return pipeline_label(self.first_stage_label(first_stage), reranker.label if reranker else None,
+                              qualify=len(self.first_stages) > 1)
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """Pydantic's errors as `file: field.path: message` lines."""
+def format_validation_error(exc: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
+    """Pydantic's errors as `file: field.path: message` lines; with the `model` validated, an
+    unknown field names the closest valid one (`topk` → did you mean `top_k`?)."""
     lines = []
     for err in exc.errors():
         loc = ""
@@ -355,10 +430,45 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; see bench/config.py for the fields)"
+            valid = _fields_at(model, err["loc"][:-1]) if model is not None else []
+            close = difflib.get_close_matches(str(err["loc"][-1]), valid, n=1, cutoff=0.6)
+            if close:
+                msg = f"unknown field; did you mean {close[0]!r}? (valid here: {', '.join(valid)})"
+            elif valid:
+                msg = f"unknown field; valid here: {', '.join(valid)}"
         elif err["type"] == "literal_error" and "dtype" in loc:
             msg = f"{msg}: {DTYPE_HELP}"
         lines.append(f"{source}: {loc or '(top level)'}: {msg}")
     return "\n".join(lines)
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names of the settings model at `loc` inside `model` (a list index or dict key steps
+    into the item type); [] when `loc` leads to no model."""
+    current: Any = model
+    for part in loc:
+        current = _model_of(current)
+        if _is_model(current):
+            field = current.model_fields.get(part) if isinstance(part, str) else None
+            current = field.annotation if field else None
+        elif get_origin(current) in (list, dict) and get_args(current):
+            current = get_args(current)[-1]  # list[X] -> X, dict[K, X] -> X
+        else:
+            return []
+    current = _model_of(current)
+    return list(current.model_fields) if _is_model(current) else []
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _model_of(tp: Any) -> Any:
+    """`X | None` -> X when X is a settings model; anything else as it is."""
+    if get_origin(tp) in (list, dict):
+        return tp
+    models = [a for a in get_args(tp) if _is_model(a)]
+    return models[0] if models else tp
 
 
 def read_toml(path: str | Path, what: str = "experiment file", hint: str = "") -> dict:
@@ -386,4 +496,4 @@ def load_experiment(path: str | Path) -> Experiment:
     try:
         return Experiment.model_validate(raw)
     except ValidationError as exc:
-        raise BenchError(format_validation_error(exc, str(path))) from None
+        raise BenchError(format_validation_error(exc, str(path), Experiment)) from None

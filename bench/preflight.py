@@ -14,7 +14,7 @@ import huggingface_hub  # cheap: the library loads its parts on first use
 
 from .config import Experiment
 from .errors import BenchError
-from .models import OFFLINE_PREFIX, RANDOM_PREFIX
+from .models import OFFLINE_PREFIX, RANDOM_PREFIX, TRAINED_PREFIX
 
 OFFLINE_HINT = ("Without network (or hub access), run the offline experiment instead: "
                 "`make demo` (bench run experiments/offline.toml).")
@@ -25,19 +25,29 @@ def hub_models(exp: Experiment) -> list[tuple[str, str | None]]:
     refs += [(r.model, r.revision) for r in exp.rerankers]
     out = []
     for ref, rev in refs:
-        if ref.startswith((OFFLINE_PREFIX, RANDOM_PREFIX)) or Path(ref).exists():
+        if ref.startswith((OFFLINE_PREFIX, RANDOM_PREFIX, TRAINED_PREFIX)) or Path(ref).exists():
             continue
         if (ref, rev) not in out:
             out.append((ref, rev))
     return out
 
 
+def uncached_models(exp: Experiment) -> list[tuple[str, str | None]]:
+    """The hub models (reference, revision) whose config is not in the local Hugging Face cache."""
+    return [(ref, rev) for ref, rev in hub_models(exp)
+            if not isinstance(huggingface_hub.try_to_load_from_cache(ref, "config.json", revision=rev), str)]
+
+
 def check_fetchable(exp: Experiment, source: str | Path = "experiment", timeout: float = 5.0) -> None:
+    missing = missing_models(exp, timeout)
+    if missing:
+        raise BenchError(f"{source}: models cannot be fetched:\n  " + "\n  ".join(missing) + f"\n{OFFLINE_HINT}")
+
+
+def missing_models(exp: Experiment, timeout: float = 5.0) -> list[str]:
+    """One line per hub model that is neither in the local Hugging Face cache nor fetchable now."""
     missing = []
-    for ref, rev in hub_models(exp):
-        cached = huggingface_hub.try_to_load_from_cache(ref, "config.json", revision=rev)
-        if isinstance(cached, str):
-            continue
+    for ref, rev in uncached_models(exp):
         if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
             missing.append(f"{ref}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
             continue
@@ -47,5 +57,4 @@ def check_fetchable(exp: Experiment, source: str | Path = "experiment", timeout:
             missing.append(f"{ref}: cannot reach the Hugging Face hub ({type(exc).__name__}: {str(exc)[:120]})")
             if "Connect" in type(exc).__name__ or "Timeout" in type(exc).__name__ or "resolve" in str(exc):
                 break  # the network is down: one probe says it for every model
-    if missing:
-        raise BenchError(f"{source}: models cannot be fetched:\n  " + "\n  ".join(missing) + f"\n{OFFLINE_HINT}")
+    return missing

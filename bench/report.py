@@ -7,6 +7,7 @@ languages. Made from records only, so `bench report DIR` reproduces the table of
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,16 +15,39 @@ from . import lazy
 from .errors import BenchError
 from .metrics import by_metric
 from .records import QualityRecord, find_records
+from .systems import SYNTHETIC_MARK, display_label, qualified
 
 if TYPE_CHECKING:  # annotations only; pandas itself is imported on first use, through lazy
     import pandas as pd
 
 
 def system_label(rec: QualityRecord) -> str:
-    """A system's column name: first stages say so, untrained models are marked."""
+    """A system's column name (`bench.systems`): first stages say so, untrained models are marked."""
     system = rec.system
-    label = f"first stage: {system.label}" if system.stage == "first_stage" else system.label
-    return f"{label} (untrained)" if system.untrained else label
+    return display_label(system.label, first_stage_only=system.stage == "first_stage", untrained=system.untrained,
+                         synthetic=trained_on_synthetic(rec))
+
+
+def trained_on_synthetic(rec: QualityRecord) -> bool:
+    """Whether the system's reranker is one the project trained on its synthetic collection."""
+    model = (rec.system.reranker or {}).get("model")
+    return isinstance(model, dict) and model.get("trained_on") == "synthetic data"
+
+
+def system_labels(records: list[QualityRecord]) -> list[str]:
+    """Each record's `system_label`, made distinct per dataset: records written before labels named
+    their pipeline call two reranked systems by the reranker alone; those get their first stage
+    in front (`bm25 » tiny`), so no table shows one pipeline in place of another."""
+    labels = [system_label(rec) for rec in records]
+    seen = Counter((rec.dataset.label, label) for rec, label in zip(records, labels))
+    out = []
+    for rec, label in zip(records, labels):
+        system = rec.system
+        if seen[(rec.dataset.label, label)] > 1 and system.stage == "rerank":
+            label = display_label(qualified(system.label, system.first_stage_label), first_stage_only=False,
+                                  untrained=system.untrained, synthetic=trained_on_synthetic(rec))
+        out.append(label)
+    return out
 
 
 def experiment_name(rec: QualityRecord) -> str:
@@ -47,9 +71,9 @@ def long_frame(records: list[QualityRecord]) -> pd.DataFrame:
     says its experiment (``label [experiment]``)."""
     rows = []
     several = len({experiment_name(r) for r in records}) > 1
-    for rec in records:
+    for rec, label in zip(records, system_labels(records)):
         ds = rec.dataset
-        system = f"{system_label(rec)} [{experiment_name(rec)}]" if several else system_label(rec)
+        system = f"{label} [{experiment_name(rec)}]" if several else label
         for metric, value in by_metric(rec.metrics).items():  # keyed on the canonical form, whatever a record spelled
             rows.append({"dataset": ds.label, "language": ds.language, "system": system,
                          "stage": rec.system.stage, "metric": str(metric), "value": value, "queries": ds.n_queries,
@@ -82,12 +106,23 @@ def quality_report(records: list[QualityRecord]) -> tuple[str, pd.DataFrame]:
     frame = long_frame(records)
     if frame.empty:
         return "No quality records.\n", frame
+    twice = frame[frame.duplicated(["dataset", "system", "metric"])]
+    if not twice.empty:
+        row = twice.iloc[0]
+        paths = [str(r.path) for r, label in zip(records, system_labels(records))
+                 if label == row.system and r.dataset.label == row.dataset]
+        raise BenchError(f"system {row.system!r} appears more than once for dataset {row.dataset!r} "
+                         f"({', '.join(paths)}): report one run folder at a time")
     metrics = list(dict.fromkeys(frame.metric))
     parts = []
     for metric in metrics:
         table = metric_table(frame, metric)
         parts.append(f"### {metric}\n\n" + table.to_markdown(floatfmt=".4f") + "\n")
     notes = []
+    if frame.system.str.contains(SYNTHETIC_MARK, regex=False).any():
+        notes.append("Systems marked (trained on synthetic data) rerank with a small model the project trains on its "
+                     "synthetic collection's training split (other entities and questions than the ones evaluated): "
+                     "a demonstration, not a model for real text.")
     if frame.system.str.contains("(untrained)", regex=False).any():
         notes.append("Systems marked (untrained) have random weights: they exercise the code path, their scores "
                      "say nothing about quality.")

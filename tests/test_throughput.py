@@ -503,3 +503,22 @@ def test_sweep_device_is_the_first_resolved_device():
         resolve_device("gpu0")
     with pytest.raises(BenchError, match="CUDA is not available"):
         resolve_device("cuda:0,cuda:1")
+
+
+def test_throughput_table_gives_the_spread_and_ranks_only_separated_cells():
+    from bench.records import CellResult
+    from bench.throughput.tables import fastest_line, spread
+
+    def cell(label, seconds):
+        return CellResult(engine="fast", dtype="fp32", max_length=64, label=label, variant=label, n_pairs=100,
+                          seconds=seconds, pairs_per_s=100 / float(np.median(seconds)))
+
+    a, b, c = cell("a", [1.0, 1.1, 0.9]), cell("b", [2.0, 2.2, 1.9]), cell("c", [1.05, 1.2, 1.0])
+    assert spread(a) == (pytest.approx(100 / 1.1), pytest.approx(100 / 0.9), 3)
+
+    class Rec:
+        cells = [a, b]
+
+    assert fastest_line(Rec).startswith("Fastest: a")
+    Rec.cells = [a, b, c]
+    assert fastest_line(Rec).startswith("Not ranked: a and c overlap")

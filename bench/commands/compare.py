@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from .. import lazy
-from ..compare import Settings, compare, load_records, scores_from_records, scores_from_runs, shared_conventions
+from ..compare import (Settings, compare, load_records, scores_from_records, scores_from_runs, select_systems,
+                       shared_conventions)
 from ..errors import BenchError
 from ..evaluate import Conventions, notify_if_cold
 from ..io import atomic_write_text, check_output_folder, slug
@@ -28,7 +29,14 @@ def add_arguments(parser) -> None:
                         help="TREC run files (need --qrels) and/or quality records (.json) or folders of records")
     parser.add_argument("--qrels", type=Path, default=None, help="qrels for run-file inputs (TREC or BEIR tsv)")
     parser.add_argument("--label", action="append", default=None, metavar="NAME",
-                        help="system name of each run file, in order (default: the file name without suffix)")
+                        help="system name of a run file: once per run file, in order (default: the file name "
+                             "without suffix)")
+    parser.add_argument("--labels", default=None, metavar="A,B,...",
+                        help="the run files' system names as one comma-separated list (instead of --label)")
+    parser.add_argument("--systems", action="append", default=None, metavar="LABEL[=NEW],...",
+                        help="compare only these systems, in this order (letters follow it); LABEL=NEW also "
+                             "renames one (repeatable or comma-separated; labels as the tables show them, "
+                             "e.g. 'bm25 » bge-reranker-large')")
     parser.add_argument("--dataset", default=None, help="dataset label of the run files (default: the qrels file name)")
     parser.add_argument("--language", default=None, help="language code of the run files' dataset")
     parser.add_argument("--metric", "-m", dest="metrics", action="extend", nargs="+", default=None, metavar="M",
@@ -65,8 +73,8 @@ def run(args) -> int:
         frames.append(_run_scores(args, run_files))
         run_conventions = Conventions(depth=args.depth, rel_level=args.rel_level,
                                       judged_only=args.judged_only).trec_eval_flags()
-    elif args.label or args.qrels:
-        raise BenchError("--label and --qrels apply to run files; no run file was given")
+    elif args.label or args.labels or args.qrels:
+        raise BenchError("--label, --labels and --qrels apply to run files; no run file was given")
     if record_inputs:
         skipped: list[str] | None = [] if args.skip_bad else None
         records = load_records(record_inputs, skipped=skipped)
@@ -78,6 +86,8 @@ def run(args) -> int:
     conventions = shared_conventions(records, run_conventions)
 
     scores = lazy.pd.concat(frames, ignore_index=True)
+    if args.systems:
+        scores = select_systems(scores, [x.strip() for arg in args.systems for x in arg.split(",") if x.strip()])
     systems = list(dict.fromkeys(scores.system))
     if len(systems) < 2:
         raise BenchError(f"nothing to compare: the inputs hold one system ({systems[0] if systems else 'none'}); "
@@ -108,7 +118,9 @@ def _is_record(path: Path) -> bool:
 def _run_scores(args, run_files: list[Path]):
     if args.qrels is None:
         raise BenchError(f"run files {[str(p) for p in run_files]} need --qrels to be scored")
-    labels = args.label or [_stem(p) for p in run_files]
+    if args.label and args.labels:
+        raise BenchError("give the run files' names with --label (once per file) or --labels a,b,c, not both")
+    labels = args.label or ([x.strip() for x in args.labels.split(",")] if args.labels else [_stem(p) for p in run_files])
     if len(labels) != len(run_files):
         raise BenchError(f"{len(labels)} --label for {len(run_files)} run files; give one label per run file")
     if len(set(labels)) != len(labels):

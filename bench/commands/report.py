@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..io import atomic_write_text
 from ..report import report_folder
+from ..report_html import write_html_report
 
 
 def add_arguments(parser) -> None:
@@ -14,6 +15,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--csv", type=Path, default=None, help="also write the long table as CSV here")
     parser.add_argument("--all-experiments", action="store_true",
                         help="also the records earlier experiments left in the folder (default: the latest experiment's)")
+    parser.add_argument("--html", nargs="?", type=Path, const=True, default=None, metavar="PATH",
+                        help="also write the results page (one self-contained HTML file; default FOLDER/report.html)")
+    parser.add_argument("--throughput", type=Path, action="append", default=[], metavar="DIR",
+                        help="folder of throughput records whose speeds the page's quality-vs-speed chart uses "
+                             "(same model and device; default: those under FOLDER)")
     add_skip_bad_argument(parser)
 
 
@@ -37,4 +43,9 @@ def run(args) -> int:
     print(text)
     if args.csv:
         atomic_write_text(args.csv, frame.to_csv(index=False))
+    if args.html:
+        path = write_html_report(args.folder, None if args.html is True else args.html,
+                                 throughput_folders=args.throughput, all_experiments=args.all_experiments,
+                                 skipped=[] if args.skip_bad else None)
+        print(f"results page: {path}", file=sys.stderr)
     return 0

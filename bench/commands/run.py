@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -11,7 +10,11 @@ from ..config import load_experiment
 from ..data import select_datasets
 from ..io import check_output_folder
 from ..pipeline import run_experiment
+from ..plan import plan
 from ..preflight import check_fetchable
+
+#: The project's committed reference records: their measured rates feed --dry-run's time estimate.
+RESULTS = Path(__file__).resolve().parents[2] / "results"
 
 
 def add_arguments(parser) -> None:
@@ -25,19 +28,24 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ray-address", default=None, metavar="ADDRESS",
                         help="the Ray cluster (auto | host:6379 | ray://host:10001); implies --backend ray")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print what would run (datasets, first stages, rerankers, pairs, what is cached, missing "
+                             "downloads, a time estimate from measured rates) and exit, loading no model")
     parser.add_argument("--skip-preflight", action="store_true",
                         help="do not check up front that hub models can be fetched")
 
 
 def run(args) -> int:
-    if args.no_progress:  # also the bars inside the engines and libraries (tqdm reads this)
-        os.environ["TQDM_DISABLE"] = "1"
     exp = load_experiment(args.experiment)
     if args.datasets:
         labels = [label.strip() for arg in args.datasets for label in arg.split(",") if label.strip()]
         exp = select_datasets(exp, labels, str(args.experiment))
     exp = with_execution(exp, args.backend, args.ray_address)
-    out = check_output_folder(args.out or Path("runs") / exp.name)  # before any work
+    out = args.out or Path("runs") / exp.name
+    if args.dry_run:
+        print(plan(exp, out, results=RESULTS).text(), end="")
+        return 0
+    out = check_output_folder(out)  # before any work
     if not args.skip_preflight:
         check_fetchable(exp, args.experiment)
     t0 = time.perf_counter()
@@ -45,7 +53,8 @@ def run(args) -> int:
                              log=lambda m: print(m, file=sys.stderr, flush=True))
     elapsed = time.perf_counter() - t0
     print((out / "report.md").read_text())
-    print(f"{len(records)} records in {out / 'records'}; report: {out / 'report.md'}, {out / 'report.csv'}; "
+    print(f"{len(records)} records in {out / 'records'}; report: {out / 'report.md'}, {out / 'report.csv'}, "
+          f"{out / 'report.html'}; "
           f"{elapsed:.1f} s")
     return 0
 

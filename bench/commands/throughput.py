@@ -56,7 +56,8 @@ def run(args) -> int:
     exp = with_overrides(load_experiment(args.experiment), args)
     out = check_output_folder(Path(args.out or Path("runs") / f"{exp.name}-throughput"))  # before any work
     result = run_throughput(exp, out, experiment_path=args.experiment, dataset=args.dataset, pairs=args.pairs,
-                            attention=args.attention, cache_dir=args.cache_dir, quality_records=args.quality_records)
+                            attention=args.attention, cache_dir=args.cache_dir, quality_records=args.quality_records,
+                            progress=not args.no_progress)
     print(f"records, tables and plots in {out}")
     if result.failed_cells:
         print(f"{result.failed_cells} cell(s) failed; their errors are in the table and the record")

@@ -21,6 +21,7 @@ from ..engine.device import resolve_devices
 from .common import Reranker
 from .engines import build_single
 from .parallel import DataParallelReranker
+from .trained import ensure as ensure_trained
 
 
 def build_reranker(spec, *, cache_dir=None, devices=None, **options) -> Reranker:
@@ -29,6 +30,7 @@ def build_reranker(spec, *, cache_dir=None, devices=None, **options) -> Reranker
 
     ``options``: engine keywords for the variants a throughput sweep compares (fast engine:
     ``attention``, ``forward``, ``compile``, ``token_budget``, ``largest_chunk``); the baselines take none."""
+    ensure_trained(spec.model, cache_dir)  # the project's own trained models are built once, here
     devs = resolve_devices(spec.device, devices)
     if len(devs) > 1:
         return DataParallelReranker(spec, devs, cache_dir=cache_dir, options=options)

