@@ -8,7 +8,6 @@ make several of each."""
 
 from __future__ import annotations
 
-import _thread
 import json
 import os
 import signal
@@ -139,17 +138,19 @@ def watch(root: Path, pattern: str, action, *, count: int = 1, timeout: float = 
 
 
 def interrupted(root: Path, pattern: str, folder: Path, exp_parts: dict, out: str) -> None:
-    """Run the driver and interrupt it (Ctrl-C in the main thread) once a file matches `pattern`.
+    """Run the driver and interrupt it (SIGINT to the main thread, as Ctrl-C) once a file matches
+    `pattern`.
 
-    A KeyboardInterrupt that lands in a finaliser is swallowed by Python, so the interrupt is repeated
-    every half second until the run has stopped; then the thread is joined and a last pending
-    interrupt is absorbed, so none lands after this returns."""
-    stopped = threading.Event()
+    The signal goes to the main thread itself, so a blocking wait there is woken (a flag alone, as
+    `_thread.interrupt_main` sets, waits for the next bytecode); it is repeated every half second
+    until the run has stopped, since one landing in a finaliser is swallowed; then the thread is
+    joined and a last pending interrupt absorbed, so none lands after this returns."""
+    stopped, main_thread = threading.Event(), threading.main_thread().ident
 
     def keep_interrupting():
         while not stopped.is_set():
             if list(root.glob(pattern)):
-                _thread.interrupt_main()
+                signal.pthread_kill(main_thread, signal.SIGINT)
             time.sleep(0.5)
 
     thread = threading.Thread(target=keep_interrupting, daemon=True)
