@@ -88,7 +88,7 @@ def reference_problem(ref: str) -> str | None:
         return None if name in TRAINED_MODELS else f"unknown trained model {ref!r}; known: " + ", ".join(
             TRAINED_PREFIX + m for m in TRAINED_MODELS)
     if f"{prefix}:" == RANDOM_PREFIX:
-        known = [*XLMR_ARCHITECTURES, *BIENCODER_ARCHITECTURES]
+        known = [*XLMR_ARCHITECTURES, *BIENCODER_ARCHITECTURES, *DECODER_ARCHITECTURES]
         return None if name in known else f"unknown random architecture {ref!r}; known: " + ", ".join(
             RANDOM_PREFIX + a for a in known)
     return (f"unknown model prefix {prefix + ':'!r} in {ref!r}; known prefixes: {OFFLINE_PREFIX}, {RANDOM_PREFIX}, "
