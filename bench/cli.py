@@ -13,7 +13,7 @@ import os
 import sys
 
 from . import __version__
-from .errors import BenchError
+from .errors import BenchError, Interrupted
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("bench.commands.run", "run an experiment: collection → first stage → rerank → metrics → records"),
@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:  # a step that knows what it kept says so
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("interrupted: everything finished so far is cached; rerun the same command to resume", file=sys.stderr)
         return 130
