@@ -54,9 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(sub)
     if "--no-progress" not in sub._option_string_actions:  # every command takes it, whether it draws bars or not
         sub.add_argument("--no-progress", action="store_true", help="no progress bars (ours, tqdm's, Hugging Face's)")
+    if "--verbose" not in sub._option_string_actions:
+        sub.add_argument("--verbose", action="store_true", help="Hugging Face's own loading and download bars too")
     args = sub.parse_args(rest)
     if args.no_progress:
         silence_progress()
+    if args.verbose:
+        os.environ["RERANK_BENCH_VERBOSE"] = "1"  # read where models load (bench.progress.quiet_hub_bars)
     try:
         return int(module.run(args) or 0)
     except BenchError as exc:

@@ -143,7 +143,7 @@ class M3Encoder:
             return torch.cat([dense, rank[:, None]], dim=1)
 
         with torch.inference_mode(), matmul_precision(enc.precision):
-            out, _ = enc.loop.run(texts, enc.text_tokenizer, forward, desc="encode bge-m3", unit="text")
+            out, _ = enc.loop.run(texts, enc.text_tokenizer, forward)
         rank = out[:, -1].astype(np.int64)  # input i was the rank[i]-th text processed
         rows = np.concatenate([p[0] for p in parts])
         weights = lazy.scipy_sparse.csr_matrix(

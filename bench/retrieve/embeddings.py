@@ -16,8 +16,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .. import lazy
 from ..errors import BenchError, Interrupted
+from ..progress import catch_up, skip, step
 from ..cache import checked, read_checked, read_checked_json, write_checked, write_checked_json, write_checked_text
 
 DONE = "complete.json"
@@ -127,10 +127,9 @@ class EmbeddingStore:
             encode_shards = lambda items: ((i, encode(texts)) for i, texts in items)  # noqa: E731
         self.folder.mkdir(parents=True, exist_ok=True)
         counts = {"encoded_docs": 0, "reused_docs": 0}
-        bar = lazy.tqdm.tqdm(total=n_docs, desc="encode corpus", unit="doc", disable=not progress, dynamic_ncols=True)
         pending_ids: dict[int, list[str]] = {}
 
-        def missing():
+        def missing(bar):
             for i, batch in enumerate(doc_batches):
                 vec_path, ids_path = self._shard(i)
                 ids = [doc_id for doc_id, _ in batch]
@@ -140,24 +139,23 @@ class EmbeddingStore:
                         raise BenchError(f"{ids_path}: cached shard does not match the collection's document "
                                          f"order; delete {self.folder} and rerun")
                     counts["reused_docs"] += len(ids)
-                    bar.update(len(ids))
+                    skip(bar, len(ids))
                     continue
                 pending_ids[i] = ids
                 yield i, [text for _, text in batch]
 
-        try:
-            for i, vecs in encode_shards(missing()):
-                ids = pending_ids.pop(i)
-                vec_bytes, ids_text = shard_payload(vecs, ids, storage_dtype)
-                vec_path, ids_path = self._shard(i)
-                write_checked(vec_path, vec_bytes)
-                write_checked_text(ids_path, ids_text)
-                counts["encoded_docs"] += len(ids)
-                bar.update(len(ids))
+        try:  # the encoder's loop advances the bar as it goes; worker processes' shards count when written
+            with step(n_docs, "encode corpus", "passage", enabled=progress) as bar:
+                for i, vecs in encode_shards(missing(bar)):
+                    ids = pending_ids.pop(i)
+                    vec_bytes, ids_text = shard_payload(vecs, ids, storage_dtype)
+                    vec_path, ids_path = self._shard(i)
+                    write_checked(vec_path, vec_bytes)
+                    write_checked_text(ids_path, ids_text)
+                    counts["encoded_docs"] += len(ids)
+                    catch_up(bar, counts["encoded_docs"] + counts["reused_docs"])
         except KeyboardInterrupt:
-            bar.close()
             raise Interrupted(kept_message(*self.kept(), n_docs, self.shard_size, str(self.folder))) from None
-        bar.close()
         total = counts["encoded_docs"] + counts["reused_docs"]
         if total != n_docs:
             raise BenchError(f"{self.folder}: the collection yielded {total} documents, expected {n_docs}")
