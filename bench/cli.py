@@ -13,7 +13,7 @@ import os
 import sys
 
 from . import __version__
-from .errors import BenchError
+from .errors import BenchError, Interrupted
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("bench.commands.run", "run an experiment: collection → first stage → rerank → metrics → records"),
@@ -54,14 +54,21 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(sub)
     if "--no-progress" not in sub._option_string_actions:  # every command takes it, whether it draws bars or not
         sub.add_argument("--no-progress", action="store_true", help="no progress bars (ours, tqdm's, Hugging Face's)")
+    if "--verbose" not in sub._option_string_actions:
+        sub.add_argument("--verbose", action="store_true", help="Hugging Face's own loading and download bars too")
     args = sub.parse_args(rest)
     if args.no_progress:
         silence_progress()
+    if args.verbose:
+        os.environ["RERANK_BENCH_VERBOSE"] = "1"  # read where models load (bench.progress.quiet_hub_bars)
     try:
         return int(module.run(args) or 0)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:  # a step that knows what it kept says so
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("interrupted: everything finished so far is cached; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -175,6 +175,9 @@ class FirstStageSpec(Spec):
     token_budget: int | None = Field(None, gt=0, description="max padded tokens per batch; None: engine default")
     engine: Literal["fast", "sentence-transformers"] = "fast"
     search_chunk: int = Field(65536, gt=0, description="corpus rows scored at once in exact search")
+    shard_size: int | None = Field(None, gt=0, description="dense, bge-m3: passages per corpus embedding shard, the "
+                                                            "unit an interrupted encoding keeps; None: about a "
+                                                            "twentieth of the corpus (1,000 to 100,000)")
     path: str | None = None
     preset: Literal["pyserini"] | None = Field(None, description="bm25: 'pyserini' = Pyserini's k1 0.9, b 0.4 (fields "
                                                                  "set here still win; README says what differs)")
@@ -221,6 +224,8 @@ class FirstStageSpec(Spec):
         m3_only = [f for f in ("mode", "weights", "rescore_depth", "hybrid_depth") if getattr(self, f) is not None]
         if self.kind != "bge-m3" and m3_only:
             raise ValueError(f"{', '.join(m3_only)}: only kind = 'bge-m3' takes these")
+        if self.shard_size is not None and self.kind not in ("dense", "bge-m3"):
+            raise ValueError("shard_size: only kind = 'dense' or 'bge-m3' takes it (corpus embedding shards)")
         if self.kind == "run" and not self.path:
             raise ValueError("kind = 'run' needs field 'path' (a TREC run file)")
         return self

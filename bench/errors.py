@@ -10,6 +10,11 @@ class BenchError(Exception):
     """A problem with the user's input or environment, explained in the message."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C caught where the work kept so far is known: its message says what is on disk and will
+    be reused (the command line prints it instead of its generic line)."""
+
+
 def where(path, line: int | None = None) -> str:
     """`path:line` prefix for error messages (line is 1-based)."""
     return f"{path}:{line}" if line is not None else str(path)

@@ -35,6 +35,7 @@ MODULES = {
     "scipy_stats": "scipy.stats",
     "scipy_sparse": "scipy.sparse",
     "huggingface_hub": "huggingface_hub",
+    "huggingface_hub_utils": "huggingface_hub.utils",
     "bm25s": "bm25s",
     "tqdm": "tqdm.auto",
     "ray": "ray",

@@ -29,6 +29,7 @@ from . import lazy
 from .decoder_models import DECODER_ARCHITECTURES, build_random_decoder
 from .errors import BenchError
 from .io import build_folder
+from .progress import quiet_hub_bars
 
 OFFLINE_PREFIX = "offline:"
 RANDOM_PREFIX = "random:"
@@ -221,6 +222,7 @@ def trained_folder(name: str, cache_dir: str | os.PathLike | None = None) -> Pat
 
 def resolve(ref: str, cache_dir: str | os.PathLike | None = None) -> str:
     """Turn a model reference into what `from_pretrained` takes (hub id or folder path)."""
+    quiet_hub_bars()  # every model load passes here: Hugging Face's own bars off, the step's bar counts
     if ref.startswith(TRAINED_PREFIX):
         folder = trained_folder(ref[len(TRAINED_PREFIX):], cache_dir)
         if not (folder / "config.json").exists():

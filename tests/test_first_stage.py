@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -56,3 +58,38 @@ def test_rerun_reuses_embeddings_and_run(collection, minilm, tmp_path):
     deeper = third.run
     assert third.info["embeddings"]["encoded_docs"] == 0 and third.info["embeddings"]["reused_docs"] == 160
     assert all(list(deeper[q])[:10] == list(run[q]) for q in run)
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_interrupted_full_corpus_encoding_resumes_with_the_rest(miracl_yo_experiment, tmp_path, monkeypatch, capsys):
+    """Ctrl-C once half of MIRACL-yo's 49,043 passages are encoded (a tiny random bi-encoder stands in
+    for MiniLM): the message says what is kept, and the rerun encodes only the rest."""
+    from bench.cli import main
+    from bench.retrieve.encoder import Encoder
+
+    path = miracl_yo_experiment(tmp_path, **{'model = "offline:all-MiniLM-L6-v2"': 'model = "random:tiny-bge-m3"',
+                                             "max_length = 256": "max_length = 64\nshard_size = 2500"})
+    path.write_text(f'cache_dir = "{(tmp_path / "cache").as_posix()}"\n' + path.read_text(encoding="utf-8"),
+                    encoding="utf-8")
+    encoded, stop_after = [], None
+    plain = Encoder.encode_shards
+
+    def encode_shards(self, items):
+        for key, vecs in plain(self, items):
+            if stop_after is not None and sum(encoded) >= stop_after:
+                raise KeyboardInterrupt  # as Ctrl-C while the next shard is encoded
+            encoded.append(len(vecs))
+            yield key, vecs
+
+    monkeypatch.setattr(Encoder, "encode_shards", encode_shards)
+    argv = ["run", str(path), "--out", str(tmp_path / "out"), "--no-progress", "--skip-preflight"]
+    stop_after = 49_043 // 2
+    assert main(argv) == 130
+    assert encoded == [2500] * 10
+    assert "10 of 20 shards (25,000 of 49,043 passages) are on disk" in capsys.readouterr().err
+    encoded, stop_after = [], None
+    assert main(argv) == 0
+    assert sum(encoded) == 49_043 - 25_000 and len(encoded) == 10
+    (info,) = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "runs").glob("*/info.json")]
+    assert (info["embeddings"]["reused_docs"], info["embeddings"]["shard_size"]) == (25_000, 2500)

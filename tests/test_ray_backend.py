@@ -280,8 +280,8 @@ def test_unreachable_address_fails_fast(tmp_path, experiment_toml):
 def test_miracl_yo_full_corpus_on_the_cluster_equals_local(ray_cluster, miracl_yo_experiment, tmp_path, monkeypatch):
     """The MIRACL-yo full-corpus experiment (49,043 passages) with a tiny random bi-encoder in place
     of MiniLM (MiniLM takes minutes per full encoding here): cluster records equal local ones."""
-    monkeypatch.setattr(retrieve_stage, "SHARD_SIZE", 25_000)  # two shards, one per worker
-    tiny = {'model = "offline:all-MiniLM-L6-v2"': 'model = "random:tiny-bge-m3"'}
+    tiny = {'model = "offline:all-MiniLM-L6-v2"': 'model = "random:tiny-bge-m3"',
+            'dtype = "fp32"': 'dtype = "fp32"\nshard_size = 25000'}  # two shards, one per worker
     records = {}
     for backend in ("local", "ray"):
         folder = tmp_path / backend

@@ -16,7 +16,7 @@ from .. import lazy
 from ..engine.device import AUTO_CUDA, resolve_precision
 from ..errors import BenchError
 from ..retrieve import stage as retrieve_stage
-from .encode import encode_corpus
+from .encode import encode_corpus, stored_shard_size
 from .rerank import RayRerankStage
 from .search import distributed_search
 from .storage import Storage
@@ -169,7 +169,7 @@ class RayBackend:
         t_queries = time.perf_counter() - t0
         entry_folder, storage_dtype = retrieve_stage.embedding_entry(stage.cache_root, stage.spec, collection, described)
         folder = self.relative(entry_folder)
-        shard_size = retrieve_stage.SHARD_SIZE
+        shard_size = retrieve_stage.shard_size(stage.spec, collection.n_docs(), stored_shard_size(self.storage, folder))
         t0 = time.perf_counter()
         counts = encode_corpus(collection, spec, storage=self.storage, folder=folder, storage_dtype=storage_dtype,
                                shard_size=shard_size, execution=ex, cache_dir=self.cache_dir, log=self.log)

@@ -7,14 +7,15 @@ when the storage root is the cache folder (or the cache lives on the shared stor
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
 
 from .. import lazy
-from ..errors import BenchError
+from ..errors import BenchError, Interrupted
 from ..retrieve import build_encoder
-from ..retrieve.embeddings import DONE, completion, shard_files, shard_payload
+from ..retrieve.embeddings import DONE, completion, kept_message, shard_files, shard_payload
 from .storage import Storage
 
 
@@ -53,6 +54,17 @@ def stored_shard_ids(storage: Storage, folder: str, i: int) -> list[str] | None:
     return None if data is None else data.decode("utf-8").split("\n")
 
 
+def stored_shard_size(storage: Storage, folder: str) -> int | None:
+    """The shard size an entry on storage was written with (as `EmbeddingStore.laid_out_shard_size`):
+    its completion marker's, else its first shard's length, else None."""
+    marker = storage.read_checked(f"{folder}/{DONE}")
+    size = json.loads(marker).get("shard_size") if marker is not None else None
+    if isinstance(size, int):
+        return size
+    first = stored_shard_ids(storage, folder, 0)
+    return len(first) if first else None
+
+
 def encode_corpus(collection, spec, *, storage: Storage, folder: str, storage_dtype: str, shard_size: int,
                   execution, cache_dir: str, log=print) -> dict:
     """Encode every shard not yet on storage, then mark the entry complete. Returns the counts
@@ -75,8 +87,13 @@ def encode_corpus(collection, spec, *, storage: Storage, folder: str, storage_dt
         items.append({"shard": i, "ids": ids, "texts": [text for _, text in batch]})
     if items:
         log(f"encoding {len(items)} of {counts['shards']} shard(s) on {execution.workers} actor(s)")
-        done = run_actor_pool(items, ShardEncoder, dict(spec=spec, cache_dir=cache_dir, storage=storage,
-                                                         folder=folder, storage_dtype=storage_dtype), execution)
+        try:
+            done = run_actor_pool(items, ShardEncoder, dict(spec=spec, cache_dir=cache_dir, storage=storage,
+                                                             folder=folder, storage_dtype=storage_dtype), execution)
+        except KeyboardInterrupt:
+            kept = [ids for ids in (stored_shard_ids(storage, folder, i) for i in range(counts["shards"])) if ids]
+            raise Interrupted(kept_message(len(kept), sum(map(len, kept)), collection.n_docs(), shard_size,
+                                           storage.path(folder))) from None
         counts["submitted_shards"] = len(items)
         counts["encoded_docs"] = int(sum(done["docs"]))
         counts["encode_seconds_per_shard"] = [float(s) for s in done["seconds"]]

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import lazy
+from ..progress import advance
 from .batching import TokenBudget, chunk_bounds, next_batch, prefetch
 from .device import release_memory
 from .tokens import Encoded, TokenChunk, flatten
@@ -77,33 +78,28 @@ class BatchLoop:
         self.pin = device.startswith("cuda")
         self.prefetch_depth = 2 if self.pin else 0  # background tokenization only beside an accelerator
 
-    def run(self, items: Sequence, encode: Callable[[Sequence], Encoded], forward: Callable[[Batch], Any],
-            *, desc: str = "batches", unit: str = "it") -> tuple[np.ndarray | None, Counts]:
+    def run(self, items: Sequence, encode: Callable[[Sequence], Encoded], forward: Callable[[Batch], Any]) -> tuple[np.ndarray | None, Counts]:
         """Outputs (float32, input order) and counts; ``None`` outputs for empty input."""
         items = list(items)
         counts = Counts()
         result: np.ndarray | None = None
         pending = None
-        bar = lazy.tqdm.tqdm(total=len(items), desc=desc, unit=unit, disable=len(items) < 4096, leave=False)
 
         def make(bounds):
             s, e = bounds
             chunk = flatten(encode(items[s:e]), s, self.position_offset)
             return chunk, self._host(chunk)
 
-        try:
-            bounds = chunk_bounds(len(items), self.first_chunk, self.largest_chunk)
-            for chunk, host in prefetch(make, bounds, self.prefetch_depth):
-                out = self._run_chunk(chunk, host, forward, counts)
-                if pending is not None:
-                    result = self._collect(*pending, result, len(items))
-                    bar.update(pending[0].n)
-                pending = (chunk, out)
+        bounds = chunk_bounds(len(items), self.first_chunk, self.largest_chunk)
+        for chunk, host in prefetch(make, bounds, self.prefetch_depth):
+            out = self._run_chunk(chunk, host, forward, counts)
             if pending is not None:
                 result = self._collect(*pending, result, len(items))
-                bar.update(pending[0].n)
-        finally:
-            bar.close()
+                advance(pending[0].n)  # the running step's bar (a corpus encoding), none of its own
+            pending = (chunk, out)
+        if pending is not None:
+            result = self._collect(*pending, result, len(items))
+            advance(pending[0].n)
         return result, counts
 
     # -- internals -----------------------------------------------------------------------------------------

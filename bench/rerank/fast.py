@@ -96,8 +96,7 @@ class FastReranker(EngineBase):
         pairs = check_pairs(pairs)
         t0 = time.perf_counter()
         with lazy.torch.inference_mode(), matmul_precision(self.precision):
-            scores, counts = self.loop.run(pairs, self.pair_tokenizer, self._forward,
-                                           desc=f"rerank {self.label}", unit="pair")
+            scores, counts = self.loop.run(pairs, self.pair_tokenizer, self._forward)
         if scores is None:
             scores = np.zeros(0, dtype=np.float32)
         self._stats.add(pairs=counts.items, tokens=counts.tokens, padded_tokens=counts.padded_tokens,

@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import lazy
 from ..cache import read_checked, write_checked_json
+from ..progress import bar as progress_bar, skip
 from ..runs import sort_ranking
 
 BLOCK_PAIRS = 20_000
@@ -85,8 +85,7 @@ class RerankStage:
         plan = BlockPlan.of(queries, candidates, self.top_k)
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         done_blocks, resumed = [], 0
-        bar = lazy.tqdm.tqdm(total=plan.pairs, desc="rerank", unit="pair", disable=not self.progress,
-                             dynamic_ncols=True)
+        bar = progress_bar(plan.pairs, "rerank", "pair", enabled=self.progress)
         for i, block in enumerate(plan.blocks):
             path = self.checkpoint_dir / block_file(i)
             keys, pairs = plan.pairs_of(block, queries, get_docs)
@@ -94,10 +93,11 @@ class RerankStage:
             if done is None:
                 done = score_block(self.reranker, block, keys, pairs)
                 write_checked_json(path, done)
+                bar.update(sum(len(v) for v in done["scores"].values()))
             else:
                 resumed += 1
+                skip(bar, sum(len(v) for v in done["scores"].values()))
             done_blocks.append(done)
-            bar.update(sum(len(v) for v in done["scores"].values()))
         bar.close()
         return plan.assemble(done_blocks, resumed)
 

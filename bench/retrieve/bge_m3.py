@@ -30,7 +30,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -143,7 +143,7 @@ class M3Encoder:
             return torch.cat([dense, rank[:, None]], dim=1)
 
         with torch.inference_mode(), matmul_precision(enc.precision):
-            out, _ = enc.loop.run(texts, enc.text_tokenizer, forward, desc="encode bge-m3", unit="text")
+            out, _ = enc.loop.run(texts, enc.text_tokenizer, forward)
         rank = out[:, -1].astype(np.int64)  # input i was the rank[i]-th text processed
         rows = np.concatenate([p[0] for p in parts])
         weights = lazy.scipy_sparse.csr_matrix(
@@ -175,8 +175,10 @@ def colbert_score(query: np.ndarray, passage: np.ndarray) -> float:
 
 
 # -- the first stage ------------------------------------------------------------------------------------
-def corpus_store(encoder: M3Encoder, collection, cache_root, *, shard_size: int, progress: bool) -> tuple[EmbeddingStore, dict]:
-    """The corpus's dense vectors and lexical weights, encoded once (one forward) and cached."""
+def corpus_store(encoder: M3Encoder, collection, cache_root, *, shard_size: Callable[[int | None], int],
+                 progress: bool) -> tuple[EmbeddingStore, dict]:
+    """The corpus's dense vectors and lexical weights, encoded once (one forward) and cached.
+    ``shard_size(laid_out)``: the shard size, given the one the entry was written with (if any)."""
     spec, d = encoder.spec, encoder.encoder.describe()
     storage = "float32" if d.get("dtype") in ("fp32", "tf32") else "float16"
     folder = entry(cache_root, "embeddings", f"{collection.name}-{Path(spec.model).name}-m3",
@@ -184,7 +186,8 @@ def corpus_store(encoder: M3Encoder, collection, cache_root, *, shard_size: int,
                    max_length=spec.max_length, dtype=d.get("dtype"), engine=spec.engine, storage=storage,
                    heads="bge-m3 dense + sparse")
     sparse.drop_unpaired(folder)  # a dense shard without its weights is encoded again
-    store = EmbeddingStore(folder, shard_size=shard_size)
+    store = EmbeddingStore(folder)
+    store.shard_size = shard_size(store.laid_out_shard_size())
     built = {"encoded_docs": 0, "reused_docs": collection.n_docs()}
     t0 = time.perf_counter()
 
@@ -195,15 +198,15 @@ def corpus_store(encoder: M3Encoder, collection, cache_root, *, shard_size: int,
             yield i, out.dense
 
     if not store.complete():
-        built = store.build(collection.iter_docs(batch_size=shard_size), encode_shards=encode_shards,
+        built = store.build(collection.iter_docs(batch_size=store.shard_size), encode_shards=encode_shards,
                             n_docs=collection.n_docs(), storage_dtype=storage, progress=progress)
     sparse_bytes = sum(p.stat().st_size for p in Path(folder).glob("shard-*.sparse.npz"))
     dense_bytes = sum(p.stat().st_size for p in Path(folder).glob("shard-*.npy"))
-    return store, {"folder": str(folder), "storage_dtype": storage, **built, "encode_seconds": time.perf_counter() - t0,
+    return store, {"folder": str(folder), "storage_dtype": storage, "shard_size": store.shard_size, **built, "encode_seconds": time.perf_counter() - t0,
                    "dense_bytes": dense_bytes, "sparse_bytes": sparse_bytes}
 
 
-def retrieve(encoder: M3Encoder, collection, cache_root, k: int, *, shard_size: int, search_chunk: int,
+def retrieve(encoder: M3Encoder, collection, cache_root, k: int, *, shard_size: Callable[[int | None], int], search_chunk: int,
              device: str, progress: bool) -> tuple[dict, dict]:
     """Top-``k`` per query by the spec's mode, and the account of how (records keep it)."""
     spec = encoder.spec

@@ -16,8 +16,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .. import lazy
-from ..errors import BenchError
+from ..errors import BenchError, Interrupted
+from ..progress import catch_up, skip, step
 from ..cache import checked, read_checked, read_checked_json, write_checked, write_checked_json, write_checked_text
 
 DONE = "complete.json"
@@ -44,12 +44,37 @@ def completion(n_docs: int, shard_size: int, storage_dtype: str) -> dict:
     return {"n_docs": n_docs, "shard_size": shard_size, "storage_dtype": storage_dtype}
 
 
+def kept_message(shards: int, passages: int, n_docs: int, shard_size: int, where: str) -> str:
+    """What an interrupted corpus encoding leaves, as the command line says it after Ctrl-C."""
+    return (f"corpus encoding stopped: {shards} of {-(-n_docs // shard_size)} shards ({passages:,} of {n_docs:,} "
+            f"passages) are on disk in {where} and will be reused; rerun the same command to encode the rest")
+
+
 class EmbeddingStore:
     """One cache entry of corpus embeddings: a folder of shards plus a completion marker."""
 
     def __init__(self, folder: str | Path, shard_size: int = 100_000):
         self.folder = Path(folder)
         self.shard_size = shard_size
+
+    def laid_out_shard_size(self) -> int | None:
+        """The shard size this entry's files were written with: its marker's, else its first shard's
+        length (the first shard is full unless it is the only one), else None (nothing on disk yet)."""
+        meta = self._meta()
+        if meta is not None and isinstance(meta.get("shard_size"), int):
+            return meta["shard_size"]
+        vec_path, ids_path = self._shard(0)
+        ids = self._ids(ids_path) if checked(vec_path) else None
+        return len(ids) if ids else None
+
+    def kept(self) -> tuple[int, int]:
+        """(shards, passages) intact on disk, whichever they are (several devices finish out of order)."""
+        shards = passages = 0
+        for ids_path in sorted(self.folder.glob("shard-*.ids")):
+            ids = self._ids(ids_path)
+            if ids is not None and checked(ids_path.with_suffix(".npy")):
+                shards, passages = shards + 1, passages + len(ids)
+        return shards, passages
 
     def complete(self) -> bool:
         """The marker and every shard it counts are intact (a damaged shard makes the store incomplete,
@@ -102,10 +127,9 @@ class EmbeddingStore:
             encode_shards = lambda items: ((i, encode(texts)) for i, texts in items)  # noqa: E731
         self.folder.mkdir(parents=True, exist_ok=True)
         counts = {"encoded_docs": 0, "reused_docs": 0}
-        bar = lazy.tqdm.tqdm(total=n_docs, desc="encode corpus", unit="doc", disable=not progress, dynamic_ncols=True)
         pending_ids: dict[int, list[str]] = {}
 
-        def missing():
+        def missing(bar):
             for i, batch in enumerate(doc_batches):
                 vec_path, ids_path = self._shard(i)
                 ids = [doc_id for doc_id, _ in batch]
@@ -115,20 +139,23 @@ class EmbeddingStore:
                         raise BenchError(f"{ids_path}: cached shard does not match the collection's document "
                                          f"order; delete {self.folder} and rerun")
                     counts["reused_docs"] += len(ids)
-                    bar.update(len(ids))
+                    skip(bar, len(ids))
                     continue
                 pending_ids[i] = ids
                 yield i, [text for _, text in batch]
 
-        for i, vecs in encode_shards(missing()):
-            ids = pending_ids.pop(i)
-            vec_bytes, ids_text = shard_payload(vecs, ids, storage_dtype)
-            vec_path, ids_path = self._shard(i)
-            write_checked(vec_path, vec_bytes)
-            write_checked_text(ids_path, ids_text)
-            counts["encoded_docs"] += len(ids)
-            bar.update(len(ids))
-        bar.close()
+        try:  # the encoder's loop advances the bar as it goes; worker processes' shards count when written
+            with step(n_docs, "encode corpus", "passage", enabled=progress) as bar:
+                for i, vecs in encode_shards(missing(bar)):
+                    ids = pending_ids.pop(i)
+                    vec_bytes, ids_text = shard_payload(vecs, ids, storage_dtype)
+                    vec_path, ids_path = self._shard(i)
+                    write_checked(vec_path, vec_bytes)
+                    write_checked_text(ids_path, ids_text)
+                    counts["encoded_docs"] += len(ids)
+                    catch_up(bar, counts["encoded_docs"] + counts["reused_docs"])
+        except KeyboardInterrupt:
+            raise Interrupted(kept_message(*self.kept(), n_docs, self.shard_size, str(self.folder))) from None
         total = counts["encoded_docs"] + counts["reused_docs"]
         if total != n_docs:
             raise BenchError(f"{self.folder}: the collection yielded {total} documents, expected {n_docs}")

@@ -163,12 +163,11 @@ class Encoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         with lazy.torch.inference_mode(), matmul_precision(self.precision):
             if self.engine == "fast":
-                out, counts = self.loop.run(texts, self.text_tokenizer, self._forward,
-                                            desc=f"encode {what}", unit="text")
+                out, counts = self.loop.run(texts, self.text_tokenizer, self._forward)
                 self._tokens += counts.tokens
             else:
                 out = self.st.encode(texts, batch_size=self.spec.batch_size, convert_to_numpy=True,
-                                     normalize_embeddings=True, show_progress_bar=len(texts) >= 4096)
+                                     normalize_embeddings=True, show_progress_bar=False)  # the step's bar counts
         out = np.ascontiguousarray(out, dtype=np.float32)
         bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
         if len(bad):

@@ -12,6 +12,7 @@ from typing import Iterable
 import numpy as np
 
 from .. import lazy
+from ..progress import bar as progress_bar
 
 
 def exact_top_k(queries: np.ndarray, shards: Iterable[tuple[list[str], np.ndarray]], k: int, *,
@@ -24,7 +25,7 @@ def exact_top_k(queries: np.ndarray, shards: Iterable[tuple[list[str], np.ndarra
     torch = lazy.torch
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(device)
     best = RunningTopK(q.shape[0], k, device)
-    bar = lazy.tqdm.tqdm(total=n_docs, desc="exact search", unit="doc", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(n_docs, "exact search", "passage", enabled=progress)
     for ids, vecs in shards:
         base = best.extend(ids)
         for start in range(0, len(ids), chunk):

@@ -20,6 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from .. import lazy
+from ..progress import bar as progress_bar
 from ..cache import checked, write_checked
 from .embeddings import DONE, EmbeddingStore
 from .search import RunningTopK
@@ -70,7 +71,7 @@ def sparse_top_k(queries, weight_shards, k: int, *, progress: bool = True, n_doc
     q = queries.tocsr().astype(np.float64)
     best = RunningTopK(q.shape[0], k, dtype=torch.float64)
     chunk = max(1, SCORE_CELLS // max(1, q.shape[0]))
-    bar = lazy.tqdm.tqdm(total=n_docs, desc="sparse search", unit="doc", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(n_docs, "sparse search", "passage", enabled=progress)
     for ids, weights in weight_shards:
         base = best.extend(ids)
         if weights.shape[1] != q.shape[1]:

@@ -26,7 +26,10 @@ from .bm25 import bm25_settings, bm25_top_k
 from .embeddings import EmbeddingStore
 from .search import exact_top_k
 
+#: The largest default shard (every embeddings entry's shard size before shard sizes scaled with the corpus).
 SHARD_SIZE = 100_000
+#: The smallest default shard, and how many shards a corpus is cut into by default.
+MIN_SHARD_SIZE, SHARDS_PER_CORPUS = 1_000, 20
 #: Spec fields added after runs were first cached: in the cache key only when an experiment sets them.
 OPTIONAL_KEY_FIELDS = ("remove_query_id", "mode", "weights", "rescore_depth", "hybrid_depth")
 
@@ -43,6 +46,22 @@ def drop_query_ids(ranked: dict[str, list[tuple[str, float]]], depth: int) -> tu
         removed += len(docs) - len(kept)
         out[qid] = kept[:depth]
     return out, removed
+
+
+def shard_size(spec: FirstStageSpec, n_docs: int, laid_out: int | None = None) -> int:
+    """Passages per corpus embedding shard: the unit an interrupted encoding keeps. Every backend cuts
+    the corpus with this, so a shard written by one is found by another.
+
+    An entry already on disk keeps the size it was written with (``laid_out``: its completion marker's,
+    else its first shard's), so caches made before this setting existed, or with another value, are
+    reused and never cut again. Otherwise the spec's ``shard_size``, else about a twentieth of the
+    corpus, between MIN_SHARD_SIZE and SHARD_SIZE passages (a corpus of 2,000,000 or more keeps the
+    former fixed 100,000). The size is not part of the cache key: it changes files, not vectors."""
+    if laid_out:
+        return laid_out
+    if spec.shard_size:
+        return spec.shard_size
+    return min(SHARD_SIZE, max(MIN_SHARD_SIZE, -(-n_docs // SHARDS_PER_CORPUS)))
 
 
 def queries_digest(queries: dict[str, str]) -> str:
@@ -112,7 +131,7 @@ class FirstStage:
         """Where this stage's run over `collection` is cached (keyed by every setting that shapes it,
         and for a run file by its content: an edited run file is a new entry)."""
         spec_key = self.spec.model_dump(mode="json", exclude={"device", "batch_size", "token_budget", "search_chunk",
-                                                           "name", "preset"})
+                                                           "name", "preset", "shard_size"})
         for f in OPTIONAL_KEY_FIELDS:  # keyed only when set, so runs cached before these fields stay valid
             if f not in self.spec.model_fields_set or spec_key[f] is None:
                 spec_key.pop(f, None)
@@ -166,11 +185,12 @@ class FirstStage:
         enc = self._encoder
         d = enc.describe()
         store_folder, storage = embedding_entry(self.cache_root, self.spec, collection, d)
-        store = EmbeddingStore(store_folder, shard_size=SHARD_SIZE)
+        store = EmbeddingStore(store_folder)
+        store.shard_size = shard_size(self.spec, collection.n_docs(), store.laid_out_shard_size())
         t0 = time.perf_counter()
         built = {"encoded_docs": 0, "reused_docs": collection.n_docs()}
         if not store.complete():
-            built = store.build(collection.iter_docs(batch_size=SHARD_SIZE), encode_shards=enc.encode_shards,
+            built = store.build(collection.iter_docs(batch_size=store.shard_size), encode_shards=enc.encode_shards,
                                 n_docs=collection.n_docs(), storage_dtype=storage, progress=self.progress)
         t_encode = time.perf_counter() - t0
         qids = sorted(collection.queries)
@@ -181,7 +201,8 @@ class FirstStage:
                            n_docs=collection.n_docs())
         t_search = time.perf_counter() - t0
         info = {"method": "dense exact inner product over L2-normalised embeddings", "encoder": d,
-                "embeddings": {"folder": str(store_folder), "storage_dtype": storage, **built},
+                "embeddings": {"folder": str(store_folder), "storage_dtype": storage, "shard_size": store.shard_size,
+                               **built},
                 "encode_seconds": t_encode, "search_seconds": t_search,
                 "docs_per_second": built["encoded_docs"] / t_encode if built["encoded_docs"] else None}
         return dict(zip(qids, hits)), info
@@ -190,7 +211,9 @@ class FirstStage:
         if self._encoder is None:  # one device: the corpus is encoded once for every mode, then cached
             self._encoder = bge_m3.M3Encoder(self.spec, cache_dir=self.cache_root,
                                              device=resolve_devices(self.spec.device)[0])
-        return bge_m3.retrieve(self._encoder, collection, self.cache_root, self.fetch_depth, shard_size=SHARD_SIZE,
+        n_docs = collection.n_docs()
+        return bge_m3.retrieve(self._encoder, collection, self.cache_root, self.fetch_depth,
+                               shard_size=lambda laid_out: shard_size(self.spec, n_docs, laid_out),
                                search_chunk=self.spec.search_chunk, device=resolve_devices(self.spec.device)[0],
                                progress=self.progress)
 
