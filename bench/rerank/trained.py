@@ -117,7 +117,12 @@ def train_demo(folder: str | Path, log=None) -> float:
     source = models.minilm_dir()
     torch.manual_seed(SETTINGS["seed"])
     config = transformers.AutoConfig.from_pretrained(source, num_labels=1, num_hidden_layers=SETTINGS["layers"] + 1)
-    model = transformers.BertForSequenceClassification.from_pretrained(source, config=config)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # its load report lists the layers left out on purpose
+    try:
+        model = transformers.BertForSequenceClassification.from_pretrained(source, config=config)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
     averaging_layer(model.bert.encoder.layer[-1])
     model.bert.embeddings.requires_grad_(False)  # the word pieces are MiniLM's; training them is slow and not needed
     tokenizer = transformers.AutoTokenizer.from_pretrained(source)
