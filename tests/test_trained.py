@@ -22,10 +22,15 @@ REF = "trained:synthetic-minilm-ce"
 STEPS_IN_TEST = 70
 
 
-@pytest.fixture()
-def quick_training(monkeypatch):
-    monkeypatch.setitem(trained.SETTINGS, "steps", 3)
-    monkeypatch.setitem(trained.SETTINGS, "docs_per_language", 160)
+@pytest.fixture(scope="module")
+def trained_cache(tmp_path_factory):
+    """A cache holding the demo model trained once for this module: fewer steps and Spanish only."""
+    cache = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(trained.SETTINGS, "steps", STEPS_IN_TEST)
+        patch.setattr(trained, "training_groups", functools.partial(trained.training_groups, ["es"]))
+        trained.ensure(REF, cache, log=lambda m: None)
+    return cache
 
 
 def test_training_split_is_not_the_evaluation_collection():
@@ -43,16 +48,15 @@ def test_training_split_is_not_the_evaluation_collection():
         assert len(set(docs)) == len(docs) in (8, 10) and grades[:4] == [2, 1, 1, 1] and set(grades[4:]) == {0}
 
 
-def test_trained_once_cached_and_marked_in_tables(quick_training, experiment_toml, tmp_path, monkeypatch):
-    trained.ensure(REF, tmp_path, log=lambda m: None)
-    folder = models.trained_folder("synthetic-minilm-ce", tmp_path)
+def test_trained_once_cached_and_marked_in_tables(trained_cache, experiment_toml, tmp_path, monkeypatch):
+    folder = models.trained_folder("synthetic-minilm-ce", trained_cache)
     meta = json.loads((folder / "config.json").read_text())["rerank_bench"]
     assert meta["trained_on"] == "synthetic data" and meta["train_seed"] == trained.TRAIN_SEED
     assert models.describe(REF)["trained_on"] == "synthetic data"
     monkeypatch.setattr(trained, "train_demo", lambda *a, **k: pytest.fail("trained twice"))
-    trained.ensure(REF, tmp_path, log=lambda m: None)  # cached: no second training
+    trained.ensure(REF, trained_cache, log=lambda m: None)  # cached: no second training
 
-    path = experiment_toml(name="demo", cache_dir=str(tmp_path), first_stages={"bm25": {"kind": "bm25", "depth": 10}},
+    path = experiment_toml(name="demo", cache_dir=str(trained_cache), first_stages={"bm25": {"kind": "bm25", "depth": 10}},
                            datasets=[{"source": "synthetic", "synthetic": {"languages": ["en"], "docs_per_language": 40,
                                                                            "queries_per_language": 4}}],
                            rerankers=[{"model": REF, "name": "demo-ce", "dtype": "fp32", "top_k": 10, "max_length": 64,
@@ -64,13 +68,11 @@ def test_trained_once_cached_and_marked_in_tables(quick_training, experiment_tom
     assert "demo-ce (trained on synthetic data)" in (tmp_path / "out" / "report.html").read_text()
 
 
-def test_trained_reranker_beats_the_first_stage(monkeypatch, experiment_toml, tmp_path):
+def test_trained_reranker_beats_the_first_stage(trained_cache, experiment_toml, tmp_path):
     """The point of the demo: reranking the MiniLM top-20 with the trained model raises nDCG@10 on
     unseen synthetic questions (Spanish, where MiniLM is weaker than in English). Trained here on
     Spanish only and for fewer steps, to stay quick."""
-    monkeypatch.setitem(trained.SETTINGS, "steps", STEPS_IN_TEST)
-    monkeypatch.setattr(trained, "training_groups", functools.partial(trained.training_groups, ["es"]))
-    path = experiment_toml(name="demo", cache_dir=str(tmp_path),
+    path = experiment_toml(name="demo", cache_dir=str(trained_cache),
                            first_stages={"minilm": {"kind": "dense", "model": "offline:all-MiniLM-L6-v2", "depth": 20,
                                                     "dtype": "fp32"}},
                            datasets=[{"source": "synthetic", "synthetic": {"languages": ["es"], "docs_per_language": 400,
