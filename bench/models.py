@@ -37,7 +37,7 @@ RANDOM_PREFIX = "random:"
 TRAINED_PREFIX = "trained:"
 TRAINED_MODELS = {"synthetic-minilm-ce": "2-layer MiniLM cross-encoder trained on the synthetic collection's "
                                          "training split (bench/rerank/trained.py)"}
-TRAINED_VERSION = 2
+TRAINED_VERSION = 3
 
 #: Exact configs of the architectures we measure with random weights (from the models' config.json).
 XLMR_ARCHITECTURES: dict[str, dict] = {
