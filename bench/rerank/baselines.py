@@ -103,13 +103,7 @@ class CrossEncoderReranker(EngineBase):
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         pairs = check_pairs(pairs)
         t0 = time.perf_counter()
-        if pairs:
-            with matmul_precision(self.precision):
-                scores = self.model.predict(pairs, batch_size=self.batch_size,
-                                            activation_fn=lazy.torch.nn.Identity(), show_progress_bar=False,
-                                            convert_to_numpy=True)
-        else:
-            scores = np.zeros(0, dtype=np.float32)
+        scores = cross_encoder_logits(self.model, pairs, self.batch_size, self.precision)
         self._stats.add(pairs=len(pairs), seconds=time.perf_counter() - t0)
         self._uncounted.append(pairs)
         return check_scores(scores, pairs, self.label)
@@ -223,3 +217,13 @@ class FlagStyleReranker(EngineBase):
                               query_max_length=self.query_max_length, order="length-sorted (tokens)",
                               truncation="query to query_max_length, then only_second",
                               attention=self.model.config._attn_implementation)
+
+
+def cross_encoder_logits(model, pairs, batch_size: int, precision) -> np.ndarray:
+    """sentence-transformers' `CrossEncoder.predict` as users call it, with the raw logits (no
+    activation), under the precision's matmul setting; an empty list gives no scores."""
+    if not pairs:
+        return np.zeros(0, dtype=np.float32)
+    with matmul_precision(precision):
+        return model.predict(pairs, batch_size=batch_size, activation_fn=lazy.torch.nn.Identity(),
+                             show_progress_bar=False, convert_to_numpy=True)

@@ -13,7 +13,7 @@ import numpy as np
 from .. import lazy
 from ..engine.device import matmul_precision
 from ..errors import BenchError
-from .baselines import flag_probe
+from .baselines import cross_encoder_logits, flag_probe
 from .common import check_pairs, check_scores
 from .decoder_hf import DecoderEngineBase
 from .scoring import head_from_logits
@@ -58,13 +58,7 @@ class DecoderCrossEncoderReranker(DecoderEngineBase):
         enc = self.prompts(pairs)
         decode = self.tokenizer.decode
         texts = [(decode(s[:n]), decode(s[n:])) for s, n in zip(enc.seqs, enc.shared)]
-        if texts:
-            with matmul_precision(self.precision):
-                scores = self.cross_encoder.predict(texts, batch_size=self.batch_size,
-                                                    activation_fn=lazy.torch.nn.Identity(), show_progress_bar=False,
-                                                    convert_to_numpy=True)
-        else:
-            scores = np.zeros(0, dtype=np.float32)
+        scores = cross_encoder_logits(self.cross_encoder, texts, self.batch_size, self.precision)
         self._stats.add(pairs=len(pairs), tokens=sum(len(s) for s in enc.seqs), truncated_pairs=enc.hit_max,
                         truncated_queries=enc.hit_query_max, seconds=time.perf_counter() - t0)
         return check_scores(scores, pairs, self.label)
