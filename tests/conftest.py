@@ -83,12 +83,18 @@ def miracl_yo_full_run(miracl_yo_experiment, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def full_corpus_encodings(cache_dir):
-    """`encodings() -> [folder]`: embedding entries of the whole MIRACL Yoruba corpus written to the
-    session cache during this session (one is the goal; a kept RERANK_BENCH_TEST_CACHE adds none)."""
+    """`encodings() -> [folder]`: MiniLM's embedding entries of the whole MIRACL Yoruba corpus written
+    to the session cache during this session (one is the goal; a kept RERANK_BENCH_TEST_CACHE adds
+    none). Tiny random models' full-corpus entries (seconds each) are not counted."""
+
+    def minilm(folder: Path) -> bool:
+        key = folder / "key.json"
+        return key.exists() and json.loads(key.read_text()).get("model") == "offline:all-MiniLM-L6-v2"
 
     def encodings() -> list[Path]:
         return [p.parent for p in (cache_dir / "embeddings").glob("*/complete.json")
-                if p.stat().st_mtime >= SESSION_STARTED and json.loads(p.read_text())["n_docs"] == 49043]
+                if p.stat().st_mtime >= SESSION_STARTED and json.loads(p.read_text())["n_docs"] == 49043
+                and minilm(p.parent)]
 
     return encodings
 

@@ -21,9 +21,11 @@ def modes(folder: Path) -> dict[str, int]:
 
 
 def test_run_outputs_are_0644_under_umask_022_and_follow_a_stricter_one(experiment_toml, tmp_path, capsys):
-    path = experiment_toml(name="files", first_stages={"bm25": {"kind": "bm25", "depth": 10}},
-                           datasets=[{"source": "synthetic", "synthetic": {"languages": ["en"], "docs_per_language": 40,
-                                                                           "queries_per_language": 3}}])
+    path = experiment_toml(name="files", first_stages={"bm25": {"kind": "bm25", "depth": 10},  # two systems to compare
+                                                       "pyserini": {"kind": "bm25", "preset": "pyserini", "depth": 10}},
+                           datasets=[{"source": "synthetic", "first_stage": ["bm25", "pyserini"],
+                                      "synthetic": {"languages": ["en"], "docs_per_language": 40,
+                                                    "queries_per_language": 3}}])
     old = os.umask(0o022)
     try:
         assert main(["run", str(path), "--out", str(tmp_path / "shared"), "--no-progress", "--skip-preflight"]) == 0

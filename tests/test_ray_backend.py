@@ -8,6 +8,7 @@ make several of each."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -76,11 +77,25 @@ def ray_cluster():
 def local_run(tmp_path_factory):
     """The local backend's records and output folder for the small experiment (the reference)."""
     folder = tmp_path_factory.mktemp("local")
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, torch_threads(1):
         mp.setattr(retrieve_stage, "SHARD_SIZE", SHARD)
         mp.setattr(rerank_stage, "BLOCK_PAIRS", BLOCK)
         records = run_bench(folder, parts(folder / "cache"))
     return records, folder / "out"
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Torch on `n` intra-op threads meanwhile. Ray's workers here hold 1 CPU, so Ray runs their torch
+    on one thread; the local reference must too: on the CPU a matmul's sums are split by thread, so
+    the last bits of embeddings and scores depend on the thread count (on a GPU they do not)."""
+    torch = lazy.torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_bench(folder: Path, exp_parts: dict, out: str = "out"):
@@ -106,18 +121,6 @@ def assert_same_records(records, out: Path, reference) -> None:
 SHARD_FILES, BLOCK_FILES = "embeddings/*/shard-*.ids", "rerank/*/block-*.json"
 
 
-def settled_count(root: Path, pattern: str, quiet: float = 3.0) -> int:
-    """How many files match once none has appeared for `quiet` seconds (an interrupted job's actors
-    are being stopped meanwhile)."""
-    count, since = len(list(root.glob(pattern))), time.monotonic()
-    while time.monotonic() - since < quiet:
-        time.sleep(0.2)
-        now = len(list(root.glob(pattern)))
-        if now != count:
-            count, since = now, time.monotonic()
-    return count
-
-
 def watch(root: Path, pattern: str, action, *, count: int = 1, timeout: float = 300):
     """Run `action()` on a thread once `count` files under `root` match `pattern` (the run's progress
     on storage)."""
@@ -137,38 +140,17 @@ def watch(root: Path, pattern: str, action, *, count: int = 1, timeout: float = 
     return done
 
 
-def interrupted(root: Path, pattern: str, folder: Path, exp_parts: dict, out: str) -> None:
-    """Run the driver and interrupt it (SIGINT to the main thread, as Ctrl-C) once a file matches
-    `pattern`.
+def stop_after_half(monkeypatch, module) -> None:
+    """Make the driver stop like an interrupted one: `module`'s actor pool runs the first half of
+    the items it is given (they land on storage as in a real run), then a KeyboardInterrupt (the
+    driver's Ctrl-C) is raised. Deterministic, where a signal's moment is not."""
+    real = module.run_actor_pool
 
-    The signal goes to the main thread itself, so a blocking wait there is woken (a flag alone, as
-    `_thread.interrupt_main` sets, waits for the next bytecode); it is repeated every half second
-    until the run has stopped, since one landing in a finaliser is swallowed; then the thread is
-    joined and a last pending interrupt absorbed, so none lands after this returns."""
-    stopped, main_thread = threading.Event(), threading.main_thread().ident
+    def half_then_interrupt(items, *args, **kwargs):
+        real(items[: len(items) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
 
-    def keep_interrupting():
-        while not stopped.is_set():
-            if list(root.glob(pattern)):
-                signal.pthread_kill(main_thread, signal.SIGINT)
-            time.sleep(0.5)
-
-    thread = threading.Thread(target=keep_interrupting, daemon=True)
-    thread.start()
-    with pytest.raises(KeyboardInterrupt):
-        try:
-            run_bench(folder, exp_parts, out=out)
-        finally:
-            stopped.set()
-            while thread.is_alive():
-                try:
-                    thread.join()
-                except KeyboardInterrupt:
-                    pass
-            try:
-                time.sleep(0.05)  # the thread's last interrupt, if any, is delivered here
-            except KeyboardInterrupt:
-                pass
+    monkeypatch.setattr(module, "run_actor_pool", half_then_interrupt)
 
 
 @pytest.mark.slow
@@ -214,22 +196,32 @@ def kill_processes(title: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_interrupted_driver_resumes_with_only_the_missing_work(ray_cluster, local_run, tmp_path):
-    """The driver interrupted while shards are encoded, then while blocks are scored: each restart
-    submits only what storage does not hold, and the final records equal the local ones."""
+def test_interrupted_driver_resumes_with_only_the_missing_work(ray_cluster, local_run, tmp_path, monkeypatch):
+    """The driver stopped after half of the shards were encoded, then after half of the blocks were
+    scored: each restart submits only what storage does not hold, and the final records equal the
+    local ones."""
+    from bench.distributed import encode as encode_mod
+    from bench.distributed import rerank as rerank_mod
+
     cache = tmp_path / "cache"
     exp = parts(cache, backend="ray", workers=1)
 
-    interrupted(cache, SHARD_FILES, tmp_path, exp, out="first")
-    held = settled_count(cache, SHARD_FILES)
-    assert 1 <= held < SHARDS and not list(cache.glob("embeddings/*/complete.json"))
+    with monkeypatch.context() as m:
+        stop_after_half(m, encode_mod)
+        with pytest.raises(KeyboardInterrupt):
+            run_bench(tmp_path, exp, out="first")
+    held = len(list(cache.glob(SHARD_FILES)))
+    assert held == SHARDS // 2 and not list(cache.glob("embeddings/*/complete.json"))
 
-    interrupted(cache, BLOCK_FILES, tmp_path, exp, out="second")
+    with monkeypatch.context() as m:
+        stop_after_half(m, rerank_mod)
+        with pytest.raises(KeyboardInterrupt):
+            run_bench(tmp_path, exp, out="second")
     (fs_file,) = (tmp_path / "second" / "records").glob("*.json")  # the first stage finished this time
     fs_exec = json.loads(fs_file.read_text())["info"]["execution"]
     assert fs_exec["submitted_shards"] == SHARDS - held
-    held_blocks = settled_count(cache, BLOCK_FILES)
-    assert 1 <= held_blocks < BLOCKS
+    held_blocks = len(list(cache.glob(BLOCK_FILES)))
+    assert held_blocks == BLOCKS // 2
 
     records = run_bench(tmp_path, exp, out="third")
     assert records[0].timings.cached is True
@@ -288,8 +280,9 @@ def test_miracl_yo_full_corpus_on_the_cluster_equals_local(ray_cluster, miracl_y
         path = miracl_yo_experiment(folder, **tiny)
         path.write_text(f'cache_dir = "{(folder / "cache").as_posix()}"\n' + path.read_text(encoding="utf-8")
                         + f'\n[execution]\nbackend = "{backend}"\nworkers = 2\n', encoding="utf-8")
-        (records[backend],) = run_experiment(load_experiment(path), folder / "out", experiment_path=path,
-                                             progress=False, log=lambda m: None)
+        with torch_threads(1):  # as Ray's one-CPU workers run
+            (records[backend],) = run_experiment(load_experiment(path), folder / "out", experiment_path=path,
+                                                 progress=False, log=lambda m: None)
     local, cluster = records["local"], records["ray"]
     assert cluster.info["execution"]["submitted_shards"] == 2 and cluster.dataset.n_docs == 49_043
     assert (cluster.key, cluster.metrics, cluster.per_query) == (local.key, local.metrics, local.per_query)
