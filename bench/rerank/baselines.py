@@ -24,6 +24,22 @@ def _explicit(spec, field: str) -> bool:
     return field in spec.model_fields_set
 
 
+def score_longest_first(forward, items: list, order, batch_size: int) -> tuple[np.ndarray, int, int]:
+    """FlagEmbedding's scoring loop: items in `order` (longest first), the batch size found by
+    `flag_probe`, one `forward(batch) -> (scores, padded positions)` per batch. Returns the float32
+    scores in the items' own order, the positions computed, and the batch size used."""
+    ordered = [items[i] for i in order]
+    bs = flag_probe(forward, ordered, batch_size)
+    scores, padded = [], 0
+    for s in range(0, len(ordered), bs):
+        out, size = forward(ordered[s:s + bs])
+        scores.extend(out.cpu().numpy().tolist())
+        padded += size
+    result = np.empty(len(ordered), dtype=np.float32)
+    result[order] = scores
+    return result, padded, bs
+
+
 def flag_probe(forward, items, batch_size: int) -> int:
     """FlagEmbedding's probe: the first (longest) batch runs once, shrinking by 3/4 on out-of-memory
     until it fits; the batch size that fit."""
@@ -199,15 +215,7 @@ class FlagStyleReranker(EngineBase):
         with torch.inference_mode(), matmul_precision(self.precision):
             items, hit, hit_q = self._items(pairs)
             order = np.argsort([-len(x["input_ids"]) for x in items])
-            items = [items[i] for i in order]
-            bs = self.batch_size_used = flag_probe(self._forward, items, self.batch_size)
-            scores, padded = [], 0
-            for s in range(0, len(items), bs):
-                logits, size = self._forward(items[s:s + bs])
-                scores.extend(logits.cpu().numpy().tolist())
-                padded += size
-        out = np.empty(len(items), dtype=np.float32)
-        out[order] = scores
+            out, padded, self.batch_size_used = score_longest_first(self._forward, items, order, self.batch_size)
         self._stats.add(pairs=len(pairs), tokens=sum(len(x["input_ids"]) for x in items), padded_tokens=padded,
                         truncated_pairs=hit, truncated_queries=hit_q, seconds=time.perf_counter() - t0)
         return check_scores(out, pairs, self.label)

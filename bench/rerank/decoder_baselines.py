@@ -13,7 +13,7 @@ import numpy as np
 from .. import lazy
 from ..engine.device import matmul_precision
 from ..errors import BenchError
-from .baselines import cross_encoder_logits, flag_probe
+from .baselines import cross_encoder_logits, score_longest_first
 from .common import check_pairs, check_scores
 from .decoder_hf import DecoderEngineBase
 from .scoring import head_from_logits
@@ -102,17 +102,10 @@ class DecoderFlagReranker(DecoderEngineBase):
         t0 = time.perf_counter()
         enc = self.prompts(pairs)
         order = np.argsort([-len(s) for s in enc.seqs], kind="stable")
-        seqs = [enc.seqs[i] for i in order]
-        scores, padded = [], 0
         with torch.inference_mode(), matmul_precision(self.precision):
-            bs = self.batch_size_used = flag_probe(self._forward, seqs, self.batch_size)
-            for s in range(0, len(seqs), bs):
-                out, size = self._forward(seqs[s:s + bs])
-                scores.extend(out.cpu().numpy().tolist())
-                padded += size
-        result = np.empty(len(seqs), dtype=np.float32)
-        result[order] = scores
-        self._stats.add(pairs=len(pairs), tokens=sum(len(s) for s in seqs), padded_tokens=padded,
+            result, padded, self.batch_size_used = score_longest_first(self._forward, enc.seqs, order,
+                                                                       self.batch_size)
+        self._stats.add(pairs=len(pairs), tokens=sum(len(s) for s in enc.seqs), padded_tokens=padded,
                         truncated_pairs=enc.hit_max, truncated_queries=enc.hit_query_max,
                         seconds=time.perf_counter() - t0)
         return check_scores(result, pairs, self.label)
