@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .io import atomic_write_bytes, atomic_write_json, json_text, sha256_file, slug
-from .models import default_cache_dir
+from .models.references import default_cache_dir
 
 
 def cache_root(configured: str | os.PathLike | None = None) -> Path:

@@ -39,7 +39,7 @@ from .engine.device import DTYPES, ENGINES
 from .engine.prompts import check_custom_template
 from .errors import BenchError
 from .metrics import MetricName
-from .models import reference_problem
+from .models.references import reference_problem
 from .systems import pipeline_label
 
 Dtype = Literal[DTYPES]

@@ -23,8 +23,8 @@ from .evaluate import Conventions, evaluate
 from .io import atomic_write_text, sha256_file, slug
 from .metrics import parse_metric
 from .records import QualityRecord, find_records, make_record
-from .report import quality_report
-from .report_html import html_page
+from .report.tables import quality_report
+from .report.page import html_page
 from .rerank import build_reranker
 from .rerank.stage import RerankStage
 from .retrieve.stage import FirstStage

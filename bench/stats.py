@@ -1,7 +1,7 @@
 """Paired statistics over per-query scores: t-test, randomization test, bootstrap interval, Holm.
 
 Each function takes the two systems' scores of the same queries, in the same order, as arrays (or
-a list of p-values, for Holm), and knows nothing of datasets, metrics or tables (`bench.compare`
+a list of p-values, for Holm), and knows nothing of datasets, metrics or tables (`bench.report.compare`
 builds comparisons from them). Seeded where random, so that a comparison gives the same numbers on
 every call:
 

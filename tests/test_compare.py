@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.compare import SCORE_COLUMNS, Settings, compare, scores_from_records, scores_from_runs
+from bench.report.compare import SCORE_COLUMNS, Settings, compare, scores_from_records, scores_from_runs
 from bench.errors import BenchError
 from bench.evaluate import Conventions, evaluate
 from bench.records import make_record, read_record
@@ -178,7 +178,7 @@ def test_a_metric_the_records_lack_comes_from_their_run_files(shared_records, sh
     import shutil
 
     from bench.cli import main
-    from bench.compare import load_records, scores_from_records
+    from bench.report.compare import load_records, scores_from_records
 
     folder = tmp_path / "copy"
     shutil.copytree(shared_records, folder)
@@ -231,7 +231,7 @@ def test_records_metric_matching_and_mixed_conventions(tmp_path):
     run = {"q1": {"d1": 1.0}, "q2": {"d3": 1.0}}
     _quality_record(tmp_path, "toy", None, "A", "first_stage", qrels, run, ["nDCG@10"], Conventions())
     _quality_record(tmp_path, "toy", None, "B", "rerank", qrels, run, ["nDCG@10"], Conventions(depth=5))
-    from bench.compare import load_records
+    from bench.report.compare import load_records
 
     records = load_records([tmp_path / "records"])
     with pytest.raises(BenchError, match="different conventions"):
@@ -246,7 +246,7 @@ def test_records_metric_matching_and_mixed_conventions(tmp_path):
 def test_run_files_and_records_must_share_conventions(tmp_path, capsys):
     """One check, in the library, serves records among themselves and records beside run files."""
     from bench.cli import main
-    from bench.compare import load_records, shared_conventions
+    from bench.report.compare import load_records, shared_conventions
 
     qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}}
     run = {"q1": {"d1": 1.0}, "q2": {"d3": 1.0}}
@@ -263,7 +263,7 @@ def test_run_files_and_records_must_share_conventions(tmp_path, capsys):
 
 
 def test_untrained_systems_are_marked(tmp_path):
-    from bench.compare import load_records
+    from bench.report.compare import load_records
 
     qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}}
     run = {"q1": {"d1": 1.0}, "q2": {"d3": 1.0}}
@@ -281,7 +281,7 @@ def test_rr_at_10_finds_records_evaluated_for_mrr_at_10(tmp_path, capsys):
     import shutil
 
     from bench.cli import main
-    from bench.compare import load_records
+    from bench.report.compare import load_records
 
     qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}, "q3": {"d3": 1}}
     first = {"q1": {"d9": 2.0, "d1": 1.0}, "q2": {"d2": 1.0}, "q3": {"d8": 1.0}}

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from bench.compare import compare, scores_from_records, select_systems
+from bench.report.compare import compare, scores_from_records, select_systems
 from bench.config import load_experiment
 from bench.errors import BenchError
 from bench.records import QualityRecord, find_records
-from bench.report import quality_report
+from bench.report.tables import quality_report
 from bench.systems import pipeline_label, qualified
 
 N_QUERIES = 12

@@ -320,7 +320,7 @@ def test_cpu_peak_memory_sees_an_allocation():
 
 
 def test_quality_speed_plot_from_quality_records(tmp_path):
-    from bench.plots import plot_quality_speed
+    from bench.report.plots import plot_quality_speed
     from bench.records import make_record
 
     recs = [make_record("quality", system={"label": lab}, dataset={"label": ds}, metrics={"nDCG@10": v},
@@ -443,7 +443,7 @@ def test_plot_shows_every_cell_within_the_shared_scale(monkeypatch, tmp_path):
     import json
     from pathlib import Path
 
-    import bench.plots as plots
+    import bench.report.plots as plots
     from bench.throughput.tables import plot_throughput
 
     results = json.loads((Path(__file__).resolve().parents[1] / "results" / "gpu-checks-h100" / "results.json").read_text())

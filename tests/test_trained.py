@@ -16,7 +16,7 @@ from bench.config import load_experiment
 from bench.data import load_collections
 from bench.data.synthetic import parse_options, plan
 from bench.pipeline import run_experiment
-from bench.rerank import trained
+from bench.models import trained
 
 REF = "trained:synthetic-minilm-ce"
 STEPS_IN_TEST = 70

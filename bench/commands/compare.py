@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .. import lazy
-from ..compare import (Settings, compare, load_records, scores_from_records, scores_from_runs, select_systems,
+from ..report.compare import (Settings, compare, load_records, scores_from_records, scores_from_runs, select_systems,
                        shared_conventions)
 from ..errors import BenchError
 from ..evaluate import Conventions, notify_if_cold

@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 from ..io import atomic_write_text
-from ..report import report_folder
-from ..report_html import write_html_report
+from ..report.tables import report_folder
+from ..report.page import write_html_report
 
 
 def add_arguments(parser) -> None:

@@ -21,7 +21,7 @@ from ..config import load_experiment
 from ..errors import BenchError
 from ..io import check_output_folder, slug
 from ..pipeline import run_experiment
-from ..preflight import check_fetchable
+from ..plan.preflight import check_fetchable
 from ..records import QualityRecord, find_records, make_record
 
 

@@ -10,8 +10,8 @@ from ..config import load_experiment
 from ..data import select_datasets
 from ..io import check_output_folder
 from ..pipeline import run_experiment
-from ..plan import plan
-from ..preflight import check_fetchable
+from ..plan.dry_run import plan
+from ..plan.preflight import check_fetchable
 
 #: The project's committed reference records: their measured rates feed --dry-run's time estimate.
 RESULTS = Path(__file__).resolve().parents[2] / "results"

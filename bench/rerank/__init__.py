@@ -21,7 +21,7 @@ from ..engine.device import resolve_devices
 from .common import Reranker
 from .engines import build_single
 from .parallel import DataParallelReranker
-from .trained import ensure as ensure_trained
+from ..models.trained import ensure as ensure_trained
 
 
 def build_reranker(spec, *, cache_dir=None, devices=None, **options) -> Reranker:

@@ -1,5 +1,11 @@
-"""One reranker engine on one device, chosen by ``spec.engine``: the one place that maps engine
-names to classes (`bench.rerank.build_reranker` and the data-parallel workers both build through it)."""
+"""One reranker engine on one device: the one place that maps (family, engine) to a class
+(`bench.rerank.build_reranker` and the data-parallel workers both build through it).
+
+A reranker's *family* says how it scores (a cross-encoder's classification head, a causal LM's
+yes/no tokens, ...) and is read from the model's config; its *engine* says how the forward runs
+(the project's `fast` engine or a faithful baseline). Adding a family or an engine is one row in
+`ENGINE_CLASSES`; nothing else in the package names the classes.
+"""
 
 from __future__ import annotations
 
@@ -14,45 +20,54 @@ from .decoder_hf import DecoderTransformersReranker
 from .fast import FastReranker
 from .scoring import is_causal_lm, load_config, resolve_scoring
 
+#: (family, engine) -> the class that scores it. Only the `fast` engines take keyword options
+#: (the variants a throughput sweep compares, `FAST_OPTIONS`).
+ENGINE_CLASSES: dict[tuple[str, str], type[Reranker]] = {
+    ("cross-encoder", "fast"): FastReranker,
+    ("cross-encoder", "transformers"): TransformersReranker,
+    ("cross-encoder", "sentence-transformers"): CrossEncoderReranker,
+    ("cross-encoder", "flag"): FlagStyleReranker,
+    ("decoder", "fast"): FastDecoderReranker,
+    ("decoder", "transformers"): DecoderTransformersReranker,
+    ("decoder", "sentence-transformers"): DecoderCrossEncoderReranker,
+    ("decoder", "flag"): DecoderFlagReranker,
+}
+#: The families that take the model's config as a keyword (read once here, not again in the class).
+TAKES_CONFIG = {"decoder"}
+#: Options that mean something to one family only, dropped for the others (a throughput variant
+#: list may hold them for every model it sweeps).
+FAMILY_ONLY_OPTIONS = {"prefix_reuse": {"decoder"}}
+
+
+def family_of(config) -> str:
+    """The reranker family of a model, from its config."""
+    return "decoder" if is_causal_lm(config) else "cross-encoder"
+
 
 def build_single(spec, device: str, *, cache_dir=None, options: dict | None = None) -> Reranker:
     """One engine on one device."""
     options = dict(options or {})
     config = load_config(spec, cache_dir)
-    if is_causal_lm(config):
-        return _build_decoder(spec, device, cache_dir, options, config)
-    resolve_scoring(spec, config)  # a decoder head or template on a classifier is an error here
+    family = family_of(config)
+    if family == "cross-encoder":
+        resolve_scoring(spec, config)  # a decoder head or template on a classifier is an error here
     if spec.trust_remote_code and spec.engine != "transformers":
         raise BenchError(f"reranker {spec.model!r}: trust_remote_code models run only through the Hugging Face "
                          "forward: set engine = 'transformers'")
-    options.pop("prefix_reuse", None)  # a throughput variant for decoders; nothing to reuse in a cross-encoder
+    for name, families in FAMILY_ONLY_OPTIONS.items():
+        if family not in families:
+            options.pop(name, None)
+    cls = ENGINE_CLASSES.get((family, spec.engine))
+    if cls is None:
+        engines = [e for f, e in ENGINE_CLASSES if f == family]
+        raise BenchError(f"reranker engine {spec.engine!r} does not run a {family} ({spec.model!r}): "
+                         f"use one of {', '.join(engines or ENGINES)}")
     if spec.engine == "fast":
         unknown = sorted(set(options) - set(FAST_OPTIONS))
         if unknown:
             raise BenchError(f"fast engine: unknown option(s) {unknown}; known: {', '.join(FAST_OPTIONS)}")
-        return FastReranker(spec, device=device, cache_dir=cache_dir, **options)
-    if options:
+    elif options:
         raise BenchError(f"reranker engine {spec.engine!r} takes no options (got {sorted(options)})")
-    if spec.engine == "transformers":
-        return TransformersReranker(spec, device=device, cache_dir=cache_dir)
-    if spec.engine == "sentence-transformers":
-        return CrossEncoderReranker(spec, device=device, cache_dir=cache_dir)
-    if spec.engine == "flag":
-        return FlagStyleReranker(spec, device=device, cache_dir=cache_dir)
-    raise BenchError(f"reranker engine {spec.engine!r}: use one of {', '.join(ENGINES)}")
-
-
-def _build_decoder(spec, device: str, cache_dir, options: dict, config) -> Reranker:
-    """A causal-LM reranker (``bench.rerank.scoring``) on the engine ``spec.engine``."""
-    if spec.engine == "fast":
-        return FastDecoderReranker(spec, device=device, cache_dir=cache_dir, config=config, **options)
-    if options:
-        raise BenchError(f"reranker engine {spec.engine!r} takes no options (got {sorted(options)})")
-    if spec.trust_remote_code and spec.engine != "transformers":
-        raise BenchError(f"reranker {spec.model!r}: trust_remote_code models run only through the Hugging Face "
-                         "forward: set engine = 'transformers'")
-    engines = {"transformers": DecoderTransformersReranker, "sentence-transformers": DecoderCrossEncoderReranker,
-               "flag": DecoderFlagReranker}
-    if spec.engine not in engines:
-        raise BenchError(f"reranker engine {spec.engine!r}: use one of {', '.join(ENGINES)}")
-    return engines[spec.engine](spec, device=device, cache_dir=cache_dir, config=config)
+    if family in TAKES_CONFIG:
+        return cls(spec, device=device, cache_dir=cache_dir, config=config, **options)
+    return cls(spec, device=device, cache_dir=cache_dir, **options)

@@ -27,7 +27,7 @@ from ..config import CollectionSpec, Experiment, RerankerSpec, ThroughputSpec
 from ..data import expand, load_collection, select_datasets
 from ..errors import BenchError
 from ..io import atomic_write_text
-from ..plots import plot_quality_speed
+from ..report.plots import plot_quality_speed
 from ..records import FidelityComparison, FidelityRecord, ThroughputRecord, find_records
 from ..rerank.scoring import DECODER_FIELDS, is_causal_lm, load_config
 from ..retrieve.stage import FirstStage

@@ -10,7 +10,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from .. import plots
+from ..report import plots
 from ..errors import BenchError
 from ..records import FidelityComparison, ThroughputRecord
 

@@ -27,7 +27,7 @@ MINILM=$("$PY" -c "from bench import models; print(models.minilm_dir())")
 for f in tokenizer.json tokenizer_config.json vocab.txt special_tokens_map.json; do
   cp "$MINILM/$f" .gpu/tokenizers/bert-base-uncased/
 done
-QWEN=$("$PY" -c "from bench import decoder_models; print(decoder_models.qwen_tiktoken_file())")
+QWEN=$("$PY" -c "from bench.models import decoders; print(decoders.qwen_tiktoken_file())")
 cp "$QWEN" .gpu/tokenizers/qwen.tiktoken
 
 for v in 3.10 3.11 3.12 3.13 3.14; do

@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from . import lazy
-from .errors import BenchError
-from .evaluate import Conventions, evaluate
-from .metrics import Metric, by_metric, parse_metric
+from .. import lazy
+from ..errors import BenchError
+from ..evaluate import Conventions, evaluate
+from ..metrics import Metric, by_metric, parse_metric
 from .plots import new_figure, save_png
-from .records import ComparisonRecord, QualityRecord, find_records, make_record, read_record
-from .report import system_labels
-from .runs import read_qrels, read_run
-from .stats import bootstrap_ci, holm, paired_randomization_test, paired_t_test
+from ..records import ComparisonRecord, QualityRecord, find_records, make_record, read_record
+from .tables import system_labels
+from ..runs import read_qrels, read_run
+from ..stats import bootstrap_ci, holm, paired_randomization_test, paired_t_test
 
 if TYPE_CHECKING:  # annotations only; pandas itself is imported on first use, through lazy
     import pandas as pd

@@ -2,7 +2,7 @@
 and `bench run` writes it beside report.md).
 
 In the spirit of Pyserini's two-click reproduction pages: per metric a table of pipelines ×
-datasets with family averages and the significance letters of `bench.compare`; quality against
+datasets with family averages and the significance letters of `bench.report.compare`; quality against
 speed; per-language bars; each system's settings, records and the command that reproduces it; the
 environment. Charts are inline SVG and there is no script at all, so the page opens offline, from
 a shared folder, years later.
@@ -19,11 +19,11 @@ from collections import defaultdict
 from pathlib import Path
 
 from .compare import Settings, compare, scores_from_records
-from .errors import BenchError
-from .io import atomic_write_text
-from .metrics import by_metric
-from .records import QualityRecord, ThroughputRecord, find_records, utc_now
-from .report import latest_experiment, system_labels
+from ..errors import BenchError
+from ..io import atomic_write_text
+from ..metrics import by_metric
+from ..records import QualityRecord, ThroughputRecord, find_records, utc_now
+from .tables import latest_experiment, system_labels
 
 #: One colour per pipeline, the same in every chart (matplotlib's tab10).
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",

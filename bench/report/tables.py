@@ -11,11 +11,11 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import lazy
-from .errors import BenchError
-from .metrics import by_metric
-from .records import QualityRecord, find_records
-from .systems import SYNTHETIC_MARK, display_label, qualified
+from .. import lazy
+from ..errors import BenchError
+from ..metrics import by_metric
+from ..records import QualityRecord, find_records
+from ..systems import SYNTHETIC_MARK, display_label, qualified
 
 if TYPE_CHECKING:  # annotations only; pandas itself is imported on first use, through lazy
     import pandas as pd
