@@ -102,3 +102,49 @@ def test_rerank_stage_resumes_from_checkpoints(tmp_path, monkeypatch):
     # The rest of the candidates follow in first-stage order, under the reranked prefix.
     assert sorted(run["q0"], key=run["q0"].get, reverse=True) == ["d2", "d1", "d0", "d3", "d4", "d5", "d6", "d7"]
     assert set(run) == set(queries)
+
+
+class ReversingQueryReranker:
+    """A query-level reranker (the pairwise and listwise families' interface): it puts each query's
+    candidates in the reverse of the order they arrive in, and counts the queries it saw."""
+
+    label = "reverse"
+
+    def __init__(self):
+        self.seen = []
+        self.reset_stats()
+
+    def rerank_queries(self, queries):
+        self.seen.extend(queries)
+        self._queries += len(queries)
+        return [np.arange(len(q.doc_ids), dtype=np.float32) for q in queries]  # last arrived ranks first
+
+    def describe(self):
+        return {"engine": "test"}
+
+    def stats(self):
+        return {"pairs": sum(len(q.doc_ids) for q in self.seen), "tokens": None, "padded_tokens": None,
+                "truncated_pairs": None, "truncated_queries": None, "seconds": 0.0, "windows": self._queries}
+
+    def reset_stats(self):
+        self._queries = 0
+        self.seen = []
+
+
+def test_rerank_stage_hands_query_rerankers_whole_queries_in_incoming_order(tmp_path, monkeypatch):
+    import bench.rerank.stage as rr
+
+    monkeypatch.setattr(rr, "BLOCK_PAIRS", 5)  # 4 pairs a query: blocks of two queries, never split
+    queries = {f"q{i}": f"query {i}" for i in range(5)}
+    texts = {f"d{j}": f"passage {j}" for j in range(10)}
+    candidates = {q: {f"d{j}": -float(j) for j in range(6)} for q in queries}  # first stage: d0 > d1 > ...
+    reranker = ReversingQueryReranker()
+    result = RerankStage(lambda: reranker, 4, tmp_path / "ck", progress=False).rerank(
+        queries, candidates, lambda ids: {i: texts[i] for i in ids})
+    assert result.blocks == 3 and result.pairs == 20
+    assert result.diagnostics()["counters"] == {"windows": 5}  # a family's own counter, summed over blocks
+    for q in queries:
+        assert sorted(result.run[q], key=result.run[q].get, reverse=True) == ["d3", "d2", "d1", "d0", "d4", "d5"]
+    resumed = RerankStage(lambda: pytest.fail("rebuilt"), 4, tmp_path / "ck", progress=False).rerank(
+        queries, candidates, lambda ids: {i: texts[i] for i in ids})
+    assert resumed.run == result.run and resumed.resumed_blocks == 3

@@ -3,6 +3,7 @@ cross-encoder."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -29,6 +30,45 @@ class Reranker(Protocol):
         truncated_pairs, truncated_queries, seconds."""
 
     def reset_stats(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class QueryCandidates:
+    """One query and the candidates a query-level reranker orders, in the order they arrive (the
+    first stage's, or the reranker's this one reranks)."""
+
+    query: str
+    doc_ids: tuple[str, ...]
+    passages: tuple[str, ...]
+
+
+@runtime_checkable
+class QueryReranker(Protocol):
+    """What a family that sees a query's candidates together offers (pairwise: duoT5 compares them
+    two by two; listwise: an LLM orders windows of them), beside the pointwise ``score(pairs)``.
+
+    The rerank stage hands it whole queries (its blocks never split one) and writes the scores it
+    returns, so such a reranker is checkpointed, cached, recorded and compared like any other.
+    ``stats()`` may hold the family's own counters (windows, repaired windows, pairs compared) beside
+    the pointwise ones: every numeric counter is summed over the blocks into the record's
+    ``diagnostics.counters``."""
+
+    label: str
+
+    def rerank_queries(self, queries: Sequence[QueryCandidates]) -> list[np.ndarray]:
+        """For each query, float32 scores of its candidates in the order given (higher ranks first;
+        a listwise order is returned as scores that decrease along it)."""
+
+    def describe(self) -> dict: ...
+
+    def stats(self) -> dict: ...
+
+    def reset_stats(self) -> None: ...
+
+
+def is_query_reranker(reranker) -> bool:
+    """Whether `reranker` scores whole queries (`QueryReranker`) rather than independent pairs."""
+    return callable(getattr(reranker, "rerank_queries", None))
 
 
 class Stats:

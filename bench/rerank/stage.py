@@ -19,14 +19,19 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cache import read_checked, write_checked_json
 from ..progress import bar as progress_bar, skip
 from ..runs import sort_ranking
+from .common import QueryCandidates, check_scores, is_query_reranker
 
 BLOCK_PAIRS = 20_000
+#: The counters every engine's ``stats()`` reports (`bench.rerank.common.Stats`); any other numeric
+#: counter is a family's own and is summed into ``diagnostics.counters``.
+STANDARD_COUNTERS = {"pairs", "tokens", "padded_tokens", "truncated_pairs", "truncated_queries", "seconds",
+                     "calls", "wall_seconds"}
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class RerankResult:
     truncated_pairs: int | None
     truncated_queries: int | None
     seconds: float | None               # scoring wall time, summed over the blocks as each recorded it
+    counters: dict[str, float] = field(default_factory=dict)  # a family's own counters (windows, ...), summed
 
     @property
     def pairs_per_second(self) -> float | None:
@@ -60,6 +66,7 @@ class RerankResult:
             "mean_tokens_per_pair": share(self.tokens, pairs),
             "padding_share": share(self.padded_tokens - self.tokens, self.padded_tokens)
             if self.padded_tokens and self.tokens is not None else None,
+            **({"counters": dict(self.counters)} if self.counters else {}),
         }
 
 
@@ -112,13 +119,36 @@ def score_block(reranker, qids: list[str], keys: list[tuple[str, str]], pairs: l
     the reranker's counters)."""
     reranker.reset_stats()
     t0 = time.perf_counter()
-    scores = reranker.score(pairs)
+    if is_query_reranker(reranker):
+        scores = _score_whole_queries(reranker, keys, pairs)
+    else:
+        scores = reranker.score(pairs).tolist()
     elapsed = time.perf_counter() - t0
     scored: dict[str, dict[str, float]] = {q: {} for q in qids}
-    for (q, d), s in zip(keys, scores.tolist()):
+    for (q, d), s in zip(keys, scores):
         scored[q][d] = s
     return {"qids": qids, "pairs_sha256": pairs_digest(keys, pairs), "scores": scored,
             "stats": {**reranker.stats(), "wall_seconds": elapsed}}
+
+
+def _score_whole_queries(reranker, keys: list[tuple[str, str]], pairs: list[tuple[str, str]]) -> list[float]:
+    """A query-level reranker's scores for a block's pairs, in pair order: the pairs grouped by query
+    (a block lists each query's candidates together, in incoming order)."""
+    groups: dict[str, list[int]] = {}
+    for i, (q, _) in enumerate(keys):
+        groups.setdefault(q, []).append(i)
+    queries = [QueryCandidates(pairs[idx[0]][0], tuple(keys[i][1] for i in idx), tuple(pairs[i][1] for i in idx))
+               for idx in groups.values()]
+    results = reranker.rerank_queries(queries)
+    if len(results) != len(queries):
+        raise AssertionError(f"reranker {reranker.label}: {len(results)} results for {len(queries)} queries (engine bug)")
+    scores = [0.0] * len(pairs)
+    for idx, query, result in zip(groups.values(), queries, results):
+        checked = check_scores(result, list(zip([query.query] * len(idx), query.passages)), reranker.label,
+                               doc_ids=list(query.doc_ids))
+        for i, s in zip(idx, checked.tolist()):
+            scores[i] = s
+    return scores
 
 
 def pairs_digest(keys: list[tuple[str, str]], pairs: list[tuple[str, str]]) -> str:
@@ -178,17 +208,22 @@ class BlockPlan:
         run: dict[str, dict[str, float]] = {}
         totals = {"pairs": 0, "tokens": 0, "padded_tokens": 0, "truncated_pairs": 0, "truncated_queries": 0,
                   "seconds": 0.0}
+        counters: dict[str, float] = {}
         for done in done_blocks:
             run.update(done["scores"])
             for k in totals:  # an engine that does not count something reports None: keep it None
                 value = done["stats"].get(k if k != "seconds" else "wall_seconds")
                 totals[k] = None if value is None or totals[k] is None else totals[k] + value
+            for k, value in done["stats"].items():  # a family's own counters
+                if k not in STANDARD_COUNTERS and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    counters[k] = counters.get(k, 0) + value
         for q, below in self.rest.items():
             if below:
                 floor = min(run[q].values()) if run.get(q) else 0.0
                 for i, d in enumerate(below, start=1):
                     run[q][d] = floor - i  # keeps first-stage order under the reranked prefix
-        return RerankResult(run=run, top_k=self.top_k, blocks=len(self.blocks), resumed_blocks=resumed, **totals)
+        return RerankResult(run=run, top_k=self.top_k, blocks=len(self.blocks), resumed_blocks=resumed,
+                            counters=counters, **totals)
 
 
 def _read_block(path: Path, qids: list[str], digest: str):
