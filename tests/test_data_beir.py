@@ -108,6 +108,35 @@ def test_sampled_hash_sees_a_sampled_block(tmp_path):
     assert sampled_file_hash(big) != h0
 
 
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_shard_is_read_from_its_recorded_offset(tmp_path, monkeypatch, gz):
+    """`docs_range` seeks to the byte offset the one scan recorded at or before its start (every 4
+    passages here) and reads what a whole pass reads: blank lines, a byte-order mark and non-ASCII
+    text included, plain or gzip. A pickled copy (a cluster worker's) keeps the offsets, not the texts."""
+    import pickle
+
+    from bench.data import beir as beir_mod
+
+    monkeypatch.setattr(beir_mod, "OFFSET_STRIDE", 4)
+    corpus = [{"_id": f"d{i}", "title": f"Títle {i}", "text": "ọ̀rọ̀ " * (i % 5)} for i in range(23)]
+    corpus[5:5] = ["", "   "]  # blank lines are not passages
+    root = make_folder(tmp_path / "f", corpus=corpus, gz=gz)
+    path = root / ("corpus.jsonl.gz" if gz else "corpus.jsonl")
+    data = (gzip.decompress(path.read_bytes()) if gz else path.read_bytes())
+    data = b"\xef\xbb\xbf" + data
+    path.write_bytes(gzip.compress(data) if gz else data)
+    c = beir(root)
+    expected = [(f"d{i}", doc_text(f"Títle {i}", "ọ̀rọ̀ " * (i % 5))) for i in range(23)]
+    assert [pair for batch in c.iter_docs(batch_size=5) for pair in batch] == expected and c.n_docs() == 23
+    assert len(c._scan().offsets) == 6 and c._doc_dict is None  # counting and iterating hold no texts
+    for start, stop in ((0, 23), (3, 9), (4, 8), (7, 30), (22, 23), (23, 30)):
+        assert c.docs_range(start, stop) == expected[start:stop], (start, stop)
+    copy = pickle.loads(pickle.dumps(c.reader()))
+    assert copy._doc_dict is None and copy.docs_range(9, 17) == expected[9:17]
+    assert copy.get_docs(["d22", "d0"]) == {"d22": expected[22][1], "d0": expected[0][1]}
+
+
 # --- bad input ---------------------------------------------------------------------------------------
 
 

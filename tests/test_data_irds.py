@@ -77,11 +77,17 @@ def test_miracl_yo_dev_by_id_matches_the_beir_folder(miracl_home, shared_data):
         out["query"] = c.queries["10020#0"]
         out["qrels"] = c.qrels["10020#0"]
         out["docs"] = c.get_docs(["598#1", "71570#11"])
-        h = hashlib.sha256()
+        h, every = hashlib.sha256(), []
         for batch in c.iter_docs(batch_size=5000):
             for docid, text in batch:
                 h.update(f"{docid}\\t{text}\\n".encode())
+                every.append([docid, text])
         out["digest"] = h.hexdigest()
+        import pickle
+        copy = pickle.loads(pickle.dumps(c.reader()))  # as a cluster worker gets it: by id, read there
+        out["ranges"] = [[list(p) for p in copy.docs_range(30000, 30004)], every[30000:30004],
+                         [list(p) for p in c.docs_range(49040, 49100)], every[49040:],
+                         copy.get_docs(["598#1"])]
         try:
             c.get_docs(["598#1", "no-such-doc"])
         except BenchError as e:
@@ -106,6 +112,9 @@ def test_miracl_yo_dev_by_id_matches_the_beir_folder(miracl_home, shared_data):
     assert "judged_docs_missing" not in d  # not checked yet: no docstore opened by describe()
     assert out["missing"] == [] and out["describe_after"]["judged_docs_missing"] == 0
     assert "has no scoreddocs" in out["scoreddocs"]
+    copy_range, expected, tail, expected_tail, copy_doc = out["ranges"]  # docs_range: a shard read by itself
+    assert copy_range == expected and tail == expected_tail and len(tail) == 3
+    assert copy_doc == {"598#1": out["docs"]["598#1"]}
     # The same texts, in the same order, as the BEIR-folder path: one doc_text rule for both.
     folder = load_collection(CollectionSpec(source="beir", path=str(shared_data / "miracl-yo-dev"), split="dev"))
     assert out["digest"] == docs_digest(folder)

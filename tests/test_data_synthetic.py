@@ -151,3 +151,93 @@ def test_minilm_finds_answers_far_above_chance(minilm):
         assert chance_ndcg < 0.1, (lang, chance_ndcg)
         assert model_ndcg > 0.5, (lang, model_ndcg)
     assert scores["en"][0] > 0.7
+
+
+# --- the indexed generator (any size; each passage from its index) -------------------------------------
+def indexed(**options):
+    return synth(generator="indexed", **options)
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_indexed_answers_are_known_by_construction(lang):
+    """As for the world generator: exactly the entity's own passages name it, one of them (judged 2)
+    states the asked value, the look-alike's passage on the same attribute is judged 0, and its name
+    differs from the entity's in one letter; a passage holds 2 to 4 sentences (the default)."""
+    c = load_collection(indexed(docs_per_language=400, queries_per_language=100, seed=3, languages=[lang]))
+    docs = dict(pair for batch in c.iter_docs(batch_size=37) for pair in batch)
+    assert len(docs) == c.n_docs() == 400 and sorted(docs) == [f"d{i:06d}" for i in range(400)]
+    w, lang_t = c.world, __import__("bench.data.synthetic_templates", fromlist=["TEMPLATES"]).TEMPLATES[lang]
+    twins = 0
+    for qid, (e, attribute, _) in w.queries().items():
+        ent = w.entity(e)
+        judged = c.qrels[qid]
+        mentioning = {d for d, text in docs.items() if re.search(rf"(?<!\w){re.escape(ent.name)}(?!\w)", text)}
+        assert ent.name in c.queries[qid] and mentioning == {d for d, r in judged.items() if r >= 1}
+        assert sorted(judged.values(), reverse=True)[:4] == [2, 1, 1, 1]
+        answer = docs[c.answers[qid]]
+        for value in ent.values[attribute].values():
+            if isinstance(value, str) or value >= 100:
+                assert str(value) in answer
+        zero = [d for d, r in judged.items() if r == 0]
+        if ent.twin is not None:
+            twins += 1
+            twin = w.entity(ent.twin).name
+            assert len(zero) == 1 and twin in docs[zero[0]] and ent.name not in docs[zero[0]]
+            assert len(twin) == len(ent.name) and sum(a != b for a, b in zip(twin, ent.name)) == 1
+        else:
+            assert zero == []
+    assert 20 < twins < 90
+    fillers = lang_t["fillers"]
+    for text in docs.values():  # the fact's sentence, then 1 to 3 of the three neutral sentences
+        assert 1 <= sum(f in text for f in fillers) <= 3
+
+
+def test_indexed_reads_agree_and_the_collection_holds_no_corpus():
+    """`docs_range`, `get_docs` and `iter_docs` give the same passages; a 2,000,000-passage collection
+    is built, pickled small (what a cluster's workers receive) and read at its end; names are unique."""
+    import pickle
+
+    c = load_collection(indexed(docs_per_language=4000, queries_per_language=50, languages=["de"]))
+    every = [pair for batch in c.iter_docs(batch_size=999) for pair in batch]
+    assert c.docs_range(1500, 1600) == every[1500:1600] and c.docs_range(3990, 5000) == every[3990:]
+    assert c.get_docs(["d000007", "d003999"]) == {"d000007": every[7][1], "d003999": every[3999][1]}
+    for bad in ("d004000", "d0000007", "x1"):
+        with pytest.raises(BenchError, match=f"document id '{bad}' is not in the corpus"):
+            c.get_docs([bad])
+    assert c._absent(["d000001", "d004000"]) == ["d004000"] and c.empty_docs() == []
+    names = [c.world.entity(e).name for e in range(c.world.n_entities)]
+    assert len(set(names)) == len(names)
+    big = load_collection(indexed(docs_per_language=2_000_000, queries_per_language=200, languages=["en"]))
+    blob = pickle.dumps(big.reader())
+    assert big.n_docs() == 2_000_000 and len(blob) < 200_000
+    copy = pickle.loads(blob)
+    assert copy.docs_range(1_999_998, 2_000_005) == big.docs_range(1_999_998, 2_000_000)
+    answer = big.answers["q00000"]
+    assert copy.get_docs([answer]) == big.get_docs([answer]) and answer in big.qrels["q00000"]
+    # the world generator's collection also pickles without its passages and makes them again
+    world = load_collection(synth(docs_per_language=200, queries_per_language=10, language="sw"))
+    assert pickle.loads(pickle.dumps(world.reader())).docs_range(10, 20) == world.docs_range(10, 20)
+
+
+def test_indexed_is_deterministic_and_keyed():
+    a = load_collection(indexed(docs_per_language=400, queries_per_language=30, language="fr"))
+    b = load_collection(indexed(docs_per_language=400, queries_per_language=30, language="fr"))
+    assert a.docs_range(0, 400) == b.docs_range(0, 400) and a.qrels == b.qrels and a.fingerprint() == b.fingerprint()
+    world = load_collection(synth(docs_per_language=400, queries_per_language=30, language="fr"))
+    one = load_collection(indexed(docs_per_language=400, queries_per_language=30, language="fr", sentences=[1, 1]))
+    assert len({a.corpus_fingerprint(), world.corpus_fingerprint(), one.corpus_fingerprint()}) == 3
+    assert all(text.count(".") == 1 for _, text in one.docs_range(0, 400) if "Prize" not in text)
+    assert a.describe()["generator"] == "indexed" and a.describe()["sentences"] == [2, 4]
+
+
+@pytest.mark.parametrize("kw, expected", [
+    (dict(generator="grid"), r"generator: 'grid'; use \"world\" \(the default\) or \"indexed\""),
+    (dict(sentences=[2, 3]), r"sentences: only the indexed generator takes it"),
+    (dict(generator="indexed", sentences=[3, 2]), r"expected \[least, most\] with 1 <= least <= most <= 4"),
+    (dict(generator="indexed", sentences=[1, 5]), r"expected \[least, most\]"),
+    (dict(docs_per_language=500_000), r"the world generator's names run out above 250,000 passages; set "
+                                      r"generator = \"indexed\""),
+])
+def test_bad_generator_options(kw, expected):
+    with pytest.raises(BenchError, match=expected):
+        load_collections(synth(**kw))

@@ -9,6 +9,7 @@ memory), so each source is one subclass.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -109,6 +110,27 @@ class Collection:
         """docid -> text for reranking; an id the corpus lacks is a BenchError naming it."""
         raise NotImplementedError
 
+    def docs_range(self, start: int, stop: int) -> list[tuple[str, str]]:
+        """(docid, text) of passages ``start`` to ``stop - 1`` in corpus order (`iter_docs`'s order):
+        one shard of the corpus, read by itself."""
+        out: list[tuple[str, str]] = []
+        seen = 0
+        for batch in self.iter_docs():
+            if seen + len(batch) > start:
+                out.extend(batch[max(0, start - seen):stop - seen])
+            seen += len(batch)
+            if seen >= stop:
+                break
+        return out
+
+    def reader(self) -> "Collection":
+        """This collection as another process reads its passages (a cluster's workers: `docs_range` for a
+        shard to encode, `get_docs` for a block to rerank). It is the collection itself: each source
+        pickles without what it read into memory (`__getstate__`) and reads it again, from the source,
+        where it is unpickled; call this in the process that loaded the collection, where any one-time
+        pass over the source happens (the BEIR folder's offsets)."""
+        return self
+
     def judged_docs_missing(self) -> list[str]:
         """Judged document ids the corpus lacks, in qrels order (computed once). They stay in the
         evaluation, as trec_eval keeps them: a relevant one no system can retrieve caps Recall below 1.
@@ -188,6 +210,9 @@ class MemoryCollection(Collection):
 
     def iter_docs(self, batch_size: int = 10_000) -> Iterator[list[tuple[str, str]]]:
         return batched(self._docs().items(), batch_size)
+
+    def docs_range(self, start: int, stop: int) -> list[tuple[str, str]]:
+        return list(itertools.islice(self._docs().items(), start, stop))
 
     def _absent(self, doc_ids: list[str]) -> list[str]:
         docs = self._docs()

@@ -6,24 +6,34 @@ Layout (as BEIR's `GenericDataLoader` and the files in ../shared/data)::
     queries.jsonl                     one JSON object a line: {"_id", "text"}
     qrels/<split>.tsv                 header `query-id<TAB>corpus-id<TAB>score`, then one judgement a line
 
-Queries and qrels are read at once (they are small); the corpus is read into memory on first use
-(`n_docs`, `iter_docs`, `get_docs`), and that read also checks that every judged document exists.
-The fingerprint reads only queries, qrels and a sample of the corpus file, so it is cheap and does
-not depend on where the folder lies.
+Queries and qrels are read at once (they are small). The corpus is streamed: on first use one pass
+(`CorpusScan`) checks every line, that ids are unique and that every judged document exists, counts
+the passages and records a byte offset every OFFSET_STRIDE passages, holding about 8 bytes a
+passage; `iter_docs` and `docs_range` then read the file (a shard seeks to its offset), and only
+`get_docs` reads the texts into a dict (once, for reranking here). A copy of the collection in
+another process (a cluster's worker, `reader`) keeps the offsets and reads its own shards. The
+fingerprint reads only queries, qrels and a sample of the corpus file, so it is cheap and does not
+depend on where the folder lies.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+import numpy as np
 
 from .. import lazy
 from ..errors import BenchError, where
 from ..io import text_lines
-from .base import MemoryCollection, doc_text, select_queries
+from .base import MemoryCollection, batched, doc_text, select_queries
 
+#: A byte offset of the corpus file is recorded every this many passages (a shard's read starts there).
+OFFSET_STRIDE = 1024
 LAYOUT = ("corpus.jsonl[.gz] ({\"_id\", \"title\", \"text\"} a line), queries.jsonl ({\"_id\", \"text\"} a line) "
           "and qrels/<split>.tsv (header query-id, corpus-id, score; tab-separated)")
 QRELS_HEADER = ("query-id", "corpus-id", "score")
@@ -32,16 +42,56 @@ QRELS_HEADER = ("query-id", "corpus-id", "score")
 def _jsonl(path: Path):
     """(line number, object) for each non-blank line; a malformed line is a BenchError at file:line."""
     for lineno, line in text_lines(path):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise BenchError(f"{where(path, lineno)}: not valid JSON ({exc.msg}); each line must be one "
-                             "JSON object") from None
-        if not isinstance(obj, dict):
-            raise BenchError(f"{where(path, lineno)}: expected a JSON object, got {type(obj).__name__}")
-        yield lineno, obj
+        if line.strip():
+            yield lineno, _json_object(line, path, lineno)
+
+
+def _json_object(line: str | bytes, path: Path, lineno: int) -> dict:
+    try:
+        obj = json.loads(line)
+    except UnicodeDecodeError as exc:
+        raise BenchError(f"{where(path, lineno)}: not UTF-8 text ({exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise BenchError(f"{where(path, lineno)}: not valid JSON ({exc.msg}); each line must be one "
+                         "JSON object") from None
+    if not isinstance(obj, dict):
+        raise BenchError(f"{where(path, lineno)}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _corpus_lines(path: Path, offset: int = 0, lineno: int = 1) -> Iterator[tuple[int, int, bytes]]:
+    """(byte offset, line number, line) of each non-blank line from ``offset`` (the start of line
+    ``lineno``) on; a .gz file's offsets are those of its decompressed bytes. A leading byte-order mark
+    is dropped, as `text_lines` does."""
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as fh:
+            fh.seek(offset)
+            for line in fh:
+                if offset == 0 and line.startswith(b"\xef\xbb\xbf"):
+                    line = line[3:]
+                    offset = 3
+                if line.strip():
+                    yield offset, lineno, line
+                offset += len(line)
+                lineno += 1
+    except (EOFError, gzip.BadGzipFile) as exc:
+        raise BenchError(f"{where(path, lineno)}: cannot read ({exc}); the file is cut short or not gzip") from None
+
+
+def _passage(line: bytes, path: Path, lineno: int) -> tuple[str, str]:
+    """(docid, model text) of one corpus line (`doc_text` of its title and text)."""
+    obj = _json_object(line, path, lineno)
+    return (_field(obj, "_id", path, lineno),
+            doc_text(_field(obj, "title", path, lineno, required=False), _field(obj, "text", path, lineno)))
+
+
+@dataclass(frozen=True)
+class CorpusScan:
+    """What one pass over a corpus file leaves: its passage count, and (byte offset, line number) of
+    passages 0, OFFSET_STRIDE, 2 x OFFSET_STRIDE, ..."""
+
+    n_docs: int
+    offsets: tuple[tuple[int, int], ...]
 
 
 def _field(obj: dict, key: str, path: Path, lineno: int, *, required: bool = True) -> str | None:
@@ -164,6 +214,8 @@ class BeirCollection(MemoryCollection):
                              f"{self.queries_path.name} lacks; qrels and queries must come from the same collection")
         self.queries, self.qrels, self.selection_counts = select_queries(all_queries, all_qrels, max_queries)
         self._doc_dict: dict[str, str] | None = None
+        self._corpus_scan: CorpusScan | None = None
+        self._judged_seen = set(self._qrels_doc_lines)  # judged ids the scan has not met yet
         self._fingerprint_parts: dict[str, Any] | None = None
 
     # --- layout ------------------------------------------------------------------------------------
@@ -190,28 +242,85 @@ class BeirCollection(MemoryCollection):
         return path
 
     # --- documents ---------------------------------------------------------------------------------
+    def _scan(self) -> CorpusScan:
+        """One pass over the corpus file (once): every line checked (valid JSON, fields), ids unique,
+        judged documents present; the count and the offsets recorded (`CorpusScan`)."""
+        if self._corpus_scan is None:
+            path, n, offsets = self.corpus_path, 0, []
+            hashes = []  # 8 bytes of each id's hash: duplicates found without holding the ids
+            for offset, lineno, line in lazy.tqdm.tqdm(_corpus_lines(path), desc=f"reading {self.path.name}/{path.name}",
+                                                       unit=" docs", mininterval=2.0):
+                if n % OFFSET_STRIDE == 0:
+                    offsets.append((offset, lineno))
+                docid, _ = _passage(line, path, lineno)
+                hashes.append(int.from_bytes(hashlib.blake2b(docid.encode("utf-8"), digest_size=8).digest(), "big"))
+                self._judged_seen.discard(docid)
+                n += 1
+            self._check_unique(np.array(hashes, dtype=np.uint64))
+            for docid, lineno in self._qrels_doc_lines.items():
+                if docid in self._judged_seen:
+                    raise BenchError(f"{where(self.qrels_path, lineno)}: corpus-id {docid!r} is not in {path.name}; "
+                                     "qrels and corpus must come from the same collection")
+            self._corpus_scan = CorpusScan(n, tuple(offsets))
+        return self._corpus_scan
+
+    def _check_unique(self, hashes) -> None:
+        """A BenchError at the second line of the first id that appears twice (hash collisions are
+        told apart by reading the candidates' ids again)."""
+        ordered = np.sort(hashes)
+        twice = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
+        if not twice:
+            return
+        first: dict[str, int] = {}
+        for _, lineno, line in _corpus_lines(self.corpus_path):
+            docid, _ = _passage(line, self.corpus_path, lineno)
+            if int.from_bytes(hashlib.blake2b(docid.encode("utf-8"), digest_size=8).digest(), "big") in twice:
+                if docid in first:
+                    raise BenchError(f"{where(self.corpus_path, lineno)}: document id {docid!r} appears again (first "
+                                     f"on line {first[docid]}); document ids must be unique")
+                first[docid] = lineno
+
+    def n_docs(self) -> int:
+        return self._scan().n_docs
+
+    def docs_range(self, start: int, stop: int) -> list[tuple[str, str]]:
+        """Passages [start, stop), read from the offset recorded at or before ``start``."""
+        scan = self._scan()
+        stop = min(stop, scan.n_docs)
+        if start >= stop:
+            return []
+        offset, lineno = scan.offsets[start // OFFSET_STRIDE]
+        index, out = start // OFFSET_STRIDE * OFFSET_STRIDE, []
+        for _, line_number, line in _corpus_lines(self.corpus_path, offset, lineno):
+            if index >= start:
+                out.append(_passage(line, self.corpus_path, line_number))
+            index += 1
+            if index >= stop:
+                break
+        return out
+
+    def iter_docs(self, batch_size: int = 10_000) -> Iterator[list[tuple[str, str]]]:
+        self._scan()  # the file is checked before the first batch
+        lines = _corpus_lines(self.corpus_path)
+        return batched((_passage(line, self.corpus_path, lineno) for _, lineno, line in lines), batch_size)
+
     def _docs(self) -> dict[str, str]:
+        """docid -> text of the whole corpus, read on the first `get_docs` (reranking here)."""
         if self._doc_dict is None:
-            self._doc_dict = self._read_corpus()
+            self._doc_dict = dict(self.docs_range(0, self.n_docs()))
         return self._doc_dict
 
-    def _read_corpus(self) -> dict[str, str]:
-        docs: dict[str, str] = {}
-        path = self.corpus_path
-        for lineno, obj in lazy.tqdm.tqdm(_jsonl(path), desc=f"reading {self.path.name}/{path.name}",
-                                          unit=" docs", mininterval=2.0):
-            docid = _field(obj, "_id", path, lineno)
-            if docid in docs:
-                first = next(n for n, o in _jsonl(path) if str(o.get("_id")) == docid)
-                raise BenchError(f"{where(path, lineno)}: document id {docid!r} appears again (first on line "
-                                 f"{first}); document ids must be unique")
-            docs[docid] = doc_text(_field(obj, "title", path, lineno, required=False),
-                                   _field(obj, "text", path, lineno))
-        for docid, lineno in self._qrels_doc_lines.items():
-            if docid not in docs:
-                raise BenchError(f"{where(self.qrels_path, lineno)}: corpus-id {docid!r} is not in {path.name}; "
-                                 "qrels and corpus must come from the same collection")
-        return docs
+    def _absent(self, doc_ids: list[str]) -> list[str]:
+        self._scan()  # a judged document the corpus lacks is an error here, so none is absent
+        return []
+
+    def __getstate__(self) -> dict:
+        """Pickled without the texts `get_docs` read (`reader`): a copy reads them again from the file."""
+        return {**self.__dict__, "_doc_dict": None}
+
+    def reader(self) -> "BeirCollection":
+        self._scan()  # the one pass happens here; the copies keep its offsets
+        return self
 
     # --- identity ----------------------------------------------------------------------------------
     def _parts(self) -> dict[str, Any]:

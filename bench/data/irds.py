@@ -267,10 +267,24 @@ class IrDatasetsCollection(Collection):
                               unit=" docs", mininterval=2.0)
         return batched(((doc.doc_id, _doc_text_of(doc)) for doc in docs), batch_size)
 
+    def docs_range(self, start: int, stop: int) -> list[tuple[str, str]]:
+        """ir_datasets' own slicing (``docs_iter()[start:stop]``: a docstore lookup by position where the
+        dataset has one, built on first use)."""
+        return [(doc.doc_id, _doc_text_of(doc)) for doc in self.dataset.docs_iter()[start:stop]]
+
     def _docstore(self):
         if self._store is None:  # ir_datasets builds it on first use (once, on disk)
             self._store = self.dataset.docs_store()
         return self._store
+
+    def __getstate__(self) -> dict:
+        """Pickled by id (`reader`): a copy in another process opens the dataset again there, from that
+        machine's ir_datasets cache (``IR_DATASETS_HOME``)."""
+        return {**self.__dict__, "dataset": None, "_store": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.dataset = _irds().load(self.id)
 
     def _absent(self, doc_ids: list[str]) -> list[str]:
         found = self._docstore().get_many(doc_ids)

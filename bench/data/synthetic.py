@@ -18,7 +18,10 @@ How it is built (deterministic given ``seed``):
 
 Options (the spec's ``synthetic`` table): ``languages`` (default all six: en, de, fr, es, sw, yo),
 ``docs_per_language`` (default 2000; rounded down to a multiple of 4), ``queries_per_language``
-(default 200), ``seed`` (default 0), ``twin_rate`` (default 0.5).
+(default 200), ``seed`` (default 0), ``twin_rate`` (default 0.5), ``generator`` (``"world"``, the
+default: this module, up to WORLD_MAX_DOCS passages; ``"indexed"``: `synthetic_indexed.py`, any
+size, each passage computed from its index) and, for the indexed generator only, ``sentences``
+(``[least, most]`` sentences a passage, default ``[2, 4]``).
 """
 
 from __future__ import annotations
@@ -36,7 +39,12 @@ from .synthetic_templates import ATTRIBUTES, N_OCCUPATIONS, N_PRODUCTS, TEMPLATE
 GENERATOR_VERSION = 1
 LANGUAGES = tuple(TEMPLATES)
 DEFAULTS: dict[str, Any] = {"languages": list(LANGUAGES), "docs_per_language": 2000, "queries_per_language": 200,
-                            "seed": 0, "twin_rate": 0.5}
+                            "seed": 0, "twin_rate": 0.5, "generator": "world", "sentences": None}
+GENERATORS = ("world", "indexed")
+#: The world generator's largest corpus: its invented names run out a little above (it would never finish).
+WORLD_MAX_DOCS = 250_000
+#: Sentences a passage of the indexed generator has by default: the fact, then one to three neutral ones.
+INDEXED_SENTENCES = (2, 4)
 
 _CONSONANTS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"
@@ -50,6 +58,8 @@ class Options:
     queries_per_language: int
     seed: int
     twin_rate: float
+    generator: str = "world"
+    sentences: tuple[int, int] | None = None  # the indexed generator's [least, most] sentences a passage
 
 
 def parse_options(raw: dict | None, where: str = "synthetic") -> Options:
@@ -79,7 +89,30 @@ def parse_options(raw: dict | None, where: str = "synthetic") -> Options:
     if opts["queries_per_language"] > docs:
         raise BenchError(f"{where}.queries_per_language = {opts['queries_per_language']} is more than the "
                          f"{docs} facts that docs_per_language = {opts['docs_per_language']} gives (one per passage)")
-    return Options(tuple(langs), docs, opts["queries_per_language"], opts["seed"], float(rate))
+    generator, sentences = opts["generator"], opts["sentences"]
+    if generator not in GENERATORS:
+        raise BenchError(f"{where}.generator: {generator!r}; use \"world\" (the default) or \"indexed\" (any size)")
+    if generator == "world":
+        if sentences is not None:
+            raise BenchError(f"{where}.sentences: only the indexed generator takes it; add generator = \"indexed\"")
+        if docs > WORLD_MAX_DOCS:
+            raise BenchError(f"{where}.docs_per_language = {docs:,}: the world generator's names run out above "
+                             f"{WORLD_MAX_DOCS:,} passages; set generator = \"indexed\" for larger collections")
+        return Options(tuple(langs), docs, opts["queries_per_language"], opts["seed"], float(rate))
+    return Options(tuple(langs), docs, opts["queries_per_language"], opts["seed"], float(rate), "indexed",
+                   _sentences(sentences, where))
+
+
+def _sentences(value, where: str) -> tuple[int, int]:
+    """The indexed generator's [least, most] sentences a passage: the fact's sentence plus up to the three
+    neutral sentences each language has."""
+    if value is None:
+        return INDEXED_SENTENCES
+    if (not isinstance(value, list) or len(value) != 2 or not all(isinstance(x, int) and not isinstance(x, bool)
+                                                                 for x in value) or not 1 <= value[0] <= value[1] <= 4):
+        raise BenchError(f"{where}.sentences: {value!r}; expected [least, most] with 1 <= least <= most <= 4 "
+                         "(the fact's sentence plus up to the language's three neutral sentences)")
+    return value[0], value[1]
 
 
 # --- the world ---------------------------------------------------------------------------------------
@@ -209,42 +242,66 @@ def _fields(lang: dict, e: Entity, attribute: str) -> dict[str, Any]:
     return fields
 
 
+def set_identity(collection, language: str, opts: Options, name: str | None, max_queries: int | None) -> dict:
+    """A synthetic collection's language, options and name (either generator); its language's templates."""
+    if language not in TEMPLATES:
+        raise BenchError(f"synthetic: no templates for language {language!r}; the generator writes "
+                         f"{', '.join(LANGUAGES)}")
+    collection.language = language
+    collection.options = opts
+    collection.max_queries = max_queries
+    collection.name = name or f"synthetic/{language}"
+    return TEMPLATES[language]
+
+
+def keep_queries(collection, queries: dict, qrels: dict, answers: dict) -> None:
+    """The queries (with their qrels and answers) a collection keeps: in `natural_key` order, the first
+    ``max_queries``."""
+    kept = sorted(queries, key=natural_key)
+    kept = kept[:collection.max_queries] if collection.max_queries else kept
+    collection.queries = {q: queries[q] for q in kept}
+    collection.qrels = {q: qrels[q] for q in kept}
+    #: qid -> the one passage that answers it (relevance 2), for checks and examples.
+    collection.answers = {q: answers[q] for q in kept}
+
+
+def render_passages(p: Plan, lang: dict) -> dict[str, str]:
+    """Every passage of a plan in one language, docid -> text, in corpus order."""
+    docs = {}
+    for fact in p.doc_order:
+        i, a = fact
+        e = p.world[i]
+        text = lang["passages"][a].format(**_fields(lang, e, a))
+        if p.fillers[fact] is not None:
+            text += " " + lang["fillers"][p.fillers[fact]]
+        docs[p.doc_ids[fact]] = doc_text(e.name, text)
+    return docs
+
+
 class SyntheticCollection(MemoryCollection):
     """One language of the generated collection (``synthetic/<lang>``)."""
 
     source = "synthetic"
 
     def __init__(self, language: str, opts: Options, *, name: str | None = None, max_queries: int | None = None):
-        if language not in TEMPLATES:
-            raise BenchError(f"synthetic: no templates for language {language!r}; the generator writes "
-                             f"{', '.join(LANGUAGES)}")
-        self.language = language
-        self.options = opts
-        self.max_queries = max_queries
-        self.name = name or f"synthetic/{language}"
-        lang = TEMPLATES[language]
+        lang = set_identity(self, language, opts, name, max_queries)
         p = plan(opts)
-        self._doc_dict = {}
-        for fact in p.doc_order:
-            i, a = fact
-            e = p.world[i]
-            text = lang["passages"][a].format(**_fields(lang, e, a))
-            if p.fillers[fact] is not None:
-                text += " " + lang["fillers"][p.fillers[fact]]
-            self._doc_dict[p.doc_ids[fact]] = doc_text(e.name, text)
-        queries, qrels, self.answers = {}, {}, {}
+        self._doc_dict = render_passages(p, lang)
+        queries, qrels, answers = {}, {}, {}
         for qid, (i, a, variant) in p.queries.items():
             queries[qid] = lang["questions"][a][variant].format(**_fields(lang, p.world[i], a))
             qrels[qid] = judgements(p, i, a)
-            self.answers[qid] = p.doc_ids[(i, a)]
-        kept = sorted(queries, key=natural_key)[:max_queries] if max_queries else sorted(queries, key=natural_key)
-        self.queries = {q: queries[q] for q in kept}
-        self.qrels = {q: qrels[q] for q in kept}
-        #: qid -> the one passage that answers it (relevance 2), for checks and examples.
-        self.answers = {q: self.answers[q] for q in kept}
+            answers[qid] = p.doc_ids[(i, a)]
+        keep_queries(self, queries, qrels, answers)
 
     def _docs(self) -> dict[str, str]:
+        if self._doc_dict is None:  # a copy in another process (a cluster worker): generated again there
+            self._doc_dict = render_passages(plan(self.options), TEMPLATES[self.language])
         return self._doc_dict
+
+    def __getstate__(self) -> dict:
+        """Pickled without its passages (`reader`): they are generated again where they are read."""
+        return {**self.__dict__, "_doc_dict": None}
 
     def _identity(self) -> dict[str, Any]:
         o = self.options
@@ -282,7 +339,7 @@ def expand_synthetic(spec: CollectionSpec) -> list[CollectionSpec]:
     return out
 
 
-def load_synthetic(spec: CollectionSpec) -> SyntheticCollection:
+def load_synthetic(spec: CollectionSpec):
     """The one language a synthetic spec names (its ``language``, or its single ``synthetic.languages``)."""
     opts = parse_options(spec.synthetic)
     if spec.language:
@@ -294,4 +351,8 @@ def load_synthetic(spec: CollectionSpec) -> SyntheticCollection:
     else:
         raise BenchError(f"synthetic spec names {len(opts.languages)} languages ({', '.join(opts.languages)}): "
                          "load them with bench.data.load_collections(spec), or expand(spec) into one spec each")
+    if opts.generator == "indexed":
+        from .synthetic_indexed import IndexedSyntheticCollection
+
+        return IndexedSyntheticCollection(lang, opts, name=spec.name or f"synthetic/{lang}", max_queries=spec.max_queries)
     return SyntheticCollection(lang, opts, name=spec.name or f"synthetic/{lang}", max_queries=spec.max_queries)
