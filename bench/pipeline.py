@@ -148,7 +148,7 @@ class Pipeline:
             return holder["reranker"]
 
         if self.backend is not None:  # the same blocks, scored on the cluster
-            stage = self.backend.rerank_stage(spec, spec.top_k, checkpoints)
+            stage = self.backend.rerank_stage(spec, spec.top_k, checkpoints, collection)  # its actors read passages
         else:
             stage = RerankStage(factory, spec.top_k, checkpoints, progress=self.progress)
         t0 = time.perf_counter()

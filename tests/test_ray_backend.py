@@ -1,17 +1,19 @@
-"""`bench run --backend ray` on a local 3-node Ray cluster: records equal to the local backend's,
-faults survived (a worker node lost mid-run), an interrupted driver resumed from storage, and clear
-errors before any work (Ray missing, a bad address, storage that cannot be written).
+"""`bench run --backend ray` on a local 3-node Ray cluster (`ray.cluster_utils`, one process tree:
+faster to start than `ray start` nodes, see test_ray_cluster.py for those): one run, interrupted
+twice and hit by a lost node and a killed actor, ends with records equal to the local backend's;
+shards damaged or deleted on storage are verified and encoded again; clear errors before any work
+(Ray missing, an address where no Ray cluster answers, storage that cannot be written or seen).
 
-One cluster for the whole session (3 nodes of 1 CPU each, small object stores, Ray's token auth off);
-the corpus is cut into small shards and the rerank into small blocks so that a few hundred documents
-make several of each."""
+One cluster for the module (3 nodes of 1 CPU each, small object stores, Ray's token auth off); the
+corpus is cut into small shards and the rerank into small blocks so that a few hundred documents make
+several of each."""
 
 from __future__ import annotations
 
-import contextlib
+import http.server
 import json
 import os
-import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,25 +24,24 @@ import pytest
 
 from bench import lazy
 from bench.cli import main
-from bench.config import load_experiment
 from bench.errors import BenchError
-from bench.pipeline import run_experiment
 from bench.rerank import stage as rerank_stage
 from bench.retrieve import stage as retrieve_stage
+from ray_helpers import (BLOCK_FILES, REPO, SHARD_FILES, assert_same_records, kill_processes, run_bench, torch_threads,
+                         watch)
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
 
-REPO = Path(__file__).resolve().parents[1]
 SHARD, BLOCK = 20, 10  # 400 docs: 20 shards; 30 queries x top-10: 30 blocks (an interrupted run leaves many)
 SHARDS, BLOCKS = 20, 30
 
 
-def parts(cache: Path, **execution) -> dict:
-    """The offline demo's shape (MiniLM dense first stage, untrained tiny XLM-R reranker) on one small
-    synthetic language, with its own cache."""
+def parts(cache: Path, depth: int = 20, **execution) -> dict:
+    """The offline demo's shape (a dense first stage, an untrained tiny XLM-R reranker) with a tiny
+    random bi-encoder, on one small synthetic language, with its own cache."""
     return {"name": "ray-small", "cache_dir": str(cache),
-            "first_stages": {"minilm": {"kind": "dense", "model": "offline:all-MiniLM-L6-v2", "depth": 20,
-                                        "dtype": "fp32", "max_length": 128}},
+            "first_stages": {"tiny": {"kind": "dense", "model": "random:tiny-bge-m3", "depth": depth,
+                                      "dtype": "fp32", "max_length": 64}},
             "datasets": [{"source": "synthetic", "synthetic": {"languages": ["yo"], "docs_per_language": 400,
                                                                 "queries_per_language": 30, "seed": 0}}],
             "rerankers": [{"model": "random:tiny-xlmr-reranker", "name": "tiny", "engine": "fast", "dtype": "fp32",
@@ -55,9 +56,10 @@ def small_units(monkeypatch):
     monkeypatch.setattr(rerank_stage, "BLOCK_PAIRS", BLOCK)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
-    """A 3-node local cluster (1 CPU and a 80 MiB object store each), this process its driver."""
+    """A 3-node local cluster (1 CPU and a 80 MiB object store each), this process its driver; gone at
+    the end of the module (test_ray_cluster.py connects this process to another)."""
     from ray.cluster_utils import Cluster
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
@@ -73,7 +75,7 @@ def ray_cluster():
     cluster.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
     """The local backend's records and output folder for the small experiment (the reference)."""
     folder = tmp_path_factory.mktemp("local")
@@ -84,66 +86,11 @@ def local_run(tmp_path_factory):
     return records, folder / "out"
 
 
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Torch on `n` intra-op threads meanwhile. Ray's workers here hold 1 CPU, so Ray runs their torch
-    on one thread; the local reference must too: on the CPU a matmul's sums are split by thread, so
-    the last bits of embeddings and scores depend on the thread count (on a GPU they do not)."""
-    torch = lazy.torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def run_bench(folder: Path, exp_parts: dict, out: str = "out"):
-    from conftest import experiment_text
-
-    path = folder / f"{out}.toml"
-    path.write_text(experiment_text(**exp_parts), encoding="utf-8")
-    return run_experiment(load_experiment(path), folder / out, experiment_path=path, progress=False, log=lambda m: None)
-
-
-def assert_same_records(records, out: Path, reference) -> None:
-    """Metrics, per-query values, record keys and run files equal the local backend's, exactly."""
-    ref_records, ref_out = reference
-    assert [r.key for r in records] == [r.key for r in ref_records]
-    for rec, ref in zip(records, ref_records):
-        assert rec.metrics == ref.metrics
-        assert rec.per_query == ref.per_query
-        assert rec.run_file == ref.run_file
-        assert (out / rec.run_file).read_bytes() == (ref_out / ref.run_file).read_bytes()
-        assert rec.timings.backend == "ray" and ref.timings.backend == "local"
-
-
-SHARD_FILES, BLOCK_FILES = "embeddings/*/shard-*.ids", "rerank/*/block-*.json"
-
-
-def watch(root: Path, pattern: str, action, *, count: int = 1, timeout: float = 300):
-    """Run `action()` on a thread once `count` files under `root` match `pattern` (the run's progress
-    on storage)."""
-    done = threading.Event()
-
-    def loop():
-        t_end = time.monotonic() + timeout
-        while time.monotonic() < t_end and not done.is_set():
-            if len(list(root.glob(pattern))) >= count:
-                action()
-                done.set()
-                return
-            time.sleep(0.05)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    return done
-
-
 def stop_after_half(monkeypatch, module) -> None:
     """Make the driver stop like an interrupted one: `module`'s actor pool runs the first half of
     the items it is given (they land on storage as in a real run), then a KeyboardInterrupt (the
-    driver's Ctrl-C) is raised. Deterministic, where a signal's moment is not."""
+    driver's Ctrl-C) is raised. Deterministic, where a signal's moment is not (test_ray_cluster.py
+    sends a real one)."""
     real = module.run_actor_pool
 
     def half_then_interrupt(items, *args, **kwargs):
@@ -154,80 +101,81 @@ def stop_after_half(monkeypatch, module) -> None:
 
 
 @pytest.mark.slow
-def test_ray_backend_records_equal_local_even_when_a_node_and_an_actor_die(ray_cluster, local_run, tmp_path):
-    """The offline demo's shape run on the 3-node cluster with a worker node lost while shards are
-    encoded and a reranker actor killed while blocks are scored: Ray restarts the actors and retries
-    their shard or block, and the records equal the local backend's."""
-    cluster, node = ray_cluster
-    cache = tmp_path / "cache"
-    lost_node = watch(cache, SHARD_FILES, lambda: cluster.remove_node(next(iter(cluster.worker_nodes)), allow_graceful=False))
-    killed_actor = watch(cache, BLOCK_FILES, lambda: kill_processes("MapBatches(BlockScorer)"))
-    try:
-        records = run_bench(tmp_path, parts(cache, backend="ray", workers=2))
-    finally:
-        cluster.add_node(**node)  # back to three nodes for the next test
-        cluster.wait_for_nodes()
-    assert lost_node.is_set() and killed_actor.is_set()
-    assert_same_records(records, tmp_path / "out", local_run)
-    fs, rr = records
-    ex = fs.info["execution"]
-    assert (ex["backend"], ex["gpus"], ex["submitted_shards"], ex["shards"]) == ("ray", 0.0, SHARDS, SHARDS)
-    assert ex["nodes"] >= 2 and set(ex["steps"]) >= {"encode_seconds", "search_seconds", "query_encode_seconds"}
-    assert rr.info["execution"]["submitted_blocks"] == rr.info["execution"]["blocks"] == BLOCKS
-    assert rr.system.reranker["model"]["untrained"] is True and "note" not in rr.system.reranker
-    # the shards and blocks on storage are the local store's files: a local run over this cache reuses them
-    again = run_bench(tmp_path, parts(cache), out="again")
-    assert again[1].timings.resumed_blocks == BLOCKS and again[1].metrics == rr.metrics
+def test_one_run_interrupted_twice_with_a_node_lost_and_an_actor_killed_equals_local(
+        ray_cluster, local_run, tmp_path, monkeypatch, capfd):
+    """One cluster run in three starts, every fault on the way, and the local backend's records at
+    the end:
 
-
-def kill_processes(title: str) -> list[int]:
-    """SIGKILL the processes whose command line (Ray's process title) holds `title`: those are actors
-    this test's run started."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and title in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                os.kill(int(proc.name), signal.SIGKILL)
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    assert pids, f"no process titled {title!r}"
-    return pids
-
-
-@pytest.mark.slow
-def test_interrupted_driver_resumes_with_only_the_missing_work(ray_cluster, local_run, tmp_path, monkeypatch):
-    """The driver stopped after half of the shards were encoded, then after half of the blocks were
-    scored: each restart submits only what storage does not hold, and the final records equal the
-    local ones."""
+    1. the driver stops after half of the shards are encoded (nothing marked complete);
+    2. restarted, it encodes only the rest, losing a worker node meanwhile (its actor is restarted and
+       its shard retried), and stops after half of the blocks are scored;
+    3. restarted, it scores only the rest, an actor killed meanwhile; records equal the local ones;
+    4. a shard deleted and another damaged on storage after `complete.json` listed them: the next run
+       that searches (another depth) verifies every shard, names those two on stderr and re-encodes
+       them, to the same bytes;
+    5. a local run over the same cache reuses every shard and block the cluster wrote."""
     from bench.distributed import encode as encode_mod
     from bench.distributed import rerank as rerank_mod
 
+    cluster, node = ray_cluster
     cache = tmp_path / "cache"
-    exp = parts(cache, backend="ray", workers=1)
+    exp = parts(cache, backend="ray", workers=2)
 
-    with monkeypatch.context() as m:
+    with monkeypatch.context() as m:  # 1
         stop_after_half(m, encode_mod)
         with pytest.raises(KeyboardInterrupt):
             run_bench(tmp_path, exp, out="first")
     held = len(list(cache.glob(SHARD_FILES)))
     assert held == SHARDS // 2 and not list(cache.glob("embeddings/*/complete.json"))
 
-    with monkeypatch.context() as m:
-        stop_after_half(m, rerank_mod)
-        with pytest.raises(KeyboardInterrupt):
-            run_bench(tmp_path, exp, out="second")
+    lost_node = watch(cache, SHARD_FILES, lambda: cluster.remove_node(next(iter(cluster.worker_nodes)),
+                                                                      allow_graceful=False), count=held + 1)
+    try:
+        with monkeypatch.context() as m:  # 2
+            stop_after_half(m, rerank_mod)
+            with pytest.raises(KeyboardInterrupt):
+                run_bench(tmp_path, exp, out="second")
+    finally:
+        cluster.add_node(**node)  # back to three nodes
+        cluster.wait_for_nodes()
+    assert lost_node.is_set()
     (fs_file,) = (tmp_path / "second" / "records").glob("*.json")  # the first stage finished this time
     fs_exec = json.loads(fs_file.read_text())["info"]["execution"]
-    assert fs_exec["submitted_shards"] == SHARDS - held
+    assert (fs_exec["encoded_shards"], fs_exec["verified_shards"], fs_exec["shards"]) == (SHARDS - held, held, SHARDS)
     held_blocks = len(list(cache.glob(BLOCK_FILES)))
     assert held_blocks == BLOCKS // 2
 
-    records = run_bench(tmp_path, exp, out="third")
+    killed_actor = watch(cache, BLOCK_FILES, lambda: kill_processes("MapBatches(BlockScorer)"), count=held_blocks + 1)
+    records = run_bench(tmp_path, exp, out="third")  # 3
+    assert killed_actor.is_set()
     assert records[0].timings.cached is True
-    assert records[1].info["execution"]["submitted_blocks"] == BLOCKS - held_blocks
+    assert records[1].info["execution"]["scored_blocks"] == BLOCKS - held_blocks
     assert records[1].timings.resumed_blocks == held_blocks
     assert_same_records(records, tmp_path / "third", local_run)
+    fs, rr = records
+    assert (fs.info["execution"]["backend"], fs.info["execution"]["gpus"]) == ("ray", 0.0)
+    assert set(fs.info["execution"]["steps"]) >= {"encode_seconds", "search_seconds", "query_encode_seconds"}
+    assert rr.system.reranker["model"]["untrained"] is True and "note" not in rr.system.reranker
+
+    (folder,) = {p.parent for p in cache.glob(SHARD_FILES)}  # 4
+    intact = {p.name: p.read_bytes() for p in folder.glob("shard-0000[37].*") if not p.name.endswith(".check")}
+    (folder / "shard-00003.npy").unlink()
+    damaged = folder / "shard-00007.ids"
+    damaged.write_bytes(damaged.read_bytes().replace(b"d", b"x", 1))
+    capfd.readouterr()
+    first_stage_only = {k: v for k, v in parts(cache, depth=19, backend="ray", workers=2).items() if k != "rerankers"}
+    again = run_bench(tmp_path, first_stage_only, out="fourth")
+    err = capfd.readouterr().err
+    assert f"storage: {folder / 'shard-00003.npy'}: missing (shard 3, listed in complete.json); re-encoded" in err
+    assert f"storage: {folder / 'shard-00007.ids'}: content differs from what was written (sha256 mismatch) " \
+           "(shard 7, listed in complete.json); re-encoded" in err
+    ex = again[0].info["execution"]
+    assert (ex["encoded_shards"], ex["verified_shards"]) == (2, SHARDS - 2)
+    assert {name: (folder / name).read_bytes() for name in intact} == intact
+
+    local_again = run_bench(tmp_path, parts(cache), out="local")  # 5
+    assert local_again[0].timings.cached and local_again[1].timings.resumed_blocks == BLOCKS
+    assert local_again[1].metrics == rr.metrics
 
 
 def test_unwritable_storage_fails_before_any_work(ray_cluster, tmp_path, experiment_toml, capsys):
@@ -252,42 +200,57 @@ def test_without_ray_the_backend_is_one_clear_error(monkeypatch, tmp_path, exper
     assert not (tmp_path / "out").exists()
 
 
-def test_unreachable_address_fails_fast(tmp_path, experiment_toml):
-    """In a fresh process (this one is connected already): an address where nothing listens."""
+class Silent(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):  # noqa: D102 - no request log on the test's stderr
+        pass
+
+
+def serve(handle) -> int:
+    """A port on this machine where `handle(connection)` answers each TCP connection (on threads)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def loop():
+        while True:
+            conn, _ = listener.accept()
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=loop, daemon=True).start()
+    return listener.getsockname()[1]
+
+
+def test_addresses_where_no_ray_cluster_answers_fail_within_30_s(tmp_path, experiment_toml):
+    """`bench run --ray-address` in fresh processes (this one is connected already), all at once: where
+    nothing listens, where an HTTP server answers (as on the dashboard's port 8265, the usual mistake;
+    the dashboard is not installed here: the `ray` extra has no `ray[default]`), its URL as the Jobs API
+    takes it, and a port that accepts the connection and closes it. Each: exit 2 within 30 s, one error
+    naming the address, nothing written."""
+    http_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Silent)
+    threading.Thread(target=http_server.serve_forever, daemon=True).start()
+    http_port = http_server.server_address[1]
+    closing_port = serve(lambda conn: conn.close())
     path = experiment_toml(**parts(tmp_path / "cache"))
-    proc = subprocess.run([sys.executable, "-m", "bench", "run", str(path), "--ray-address", "127.0.0.1:9",
-                           "--out", str(tmp_path / "out"), "--skip-preflight"],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert proc.returncode == 2, proc.stderr
-    assert "nothing answers at 127.0.0.1:9" in proc.stderr and "ray start --head" in proc.stderr
-    assert not (tmp_path / "out").exists()
+    cases = {f"127.0.0.1:{http_port}": "accepts connections but no Ray cluster answers there",
+             f"http://127.0.0.1:{http_port}": "is an HTTP URL (the dashboard and the Jobs API answer there",
+             f"127.0.0.1:{closing_port}": "accepts connections but no Ray cluster answers there",
+             "127.0.0.1:9": "nothing answers at 127.0.0.1:9"}
+    t0 = time.monotonic()
+    procs = {address: subprocess.Popen([sys.executable, "-m", "bench", "run", str(path), "--ray-address", address,
+                                        "--out", str(tmp_path / f"out{i}"), "--skip-preflight"],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                       env={**os.environ, "PYTHONPATH": str(REPO)})
+             for i, address in enumerate(cases)}
+    for address, proc in procs.items():
+        _, err = proc.communicate(timeout=120)
+        seconds = time.monotonic() - t0
+        assert proc.returncode == 2 and seconds < 30, (address, seconds, err[-2000:])
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and repr(address) in errors[0] and cases[address] in errors[0], err[-2000:]
+        assert "ray start --head" in errors[0] or "host:6379" in errors[0]
+    assert not list(tmp_path.glob("out*")) and not (tmp_path / "cache").exists()
     with pytest.raises(BenchError, match="expected auto, host:port"):
         from bench.distributed.backend import check_address
 
         check_address("head-without-port")
-
-
-@pytest.mark.slow
-@pytest.mark.shared_data
-def test_miracl_yo_full_corpus_on_the_cluster_equals_local(ray_cluster, miracl_yo_experiment, tmp_path, monkeypatch):
-    """The MIRACL-yo full-corpus experiment (49,043 passages) with a tiny random bi-encoder in place
-    of MiniLM (MiniLM takes minutes per full encoding here): cluster records equal local ones."""
-    tiny = {'model = "offline:all-MiniLM-L6-v2"': 'model = "random:tiny-bge-m3"',
-            'dtype = "fp32"': 'dtype = "fp32"\nshard_size = 25000'}  # two shards, one per worker
-    records = {}
-    for backend in ("local", "ray"):
-        folder = tmp_path / backend
-        path = miracl_yo_experiment(folder, **tiny)
-        path.write_text(f'cache_dir = "{(folder / "cache").as_posix()}"\n' + path.read_text(encoding="utf-8")
-                        + f'\n[execution]\nbackend = "{backend}"\nworkers = 2\n', encoding="utf-8")
-        with torch_threads(1):  # as Ray's one-CPU workers run
-            (records[backend],) = run_experiment(load_experiment(path), folder / "out", experiment_path=path,
-                                                 progress=False, log=lambda m: None)
-    local, cluster = records["local"], records["ray"]
-    assert cluster.info["execution"]["submitted_shards"] == 2 and cluster.dataset.n_docs == 49_043
-    assert (cluster.key, cluster.metrics, cluster.per_query) == (local.key, local.metrics, local.per_query)
-    assert (tmp_path / "ray" / "out" / cluster.run_file).read_bytes() == \
-        (tmp_path / "local" / "out" / local.run_file).read_bytes()
 
 
 def test_storage_the_workers_cannot_see_fails_before_any_work(ray_cluster, tmp_path, experiment_toml, capsys):
@@ -314,8 +277,9 @@ def test_cache_keys_hold_the_precision_the_workers_run():
 
 
 def test_partial_top_k_merge_keeps_the_local_tie_rule(tmp_path):
-    """Shards full of equal scores (duplicated vectors across shard groups): searching groups apart
-    and merging gives exactly the local search's list, ties broken by corpus order."""
+    """Shards full of equal scores (duplicated vectors, or lexical weights, across shard groups):
+    searching groups apart and merging gives exactly the local search's list, ties broken by corpus
+    order."""
     import numpy as np
 
     from bench.distributed.search import merge_top_k, search_group, shard_groups
@@ -338,12 +302,28 @@ def test_partial_top_k_merge_keeps_the_local_tie_rule(tmp_path):
     assert groups == [[0, 1], [2], [3, 4]]
     partials = [search_group(storage, "e", g, g[0] * size, queries, 25, 7, "cpu") for g in groups]
     assert merge_top_k(partials, 25) == exact_top_k(queries, shards, 25, chunk=7, progress=False)
+    # lexical weights the same way: sparse shards with repeated rows, searched in groups and merged
+    from scipy import sparse as sp
+
+    from bench.distributed.encode import npz_bytes
+    from bench.distributed.search import sparse_search_group
+    from bench.retrieve.sparse import sparse_top_k
+
+    rows = sp.random(6, 40, density=0.2, random_state=1, format="csr", dtype=np.float32)
+    weights = rows[rng.integers(0, 6, size=70)]
+    q = sp.random(5, 40, density=0.3, random_state=2, format="csr", dtype=np.float32)
+    lexical = [(ids[s:s + size], weights[s:s + size]) for s in range(0, 70, size)]
+    for i, (_, shard_weights) in enumerate(lexical):
+        storage.write_checked(f"e/shard-{i:05d}.sparse.npz", npz_bytes(shard_weights))
+    partials = [sparse_search_group(storage, "e", g, g[0] * size, q, 25) for g in groups]
+    assert merge_top_k(partials, 25) == sparse_top_k(q, lexical, 25, progress=False)
 
 
-def test_storage_writes_whole_files_with_checks_and_refuses_damaged_ones(tmp_path):
+def test_storage_writes_whole_files_with_checks_and_refuses_damaged_ones(tmp_path, capsys):
     """Each file lands whole (temporary name, then a move) with a `.check` beside it in the local
-    cache's layout; a file changed after writing reads as missing, so it is computed again."""
-    from bench.distributed.storage import CHECK_SUFFIX, Storage
+    cache's layout; a file changed after writing reads as missing, so it is computed again: said on
+    stderr by `read_checked` (the driver), returned as the problem by `read_verified` (a worker's)."""
+    from bench.distributed.storage import CHECK_SUFFIX, MISSING, Storage
 
     storage = Storage(str(tmp_path / "store"))
     storage.write_checked_json("rerank/x/block-00000.json", {"qids": ["q1"]})
@@ -355,3 +335,13 @@ def test_storage_writes_whole_files_with_checks_and_refuses_damaged_ones(tmp_pat
     assert storage.read_checked("rerank/x/block-00001.json") is None
     storage.write_text("rerank/x/block-00002.json", '{"qids": ["q3"]}')  # no check beside it: not trusted
     assert storage.read_checked("rerank/x/block-00002.json") is None
+    assert "block-00000.json: content differs from what was written (sha256 mismatch); recomputing it" in \
+        capsys.readouterr().err
+    (tmp_path / "store" / "rerank" / "x" / "block-00000.json").write_text('{"qids": ["q10"]}')
+    assert storage.read_verified("rerank/x/block-00000.json") == (None, "17 bytes, but 16 were written (truncated or "
+                                                                        "overwritten)")
+    assert storage.read_verified("rerank/x/block-00001.json") == (None, MISSING)
+    assert storage.read_verified("rerank/x/block-00002.json")[1].startswith("no .check file beside it")
+    storage.write_checked("rerank/x/block-00003.json", b"{}")
+    assert storage.read_verified("rerank/x/block-00003.json") == (b"{}", None)
+    assert capsys.readouterr().err == ""

@@ -1,57 +1,148 @@
-"""Corpus encoding on the cluster: missing shards only, a pool of actors each holding the encoder once.
+"""Corpus encoding on the cluster: every shard checked on storage, the missing and damaged ones encoded
+where their passages are read.
 
-Shard boundaries, file names and the cache entry are the local store's (`bench.retrieve.embeddings`,
-`bench.retrieve.stage.embedding_entry`), so a shard encoded by either backend is reused by the other
-when the storage root is the cache folder (or the cache lives on the shared storage).
+The driver plans shards from the collection's passage count alone (shard i is passages
+[i x shard_size, (i + 1) x shard_size)) and hands each actor of a pool a shard's bounds, never its
+texts: the actor reads the passages from the collection's source itself (`Collection.reader`: an
+ir_datasets slice, a BEIR file from its recorded byte offset, the synthetic generator by index) and
+builds its model once, on the first shard it must encode. Every shard is verified on storage first
+(each file's size and sha256 against its check, as the local cache does), whether or not
+`complete.json` lists it; a shard missing or damaged is encoded again, and one that `complete.json`
+listed is named on stderr. So the driver's memory does not grow with the corpus.
+
+What a shard holds depends on the first stage: `CORPUS_ENCODERS` maps a kind to a corpus encoder
+(the model an actor builds, and the checked files one shard becomes, written in order and followed by
+the shard's ids file). File names, shard boundaries and cache entries are the local store's
+(`bench.retrieve.embeddings`, `bench.retrieve.stage.embedding_entry`, `bench.retrieve.bge_m3.corpus_entry`),
+so a shard written by either backend is reused by the other when the storage root is the cache
+folder. A learned-sparse first stage (SPLADE) plugs in with one entry: a class like `M3Corpus` whose
+model's ``encode_docs(texts)`` returns CSR weights and whose one file is ``.sparse.npz`` (`npz_bytes`);
+`bench.distributed.search.sparse_search` searches such shards.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .. import lazy
+from ..engine.device import resolve_devices
 from ..errors import BenchError, Interrupted
 from ..retrieve import build_encoder
-from ..retrieve.embeddings import DONE, completion, kept_message, shard_files, shard_payload
-from .storage import Storage
+from ..retrieve.embeddings import DONE, completion, kept_message, shard_payload
+from .storage import MISSING, Storage
 
 
-class ShardEncoder:
-    """A Ray Data actor: builds the bi-encoder once (on the GPU Ray gave it, else the CPU), then
-    encodes whole shards with the same engine as the local stage and writes each to storage."""
+def npz_bytes(weights) -> bytes:
+    """CSR weights as the bytes of an uncompressed ``.npz`` (`bench.retrieve.sparse.save_shard`'s format)."""
+    buf = io.BytesIO()
+    lazy.scipy_sparse.save_npz(buf, weights.tocsr(), compressed=False)
+    return buf.getvalue()
 
-    def __init__(self, spec, cache_dir: str, storage: Storage, folder: str, storage_dtype: str):
-        self.encoder = build_encoder(spec, cache_dir=cache_dir)
-        self.storage, self.folder, self.storage_dtype = storage, folder, storage_dtype
+
+@dataclass(frozen=True)
+class DenseCorpus:
+    """A dense first stage's shards: the bi-encoder's vectors (``shard-NNNNN.npy``)."""
+
+    spec: Any
+    storage_dtype: str
+    suffixes: ClassVar[tuple[str, ...]] = (".npy",)
+
+    def build(self, cache_dir: str):
+        return build_encoder(self.spec, cache_dir=cache_dir)
+
+    def encode(self, model, ids: list[str], texts: list[str]) -> list[bytes]:
+        return [shard_payload(model.encode_docs(texts), ids, self.storage_dtype)[0]]
+
+
+@dataclass(frozen=True)
+class M3Corpus:
+    """bge-m3's shards from one forward: lexical weights (``.sparse.npz``), then dense vectors
+    (``.npy``): the local store's order, so a shard whose vectors exist has its weights."""
+
+    spec: Any
+    storage_dtype: str
+    suffixes: ClassVar[tuple[str, ...]] = (".sparse.npz", ".npy")
+
+    def build(self, cache_dir: str):
+        from ..retrieve.bge_m3 import M3Encoder
+
+        return M3Encoder(self.spec, cache_dir=cache_dir, device=resolve_devices(self.spec.device)[0])
+
+    def encode(self, model, ids: list[str], texts: list[str]) -> list[bytes]:
+        out = model.encode_docs(texts)
+        if out.sparse.shape[0] != len(ids):
+            raise RuntimeError(f"encoder returned {out.sparse.shape[0]} rows of weights for {len(ids)} texts")
+        return [npz_bytes(out.sparse), shard_payload(out.dense, ids, self.storage_dtype)[0]]
+
+
+#: first-stage kind -> its corpus encoder on a cluster (a SPLADE row goes here)
+CORPUS_ENCODERS = {"dense": DenseCorpus, "bge-m3": M3Corpus}
+
+
+def shard_names(i: int, suffixes: tuple[str, ...]) -> list[str]:
+    """Shard `i`'s files in the order they are written: the encoder's, then the ids file (last: a
+    shard counts once its ids are there)."""
+    return [f"shard-{i:05d}{suffix}" for suffix in (*suffixes, ".ids")]
+
+
+class ShardWriter:
+    """A Ray Data actor: verifies whole shards on storage and encodes those missing or damaged, reading
+    their passages itself (``reader.docs_range``). The model is built on the first shard to encode,
+    so a run whose shards are all intact loads none."""
+
+    def __init__(self, reader, corpus, storage: Storage, folder: str, cache_dir: str, compare_ids: bool):
+        self.reader, self.corpus, self.storage, self.folder = reader, corpus, storage, folder
+        self.cache_dir, self.compare_ids = cache_dir, compare_ids
+        self.model = None
 
     def __call__(self, batch: dict) -> dict:
-        out = {"shard": [], "docs": [], "seconds": [], "node": []}
+        out: dict[str, list] = {"shard": [], "status": [], "docs": [], "seconds": [], "node": [], "problem": []}
         node = lazy.ray.get_runtime_context().get_node_id()
-        for i, ids, texts in zip(batch["shard"], batch["ids"], batch["texts"]):
-            ids, texts = [str(x) for x in ids], [str(t) for t in texts]
+        for i, start, stop in zip(batch["shard"], batch["start"], batch["stop"]):
             t0 = time.perf_counter()
-            ((_, vecs),) = list(self.encoder.encode_shards([(int(i), texts)]))
-            vec_bytes, ids_text = shard_payload(vecs, ids, self.storage_dtype)
-            vec_name, ids_name = shard_files(int(i))
-            self.storage.write_checked(f"{self.folder}/{vec_name}", vec_bytes)
-            self.storage.write_checked(f"{self.folder}/{ids_name}", ids_text.encode("utf-8"))  # last: the shard counts once both exist
-            out["shard"].append(int(i))
-            out["docs"].append(len(ids))
-            out["seconds"].append(time.perf_counter() - t0)
-            out["node"].append(node)
+            status, docs, problem = self.shard(int(i), int(start), int(stop))
+            for key, value in (("shard", int(i)), ("status", status), ("docs", docs), ("problem", problem or ""),
+                               ("seconds", time.perf_counter() - t0), ("node", node)):
+                out[key].append(value)
         return {k: np.array(v) for k, v in out.items()}
 
-
-def stored_shard_ids(storage: Storage, folder: str, i: int) -> list[str] | None:
-    """Shard `i`'s doc ids if both its files are on storage, else None."""
-    vec_name, ids_name = shard_files(i)
-    if not storage.exists(f"{folder}/{vec_name}"):  # its bytes are verified where they are read (search)
-        return None
-    data = storage.read_checked(f"{folder}/{ids_name}")
-    return None if data is None else data.decode("utf-8").split("\n")
+    def shard(self, i: int, start: int, stop: int) -> tuple[str, int, str | None]:
+        """(``reused`` | ``encoded`` | ``mismatch``, passages, what was wrong with the stored shard)."""
+        names = [f"{self.folder}/{name}" for name in shard_names(i, self.corpus.suffixes)]
+        problem, stored_ids = None, None
+        for rel in names:
+            data, wrong = self.storage.read_verified(rel)
+            if wrong is not None:
+                problem = f"{self.storage.path(rel)}: {wrong}"
+                break
+            stored_ids = data.decode("utf-8").split("\n") if rel == names[-1] else None
+        docs = None
+        if problem is None:
+            if len(stored_ids) != stop - start:
+                problem = f"{self.storage.path(names[-1])}: {len(stored_ids):,} ids where the shard holds {stop - start:,}"
+            elif not self.compare_ids:
+                return "reused", len(stored_ids), None
+            else:  # an entry still being built: its shards must be this collection's, in its order
+                docs = self.reader.docs_range(start, stop)
+                if [d for d, _ in docs] != stored_ids:
+                    return "mismatch", len(stored_ids), self.storage.path(names[-1])
+                return "reused", len(stored_ids), None
+        docs = docs if docs is not None else self.reader.docs_range(start, stop)
+        if len(docs) != stop - start:
+            raise RuntimeError(f"the collection gave {len(docs)} passages for shard {i} ({start}-{stop - 1})")
+        if self.model is None:
+            self.model = self.corpus.build(self.cache_dir)
+        ids, texts = [d for d, _ in docs], [t for _, t in docs]
+        for rel, data in zip(names, [*self.corpus.encode(self.model, ids, texts), "\n".join(ids).encode("utf-8")]):
+            self.storage.write_checked(rel, data)
+        return "encoded", len(ids), problem
 
 
 def stored_shard_size(storage: Storage, folder: str) -> int | None:
@@ -61,46 +152,55 @@ def stored_shard_size(storage: Storage, folder: str) -> int | None:
     size = json.loads(marker).get("shard_size") if marker is not None else None
     if isinstance(size, int):
         return size
-    first = stored_shard_ids(storage, folder, 0)
-    return len(first) if first else None
+    first = storage.read_checked(f"{folder}/{shard_names(0, ())[0]}")
+    return len(first.decode("utf-8").split("\n")) if first else None
 
 
-def encode_corpus(collection, spec, *, storage: Storage, folder: str, storage_dtype: str, shard_size: int,
-                  execution, cache_dir: str, log=print) -> dict:
-    """Encode every shard not yet on storage, then mark the entry complete. Returns the counts
-    (encoded and reused documents, shards submitted) and the per-shard timings."""
-    counts = {"encoded_docs": 0, "reused_docs": 0, "submitted_shards": 0, "shards": 0}
-    if storage.exists(f"{folder}/{DONE}"):
-        counts["reused_docs"] = collection.n_docs()
-        return counts
-    items = []
-    for i, batch in enumerate(collection.iter_docs(batch_size=shard_size)):
-        ids = [doc_id for doc_id, _ in batch]
-        stored = stored_shard_ids(storage, folder, i)
-        counts["shards"] += 1
-        if stored is not None:
-            if stored != ids:
-                raise BenchError(f"{storage.path(folder)}: stored shard {i} does not match the collection's document "
-                                 "order; delete that folder and rerun")
-            counts["reused_docs"] += len(ids)
-            continue
-        items.append({"shard": i, "ids": ids, "texts": [text for _, text in batch]})
-    if items:
-        log(f"encoding {len(items)} of {counts['shards']} shard(s) on {execution.workers} actor(s)")
-        try:
-            done = run_actor_pool(items, ShardEncoder, dict(spec=spec, cache_dir=cache_dir, storage=storage,
-                                                             folder=folder, storage_dtype=storage_dtype), execution)
-        except KeyboardInterrupt:
-            kept = [ids for ids in (stored_shard_ids(storage, folder, i) for i in range(counts["shards"])) if ids]
-            raise Interrupted(kept_message(len(kept), sum(map(len, kept)), collection.n_docs(), shard_size,
-                                           storage.path(folder))) from None
-        counts["submitted_shards"] = len(items)
-        counts["encoded_docs"] = int(sum(done["docs"]))
-        counts["encode_seconds_per_shard"] = [float(s) for s in done["seconds"]]
+def kept_shards(storage: Storage, folder: str, n_shards: int, suffixes: tuple[str, ...]) -> list[int]:
+    """Passages per shard whose files are all on storage (what an interrupted run keeps)."""
+    kept = []
+    for i in range(n_shards):
+        *payload, ids_name = shard_names(i, suffixes)
+        ids = storage.read_checked(f"{folder}/{ids_name}")
+        if ids is not None and all(storage.exists(f"{folder}/{name}") for name in payload):
+            kept.append(len(ids.decode("utf-8").split("\n")))
+    return kept
+
+
+def encode_corpus(reader, corpus, *, storage: Storage, folder: str, n_docs: int, shard_size: int, execution,
+                  cache_dir: str, log=print) -> dict:
+    """Every shard of the entry intact on storage when it returns, then the entry marked complete.
+    Returns the counts (passages encoded now and reused, shards encoded and verified) and the
+    actors' time per shard encoded."""
+    listed = storage.read_checked(f"{folder}/{DONE}") is not None
+    n_shards = -(-n_docs // shard_size)
+    items = [{"shard": i, "start": i * shard_size, "stop": min(n_docs, (i + 1) * shard_size)} for i in range(n_shards)]
+    log(f"checking {n_shards} shard(s) on storage ({'listed in' if listed else 'no'} {DONE}) on {execution.workers} "
+        "actor(s); missing or damaged ones are encoded there")
+    try:
+        done = run_actor_pool(items, ShardWriter, dict(reader=reader, corpus=corpus, storage=storage, folder=folder,
+                                                        cache_dir=cache_dir, compare_ids=not listed), execution)
+    except KeyboardInterrupt:
+        kept = kept_shards(storage, folder, n_shards, corpus.suffixes)
+        raise Interrupted(kept_message(len(kept), sum(kept), n_docs, shard_size, storage.path(folder))) from None
+    rows = sorted(zip(done["shard"], done["status"], done["docs"], done["seconds"], done["problem"]))
+    for i, status, _, _, where in rows:
+        if status == "mismatch":
+            raise BenchError(f"{where}: stored shard {i} does not match the collection's document order; delete "
+                             f"{storage.path(folder)} and rerun")
+    for i, status, _, _, problem in rows:
+        if problem and (listed or not problem.endswith(f": {MISSING}")):
+            print(f"storage: {problem}{f' (shard {i}, listed in {DONE})' if listed else ''}; re-encoded on the cluster",
+                  file=sys.stderr, flush=True)
+    encoded = [r for r in rows if r[1] == "encoded"]
+    counts = {"encoded_docs": sum(r[2] for r in encoded), "reused_docs": sum(r[2] for r in rows if r[1] == "reused"),
+              "encoded_shards": len(encoded), "verified_shards": len(rows) - len(encoded),
+              "encode_seconds_per_shard": [float(r[3]) for r in encoded] or None}
     total = counts["encoded_docs"] + counts["reused_docs"]
-    if total != collection.n_docs():
-        raise BenchError(f"{storage.path(folder)}: the collection yielded {total} documents, expected {collection.n_docs()}")
-    storage.write_checked_json(f"{folder}/{DONE}", completion(total, shard_size, storage_dtype))
+    if total != n_docs:
+        raise BenchError(f"{storage.path(folder)}: the collection yielded {total} documents, expected {n_docs}")
+    if encoded or not listed:
+        storage.write_checked_json(f"{folder}/{DONE}", completion(total, shard_size, corpus.storage_dtype))
     return counts
 
 

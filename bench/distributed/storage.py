@@ -21,6 +21,8 @@ from ..errors import BenchError
 #: beside a file F, F.check holds {"size", "sha256"} of the bytes written to F: the layout of the local
 #: cache's checked entries, so each backend can verify what the other wrote
 CHECK_SUFFIX = ".check"
+#: what `Storage.read_verified` says of a file that is not there
+MISSING = "missing"
 
 
 def _filesystem(uri: str):
@@ -95,26 +97,31 @@ class Storage:
     def read_checked(self, rel: str) -> bytes | None:
         """The file's bytes; None when it is absent, has no check beside it, or its check says they are
         not what was written (said on stderr, as the local cache does: the caller recomputes it)."""
+        data, problem = self.read_verified(rel)
+        if problem is not None and problem != MISSING:
+            print(f"storage: {self.path(rel)}: {problem}; recomputing it", file=sys.stderr, flush=True)
+        return data
+
+    def read_verified(self, rel: str) -> tuple[bytes | None, str | None]:
+        """(the file's bytes, None) when it is there and matches its check, else (None, what is wrong:
+        `MISSING`, no check, or a size or sha256 that differs from what was written). Says nothing: a
+        worker returns the problem and the driver says it, where the user reads."""
         if not self.exists(rel):
-            return None
+            return None, MISSING
         data = self.read_bytes(rel)
         check = self.read_text(rel + CHECK_SUFFIX)
         if check is None:
-            return self._rejected(rel, f"no {CHECK_SUFFIX} file beside it (written by an older version or interrupted)")
+            return None, f"no {CHECK_SUFFIX} file beside it (written by an older version or interrupted)"
         try:
             want = json.loads(check)
             size, sha = int(want["size"]), want["sha256"]
         except (ValueError, KeyError, TypeError):
-            return self._rejected(rel, f"its {CHECK_SUFFIX} file is unreadable")
+            return None, f"its {CHECK_SUFFIX} file is unreadable"
         if size != len(data):
-            return self._rejected(rel, f"{len(data):,} bytes, but {size:,} were written (truncated or overwritten)")
+            return None, f"{len(data):,} bytes, but {size:,} were written (truncated or overwritten)"
         if sha != hashlib.sha256(data).hexdigest():
-            return self._rejected(rel, "content differs from what was written (sha256 mismatch)")
-        return data
-
-    def _rejected(self, rel: str, problem: str) -> None:
-        print(f"storage: {self.path(rel)}: {problem}; recomputing it", file=sys.stderr, flush=True)
-        return None
+            return None, "content differs from what was written (sha256 mismatch)"
+        return data, None
 
     def delete(self, rel: str) -> None:
         self.fs.delete_file(self.path(rel))

@@ -175,16 +175,22 @@ def colbert_score(query: np.ndarray, passage: np.ndarray) -> float:
 
 
 # -- the first stage ------------------------------------------------------------------------------------
+def corpus_entry(cache_root, spec, collection, dtype: str) -> tuple[Path, str]:
+    """The cache entry of a collection's dense vectors and lexical weights under `spec`, and the dtype
+    the vectors are stored in, from the precision the encoder runs in. Every backend keys shards here."""
+    storage = "float32" if dtype in ("fp32", "tf32") else "float16"
+    folder = entry(cache_root, "embeddings", f"{collection.name}-{Path(spec.model).name}-m3",
+                   model=spec.model, revision=spec.revision, corpus=collection.corpus_fingerprint(),
+                   max_length=spec.max_length, dtype=dtype, engine=spec.engine, storage=storage,
+                   heads="bge-m3 dense + sparse")
+    return folder, storage
+
+
 def corpus_store(encoder: M3Encoder, collection, cache_root, *, shard_size: Callable[[int | None], int],
                  progress: bool) -> tuple[EmbeddingStore, dict]:
     """The corpus's dense vectors and lexical weights, encoded once (one forward) and cached.
     ``shard_size(laid_out)``: the shard size, given the one the entry was written with (if any)."""
-    spec, d = encoder.spec, encoder.encoder.describe()
-    storage = "float32" if d.get("dtype") in ("fp32", "tf32") else "float16"
-    folder = entry(cache_root, "embeddings", f"{collection.name}-{Path(spec.model).name}-m3",
-                   model=spec.model, revision=spec.revision, corpus=collection.corpus_fingerprint(),
-                   max_length=spec.max_length, dtype=d.get("dtype"), engine=spec.engine, storage=storage,
-                   heads="bge-m3 dense + sparse")
+    folder, storage = corpus_entry(cache_root, encoder.spec, collection, encoder.encoder.describe().get("dtype"))
     sparse.drop_unpaired(folder)  # a dense shard without its weights is encoded again
     store = EmbeddingStore(folder)
     store.shard_size = shard_size(store.laid_out_shard_size())
@@ -210,13 +216,10 @@ def retrieve(encoder: M3Encoder, collection, cache_root, k: int, *, shard_size: 
              device: str, progress: bool) -> tuple[dict, dict]:
     """Top-``k`` per query by the spec's mode, and the account of how (records keep it)."""
     spec = encoder.spec
-    mode, w = spec.mode, spec.weights or BgeM3Weights()
     store, built = corpus_store(encoder, collection, cache_root, shard_size=shard_size, progress=progress)
     qids = sorted(collection.queries)
     t0 = time.perf_counter()
-    rescore = mode in ("multivec", "all")
-    q = encoder.encode_queries([collection.queries[qid] for qid in qids], colbert=rescore)
-    info: dict = {"method": f"bge-m3 {mode}", "mode": mode, "encoder": encoder.describe(), "embeddings": built}
+    q = encoder.encode_queries([collection.queries[qid] for qid in qids], colbert=spec.mode in ("multivec", "all"))
 
     def dense(depth):
         return exact_top_k(q.dense, store.shards(), depth, chunk=search_chunk, device=device, progress=progress,
@@ -225,27 +228,38 @@ def retrieve(encoder: M3Encoder, collection, cache_root, k: int, *, shard_size: 
     def lexical(depth):
         return sparse.sparse_top_k(q.sparse, sparse.shards(store), depth, progress=progress, n_docs=collection.n_docs())
 
-    if mode == "dense":
-        hits = dense(k)
-    elif mode == "sparse":
-        hits = lexical(k)
-    elif mode == "dense+sparse":
-        depth = max(spec.hybrid_depth or HYBRID_DEPTH, k)
-        hits = [hybrid(d, s, w, k) for d, s in zip(dense(depth), lexical(depth))]
-        info.update(hybrid_depth=depth, weights=w.model_dump())
-    else:
-        depth = spec.rescore_depth or RESCORE_DEPTH
-        if k > depth:
-            raise BenchError(f"kind = 'bge-m3', mode = {mode!r}: depth {k} exceeds rescore_depth {depth}; "
-                             "the rescored dense candidates are all it ranks")
-        t1 = time.perf_counter()
-        hits, rescored = rerank(encoder, collection, q, dense(depth), mode, w, k)
-        info.update(rescore_depth=depth, weights=w.model_dump(), rescored_passages=rescored,
-                    rescore_seconds=time.perf_counter() - t1)
-    info["search_seconds"] = time.perf_counter() - t0
-    info["encode_seconds"] = built["encode_seconds"]
-    info["docs_per_second"] = built["encoded_docs"] / built["encode_seconds"] if built["encoded_docs"] else None
+    def rescore(candidates, mode, w):
+        return rerank(encoder, collection, q, candidates, mode, w, k)
+
+    hits, info = rank(spec, k, dense, lexical, rescore)
+    info = {"method": f"bge-m3 {spec.mode}", "mode": spec.mode, "encoder": encoder.describe(), "embeddings": built,
+            **info, "search_seconds": time.perf_counter() - t0, "encode_seconds": built["encode_seconds"],
+            "docs_per_second": built["encoded_docs"] / built["encode_seconds"] if built["encoded_docs"] else None}
     return dict(zip(qids, hits)), info
+
+
+def rank(spec, k: int, dense, lexical, rescore) -> tuple[list, dict]:
+    """Every query's top-``k`` by ``spec.mode`` from the searches the caller runs where it runs them
+    (this process, or a cluster): ``dense(depth)`` and ``lexical(depth)`` give every query's top
+    ``depth``; ``rescore(candidates, mode, weights)`` gives the rescored lists and how many passages it
+    re-encoded. Returns the hits and what the record states about the mode."""
+    mode, w = spec.mode, spec.weights or BgeM3Weights()
+    if mode == "dense":
+        return dense(k), {}
+    if mode == "sparse":
+        return lexical(k), {}
+    if mode == "dense+sparse":
+        depth = max(spec.hybrid_depth or HYBRID_DEPTH, k)
+        return ([hybrid(d, s, w, k) for d, s in zip(dense(depth), lexical(depth))],
+                {"hybrid_depth": depth, "weights": w.model_dump()})
+    depth = spec.rescore_depth or RESCORE_DEPTH
+    if k > depth:
+        raise BenchError(f"kind = 'bge-m3', mode = {mode!r}: depth {k} exceeds rescore_depth {depth}; "
+                         "the rescored dense candidates are all it ranks")
+    t1 = time.perf_counter()
+    hits, rescored = rescore(dense(depth), mode, w)
+    return hits, {"rescore_depth": depth, "weights": w.model_dump(), "rescored_passages": rescored,
+                  "rescore_seconds": time.perf_counter() - t1}
 
 
 def hybrid(dense_hits, sparse_hits, w: BgeM3Weights, k: int) -> list[tuple[str, float]]:

@@ -139,6 +139,8 @@ class FirstStage:
             spec_key["precision"] = (self.backend.precision(self.spec) if self.backend is not None
                                      and self.spec.kind == "dense" else
                                      precision_for(self.spec.dtype, self.spec.device, self.spec.engine))
+        if self.backend is not None and self.spec.kind == "bge-m3":  # run on the cluster: what its workers run
+            spec_key["precision"] = self.backend.precision(self.spec)
         if self.spec.kind == "run":
             spec_key["run_file_sha256"] = sha256_file(self._run_path(collection))
         return (entry if create else entry_path)(self.cache_root, "runs", f"{collection.name}-{self.name}",
@@ -208,6 +210,8 @@ class FirstStage:
         return dict(zip(qids, hits)), info
 
     def _bge_m3(self, collection):
+        if self.backend is not None:  # a Ray cluster encodes, searches and rescores
+            return self.backend.bge_m3(self, collection)
         if self._encoder is None:  # one device: the corpus is encoded once for every mode, then cached
             self._encoder = bge_m3.M3Encoder(self.spec, cache_dir=self.cache_root,
                                              device=resolve_devices(self.spec.device)[0])
