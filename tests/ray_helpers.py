@@ -1,11 +1,17 @@
-"""What the two Ray test modules share: running an experiment in this process, comparing its records
-with the local backend's, and acting on the run's progress on storage (a file count reached)."""
+"""What the two Ray test modules (and experiments/ray/streaming.py) share: a cluster of `ray start`
+nodes on this machine, running an experiment in this process, comparing its records with the local
+backend's, and acting on the run's progress on storage (a file count reached)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -16,6 +22,95 @@ from bench.pipeline import run_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 SHARD_FILES, BLOCK_FILES = "embeddings/*/shard-*.ids", "rerank/*/block-*.json"
+
+
+RAY = Path(sys.executable).with_name("ray")
+NODE = ["--num-gpus=0", f"--object-store-memory={80 * 2**20}", "--disable-usage-stats", "--block",
+        "--min-worker-port=0", "--max-worker-port=0"]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1",
+       "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """A head and worker nodes on this machine, each a `ray start --block` process in its own session
+    with its own temporary folder and ports (as separate machines would have). `ray stop` is never
+    run: it would stop every Ray node on the machine, other users' included."""
+
+    def __init__(self, root: Path, cpus: dict[str, int] | None = None):
+        self.root = root
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.cpus = cpus or {}  # CPUs per node name (default 1)
+        self.nodes: dict[str, subprocess.Popen] = {}
+
+    @classmethod
+    @contextlib.contextmanager
+    def started(cls, workers=("worker-1", "worker-2"), cpus: dict[str, int] | None = None):
+        """A head and `workers` started (the head's GCS answering), stopped at the end, workers first."""
+        root = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))  # short: Ray's unix sockets live under it (108 bytes)
+        c = cls(root, cpus)
+        try:
+            c.start("head")
+            t_end = time.monotonic() + 120
+            while True:  # the GCS answers once its port is open
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", c.port), timeout=1):
+                    break
+                if time.monotonic() > t_end:
+                    raise TimeoutError(f"the head did not open port {c.port}; see {root / 'head.log'}")
+                time.sleep(0.3)
+            for name in workers:
+                c.start(name)
+            yield c
+        finally:
+            for name in [n for n in c.nodes if n != "head"] + ["head"] * ("head" in c.nodes):
+                c.stop(name)
+            shutil.rmtree(root, ignore_errors=True)
+
+    def start(self, name: str) -> None:
+        """`ray start` for node `name` ("head" or a worker), with its own temporary folder and ports."""
+        ports = [f"--{flag}={free_port()}" for flag in ("node-manager-port", "object-manager-port", "metrics-export-port",
+                                                        "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                        "runtime-env-agent-port")]
+        where = ["--head", f"--port={self.port}", "--include-dashboard=false"] if name == "head" else [
+            f"--address={self.address}"]
+        log = open(self.root / f"{name}.log", "w")  # noqa: SIM115 - the node's process writes it until it stops
+        self.nodes[name] = subprocess.Popen([str(RAY), "start", *where, *ports, f"--temp-dir={self.root / name[0]}{name[-1]}",
+                                             f"--num-cpus={self.cpus.get(name, 1)}", *NODE],
+                                            env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def alive(self) -> int:
+        return sum(1 for n in lazy.ray.nodes() if n["Alive"])
+
+    def wait_for(self, n: int, timeout: float = 180) -> None:
+        t_end = time.monotonic() + timeout
+        while self.alive() != n:
+            if time.monotonic() > t_end:
+                raise TimeoutError(f"{self.alive()} Ray node(s) alive after {timeout} s, expected {n}; logs in {self.root}")
+            time.sleep(0.5)
+
+    def stop(self, name: str, sig=signal.SIGTERM) -> None:
+        """`ray stop` for one node: its processes (the node's process group) get `sig`."""
+        node = self.nodes.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(node.pid, sig)
+        try:
+            node.wait(60)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGKILL)
+            node.wait(10)
+
+    def node_of(self, pid: int) -> str | None:
+        """The node (by name) whose raylet started process `pid`: its parent's process group."""
+        ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        group = os.getpgid(ppid)
+        return next((name for name, p in self.nodes.items() if p.pid == group), None)
 
 
 @contextlib.contextmanager

@@ -18,113 +18,35 @@ What each test proves:
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from ray_helpers import REPO, SHARD_FILES, assert_same_records, processes_titled, run_bench, torch_threads, watch
+from ray_helpers import (ENV, SHARD_FILES, Cluster, assert_same_records, processes_titled, run_bench,
+                         torch_threads, watch)
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
 
 pytestmark = pytest.mark.slow
-RAY = Path(sys.executable).with_name("ray")
-NODE = ["--num-cpus=1", "--num-gpus=0", f"--object-store-memory={80 * 2**20}", "--disable-usage-stats", "--block",
-        "--min-worker-port=0", "--max-worker-port=0"]
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1",
-       "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
-class Cluster:
-    """A head and worker nodes, each a `ray start --block` process in its own session."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.nodes: dict[str, subprocess.Popen] = {}
-
-    def start(self, name: str) -> None:
-        """`ray start` for node `name` ("head" or a worker), with its own temporary folder and ports."""
-        ports = [f"--{flag}={free_port()}" for flag in ("node-manager-port", "object-manager-port", "metrics-export-port",
-                                                        "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                        "runtime-env-agent-port")]
-        where = ["--head", f"--port={self.port}", "--include-dashboard=false"] if name == "head" else [
-            f"--address={self.address}"]
-        log = open(self.root / f"{name}.log", "w")  # noqa: SIM115 - the node's process writes it until it stops
-        self.nodes[name] = subprocess.Popen([str(RAY), "start", *where, *ports, f"--temp-dir={self.root / name[0]}{name[-1]}", *NODE],
-                                            env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def alive(self) -> int:
-        return sum(1 for n in ray.nodes() if n["Alive"])
-
-    def wait_for(self, n: int, timeout: float = 180) -> None:
-        t_end = time.monotonic() + timeout
-        while self.alive() != n:
-            if time.monotonic() > t_end:
-                raise TimeoutError(f"{self.alive()} Ray node(s) alive after {timeout} s, expected {n}; logs in {self.root}")
-            time.sleep(0.5)
-
-    def stop(self, name: str, sig=signal.SIGTERM) -> None:
-        """`ray stop` for one node: its processes (the node's process group) get `sig`."""
-        node = self.nodes.pop(name)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(node.pid, sig)
-        try:
-            node.wait(60)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(node.pid, signal.SIGKILL)
-            node.wait(10)
-
-    def node_of(self, pid: int) -> str | None:
-        """The node (by name) whose raylet started process `pid`: its parent's process group."""
-        ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        group = os.getpgid(ppid)
-        return next((name for name, p in self.nodes.items() if p.pid == group), None)
 
 
 @pytest.fixture(scope="module")
 def cluster():
     """Three nodes, this process their driver; torn down node by node (workers first) at the end."""
-    root = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))  # short: Ray's unix sockets live under it (108 bytes)
-    c = Cluster(root)
     if ray.is_initialized():
         ray.shutdown()
-    try:
-        c.start("head")
-        t_end = time.monotonic() + 120
-        while True:  # the GCS answers once its port is open
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", c.port), timeout=1):
-                break
-            if time.monotonic() > t_end:
-                raise TimeoutError(f"the head did not open port {c.port}; see {root / 'head.log'}")
-            time.sleep(0.3)
-        for name in ("worker-1", "worker-2"):
-            c.start(name)
+    with Cluster.started(("worker-1", "worker-2")) as c:
         ray.init(address=c.address, logging_level="ERROR", log_to_driver=False)
-        c.wait_for(3)
-        yield c
-    finally:
-        ray.shutdown()
-        for name in [n for n in c.nodes if n != "head"] + ["head"] * ("head" in c.nodes):
-            c.stop(name)
-        shutil.rmtree(root, ignore_errors=True)
+        try:
+            c.wait_for(3)
+            yield c
+        finally:
+            ray.shutdown()
 
 
 def ensure_nodes(c: Cluster) -> None:
