@@ -69,7 +69,7 @@ class Cluster:
             yield c
         finally:
             for name in [n for n in c.nodes if n != "head"] + ["head"] * ("head" in c.nodes):
-                c.stop(name)
+                c.stop(name, group=False)
             shutil.rmtree(root, ignore_errors=True)
 
     def start(self, name: str) -> None:
@@ -94,14 +94,16 @@ class Cluster:
                 raise TimeoutError(f"{self.alive()} Ray node(s) alive after {timeout} s, expected {n}; logs in {self.root}")
             time.sleep(0.5)
 
-    def stop(self, name: str, sig=signal.SIGTERM) -> None:
-        """`ray stop` for one node: its processes (the node's process group) get `sig`."""
+    def stop(self, name: str, group: bool = True) -> None:
+        """Stop one node: what `ray stop` does on its machine (SIGTERM to every process of the node's
+        process group), or with ``group=False`` SIGTERM to its `ray start --block` process alone, which
+        drains the node and then stops its processes (the quick way at the end, the GCS still up)."""
         node = self.nodes.pop(name)
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(node.pid, sig)
+            os.killpg(node.pid, signal.SIGTERM) if group else node.send_signal(signal.SIGTERM)
         try:
             node.wait(60)
-        except subprocess.TimeoutExpired:
+        finally:  # whatever of the node's process group is left
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(node.pid, signal.SIGKILL)
             node.wait(10)
@@ -132,8 +134,24 @@ def run_bench(folder: Path, exp_parts: dict, out: str = "out"):
     from conftest import experiment_text
 
     path = folder / f"{out}.toml"
+    folder.mkdir(parents=True, exist_ok=True)
     path.write_text(experiment_text(**exp_parts), encoding="utf-8")
     return run_experiment(load_experiment(path), folder / out, experiment_path=path, progress=False, log=lambda m: None)
+
+
+def with_models(cache: Path, *refs: str) -> Path:
+    """`cache` with the session's `random:` models linked in: built once per test session, not once per
+    fresh cache (each build costs seconds to tens of seconds on a busy machine)."""
+    from bench import models
+    from conftest import SESSION_CACHE
+
+    for ref in refs:
+        built = Path(models.resolve(ref, SESSION_CACHE))
+        link = cache / "models" / built.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to(built, target_is_directory=True)
+    return cache
 
 
 def assert_same_records(records, out: Path, reference) -> None:

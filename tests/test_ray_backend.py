@@ -28,7 +28,7 @@ from bench.errors import BenchError
 from bench.rerank import stage as rerank_stage
 from bench.retrieve import stage as retrieve_stage
 from ray_helpers import (BLOCK_FILES, REPO, SHARD_FILES, assert_same_records, kill_processes, run_bench, torch_threads,
-                         watch)
+                         watch, with_models)
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
 
@@ -39,7 +39,7 @@ SHARDS, BLOCKS = 20, 30
 def parts(cache: Path, depth: int = 20, **execution) -> dict:
     """The offline demo's shape (a dense first stage, an untrained tiny XLM-R reranker) with a tiny
     random bi-encoder, on one small synthetic language, with its own cache."""
-    return {"name": "ray-small", "cache_dir": str(cache),
+    return {"name": "ray-small", "cache_dir": str(with_models(cache, "random:tiny-bge-m3", "random:tiny-xlmr-reranker")),
             "first_stages": {"tiny": {"kind": "dense", "model": "random:tiny-bge-m3", "depth": depth,
                                       "dtype": "fp32", "max_length": 64}},
             "datasets": [{"source": "synthetic", "synthetic": {"languages": ["yo"], "docs_per_language": 400,
@@ -246,7 +246,7 @@ def test_addresses_where_no_ray_cluster_answers_fail_within_30_s(tmp_path, exper
         errors = [line for line in err.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and repr(address) in errors[0] and cases[address] in errors[0], err[-2000:]
         assert "ray start --head" in errors[0] or "host:6379" in errors[0]
-    assert not list(tmp_path.glob("out*")) and not (tmp_path / "cache").exists()
+    assert not list(tmp_path.glob("out*")) and not (tmp_path / "cache" / "embeddings").exists()
     with pytest.raises(BenchError, match="expected auto, host:port"):
         from bench.distributed.backend import check_address
 

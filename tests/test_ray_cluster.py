@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from ray_helpers import (ENV, SHARD_FILES, Cluster, assert_same_records, processes_titled, run_bench,
-                         torch_threads, watch)
+                         torch_threads, watch, with_models)
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
 
@@ -59,7 +59,7 @@ def ensure_nodes(c: Cluster) -> None:
 
 def synthetic(cache: Path, docs: int, shard: int, **execution) -> dict:
     """A tiny random bi-encoder over one indexed synthetic language, cut into `shard`-passage shards."""
-    return {"name": "ray-real", "cache_dir": str(cache),
+    return {"name": "ray-real", "cache_dir": str(with_models(cache, "random:tiny-bge-m3")),
             "first_stages": {"tiny": {"kind": "dense", "model": "random:tiny-bge-m3", "depth": 20, "dtype": "fp32",
                                       "max_length": 32, "shard_size": shard}},
             "datasets": [{"source": "synthetic", "synthetic": {"languages": ["yo"], "docs_per_language": docs,
@@ -77,7 +77,7 @@ def test_miracl_yo_full_corpus_on_a_real_cluster_equals_local(cluster, shared_da
     for backend in ("local", "ray"):
         folder = tmp_path / backend
         folder.mkdir()
-        parts = {"name": "ray-miracl-yo", "cache_dir": str(folder / "cache"),
+        parts = {"name": "ray-miracl-yo", "cache_dir": str(with_models(folder / "cache", "random:tiny-bge-m3")),
                  "first_stages": {"tiny": {"kind": "dense", **stage},
                                   "m3": {"kind": "bge-m3", "mode": "all", "rescore_depth": 20, **stage}},
                  "datasets": [{"source": "beir", "path": str(shared_data / "miracl-yo-dev"), "split": "dev",

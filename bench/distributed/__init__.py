@@ -1,8 +1,10 @@
 """Execution backends: where the expensive steps of `bench run` run.
 
-``local`` (the default) is this process and its devices. ``ray`` runs corpus encoding, exact search
-and reranking on a Ray cluster (the ``ray`` extra: ``pip install 'rerank-bench[ray]'``) while the
-driver keeps the light work (reading queries and qrels, merging, evaluating, writing records). Both
+``local`` (the default) is this process and its devices. ``ray`` runs corpus encoding, exact search,
+bge-m3's rescoring and reranking on a Ray cluster (the ``ray`` extra: ``pip install
+'rerank-bench[ray]'``) while the driver keeps the light work (queries and qrels, planning shards and
+blocks, merging, evaluating, writing records): the workers read the passages they need from the
+collection's source themselves, so the driver's memory does not grow with the corpus. Both backends
 read and write the same shards and blocks under the same cache keys, so their records are equal.
 """
 
