@@ -116,25 +116,14 @@ class ShardWriter:
     def shard(self, i: int, start: int, stop: int) -> tuple[str, int, str | None]:
         """(``reused`` | ``encoded`` | ``mismatch``, passages, what was wrong with the stored shard)."""
         names = [f"{self.folder}/{name}" for name in shard_names(i, self.corpus.suffixes)]
-        problem, stored_ids = None, None
-        for rel in names:
-            data, wrong = self.storage.read_verified(rel)
-            if wrong is not None:
-                problem = f"{self.storage.path(rel)}: {wrong}"
-                break
-            stored_ids = data.decode("utf-8").split("\n") if rel == names[-1] else None
-        docs = None
-        if problem is None:
-            if len(stored_ids) != stop - start:
-                problem = f"{self.storage.path(names[-1])}: {len(stored_ids):,} ids where the shard holds {stop - start:,}"
-            elif not self.compare_ids:
-                return "reused", len(stored_ids), None
-            else:  # an entry still being built: its shards must be this collection's, in its order
-                docs = self.reader.docs_range(start, stop)
-                if [d for d, _ in docs] != stored_ids:
-                    return "mismatch", len(stored_ids), self.storage.path(names[-1])
-                return "reused", len(stored_ids), None
-        docs = docs if docs is not None else self.reader.docs_range(start, stop)
+        problem, stored_ids = self.verify(names, stop - start)
+        if problem is None and not self.compare_ids:
+            return "reused", len(stored_ids), None
+        docs = self.reader.docs_range(start, stop)
+        if problem is None:  # an entry still being built: its kept shards must be this collection's, in order
+            if [d for d, _ in docs] != stored_ids:
+                return "mismatch", len(stored_ids), self.storage.path(names[-1])
+            return "reused", len(stored_ids), None
         if len(docs) != stop - start:
             raise RuntimeError(f"the collection gave {len(docs)} passages for shard {i} ({start}-{stop - 1})")
         if self.model is None:
@@ -143,6 +132,18 @@ class ShardWriter:
         for rel, data in zip(names, [*self.corpus.encode(self.model, ids, texts), "\n".join(ids).encode("utf-8")]):
             self.storage.write_checked(rel, data)
         return "encoded", len(ids), problem
+
+    def verify(self, names: list[str], n: int) -> tuple[str | None, list[str] | None]:
+        """(None, the stored ids) when every file of the shard matches its check and the ids number `n`;
+        else (what is wrong, naming the file, None)."""
+        for rel in names:
+            data, wrong = self.storage.read_verified(rel)
+            if wrong is not None:
+                return f"{self.storage.path(rel)}: {wrong}", None
+        ids = data.decode("utf-8").split("\n")
+        if len(ids) != n:
+            return f"{self.storage.path(names[-1])}: {len(ids):,} ids where the shard holds {n:,}", None
+        return None, ids
 
 
 def stored_shard_size(storage: Storage, folder: str) -> int | None:
