@@ -11,9 +11,9 @@ Truncation (rank_llm ``MonoT5.create_prompt`` / ``DuoT5.create_prompt`` and thei
 handlers): 64 tokens of the ``max_length`` (rank_llm's context size, 512) are reserved for the output;
 the passage gets what the template with the query leaves, less one for the ``</s>`` its own
 ``encode`` counts (duoT5: half of it for each passage), so ``Relevant:`` is always kept. rank_llm
-cuts the passage through an encode/decode round trip of the text and drops ``<unk>``; here the ids
-are cut and ``<unk>`` ids dropped, which is the same except where a decode would re-tokenize
-differently at the cut. ``[n]`` in texts becomes ``(n)`` (rank_llm ``_replace_number``). pygaggle
+sends every passage through an encode/decode round trip and drops ``<unk>``; here a cut passage
+makes that round trip (its cut ids decoded, then tokenized again, as rank_llm's prompt is), and an
+uncut one keeps its ids less ``<unk>`` (the same, but for decode's own clean-ups). ``[n]`` in texts becomes ``(n)`` (rank_llm ``_replace_number``). pygaggle
 cuts the whole prompt at 512 tokens instead (dropping ``Relevant:`` from long inputs).
 
 The template's text between the slots, the query and each passage are tokenized separately and
@@ -155,11 +155,14 @@ class Seq2SeqPrompts:
         budget = self.max_length - RESERVED_FOR_OUTPUT - self.fixed - len(query_ids)
         share = budget // (len(SLOTS[self.head]) - 1)
         keep = max(share - 1, 1)
-        out, cut = [], []
-        for ids in self._ids([replace_numbers(t) for t in texts], keep):
-            out.append([i for i in ids[:keep] if i != self.unk])
-            cut.append(len(ids) > keep)
-        return out, cut
+        out = self._ids([replace_numbers(t) for t in texts], keep)
+        cut = [len(ids) > keep for ids in out]
+        cut_at = [i for i, c in enumerate(cut) if c]
+        # a cut passage goes through rank_llm's round trip: decoded (special tokens skipped), tokenized again
+        decoded = self.tokenizer.batch_decode([out[i][:keep] for i in cut_at], skip_special_tokens=True)
+        for i, ids in zip(cut_at, self._ids([t.replace("<unk>", "") for t in decoded])):
+            out[i] = ids
+        return [[i for i in ids if i != self.unk] for ids in out], cut
 
     def join(self, query_ids: list[int], passage_ids: list[list[int]]) -> list[int]:
         """Template literals, query and passage(s) in slot order, then ``</s>``."""
