@@ -314,3 +314,15 @@ def test_bench_throughput_covers_monot5_and_duot5(shared_data, experiment_toml, 
     assert "duo_pairs/s" in printed
     fidelity = json.loads((out / "records" / "fidelity-duot5.json").read_text())
     assert fidelity["kind"] == "fidelity"
+
+
+def test_a_model_the_fast_engine_does_not_know_is_refused(monkeypatch):
+    """The fast engine computes the decoder step of T5 and mT5 blocks only; any other seq2seq model
+    (umT5's per-layer position biases, BART...) is one error pointing at the reference engine."""
+    from bench.errors import BenchError
+    from bench.rerank.seq2seq import t5
+
+    monkeypatch.setattr(t5, "FAST_MODEL_TYPES", ("mt5",))
+    with pytest.raises(BenchError, match="fast engine cannot run 't5'.*engine = 'transformers'"):
+        build_reranker(spec("monot5", "fast"))
+    assert build_reranker(spec("monot5", "transformers")).engine == "transformers"

@@ -2,7 +2,8 @@
 (`bench.rerank.build_reranker` and the data-parallel workers both build through it).
 
 A reranker's *family* says how it scores (a cross-encoder's classification head, a causal LM's
-yes/no tokens, ...) and is read from the model's config; its *engine* says how the forward runs
+yes/no tokens, monoT5's true/false step, duoT5's pairs, ...): a family-selecting head decides it
+(`HEAD_FAMILIES`), else the model's config; its *engine* says how the forward runs
 (the project's `fast` engine or a faithful baseline). Adding a family or an engine is one row in
 `ENGINE_CLASSES`; nothing else in the package names the classes.
 """
