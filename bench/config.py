@@ -252,21 +252,52 @@ class RerankerSpec(Spec):
     token_budget: int | None = Field(None, gt=0, description="max tokens per batch for the fast engine; None: its default")
     device: str = Field("auto", description="auto = every visible GPU (one process each) else the CPU; cpu; "
                                             "cuda:N; or several joined by commas")
-    # Decoder rerankers (bench.rerank.scoring): None = the known model's own choice.
-    head: Literal["classification", "yes_no", "token_logit"] | None = None
+    # Decoder rerankers (bench.rerank.scoring): None = the known model's own choice. monot5 / duot5: a
+    # T5 reranker (bench.rerank.seq2seq), set by a known model (KNOWN_SEQ2SEQ) when left out.
+    head: Literal["classification", "yes_no", "token_logit", "monot5", "duot5"] | None = None
     template: str | None = Field(None, description="qwen3, bge-gemma, mxbai-v2, or a string with {query} and {passage}")
     instruction: str | None = Field(None, description="task instruction (Qwen3's <Instruct>, mxbai's instruction:)")
     yes_token: str | None = Field(None, description="the word whose logit scores relevance (default: the model's)")
     no_token: str | None = Field(None, description="yes_no head: the word whose logit is subtracted")
     prefix_reuse: bool = Field(True, description="fast engine, decoder heads: each query's prompt prefix computed once")
     trust_remote_code: bool = Field(False, description="allow a model's own modelling code (Hugging Face forward only)")
+    # Chains and duoT5 (bench.rerank.seq2seq; README of docs/reranker-families.md, "Chains: rerank_of").
+    rerank_of: str | None = Field(None, description="the label of a reranker listed before this one: rerank its "
+                                                    "output run (for each first stage) instead of the first stage's")
+    max_pairs_per_query: int | None = Field(None, gt=0, description="duot5: ordered pairs per query allowed, "
+                                            "top_k·(top_k-1) (default 2,450 = 50·49); raise it to confirm more")
 
-    @field_validator("template")
+    @model_validator(mode="before")
     @classmethod
-    def _template_slots(cls, v):
-        if v is not None:
-            check_custom_template(v)
-        return v
+    def _seq2seq_defaults(cls, data):
+        """A known T5 reranker's head when the experiment sets none; duoT5's k = rank_llm's 50 by default."""
+        if isinstance(data, dict) and isinstance(data.get("model"), str):
+            seq2seq = _seq2seq()
+            if data.get("head") is None and seq2seq.known_head(data["model"]):
+                data = {**data, "head": seq2seq.known_head(data["model"])}
+            if data.get("head") == "duot5" and "top_k" not in data:
+                data = {**data, "top_k": seq2seq.DUOT5_TOP_K}
+        return data
+
+    @model_validator(mode="after")
+    def _template_slots(self):
+        if self.head in ("monot5", "duot5"):
+            _seq2seq().check_template(self.template, self.head)
+        elif self.template is not None:
+            check_custom_template(self.template)
+        return self
+
+    @model_validator(mode="after")
+    def _duo_pairs(self):
+        if self.max_pairs_per_query is not None and self.head != "duot5":
+            raise ValueError(f"max_pairs_per_query: only head = 'duot5' takes it (head is {self.head!r})")
+        limit = self.max_pairs_per_query or _seq2seq().DUOT5_MAX_PAIRS
+        pairs = self.top_k * (self.top_k - 1)
+        if self.head == "duot5" and pairs > limit:
+            raise ValueError(f"top_k = {self.top_k}: duoT5 compares {pairs:,} ordered pairs per query, above "
+                             f"max_pairs_per_query = {limit:,}; lower top_k (rank_llm recommends "
+                             f"{_seq2seq().DUOT5_TOP_K}) or set max_pairs_per_query = {pairs} to confirm")
+        return self
 
     @field_validator("model")
     @classmethod
@@ -276,6 +307,13 @@ class RerankerSpec(Spec):
     @property
     def label(self) -> str:
         return self.name or self.model.rstrip("/").split("/")[-1].split(":")[-1]
+
+
+def _seq2seq():
+    """`bench.rerank.seq2seq.templates` (known T5 heads, templates, duoT5 limits; no heavy imports),
+    imported on first use: `bench.rerank` imports `bench.data`, which imports this module."""
+    from .rerank.seq2seq import templates
+    return templates
 
 
 def _checked_model(ref: str | None) -> str | None:
@@ -403,7 +441,30 @@ class Experiment(Spec):
             dup = {x for x in labels if labels.count(x) > 1}
             if dup:
                 raise ValueError(f"{what} share the label(s) {sorted(dup)}: give each a distinct 'name'")
+        self._chains()
         return self
+
+    def _chains(self) -> None:
+        """`rerank_of` names a reranker listed before (so chains have no cycle and run in file order)."""
+        labels = [r.label for r in self.rerankers]
+        for j, r in enumerate(self.rerankers):
+            if r.rerank_of is None:
+                continue
+            if r.rerank_of not in labels:
+                raise ValueError(f"rerankers[{j}].rerank_of = {r.rerank_of!r}: no reranker of this experiment has that "
+                                 f"label; labels: {labels}")
+            if labels.index(r.rerank_of) >= j:
+                raise ValueError(f"rerankers[{j}].rerank_of = {r.rerank_of!r}: that reranker is listed at or after "
+                                 f"this one (rerankers[{labels.index(r.rerank_of)}]); list the reranker whose output "
+                                 "it reranks before it")
+
+    def chain_of(self, reranker: RerankerSpec) -> list[RerankerSpec]:
+        """The rerankers a system runs, first to last: `reranker` after those its `rerank_of` names."""
+        by_label = {r.label: r for r in self.rerankers}
+        chain = [reranker]
+        while chain[0].rerank_of is not None:
+            chain.insert(0, by_label[chain[0].rerank_of])
+        return chain
 
     def first_stages_for(self, ds: CollectionSpec) -> list[tuple[str, FirstStageSpec]]:
         """The first stages a dataset runs, in the order it lists them: (name, settings) pairs."""
@@ -420,8 +481,9 @@ class Experiment(Spec):
     def system_label(self, first_stage: str, reranker: RerankerSpec | None = None) -> str:
         """The label of the pipeline `first_stage` (a key of first_stages) » `reranker` (`bench.systems`):
         reranked systems name their first stage when the experiment defines several."""
-        return pipeline_label(self.first_stage_label(first_stage), reranker.label if reranker else None,
-                              qualify=len(self.first_stages) > 1)
+        chain = [r.label for r in self.chain_of(reranker)] if reranker else []
+        return pipeline_label(self.first_stage_label(first_stage), chain[-1] if chain else None,
+                              qualify=len(self.first_stages) > 1, via=chain[:-1])
 
 
 def format_validation_error(exc: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:

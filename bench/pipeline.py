@@ -83,11 +83,17 @@ class Pipeline:
             for stage in stages.values():
                 stage.close()
         release_memory()
+        reranked: dict[tuple, tuple[dict, QualityRecord]] = {}  # (dataset, first stage, reranker) -> run, record
         for rspec in self.exp.rerankers:
             holder: dict[str, Any] = {}
             for collection, fs_name, run, fs_rec in prepared:
+                # a chain (rerank_of) reranks the output of a reranker listed before it, for this first stage
+                source_run, source = (run, fs_rec) if rspec.rerank_of is None else \
+                    reranked[(collection.name, fs_name, rspec.rerank_of)]
                 self.log(f"[{collection.name}] rerank top-{rspec.top_k} with {self.exp.system_label(fs_name, rspec)}")
-                records.append(self.rerank(collection, fs_name, fs_rec, run, rspec, holder))
+                rec, out_run = self.rerank(collection, fs_name, source, source_run, rspec, holder)
+                records.append(rec)
+                reranked[(collection.name, fs_name, rspec.label)] = (out_run, rec)
             holder.clear()
             release_memory()
         self.write_report(records)
@@ -133,14 +139,16 @@ class Pipeline:
         rec = self._quality_record(collection, system, result.run, name, timings, {}, info)
         return result.run, rec
 
-    def rerank(self, collection, fs_name: str, fs_rec: QualityRecord, candidates: dict, spec: RerankerSpec,
-               holder: dict) -> QualityRecord:
+    def rerank(self, collection, fs_name: str, source: QualityRecord, candidates: dict, spec: RerankerSpec,
+               holder: dict) -> tuple[QualityRecord, dict]:
+        """The reranked system's record and run. `source` is the record of the system whose run
+        `candidates` is: the first stage's, or for a chain the reranker's that `spec.rerank_of` names."""
         spec_key = spec.model_dump(mode="json", exclude={"name", "device", "batch_size", "token_budget"})
         if spec.model.startswith(models.TRAINED_PREFIX):  # the project's own weights change with their version
             spec_key["trained_version"] = models.TRAINED_VERSION
         checkpoints = entry(self.cache, "rerank", f"{collection.name}-{spec.label}", reranker=spec_key,
                             precision=self.backend.precision(spec) if self.backend else
-                            precision_for(spec.dtype, spec.device, spec.engine), candidates=fs_rec.key)
+                            precision_for(spec.dtype, spec.device, spec.engine), candidates=candidates_key(source))
 
         def factory():
             if "reranker" not in holder:
@@ -156,14 +164,18 @@ class Pipeline:
         described = holder["reranker"].describe() if "reranker" in holder else getattr(stage, "described", None) or {
             "engine": spec.engine, "model": models.describe(spec.model, spec.revision), "note": "all blocks resumed from cache"}
         system = {"label": self.exp.system_label(fs_name, spec), "stage": "rerank",
-                  "first_stage": fs_rec.system.first_stage, "first_stage_label": self.exp.system_label(fs_name),
+                  "first_stage": source.system.first_stage, "first_stage_label": self.exp.system_label(fs_name),
                   "reranker": {**spec.model_dump(mode="json"), **described}}
+        if spec.rerank_of is not None:  # a chain: what it reranks, and the whole pipeline
+            system.update(reranks=source.system.label,
+                          chain=[self.exp.first_stage_label(fs_name), *(r.label for r in self.exp.chain_of(spec))])
         timings = {"rerank_seconds": time.perf_counter() - t0, "rerank_scoring_seconds": result.seconds,
                    "rerank_pairs_per_s": result.pairs_per_second, "resumed_blocks": result.resumed_blocks,
                    "blocks": result.blocks, "backend": self.exp.execution.backend}
         info = {"checkpoints": str(checkpoints), **({"execution": stage.execution} if self.backend else {})}
-        return self._quality_record(collection, system, result.run, f"{fs_name}__{spec.label}", timings,
-                                    result.diagnostics(), info, parent=fs_rec.key)
+        rec = self._quality_record(collection, system, result.run, f"{fs_name}__{spec.label}", timings,
+                                   result.diagnostics(), info, parent=source.key)
+        return rec, result.run
 
     # -- records --------------------------------------------------------------------------------
     def _quality_record(self, collection, system: dict, run: dict, run_name: str, timings: dict,
@@ -228,6 +240,15 @@ def experiment_file(path: str | Path) -> dict:
     if path.is_relative_to(REPOSITORY):
         out["repository_file"] = path.relative_to(REPOSITORY).as_posix()
     return out
+
+
+def candidates_key(source: QualityRecord) -> str:
+    """What a rerank's cache entry is keyed on for its candidates: the first stage's record key, or
+    for a chain the checkpoint folder of the reranker it reranks (named by that reranker's settings and
+    its own candidates; the same on a rerun, which that record's key is not once every block resumed)."""
+    if source.system.stage == "rerank":
+        return Path(source.info["checkpoints"]).name
+    return source.key
 
 
 def _stable(system: dict) -> dict:

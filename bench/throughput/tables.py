@@ -85,8 +85,20 @@ def throughput_table(record: ThroughputRecord) -> str:
     lines = [head, "", "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(record)]
     lines += ["", "pairs/s: median over n timed repeats, min–max beside it."]
+    lines += family_rates(record)
     ranked = fastest_line(record)
     return "\n".join(lines + ([ranked] if ranked else [])) + "\n"
+
+
+def family_rates(record: ThroughputRecord) -> list[str]:
+    """A family's own counters per second (duoT5: ordered pairs compared, ``duo_pairs/s``), one line
+    per cell that has them; pairs/s above counts the candidates reranked, as for every family."""
+    lines = []
+    for c in record.cells:
+        rates = {} if c.error else (c.model_extra or {}).get("counters_per_s") or {}
+        if rates:
+            lines.append(f"{c.label}: " + ", ".join(f"{k}/s {_rate(v)}" for k, v in sorted(rates.items())))
+    return ["", *lines] if lines else []
 
 
 def fidelity_table(comparisons: Sequence[FidelityComparison]) -> str:
