@@ -39,6 +39,7 @@ from .engine.device import DTYPES, ENGINES
 from .engine.prompts import check_custom_template
 from .errors import BenchError
 from .metrics import MetricName
+from .models.python import PYTHON_PREFIX, file_relative_to
 from .models.references import reference_problem
 from .systems import pipeline_label
 
@@ -260,6 +261,7 @@ class RerankerSpec(Spec):
     no_token: str | None = Field(None, description="yes_no head: the word whose logit is subtracted")
     prefix_reuse: bool = Field(True, description="fast engine, decoder heads: each query's prompt prefix computed once")
     trust_remote_code: bool = Field(False, description="allow a model's own modelling code (Hugging Face forward only)")
+    options: dict[str, Any] = Field({}, description="python: rerankers: keyword arguments for the class")
 
     @field_validator("template")
     @classmethod
@@ -271,15 +273,28 @@ class RerankerSpec(Spec):
     @field_validator("model")
     @classmethod
     def _known_model(cls, v):
-        return _checked_model(v)
+        return _checked_model(v, reranker=True)
+
+    @model_validator(mode="after")
+    def _python_class_settings(self):  # a python: class runs its own scoring: engine settings would be ignored
+        python = self.model.startswith(PYTHON_PREFIX)
+        given = sorted(self.model_fields_set - PYTHON_FIELDS) if python else []
+        if given or (self.options and not python):
+            raise ValueError(f"{', '.join(given)}: not for a python: reranker (its class scores; pass its settings "
+                             "in options = {...})" if given else "options: only for a python: reranker's class")
+        return self
 
     @property
     def label(self) -> str:
         return self.name or self.model.rstrip("/").split("/")[-1].split(":")[-1]
 
 
-def _checked_model(ref: str | None) -> str | None:
-    problem = None if ref is None else reference_problem(ref)
+#: The fields a python: reranker takes; the rest configure the project's engines.
+PYTHON_FIELDS = {"model", "name", "top_k", "options"}
+
+
+def _checked_model(ref: str | None, reranker: bool = False) -> str | None:
+    problem = None if ref is None else reference_problem(ref, reranker=reranker)
     if problem:
         raise ValueError(problem)
     return ref
@@ -498,6 +513,9 @@ def load_experiment(path: str | Path) -> Experiment:
     for fs in (raw.get("first_stages") or {}).values():
         if isinstance(fs, dict) and isinstance(fs.get("path"), str) and not Path(fs["path"]).is_absolute():
             fs["path"] = str((base / fs["path"]).resolve())
+    for rr in raw.get("rerankers", []) or []:
+        if isinstance(rr, dict) and isinstance(rr.get("model"), str):
+            rr["model"] = file_relative_to(rr["model"], base)  # python:file.py:Class
     try:
         return Experiment.model_validate(raw)
     except ValidationError as exc:

@@ -12,12 +12,14 @@ from __future__ import annotations
 from ..engine.common import FAST_OPTIONS
 from ..engine.device import ENGINES
 from ..errors import BenchError
+from ..models.python import is_python_reference
 from .baselines import CrossEncoderReranker, FlagStyleReranker, TransformersReranker
 from .common import Reranker
 from .decoder_baselines import DecoderCrossEncoderReranker, DecoderFlagReranker
 from .decoder_fast import FastDecoderReranker
 from .decoder_hf import DecoderTransformersReranker
 from .fast import FastReranker
+from .python import PythonReranker
 from .scoring import is_causal_lm, load_config, resolve_scoring
 
 #: (family, engine) -> the class that scores it. Only the `fast` engines take keyword options
@@ -31,6 +33,7 @@ ENGINE_CLASSES: dict[tuple[str, str], type[Reranker]] = {
     ("decoder", "transformers"): DecoderTransformersReranker,
     ("decoder", "sentence-transformers"): DecoderCrossEncoderReranker,
     ("decoder", "flag"): DecoderFlagReranker,
+    ("python", "python"): PythonReranker,  # python:module:Class, its own engine (bench.models.python)
 }
 #: The families that take the model's config as a keyword (read once here, not again in the class).
 TAKES_CONFIG = {"decoder"}
@@ -47,6 +50,8 @@ def family_of(config) -> str:
 def build_single(spec, device: str, *, cache_dir=None, options: dict | None = None) -> Reranker:
     """One engine on one device."""
     options = dict(options or {})
+    if is_python_reference(spec.model):  # no config to read: the class is the model and the engine
+        return ENGINE_CLASSES[("python", "python")](spec, device=device, cache_dir=cache_dir)
     config = load_config(spec, cache_dir)
     family = family_of(config)
     if family == "cross-encoder":
