@@ -146,7 +146,7 @@ FIRST_STAGE_FIELDS = {
 }
 
 
-#: BM25 settings of other toolkits, as closely as bm25s allows (README, "BM25 against Pyserini").
+#: BM25 settings of other toolkits, as closely as bm25s allows (docs/first-stages.md, "BM25 against Pyserini").
 BM25_PRESETS = {"pyserini": {"k1": 0.9, "b": 0.4}}
 
 
@@ -181,7 +181,7 @@ class FirstStageSpec(Spec):
                                                             "twentieth of the corpus (1,000 to 100,000)")
     path: str | None = None
     preset: Literal["pyserini"] | None = Field(None, description="bm25: 'pyserini' = Pyserini's k1 0.9, b 0.4 (fields "
-                                                                 "set here still win; README says what differs)")
+                                                                 "set here still win; docs/first-stages.md says what differs)")
     k1: float = 1.5
     b: float = 0.75
     device: str = Field("auto", description="auto = every visible GPU (corpus shards spread over them) else "
@@ -301,7 +301,7 @@ def _checked_model(ref: str | None, reranker: bool = False) -> str | None:
 
 
 class EvaluationSpec(Spec):
-    """Metrics and trec_eval conventions (see README, 'Evaluation conventions')."""
+    """Metrics and trec_eval conventions (docs/evaluation.md, 'Evaluation conventions')."""
 
     metrics: list[MetricName] = ["nDCG@10", "MRR@10", "Recall@100"]
     depth: int | None = Field(None, gt=0, description="trec_eval -M: only the top N of each ranking count")
@@ -352,7 +352,7 @@ class ThroughputSpec(Spec):
 
 class ExecutionSpec(Spec):
     """Where the expensive steps run: ``local`` (this process, the default) or ``ray`` (a Ray cluster:
-    corpus encoding, exact search and reranking on its workers; see README 'Running on a Ray cluster')."""
+    corpus encoding, exact search and reranking on its workers; see docs/ray.md)."""
 
     backend: Literal["local", "ray"] = "local"
     address: str | None = Field(None, description="ray: the cluster, e.g. 'auto' or 'ray://head:10001'; "
