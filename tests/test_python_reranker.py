@@ -66,15 +66,15 @@ SYNTHETIC = {"languages": ["en"], "docs_per_language": 150, "queries_per_languag
 TOP_K = 8
 
 
-def experiment(experiment_toml, **reranker):
-    return experiment_toml(name="python-reranker", first_stages={"bm25": {"kind": "bm25", "depth": 15}},
+def experiment(experiment_toml, cache, **reranker):
+    return experiment_toml(name="python-reranker", cache_dir=str(cache), first_stages={"bm25": {"kind": "bm25", "depth": 15}},
                            datasets=[{"source": "synthetic", "synthetic": SYNTHETIC}],
                            rerankers=[{"model": MODEL, "top_k": TOP_K, **reranker}],
                            evaluation={"metrics": ["nDCG@10"]})
 
 
 def test_a_class_reranks_through_the_stage_with_its_identity_in_the_record(experiment_toml, tmp_path, monkeypatch):
-    path = experiment(experiment_toml, options={"bonus": 0.5})
+    path = experiment(experiment_toml, tmp_path / "cache", options={"bonus": 0.5})  # its own cache: scored here
     out = tmp_path / "out"
     CALLS.clear()
     assert main(["run", str(path), "--out", str(out), "--no-progress", "--skip-preflight"]) == 0
@@ -197,3 +197,10 @@ def test_what_a_class_returns_is_checked(monkeypatch, mode, options, message):
     monkeypatch.setattr(Broken, "mode", mode)
     with pytest.raises(BenchError, match=message):
         build_reranker(RerankerSpec(model=f"python:{__name__}:Broken", options=options)).score([("a", "a"), ("b", "b")])
+
+
+def test_throughput_says_a_class_has_no_engines_to_compare(experiment_toml, capsys):
+    path = experiment_toml(name="t", first_stages={"bm25": {"kind": "bm25"}}, datasets=[{"source": "synthetic"}],
+                           rerankers=[{"model": MODEL}], throughput={"pairs": 10})
+    assert main(["throughput", str(path), "--no-progress"]) == 2
+    assert "a python: reranker has no engines to compare" in capsys.readouterr().err
