@@ -41,7 +41,7 @@ report: $(STAMP)  ## the table again from a run's records: make report OUT=runs/
 	$(BIN)/bench report $(or $(OUT),runs/default)
 
 docs: $(STAMP)  ## the documentation site (docs/, mkdocs.yml) into site/; a broken link or a page left out fails
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean-venv:
 	rm -rf $(VENV)
