@@ -289,8 +289,9 @@ class RerankerSpec(Spec):
         return self.name or self.model.rstrip("/").split("/")[-1].split(":")[-1]
 
 
-#: The fields a python: reranker takes; the rest configure the project's engines.
-PYTHON_FIELDS = {"model", "name", "top_k", "options"}
+#: The fields a python: reranker takes (rerank_of: a chain, where the experiment has chains); the rest
+#: configure the project's engines.
+PYTHON_FIELDS = {"model", "name", "top_k", "options", "rerank_of"}
 
 
 def _checked_model(ref: str | None, reranker: bool = False) -> str | None:
