@@ -39,6 +39,7 @@ from .engine.device import DTYPES, ENGINES
 from .engine.prompts import check_custom_template
 from .errors import BenchError
 from .metrics import MetricName
+from .models.python import PYTHON_PREFIX, file_relative_to
 from .models.references import reference_problem
 from .systems import pipeline_label
 
@@ -145,7 +146,7 @@ FIRST_STAGE_FIELDS = {
 }
 
 
-#: BM25 settings of other toolkits, as closely as bm25s allows (README, "BM25 against Pyserini").
+#: BM25 settings of other toolkits, as closely as bm25s allows (docs/first-stages.md, "BM25 against Pyserini").
 BM25_PRESETS = {"pyserini": {"k1": 0.9, "b": 0.4}}
 
 
@@ -180,7 +181,7 @@ class FirstStageSpec(Spec):
                                                             "twentieth of the corpus (1,000 to 100,000)")
     path: str | None = None
     preset: Literal["pyserini"] | None = Field(None, description="bm25: 'pyserini' = Pyserini's k1 0.9, b 0.4 (fields "
-                                                                 "set here still win; README says what differs)")
+                                                                 "set here still win; docs/first-stages.md says what differs)")
     k1: float = 1.5
     b: float = 0.75
     device: str = Field("auto", description="auto = every visible GPU (corpus shards spread over them) else "
@@ -266,6 +267,7 @@ class RerankerSpec(Spec):
                                                     "output run (for each first stage) instead of the first stage's")
     max_pairs_per_query: int | None = Field(None, gt=0, description="duot5: ordered pairs per query allowed, "
                                             "top_k·(top_k-1) (default 2,450 = 50·49); raise it to confirm more")
+    options: dict[str, Any] = Field({}, description="python: rerankers: keyword arguments for the class")
 
     @model_validator(mode="before")
     @classmethod
@@ -302,7 +304,16 @@ class RerankerSpec(Spec):
     @field_validator("model")
     @classmethod
     def _known_model(cls, v):
-        return _checked_model(v)
+        return _checked_model(v, reranker=True)
+
+    @model_validator(mode="after")
+    def _python_class_settings(self):  # a python: class runs its own scoring: engine settings would be ignored
+        python = self.model.startswith(PYTHON_PREFIX)
+        given = sorted(self.model_fields_set - PYTHON_FIELDS) if python else []
+        if given or (self.options and not python):
+            raise ValueError(f"{', '.join(given)}: not for a python: reranker (its class scores; pass its settings "
+                             "in options = {...})" if given else "options: only for a python: reranker's class")
+        return self
 
     @property
     def label(self) -> str:
@@ -316,15 +327,20 @@ def _seq2seq():
     return templates
 
 
-def _checked_model(ref: str | None) -> str | None:
-    problem = None if ref is None else reference_problem(ref)
+#: The fields a python: reranker takes (rerank_of: a chain, where the experiment has chains); the rest
+#: configure the project's engines.
+PYTHON_FIELDS = {"model", "name", "top_k", "options", "rerank_of"}
+
+
+def _checked_model(ref: str | None, reranker: bool = False) -> str | None:
+    problem = None if ref is None else reference_problem(ref, reranker=reranker)
     if problem:
         raise ValueError(problem)
     return ref
 
 
 class EvaluationSpec(Spec):
-    """Metrics and trec_eval conventions (see README, 'Evaluation conventions')."""
+    """Metrics and trec_eval conventions (docs/evaluation.md, 'Evaluation conventions')."""
 
     metrics: list[MetricName] = ["nDCG@10", "MRR@10", "Recall@100"]
     depth: int | None = Field(None, gt=0, description="trec_eval -M: only the top N of each ranking count")
@@ -375,7 +391,7 @@ class ThroughputSpec(Spec):
 
 class ExecutionSpec(Spec):
     """Where the expensive steps run: ``local`` (this process, the default) or ``ray`` (a Ray cluster:
-    corpus encoding, exact search and reranking on its workers; see README 'Running on a Ray cluster')."""
+    corpus encoding, exact search and reranking on its workers; see docs/ray.md)."""
 
     backend: Literal["local", "ray"] = "local"
     address: str | None = Field(None, description="ray: the cluster, e.g. 'auto' or 'ray://head:10001'; "
@@ -560,6 +576,9 @@ def load_experiment(path: str | Path) -> Experiment:
     for fs in (raw.get("first_stages") or {}).values():
         if isinstance(fs, dict) and isinstance(fs.get("path"), str) and not Path(fs["path"]).is_absolute():
             fs["path"] = str((base / fs["path"]).resolve())
+    for rr in raw.get("rerankers", []) or []:
+        if isinstance(rr, dict) and isinstance(rr.get("model"), str):
+            rr["model"] = file_relative_to(rr["model"], base)  # python:file.py:Class
     try:
         return Experiment.model_validate(raw)
     except ValidationError as exc:

@@ -14,7 +14,7 @@ from typing import Any
 
 from . import models
 from .cache import cache_root, entry, key_of, read_checked_json, write_checked_json
-from .config import Experiment, RerankerSpec
+from .config import PYTHON_FIELDS, Experiment, RerankerSpec
 from .data import expand, load_collection
 from .distributed import open_backend
 from .engine.device import precision_for, release_memory
@@ -22,6 +22,7 @@ from .errors import BenchError
 from .evaluate import Conventions, evaluate
 from .io import atomic_write_text, sha256_file, slug
 from .metrics import parse_metric
+from .models.python import find_class, is_python_reference
 from .records import QualityRecord, find_records, make_record
 from .report.tables import quality_report
 from .report.page import html_page
@@ -146,6 +147,10 @@ class Pipeline:
         spec_key = spec.model_dump(mode="json", exclude={"name", "device", "batch_size", "token_budget"})
         if spec.model.startswith(models.TRAINED_PREFIX):  # the project's own weights change with their version
             spec_key["trained_version"] = models.TRAINED_VERSION
+        python = {}  # a python: class's scores change with its code and version: both in the key and the record
+        if is_python_reference(spec.model):
+            python = {"engine": "python", "python": find_class(spec.model).identity()}
+        spec_key.update(python)
         checkpoints = entry(self.cache, "rerank", f"{collection.name}-{spec.label}", reranker=spec_key,
                             precision=self.backend.precision(spec) if self.backend else
                             precision_for(spec.dtype, spec.device, spec.engine), candidates=candidates_key(source))
@@ -162,10 +167,12 @@ class Pipeline:
         t0 = time.perf_counter()
         result = stage.rerank(collection.queries, candidates, collection.get_docs)
         described = holder["reranker"].describe() if "reranker" in holder else getattr(stage, "described", None) or {
-            "engine": spec.engine, "model": models.describe(spec.model, spec.revision), "note": "all blocks resumed from cache"}
+            "engine": spec.engine, "model": models.describe(spec.model, spec.revision), "note": "all blocks resumed from cache",
+            **python}
+        settings = spec.model_dump(mode="json", include=PYTHON_FIELDS if python else None)  # a class: no engine fields
         system = {"label": self.exp.system_label(fs_name, spec), "stage": "rerank",
                   "first_stage": source.system.first_stage, "first_stage_label": self.exp.system_label(fs_name),
-                  "reranker": {**spec.model_dump(mode="json"), **described}}
+                  "reranker": {**settings, **described}}
         if spec.rerank_of is not None:  # a chain: what it reranks, and the whole pipeline
             system.update(reranks=source.system.label,
                           chain=[self.exp.first_stage_label(fs_name), *(r.label for r in self.exp.chain_of(spec))])

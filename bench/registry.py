@@ -144,8 +144,8 @@ class Entry(Spec):
     conventions: ConventionsExpect
     experiment: str = Field(description="experiment file that produces the records, relative to the project checkout")
     source: Source
-    blocked: str | None = Field(None, description="why the harness cannot produce this number (e.g. the model needs "
-                                                  "trust_remote_code): the entry is kept for the record, never run")
+    blocked: str | None = Field(None, description="why the harness cannot produce this number (e.g. a scoring head "
+                                                  "it does not have): the entry is kept for the record, never run")
 
     @field_validator("value")
     @classmethod

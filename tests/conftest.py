@@ -1,4 +1,4 @@
-"""Shared fixtures: local material that stands in for hub downloads (see README, 'Tests'), the
+"""Shared fixtures: local material that stands in for hub downloads (see docs/development.md, 'Tests'), the
 session's one run over the full MIRACL Yoruba corpus, and experiment files written from their parts."""
 
 from __future__ import annotations

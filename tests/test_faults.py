@@ -1,5 +1,5 @@
 """Fault injection: every cache, record and output fault either recomputes to a clean run's exact
-result (and says so on stderr) or stops with one message and status 2 (README, 'Reliability').
+result (and says so on stderr) or stops with one message and status 2 (docs/reliability.md).
 
 Small real data: 300 Vaswani abstracts (the judged ones of its first ten queries, then others) in a
 BEIR folder, all-MiniLM-L6-v2 over it in 100-passage shards, the untrained tiny reranker in blocks of

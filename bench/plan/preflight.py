@@ -1,7 +1,8 @@
 """Before a long run: can every model be had? Stop in seconds, not after an hour, if not.
 
 A hub model counts as available when its config is in the local Hugging Face cache or the hub
-answers for it (a few seconds at most). Local folders, `offline:` and `random:` models always are.
+answers for it (a few seconds at most). Local folders, `offline:`, `random:`, `trained:` and `python:`
+models always are (a `python:` class is imported when the experiment loads).
 When one is missing, the error names the offline experiment that runs anywhere.
 """
 
@@ -14,6 +15,7 @@ import huggingface_hub  # cheap: the library loads its parts on first use
 
 from ..config import Experiment
 from ..errors import BenchError
+from ..models.python import PYTHON_PREFIX
 from ..models.references import OFFLINE_PREFIX, RANDOM_PREFIX, TRAINED_PREFIX
 
 OFFLINE_HINT = ("Without network (or hub access), run the offline experiment instead: "
@@ -25,7 +27,7 @@ def hub_models(exp: Experiment) -> list[tuple[str, str | None]]:
     refs += [(r.model, r.revision) for r in exp.rerankers]
     out = []
     for ref, rev in refs:
-        if ref.startswith((OFFLINE_PREFIX, RANDOM_PREFIX, TRAINED_PREFIX)) or Path(ref).exists():
+        if ref.startswith((OFFLINE_PREFIX, RANDOM_PREFIX, TRAINED_PREFIX, PYTHON_PREFIX)) or Path(ref).exists():
             continue
         if (ref, rev) not in out:
             out.append((ref, rev))

@@ -129,7 +129,7 @@ def quality_report(records: list[QualityRecord]) -> tuple[str, pd.DataFrame]:
     conv = records[0].evaluation.conventions
     if conv.trec_eval_flags is not None:
         notes.append(f"Evaluation: trec_eval {conv.trec_eval_flags} conventions "
-                     f"({conv.ties or 'ties as trec_eval'}); see README, 'Evaluation conventions'.")
+                     f"({conv.ties or 'ties as trec_eval'}); see docs/evaluation.md, 'Evaluation conventions'.")
     speeds = frame.dropna(subset=["rerank_pairs_per_s"]).groupby("system").rerank_pairs_per_s.median()
     if not speeds.empty:
         notes.append("Rerank speed (median pairs/s over datasets, this machine): " +

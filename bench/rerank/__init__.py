@@ -22,6 +22,7 @@ from .common import Reranker
 from ..errors import BenchError
 from .engines import HEAD_FAMILIES, QUERY_LEVEL_FAMILIES, build_single
 from .parallel import DataParallelReranker
+from ..models.python import is_python_reference
 from ..models.trained import ensure as ensure_trained
 
 
@@ -36,6 +37,6 @@ def build_reranker(spec, *, cache_dir=None, devices=None, **options) -> Reranker
     if len(devs) > 1 and HEAD_FAMILIES.get(spec.head) in QUERY_LEVEL_FAMILIES:
         raise BenchError(f"reranker {spec.label}: head = {spec.head!r} scores whole queries on one device; set "
                          f"device to one of {', '.join(devs)} (or spread blocks over workers with --backend ray)")
-    if len(devs) > 1:
+    if len(devs) > 1 and not is_python_reference(spec.model):  # a python: class is built once; it picks its devices
         return DataParallelReranker(spec, devs, cache_dir=cache_dir, options=options)
     return build_single(spec, devs[0], cache_dir=cache_dir, options=options)

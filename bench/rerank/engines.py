@@ -13,12 +13,14 @@ from __future__ import annotations
 from ..engine.common import FAST_OPTIONS
 from ..engine.device import ENGINES
 from ..errors import BenchError
+from ..models.python import is_python_reference
 from .baselines import CrossEncoderReranker, FlagStyleReranker, TransformersReranker
 from .common import Reranker
 from .decoder_baselines import DecoderCrossEncoderReranker, DecoderFlagReranker
 from .decoder_fast import FastDecoderReranker
 from .decoder_hf import DecoderTransformersReranker
 from .fast import FastReranker
+from .python import PythonReranker
 from .scoring import is_causal_lm, load_config, resolve_scoring
 from .seq2seq.duot5 import DuoT5Fast, DuoT5Transformers
 from .seq2seq.monot5 import MonoT5Fast, MonoT5Transformers
@@ -39,6 +41,7 @@ ENGINE_CLASSES: dict[tuple[str, str], type[Reranker]] = {
     ("monot5", "transformers"): MonoT5Transformers,
     ("duot5", "fast"): DuoT5Fast,
     ("duot5", "transformers"): DuoT5Transformers,
+    ("python", "python"): PythonReranker,  # python:module:Class, its own engine (bench.models.python)
 }
 #: Heads that choose their family whatever the model's config says (the config decides the others).
 HEAD_FAMILIES = {"monot5": "monot5", "duot5": "duot5"}
@@ -66,6 +69,8 @@ def family_of(spec, config) -> str:
 def build_single(spec, device: str, *, cache_dir=None, options: dict | None = None) -> Reranker:
     """One engine on one device."""
     options = dict(options or {})
+    if is_python_reference(spec.model):  # no config to read: the class is the model and the engine
+        return ENGINE_CLASSES[("python", "python")](spec, device=device, cache_dir=cache_dir)
     config = load_config(spec, cache_dir)
     family = family_of(spec, config)
     if family == "cross-encoder":

@@ -27,6 +27,7 @@ from ..config import CollectionSpec, Experiment, RerankerSpec, ThroughputSpec
 from ..data import expand, load_collection, select_datasets
 from ..errors import BenchError
 from ..io import atomic_write_text
+from ..models.python import is_python_reference
 from ..report.plots import plot_quality_speed
 from ..records import FidelityComparison, FidelityRecord, ThroughputRecord, find_records
 from ..rerank.engines import family_of
@@ -87,6 +88,10 @@ def run_throughput(experiment: Experiment, out_dir: str | Path, *, experiment_pa
         raise BenchError(f"{where}: no [throughput] table; add one (see experiments/throughput.toml)")
     if not experiment.rerankers:
         raise BenchError(f"{where}: no [[rerankers]]; name at least one model to measure")
+    classes = [r.model for r in experiment.rerankers if is_python_reference(r.model)]
+    if classes:  # a class is its own engine: nothing to sweep (bench run records its pairs/s)
+        raise BenchError(f"{where}: {', '.join(classes)}: a python: reranker has no engines to compare; "
+                         "bench run records its speed (timings.rerank_pairs_per_s)")
     ds = _dataset(experiment, dataset, where)
     cache_dir = cache_dir or experiment.cache_dir
     out = Path(out_dir)
