@@ -35,7 +35,7 @@ TEMPLATES = {
 SLOTS = {"monot5": ("{query}", "{passage}"), "duot5": ("{query}", "{passage0}", "{passage1}")}
 #: Tokens rank_llm keeps free for the output within the context size (MonoT5/DuoT5.create_prompt).
 RESERVED_FOR_OUTPUT = 64
-#: rank_llm's recommended k for duoT5 (README, "DuoT5": "we recommend reranking top 50 candidates").
+#: rank_llm's recommended k for duoT5 (rank_llm's own README, section DuoT5: "we recommend reranking top 50 candidates").
 DUOT5_TOP_K = 50
 #: duoT5 pairs per query allowed without raising ``max_pairs_per_query``: 50 · 49.
 DUOT5_MAX_PAIRS = DUOT5_TOP_K * (DUOT5_TOP_K - 1)
