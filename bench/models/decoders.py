@@ -80,6 +80,8 @@ MISTRAL_V3_CHAT_TEMPLATE = (
     "{%- else %}{{- '[INST] ' + message['content'] + '[/INST]' }}{%- endif %}"
     "{%- elif message['role'] == 'assistant' %}{{- ' ' + message['content']|trim + eos_token }}"
     "{%- endif %}{%- endfor %}")
+#: The text whose tokens a listwise stand-in's ``answer_scale`` favours: identifiers, brackets, separators.
+LISTWISE_ANSWER_TEXT = " ".join(f"[{i}] > [{c}] >" for i, c in zip(range(1, 21), "ABCDEFGHIJKLMNOPQRST"))
 #: mistral-common's tokenizer files: version -> (file under mistral_common/data, legacy spacing after special
 #: tokens as the published tokenizer.json, chat template)
 MISTRAL_TOKENIZERS = {
@@ -117,10 +119,12 @@ DECODER_ARCHITECTURES: dict[str, dict] = {
     # fine-tunes it): vocabulary 32,768, rope theta 1e6, no sliding window.
     "first-mistral": dict(_MISTRAL_V01, known_as="castorini/first_mistral", tokenizer="v3", vocab_size=32768,
                           rope_theta=1_000_000.0, sliding_window=None),
-    # Tiny Mistral for CPU tests and demos, with Mistral-7B-v0.1's tokenizer and Zephyr's chat template.
+    # Tiny Mistral for CPU tests and demos, with Mistral-7B-v0.1's tokenizer and Zephyr's chat template. Its
+    # output rows of the answer vocabulary (LISTWISE_ANSWER_TEXT's tokens) are scaled up so that the untrained
+    # model answers in identifiers (random orders, with duplicates and gaps) rather than in random words.
     "tiny-mistral-listwise": dict(_MISTRAL_V01, known_as="castorini/rank_zephyr_7b_v1_full", hidden_size=64,
                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                  intermediate_size=128),
+                                  intermediate_size=128, answer_scale=8.0),
 }
 
 
@@ -242,7 +246,8 @@ def decoder_config(architecture: str, tokenizer=None):
     if architecture not in DECODER_ARCHITECTURES:
         raise BenchError(f"unknown random decoder {architecture!r}; known: {', '.join(DECODER_ARCHITECTURES)}")
     transformers = lazy.transformers
-    shape = {k: v for k, v in DECODER_ARCHITECTURES[architecture].items() if k not in ("family", "known_as", "tokenizer")}
+    shape = {k: v for k, v in DECODER_ARCHITECTURES[architecture].items()
+             if k not in ("family", "known_as", "tokenizer", "answer_scale")}
     family = DECODER_ARCHITECTURES[architecture]["family"]
     config_cls, model_cls = {"qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
                              "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
@@ -275,6 +280,9 @@ def build_random_decoder(architecture: str, folder: str | os.PathLike, gemma_tok
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, p.shape[1] ** -0.5)
+        if shape.get("answer_scale"):
+            answer = sorted(set(tokenizer(LISTWISE_ANSWER_TEXT, add_special_tokens=False)["input_ids"]))
+            model.get_output_embeddings().weight[answer] *= shape["answer_scale"]
     model.config.rerank_bench = {"untrained": True, "architecture": architecture, "seed": seed,
                                  "known_as": known_as, "tokenizer": tokenizer_source(architecture)}
 

@@ -18,8 +18,10 @@ at import time.
 from __future__ import annotations
 
 from ..engine.device import resolve_devices
+from ..errors import BenchError
 from .common import Reranker
 from .engines import build_single
+from .listwise import LISTWISE_HEADS
 from .parallel import DataParallelReranker
 from ..models.trained import ensure as ensure_trained
 
@@ -32,6 +34,9 @@ def build_reranker(spec, *, cache_dir=None, devices=None, **options) -> Reranker
     ``attention``, ``forward``, ``compile``, ``token_budget``, ``largest_chunk``); the baselines take none."""
     ensure_trained(spec.model, cache_dir)  # the project's own trained models are built once, here
     devs = resolve_devices(spec.device, devices)
+    if len(devs) > 1 and spec.head in LISTWISE_HEADS:
+        raise BenchError(f"reranker {spec.label}: listwise rerankers run on one device (data-parallel scoring splits "
+                         f"pairs, not queries); set device to one of {', '.join(devs)}")
     if len(devs) > 1:
         return DataParallelReranker(spec, devs, cache_dir=cache_dir, options=options)
     return build_single(spec, devs[0], cache_dir=cache_dir, options=options)

@@ -18,6 +18,8 @@ from .decoder_baselines import DecoderCrossEncoderReranker, DecoderFlagReranker
 from .decoder_fast import FastDecoderReranker
 from .decoder_hf import DecoderTransformersReranker
 from .fast import FastReranker
+from .listwise import known_listwise
+from .listwise.engines import FirstFast, FirstReference, GenerationListwise
 from .scoring import is_causal_lm, load_config, resolve_scoring
 
 #: (family, engine) -> the class that scores it. Only the `fast` engines take keyword options
@@ -31,16 +33,28 @@ ENGINE_CLASSES: dict[tuple[str, str], type[Reranker]] = {
     ("decoder", "transformers"): DecoderTransformersReranker,
     ("decoder", "sentence-transformers"): DecoderCrossEncoderReranker,
     ("decoder", "flag"): DecoderFlagReranker,
+    ("listwise", "transformers"): GenerationListwise,
+    ("first", "fast"): FirstFast,
+    ("first", "transformers"): FirstReference,
 }
 #: The families that take the model's config as a keyword (read once here, not again in the class).
-TAKES_CONFIG = {"decoder"}
+TAKES_CONFIG = {"decoder", "listwise", "first"}
 #: Options that mean something to one family only, dropped for the others (a throughput variant
 #: list may hold them for every model it sweeps).
-FAMILY_ONLY_OPTIONS = {"prefix_reuse": {"decoder"}}
+FAMILY_ONLY_OPTIONS = {"prefix_reuse": {"decoder", "first"}}
+#: Heads that select a family of their own (``RerankerSpec.head``); other heads follow the config.
+HEAD_FAMILIES = {"monot5": "monot5", "duot5": "duot5", "listwise": "listwise", "first": "first"}
 
 
-def family_of(config) -> str:
-    """The reranker family of a model, from its config."""
+def family_of(spec, config) -> str:
+    """The reranker family: the one a family-selecting head names (the experiment's, or a known model's),
+    else from the config (a causal LM is a decoder reranker, anything else a cross-encoder)."""
+    head = spec.head
+    if head is None:
+        _, known = known_listwise(spec.model, (getattr(config, "rerank_bench", None) or {}).get("known_as"))
+        head = known.head if known else None
+    if head in HEAD_FAMILIES:
+        return HEAD_FAMILIES[head]
     return "decoder" if is_causal_lm(config) else "cross-encoder"
 
 
@@ -48,7 +62,7 @@ def build_single(spec, device: str, *, cache_dir=None, options: dict | None = No
     """One engine on one device."""
     options = dict(options or {})
     config = load_config(spec, cache_dir)
-    family = family_of(config)
+    family = family_of(spec, config)
     if family == "cross-encoder":
         resolve_scoring(spec, config)  # a decoder head or template on a classifier is an error here
     if spec.trust_remote_code and spec.engine != "transformers":
