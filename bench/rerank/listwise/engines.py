@@ -288,6 +288,10 @@ class FirstEngine(ListwiseEngine):
     def window_logits(self, prompts: list[WindowPrompt]) -> np.ndarray:
         """fp32 ``[windows, identifiers + 1]``: each window's identifier logits (A, B, ...) at its last
         position, and the top-``FIRST_TOP_LOGPROBS`` threshold in the last column."""
+        with lazy.torch.inference_mode(), matmul_precision(self.precision):
+            return self._window_logits(prompts)
+
+    def _window_logits(self, prompts: list[WindowPrompt]) -> np.ndarray:
         raise NotImplementedError
 
     def describe(self) -> dict:
@@ -310,7 +314,7 @@ class FirstReference(FirstEngine):
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else self.tokenizer.eos_token_id
 
-    def window_logits(self, prompts):
+    def _window_logits(self, prompts):
         out = []
         for s in range(0, len(prompts), self.batch_size):
             seqs = [p.ids for p in prompts[s:s + self.batch_size]]
@@ -350,7 +354,7 @@ class FirstFast(FirstEngine):
         self.padded = path == "sdpa-padded"
         self.prefix_reuse = spec.prefix_reuse if prefix_reuse is None else bool(prefix_reuse)
         self.budget = TokenBudget(int(token_budget or spec.token_budget or default_token_budget(device)))
-        self.computed_tokens = 0
+        self.prompt_tokens = self.computed_tokens = 0  # prefix reuse's account, over every window ordered
         self._cache = None
         self._rows: dict[tuple, int] = {}
 
@@ -360,7 +364,7 @@ class FirstFast(FirstEngine):
     def _forward(self, batch, cache):
         return self._head(self.lm_head(self.decoder.last_hidden(batch, cache)))
 
-    def window_logits(self, prompts):
+    def _window_logits(self, prompts):
         new = []
         items = []
         for p in prompts:
@@ -379,6 +383,7 @@ class FirstFast(FirstEngine):
             self._cache = cache if self._cache is None else decoder.merge_caches([self._cache, cache])
         out, ran_runs = run_packed(self._forward, items, self._cache, self.budget, self.padded, self.device)
         self.computed_tokens += sum(map(len, new)) + sum(len(r) for _, r, _ in items)
+        self.prompt_tokens += sum(len(p.ids) for p in prompts)
         self._run.update(tokens=sum(len(p.ids) for p in prompts), padded=ran + ran_runs)
         return out
 
@@ -387,10 +392,10 @@ class FirstFast(FirstEngine):
 
     def reset_stats(self) -> None:
         super().reset_stats()
-        self.computed_tokens = 0
+        self.prompt_tokens = self.computed_tokens = 0
 
     def describe(self) -> dict:
-        tokens, computed = self._stats.tokens, self.computed_tokens
+        tokens, computed = self.prompt_tokens, self.computed_tokens
         saved = round(1 - computed / tokens, 4) if tokens and self.prefix_reuse else 0.0
         out = super().describe()
         out.update(**self.decoder.describe(), **self.budget.describe(),
