@@ -479,3 +479,146 @@ def test_exact_shapes_have_the_published_parameter_counts():
         assert n == by_hand(vocab) and round(n / 1e7) * 1e7 == published, (arch, n)
     assert decoder_config("rank-zephyr-7b-v1-full")[0].sliding_window == 4096
     assert decoder_config("first-mistral")[0].sliding_window is None
+
+
+# -- throughput ----------------------------------------------------------------------------------------
+def test_bench_throughput_puts_first_and_generation_side_by_side(shared_data, cache_dir, experiment_toml, tmp_path,
+                                                                  capsys):
+    """`bench throughput` with the tiny model: FIRST on the packed engine (with and without prefix reuse),
+    its transformers reference and generated rankings, on the same queries, in one record and table."""
+    from bench.cli import main
+    from bench.records import find_records
+
+    lw = {"window": 6, "stride": 3}
+    exp = experiment_toml(
+        "tp.toml", name="tp-listwise", cache_dir=cache_dir, first_stages={"bm25": {"kind": "bm25", "depth": 12}},
+        datasets=[{"source": "beir", "path": shared_data / "miracl-yo-dev", "split": "dev"}],
+        rerankers=[{"model": TINY, "name": "first", "head": "first", "device": "cpu", "top_k": 12,
+                    "listwise": {**lw, **ALPHA}},
+                   {"model": TINY, "name": "gen", "head": "listwise", "device": "cpu", "top_k": 12, "listwise": lw}],
+        throughput={"engines": ["fast", "transformers"], "dtypes": ["fp32"], "batch_sizes": [4], "token_budgets": [4096],
+                    "pairs": 24, "k": 12, "warmup": 0, "repeats": 1, "latency_queries": 1,
+                    "variants": {"fast": [{}, {"prefix_reuse": False}]}})
+    out = tmp_path / "out"
+    rc = main(["throughput", str(exp), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    (tp,) = find_records(out, kind="throughput")
+    cells = {(c.model_extra["reranker"], c.engine, bool(c.options)): c for c in tp.cells}
+    assert set(cells) == {("first", "fast", False), ("first", "fast", True), ("first", "transformers", False),
+                          ("gen", "transformers", False)}
+    for c in tp.cells:
+        extra = c.model_extra
+        assert c.error is None and c.n_queries == 2 and extra["windows_per_pass"] == 2 * 3
+        assert extra["windows_per_s"] > 0 and extra["tokens_per_window"] > 100
+    assert cells[("first", "fast", False)].model_extra["prefix_tokens_saved"] > 0
+    assert cells[("first", "fast", True)].model_extra["prefix_tokens_saved"] is None
+    assert cells[("first", "fast", False)].model_extra["same_order_as"]["share"] == 1.0
+    assert cells[("gen", "transformers", False)].model_extra["generated_tokens_per_window"] > 10
+    assert (out / "throughput-listwise.md").read_text().count("| first |") == 3
+
+
+# -- registry and experiments ------------------------------------------------------------------------
+REGISTRY = "bench/registry_entries/rankllm-2cr-msmarco.toml"
+TSV = "published/rankllm-2cr-msmarco.tsv"
+TEMPLATE_FILES = {"rank_zephyr_template.yaml": "rank_zephyr", "rank_zephyr_alpha_template.yaml": "rank_zephyr_alpha",
+                  "rank_gpt_template.yaml": "rank_gpt"}
+
+
+@pytest.fixture(scope="module")
+def table_rows(shared_data):
+    import csv
+
+    path = shared_data.parent / TSV
+    return list(csv.DictReader(path.open(encoding="utf-8"), delimiter="\t"))
+
+
+def test_the_registry_holds_every_row_of_rank_llms_table(table_rows):
+    """Each TSV row is one entry with its value, protocol and citation; paid APIs, LiT5 and SPLADE++
+    candidates are blocked with their reason; every open-weights BM25 listwise row on DL19/DL20 is a
+    reranker of experiments/rankllm-dl19-dl20.toml with exactly the entry's settings."""
+    from bench.config import load_experiment
+    from bench.registry import PROJECT_ROOT, load_registry_file
+
+    entries = {e.name: e for e in load_registry_file(PROJECT_ROOT / REGISTRY)}
+    assert len(entries) == len(table_rows) == 66
+    experiments = {}
+    for i, row in enumerate(table_rows, start=2):
+        e = entries[f"rankllm-2cr/{row['condition']}/{row['topics']}/nDCG@10"]
+        assert e.value == float(row["nDCG@10"]) and e.metric == "nDCG@10" and e.stage == "rerank"
+        assert e.reranker.model == row["model"] and e.reranker.top_k == int(row["top_k"]) == e.first_stage.depth
+        assert e.first_stage.kind == ("bm25" if row["first_stage"] == "bm25" else "run")
+        assert f"row {i} of" in e.source.note and "1b3cabbc3564441bdcda6c6a2e92137b9faa0660" in e.source.url
+        assert f"condition {row['condition']}, topic {row['topics']}, column nDCG@10" in e.source.section
+        assert e.datasets[0].label.endswith({"dl19-passage": "2019/judged", "dl20-passage": "2020/judged",
+                                             "dl21-passage": "2021/judged", "dl22-passage": "2022/judged",
+                                             "dl23-passage": "2023/judged"}[row["topics"]])
+        paid, lit5 = row["model"] in ("gpt-4o-mini", "gemini-2.0-flash"), "LiT5" in row["model"]
+        seq2seq = "monoT5 / duoT5 family" in (e.blocked or "")  # until that family is merged
+        assert bool(e.blocked) == (paid or lit5 or row["first_stage"] != "bm25" or seq2seq)
+        assert ("paid API" in (e.blocked or "")) == paid and ("FiD" in (e.blocked or "")) == lit5
+        other = {"monot5_template.yaml": "monot5", "duot5_template.yaml": "duot5", "rank_fid_template.yaml": None}
+        if row["prompt_template"] in other:
+            assert e.reranker.head == other[row["prompt_template"]] and e.reranker.listwise is None
+        else:
+            lw = e.reranker.listwise
+            assert e.reranker.head == ("first" if row["first_token_logits"] == "yes" else "listwise")
+            assert (lw.window, lw.stride, lw.passes, lw.context_size, lw.variable_passages, lw.prompt_template) == (
+                20, 10, int(row["passes"]), int(row["context_size"]), row["variable_passages"] == "yes",
+                TEMPLATE_FILES.get(row["prompt_template"], row["prompt_template"]))
+        if e.blocked or e.reranker.head not in ("listwise", "first"):
+            continue
+        path = e.experiment_path()
+        exp = experiments.setdefault(path, load_experiment(path))
+        (spec,) = [r for r in exp.rerankers if r.label == e.system]
+        assert spec.model == e.reranker.model and spec.head == e.reranker.head and spec.top_k == e.reranker.top_k
+        for field in e.reranker.listwise.model_fields_set:
+            assert getattr(spec.listwise, field) == getattr(e.reranker.listwise, field), (e.name, field)
+        assert e.datasets[0].id in [d.id for d in exp.datasets]
+    assert set(experiments) == {PROJECT_ROOT / "experiments/rankllm-dl19-dl20.toml",
+                                PROJECT_ROOT / "experiments/rankllm-dl21-dl23.toml"}
+
+
+def test_reproduce_lists_the_entries_and_a_record_with_another_protocol_fails(capsys):
+    from bench.cli import main
+    from bench.records import make_record
+    from bench.registry import PROJECT_ROOT, check, load_registry_file
+
+    assert main(["reproduce", "--list", "rankllm-2cr/*"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == 66
+    first = next(line for line in listed if line.startswith("rankllm-2cr/firstmistral/dl19-passage"))
+    assert "first window=20, stride=10, passes=1" in first and "prompt_template=rank_zephyr_alpha" in first
+    # DL19/20: 8 paid-API rows, 2 LiT5, 6 SPLADE++; DL21-23: 12 paid-API rows, 3 LiT5; and the 10 monoT5 /
+    # duoT5 rows until their family is merged
+    blocked = [line for line in listed if "[blocked]" in line]
+    seq2seq = [line for line in blocked if "/monot5/" in line or "/duot5/" in line]
+    assert len(blocked) - len(seq2seq) == 8 + 2 + 6 + 12 + 3 and len(seq2seq) in (0, 10)
+
+    entry = next(e for e in load_registry_file(PROJECT_ROOT / REGISTRY)
+                 if e.name == "rankllm-2cr/firstmistral/dl19-passage/nDCG@10")
+    spec = RerankerSpec(model="castorini/first_mistral", name="first_mistral", engine="fast",
+                        listwise={"window": 10, "stride": 5})
+    record = make_record(
+        "quality", dataset={"label": "msmarco-passage/trec-dl-2019/judged", "id": "msmarco-passage/trec-dl-2019/judged",
+                            "n_queries": 43, "n_docs": 8841823},
+        system={"label": "first_mistral", "stage": "rerank", "first_stage": {"kind": "bm25", "depth": 100},
+                "first_stage_label": "bm25",
+                "reranker": {**spec.model_dump(mode="json"), "model": {"ref": spec.model, "untrained": False}}},
+        evaluation={"metrics": ["nDCG@10"], "conventions": {}}, metrics={"nDCG@10": 0.68})
+    result = check(entry, [record])
+    assert result.status == "FAIL"
+    assert "reranker.listwise.window: expected 20, record has 10" in result.reasons
+    assert "reranker.listwise.stride: expected 10, record has 5" in result.reasons
+    assert not any("prompt_template" in r or "reranker.head" in r for r in result.reasons)
+
+
+def test_the_listwise_experiments_load():
+    from bench.config import load_experiment
+    from bench.registry import PROJECT_ROOT
+
+    tp = load_experiment(PROJECT_ROOT / "experiments/throughput-listwise.toml")
+    assert {r.head for r in tp.rerankers} == {"first", "listwise"} and tp.throughput.engines == ["fast", "transformers"]
+    demo = load_experiment(PROJECT_ROOT / "experiments/offline-listwise.toml")
+    assert [(r.head, r.engine) for r in demo.rerankers] == [("first", "fast"), ("first", "transformers"),
+                                                           ("listwise", "transformers")]

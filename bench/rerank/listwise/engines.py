@@ -337,7 +337,12 @@ class FirstFast(FirstEngine):
     engine = "fast"
 
     def __init__(self, spec, device: str = "cpu", cache_dir=None, *, config=None, attention: str = "auto",
-                 token_budget: int | None = None, prefix_reuse: bool | None = None, forward: str = "auto"):
+                 token_budget: int | None = None, prefix_reuse: bool | None = None, forward: str = "auto",
+                 **encoder_options):
+        asked = sorted(k for k, v in encoder_options.items() if v is not None)
+        if asked:
+            raise BenchError(f"fast engine, FIRST: {', '.join(asked)} are encoder options; FIRST takes attention, "
+                             "token_budget, prefix_reuse")
         if forward not in ("auto", "packed"):
             raise BenchError(f"fast engine, FIRST: forward {forward!r}; the Hugging Face forward is engine = "
                              "'transformers'")
