@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -622,3 +623,48 @@ def test_the_listwise_experiments_load():
     demo = load_experiment(PROJECT_ROOT / "experiments/offline-listwise.toml")
     assert [(r.head, r.engine) for r in demo.rerankers] == [("first", "fast"), ("first", "transformers"),
                                                            ("listwise", "transformers")]
+
+
+# -- end to end ----------------------------------------------------------------------------------------
+def test_bench_run_records_listwise_rerankers_with_their_counters(experiment_toml, cache_dir, tmp_path):
+    """`bench run` with FIRST (fast, reference) and generation over BM25 top 10 of a small synthetic
+    collection: one record each, the window counters summed into diagnostics.counters, the reranked run a
+    permutation of the candidates, FIRST's two engines the same run; a rerun reads every block back."""
+    from bench.cli import main
+    from bench.records import find_records
+    from bench.runs import read_run
+
+    lw = {"window": 5, "stride": 2}
+    fresh = tmp_path / "cache"  # nothing resumed from an earlier session: every reranker runs and describes itself
+    model = Path(models.resolve(TINY, cache_dir))
+    shutil.copytree(model, fresh / "models" / model.name)
+    exp = experiment_toml(
+        name="lw", cache_dir=fresh, first_stages={"bm25": {"kind": "bm25", "depth": 10}},
+        datasets=[{"source": "synthetic", "synthetic": {"languages": ["en"], "docs_per_language": 200,
+                                                        "queries_per_language": 6, "seed": 1}}],
+        rerankers=[{"model": TINY, "name": "first-fast", "head": "first", "engine": "fast", "top_k": 10,
+                    "device": "cpu", "listwise": {**lw, **ALPHA}},
+                   {"model": TINY, "name": "first-ref", "head": "first", "engine": "transformers", "top_k": 10,
+                    "device": "cpu", "listwise": {**lw, **ALPHA}},
+                   {"model": TINY, "name": "gen", "top_k": 10, "device": "cpu", "listwise": lw}],
+        evaluation={"metrics": ["nDCG@10"]})
+    out = tmp_path / "out"
+    assert main(["run", str(exp), "--out", str(out), "--no-progress"]) == 0
+    records = {r.system.label: r for r in find_records(out / "records", kind="quality")}
+    first_stage = read_run(out / records["bm25"].run_file)
+    runs = {}
+    for label in ("first-fast", "first-ref", "gen"):
+        rec = records[label]
+        counters = rec.diagnostics["counters"]
+        assert counters["windows"] == sum(rankllm_count_windows(len(d), 0, 100, 5, 2) for d in first_stage.values())
+        assert 0 < counters["repaired_windows"] <= counters["windows"]
+        assert rec.system.reranker["scoring"]["head"] == ("listwise" if label == "gen" else "first")
+        assert rec.system.reranker["listwise"]["window"] == 5 and rec.system.reranker["max_length"] == 4096
+        runs[label] = read_run(out / rec.run_file)
+        assert {q: set(d) for q, d in runs[label].items()} == {q: set(d) for q, d in first_stage.items()}
+    assert runs["first-fast"] == runs["first-ref"]
+    # a rerun reads every block back, counters included
+    assert main(["run", str(exp), "--out", str(out), "--no-progress"]) == 0
+    again = {r.system.label: r for r in find_records(out / "records", kind="quality")}
+    assert again["gen"].timings.resumed_blocks == again["gen"].timings.blocks
+    assert again["gen"].diagnostics["counters"] == records["gen"].diagnostics["counters"]
