@@ -42,7 +42,7 @@ from .timing import PeakMemory, percentile
 #: the engines each listwise head runs
 HEAD_ENGINES = {"first": ("fast", "transformers"), "listwise": ("transformers",)}
 COLUMNS = ["reranker", "head", "engine", "dtype", "batch / budget", "options", "queries", "windows", "windows/s",
-           "q/s", "cand./s", "p50 ms", "tokens/window", "gen. tokens/window", "prefix saved", "repaired",
+           "min–max", "q/s", "cand./s", "p50 ms", "tokens/window", "gen. tokens/window", "prefix saved", "repaired",
            "same order", "vs reference"]
 
 
@@ -232,8 +232,10 @@ def listwise_table(record: ThroughputRecord) -> str:
                         + [""] * (len(COLUMNS) - 8))
             continue
         same = get("same_order_as")
+        rates = [get("windows_per_pass") / t for t in c.seconds if t]
         rows.append([get("reranker"), get("head"), c.engine, c.dtype_resolved or c.dtype, size, opts, str(c.n_queries),
-                     f"{get('windows_per_pass'):.0f}", f"{get('windows_per_s'):.3g}", f"{c.queries_per_s:.3g}",
+                     f"{get('windows_per_pass'):.0f}", f"{get('windows_per_s'):.3g}",
+                     f"{min(rates):.3g}–{max(rates):.3g}" if rates else "–", f"{c.queries_per_s:.3g}",
                      f"{c.pairs_per_s:.3g}", _fmt(c.latency_ms.get("p50"), "{:.0f}"),
                      _fmt(get("tokens_per_window"), "{:.0f}"), _fmt(get("generated_tokens_per_window"), "{:.1f}"),
                      _fmt(get("prefix_tokens_saved"), "{:.1%}"), _fmt(get("repaired_share"), "{:.0%}"),
@@ -241,7 +243,8 @@ def listwise_table(record: ThroughputRecord) -> str:
     head = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
     body = "".join("| " + " | ".join(str(x) for x in row) + " |\n" for row in rows)
     device = record.device
-    return (head + body + f"\nDevice: {device}. Timed passes: {record.settings.repeats} per cell (median), "
+    return (head + body + f"\nDevice: {device}. Timed passes: {record.settings.repeats} per cell (median; min–max over "
+            "them), "
             f"{'interleaved' if record.settings.interleave else 'one cell after the other'}; each pass reranks the "
             f"same {record.pairs.n_queries} queries end to end (prompts built inside the pass). 'same order': share of "
             "queries whose final order equals the reranker's transformers fp32 cell; 'vs reference': windows/s "

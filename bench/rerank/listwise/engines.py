@@ -72,6 +72,9 @@ class ListwiseEngine(EngineBase):
         super().__init__(spec, device, resolve_precision(spec.dtype, device, DECODER_AUTO_CUDA[self.engine]),
                          query_limit=False)
         self.settings = spec.listwise
+        if self.settings is None:  # a saved stand-in of a listwise model, named by its folder
+            raise BenchError(f"reranker {spec.label}: {spec.model!r} is a listwise model; set head = '{self.head}' "
+                             "(and its listwise settings) in its [[rerankers]] entry")
         try:
             self.template = load_template(self.settings.prompt_template)
         except ValueError as exc:
