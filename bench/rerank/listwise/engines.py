@@ -322,7 +322,8 @@ class FirstReference(FirstEngine):
         for s in range(0, len(prompts), self.batch_size):
             seqs = [p.ids for p in prompts[s:s + self.batch_size]]
             ids, mask = left_padded(seqs, self.pad_id)
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits[:, -1, :]
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                logits_to_keep=1).logits[:, -1, :]  # the last position's, as vLLM computes them
             out.append(self._head(logits).cpu().numpy())
             self._run.update(tokens=sum(len(x) for x in seqs), padded=ids.numel())
         return np.concatenate(out) if out else np.zeros((0, len(self.identifier_ids) + 1), dtype=np.float32)
