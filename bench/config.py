@@ -232,6 +232,41 @@ class FirstStageSpec(Spec):
         return self
 
 
+class ListwiseSpec(Spec):
+    """How a listwise reranker (head ``listwise`` or ``first``) slides its windows and builds its prompts,
+    with rank_llm's defaults (``bench.rerank.listwise``); a known model's 2CR command settings fill in what
+    the experiment leaves out."""
+
+    window: int = Field(20, gt=1, description="passages per window")
+    stride: int = Field(10, gt=0, description="positions the window moves up each step (less than window)")
+    passes: int = Field(1, gt=0, description="sliding-window passes, each over the order the previous left")
+    variable_passages: bool = Field(False, description="the prompt's answer example for windows of any size "
+                                                       "([2] > [1]) rather than full windows ([4] > [2])")
+    context_size: int = Field(4096, gt=0, description="prompt plus answer tokens; passages are cut by words to fit")
+    prompt_template: str = Field("rank_zephyr", description="rank_zephyr, rank_zephyr_alpha, rank_gpt, or a "
+                                                            "rank_llm template file (*.yaml)")
+    max_new_tokens: int | None = Field(None, gt=0, description="head listwise: cap on generated tokens; None: "
+                                                               "rank_llm's, the tokens of a complete answer")
+    max_passage_words: int = Field(300, gt=0, description="words per passage before any cut (rank_llm's default)")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        from .rerank.listwise.templates import template_problem  # bench.rerank imports this module (via bench.data)
+
+        if self.stride >= self.window:
+            raise ValueError(f"stride = {self.stride} must be less than window = {self.window} (each window must "
+                             "overlap the next, as rank_llm's sliding windows do)")
+        problem = template_problem(self.prompt_template, self.window)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+#: RerankerSpec fields a listwise head does not read (each has its listwise counterpart or none).
+NOT_LISTWISE = {"max_length": "listwise.context_size bounds the prompt", "query_max_length": "",
+                "template": "use listwise.prompt_template", "instruction": "", "yes_token": "", "no_token": ""}
+
+
 class RerankerSpec(Spec):
     """A cross-encoder reranking the first stage's top ``top_k``.
 
@@ -254,8 +289,9 @@ class RerankerSpec(Spec):
     device: str = Field("auto", description="auto = every visible GPU (one process each) else the CPU; cpu; "
                                             "cuda:N; or several joined by commas")
     # Decoder rerankers (bench.rerank.scoring): None = the known model's own choice. monot5 / duot5: a
-    # T5 reranker (bench.rerank.seq2seq), set by a known model (KNOWN_SEQ2SEQ) when left out.
-    head: Literal["classification", "yes_no", "token_logit", "monot5", "duot5"] | None = None
+    # T5 reranker (bench.rerank.seq2seq), set by a known model (KNOWN_SEQ2SEQ) when left out; listwise / first:
+    # an LLM ordering windows of candidates (bench.rerank.listwise, KNOWN_LISTWISE).
+    head: Literal["classification", "yes_no", "token_logit", "monot5", "duot5", "listwise", "first"] | None = None
     template: str | None = Field(None, description="qwen3, bge-gemma, mxbai-v2, or a string with {query} and {passage}")
     instruction: str | None = Field(None, description="task instruction (Qwen3's <Instruct>, mxbai's instruction:)")
     yes_token: str | None = Field(None, description="the word whose logit scores relevance (default: the model's)")
@@ -268,6 +304,48 @@ class RerankerSpec(Spec):
     max_pairs_per_query: int | None = Field(None, gt=0, description="duot5: ordered pairs per query allowed, "
                                             "top_k·(top_k-1) (default 2,450 = 50·49); raise it to confirm more")
     options: dict[str, Any] = Field({}, description="python: rerankers: keyword arguments for the class")
+    listwise: ListwiseSpec | None = Field(None, description="head listwise / first: sliding windows and prompts "
+                                                            "(window, stride, passes, variable_passages, context_size, "
+                                                            "prompt_template, max_new_tokens, max_passage_words)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_listwise(cls, data):
+        """A known listwise model (``bench.rerank.listwise.KNOWN_LISTWISE``) sets its head and, under it,
+        the settings of rank_llm's command for it; the experiment's own fields win. A listwise head
+        generates with the transformers engine unless the experiment names another."""
+        from .rerank.listwise import LISTWISE_HEADS, known_listwise  # bench.rerank imports this module
+
+        if not isinstance(data, dict) or not isinstance(data.get("model"), str):
+            return data
+        _, known = known_listwise(data["model"])
+        head = data.get("head") or (known.head if known else None)
+        if head not in LISTWISE_HEADS:
+            return data
+        given = data.get("listwise") if isinstance(data.get("listwise"), dict) else {}
+        defaults = known.settings if known and known.head == head else {}
+        data = {**data, "head": head, "listwise": {**defaults, **given}}
+        if head == "listwise" and "engine" not in data:
+            data["engine"] = "transformers"
+        return data
+
+    @model_validator(mode="after")
+    def _listwise_fields(self):
+        if self.head not in ("listwise", "first"):
+            if self.listwise is not None:
+                raise ValueError("listwise: these settings are for head = 'listwise' or 'first'")
+            return self
+        unused = [f for f in NOT_LISTWISE if f in self.model_fields_set]
+        if unused:
+            hints = "; ".join(f"{f}: {NOT_LISTWISE[f]}" for f in unused if NOT_LISTWISE[f])
+            raise ValueError(f"{', '.join(unused)}: not read by head = {self.head!r}" + (f" ({hints})" if hints else ""))
+        engines = ("transformers",) if self.head == "listwise" else ("fast", "transformers")
+        if self.engine not in engines:
+            raise ValueError(f"engine = {self.engine!r} does not run head = {self.head!r}: use "
+                             f"{' or '.join(repr(e) for e in engines)}"
+                             + (" (generation runs on transformers; the fast engine runs head = 'first')"
+                                if self.head == "listwise" else ""))
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -579,6 +657,11 @@ def load_experiment(path: str | Path) -> Experiment:
     for rr in raw.get("rerankers", []) or []:
         if isinstance(rr, dict) and isinstance(rr.get("model"), str):
             rr["model"] = file_relative_to(rr["model"], base)  # python:file.py:Class
+    for r in raw.get("rerankers", []) or []:  # a listwise template file beside the experiment
+        lw = r.get("listwise") if isinstance(r, dict) else None
+        template = lw.get("prompt_template") if isinstance(lw, dict) else None
+        if isinstance(template, str) and template.endswith((".yaml", ".yml")) and not Path(template).is_absolute():
+            lw["prompt_template"] = str((base / template).resolve())
     try:
         return Experiment.model_validate(raw)
     except ValidationError as exc:

@@ -41,6 +41,8 @@ MODULES = {
     "ray": "ray",
     "ray_data": "ray.data",
     "pyarrow_fs": "pyarrow.fs",
+    "ftfy": "ftfy",
+    "yaml": "yaml",
 }
 
 __all__ = sorted(MODULES)

@@ -264,7 +264,7 @@ class QualityRecord(Record):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     metrics: dict[str, float]
     per_query: dict[str, dict[str, float]] = {}
-    diagnostics: dict[str, float | int | dict[str, float] | None] = {}  # counters: a family's own, summed
+    diagnostics: dict[str, float | int | None | dict[str, float | int]] = {}  # counters: a family's own, summed
     run_file: str | None = None
     qrels_file: str | None = None
     timings: QualityTimings = Field(default_factory=QualityTimings)

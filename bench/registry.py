@@ -82,13 +82,27 @@ class FirstStageExpect(Spec):
     query_instruction: str | None = None
 
 
+class ListwiseExpect(Spec):
+    """A listwise reranker's protocol (``RerankerSpec.listwise``): only the fields stated are compared."""
+
+    window: int | None = Field(None, gt=1)
+    stride: int | None = Field(None, gt=0)
+    passes: int | None = Field(None, gt=0)
+    variable_passages: bool | None = None
+    context_size: int | None = Field(None, gt=0)
+    prompt_template: str | None = None
+    max_passage_words: int | None = Field(None, gt=0)
+
+
 class RerankerExpect(Spec):
     model: str
     revision: str | None = None
+    head: str | None = Field(None, description="the scoring head / family (listwise, first, monot5, duot5, ...)")
     top_k: int = Field(gt=0)
-    max_length: int = Field(gt=0)
+    max_length: int | None = Field(None, gt=0, description="listwise heads state listwise.context_size instead")
     query_max_length: int | None = Field(None, gt=0)
     dtype: Dtype | None = None
+    listwise: ListwiseExpect | None = None
 
 
 class ConventionsExpect(Spec):
@@ -260,7 +274,14 @@ def protocol(entry: Entry) -> str:
     fs = entry.first_stage
     kind = f"{fs.kind}:{fs.mode}" if fs.mode else fs.kind
     removal = "remove_query_id=true" if fs.remove_query_id else "remove_query_id=false"
-    return f"{kind} top-{fs.depth}, {removal}" + (" [blocked]" if entry.blocked else "")
+    text = f"{kind} top-{fs.depth}, {removal}"
+    r = entry.reranker
+    if r is not None and r.listwise is not None:
+        lw = r.listwise.model_dump(exclude_none=True)
+        text += f"; {r.head or 'listwise'} " + ", ".join(f"{k}={v}" for k, v in lw.items())
+    elif r is not None and r.head:
+        text += f"; {r.head} top-{r.top_k}"
+    return text + (" [blocked]" if entry.blocked else "")
 
 
 # -- comparing a record with an entry -------------------------------------------------------------
@@ -284,6 +305,10 @@ def _section_differences(prefix: str, expect: Spec, section: dict) -> list[str]:
     """The fields `expect` states that the record's first-stage or reranker `section` does not share."""
     out: list[str] = []
     for f in sorted(expect.model_fields_set):
+        if isinstance(getattr(expect, f), Spec):  # a stated sub-table (listwise): field by field
+            sub = section.get(f)
+            out += _section_differences(f"{prefix}.{f}", getattr(expect, f), sub if isinstance(sub, dict) else {})
+            continue
         if f == "model":
             actual = _model_ref(section.get("model"))
         elif f == "revision":

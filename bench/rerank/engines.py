@@ -21,6 +21,8 @@ from .decoder_fast import FastDecoderReranker
 from .decoder_hf import DecoderTransformersReranker
 from .fast import FastReranker
 from .python import PythonReranker
+from .listwise import known_listwise
+from .listwise.engines import FirstFast, FirstReference, GenerationListwise
 from .scoring import is_causal_lm, load_config, resolve_scoring
 from .seq2seq.duot5 import DuoT5Fast, DuoT5Transformers
 from .seq2seq.monot5 import MonoT5Fast, MonoT5Transformers
@@ -42,24 +44,31 @@ ENGINE_CLASSES: dict[tuple[str, str], type[Reranker]] = {
     ("duot5", "fast"): DuoT5Fast,
     ("duot5", "transformers"): DuoT5Transformers,
     ("python", "python"): PythonReranker,  # python:module:Class, its own engine (bench.models.python)
+    ("listwise", "transformers"): GenerationListwise,
+    ("first", "fast"): FirstFast,
+    ("first", "transformers"): FirstReference,
 }
 #: Heads that choose their family whatever the model's config says (the config decides the others).
-HEAD_FAMILIES = {"monot5": "monot5", "duot5": "duot5"}
+HEAD_FAMILIES = {"monot5": "monot5", "duot5": "duot5", "listwise": "listwise", "first": "first"}
 #: Families whose rerankers score whole queries (`rerank_queries`): one device each (a data-parallel
 #: split of a block's pairs would cut a query in two).
-QUERY_LEVEL_FAMILIES = {"duot5"}
+QUERY_LEVEL_FAMILIES = {"duot5", "listwise", "first"}
 #: The families that take the model's config as a keyword (read once here, not again in the class).
-TAKES_CONFIG = {"decoder", "monot5", "duot5"}
+TAKES_CONFIG = {"decoder", "monot5", "duot5", "listwise", "first"}
 #: Options that mean something to one family only, dropped for the others (a throughput variant
 #: list may hold them for every model it sweeps).
-FAMILY_ONLY_OPTIONS = {"prefix_reuse": {"decoder"}}
+FAMILY_ONLY_OPTIONS = {"prefix_reuse": {"decoder", "first"}}
 
 
 def family_of(spec, config) -> str:
-    """The reranker family: the one a family-selecting head names (`HEAD_FAMILIES`), else the
-    model's config's (causal LM: decoder; sequence classifier: cross-encoder)."""
-    if spec.head in HEAD_FAMILIES:
-        return HEAD_FAMILIES[spec.head]
+    """The reranker family: the one a family-selecting head names (the experiment's, or a known model's),
+    else from the config (a causal LM is a decoder reranker, anything else a cross-encoder)."""
+    head = spec.head
+    if head is None:
+        _, known = known_listwise(spec.model, (getattr(config, "rerank_bench", None) or {}).get("known_as"))
+        head = known.head if known else None
+    if head in HEAD_FAMILIES:
+        return HEAD_FAMILIES[head]
     if is_seq2seq(config):
         raise BenchError(f"reranker {spec.model!r} is a sequence-to-sequence model ({config.architectures}): set "
                          f"head = 'monot5' (each pair on its own) or 'duot5' (pairs of candidates)")

@@ -35,6 +35,7 @@ from ..rerank.scoring import DECODER_FIELDS, load_config
 from ..retrieve.stage import FirstStage
 from .fidelity import fidelity_record, sweep_fidelity
 from .flops import tokenizer_and_shape
+from .listwise import is_listwise, listwise_table, run_listwise_sweep
 from .pairs import PairSet, pairs_from_collection
 from .sweep import Sweep, cells_from_spec, reranker_factory, resolve_device
 from .tables import fidelity_table, plot_throughput, throughput_table
@@ -110,7 +111,18 @@ def run_throughput(experiment: Experiment, out_dir: str | Path, *, experiment_pa
     cells = cells_from_spec(tp, options=options, max_pairs=slow, engine_dtypes=engine_dtypes)
     deadline = time.monotonic() + tp.time_limit_s if tp.time_limit_s else None
     sweeps = []
-    for spec in experiment.rerankers:
+    listwise = [spec for spec in experiment.rerankers if is_listwise(spec)]
+    if listwise:  # one sweep for all listwise rerankers: FIRST and generation side by side on the same queries
+        record = run_listwise_sweep(listwise, tp, pairset, cache_dir=cache_dir, name=experiment.name, options=options,
+                                    engine_dtypes=engine_dtypes, progress=progress,
+                                    settings={"experiment": None if experiment_path is None else str(experiment_path),
+                                              "throughput": tp.model_dump(mode="json")})
+        record.to_disk(out / "records" / "throughput-listwise.json")
+        text = f"## Throughput: listwise rerankers\n\n{listwise_table(record)}"
+        atomic_write_text(out / "throughput-listwise.md", text)
+        log(text)
+        sweeps.append(ModelSweep(label="listwise", throughput=record, fidelity=None, text=text))
+    for spec in [s for s in experiment.rerankers if not is_listwise(s)]:
         sweep = _sweep(spec, tp, pairset, cells, cache_dir=cache_dir, name=experiment.name, deadline=deadline,
                        settings={"experiment": None if experiment_path is None else str(experiment_path),
                                  "throughput": tp.model_dump(mode="json"), "reranker": spec.model_dump(mode="json")})
