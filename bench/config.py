@@ -301,8 +301,11 @@ class RerankerSpec(Spec):
     # Chains and duoT5 (bench.rerank.seq2seq; README of docs/reranker-families.md, "Chains: rerank_of").
     rerank_of: str | None = Field(None, description="the label of a reranker listed before this one: rerank its "
                                                     "output run (for each first stage) instead of the first stage's")
-    max_pairs_per_query: int | None = Field(None, gt=0, description="duot5: ordered pairs per query allowed, "
+    max_pairs_per_query: int | None = Field(None, gt=0, description="duot5: pairs per query allowed, "
                                             "top_k·(top_k-1) (default 2,450 = 50·49); raise it to confirm more")
+    duo_aggregation: Literal["sym-sum", "rank_llm"] | None = Field(
+        None, description="duot5: sym-sum over every ordered pair (the paper, pygaggle; the default) or rank_llm "
+                          "(each pair i < j once, p to i and 1 - p to j: how rank_llm's 2CR rows were made)")
     options: dict[str, Any] = Field({}, description="python: rerankers: keyword arguments for the class")
     listwise: ListwiseSpec | None = Field(None, description="head listwise / first: sliding windows and prompts "
                                                             "(window, stride, passes, variable_passages, context_size, "
@@ -369,12 +372,13 @@ class RerankerSpec(Spec):
 
     @model_validator(mode="after")
     def _duo_pairs(self):
-        if self.max_pairs_per_query is not None and self.head != "duot5":
-            raise ValueError(f"max_pairs_per_query: only head = 'duot5' takes it (head is {self.head!r})")
+        for field in ("max_pairs_per_query", "duo_aggregation"):
+            if getattr(self, field) is not None and self.head != "duot5":
+                raise ValueError(f"{field}: only head = 'duot5' takes it (head is {self.head!r})")
         limit = self.max_pairs_per_query or _seq2seq().DUOT5_MAX_PAIRS
-        pairs = self.top_k * (self.top_k - 1)
+        pairs = _seq2seq().duo_pairs(self.top_k, self.duo_aggregation)
         if self.head == "duot5" and pairs > limit:
-            raise ValueError(f"top_k = {self.top_k}: duoT5 compares {pairs:,} ordered pairs per query, above "
+            raise ValueError(f"top_k = {self.top_k}: duoT5 compares {pairs:,} pairs per query, above "
                              f"max_pairs_per_query = {limit:,}; lower top_k (rank_llm recommends "
                              f"{_seq2seq().DUOT5_TOP_K}) or set max_pairs_per_query = {pairs} to confirm")
         return self

@@ -103,6 +103,8 @@ class RerankerExpect(Spec):
     query_max_length: int | None = Field(None, gt=0)
     dtype: Dtype | None = None
     listwise: ListwiseExpect | None = None
+    duo_aggregation: Literal["sym-sum", "rank_llm"] | None = Field(
+        None, description="duot5: how the pairs were aggregated (rank_llm's 2CR rows: each pair once)")
 
 
 class ConventionsExpect(Spec):

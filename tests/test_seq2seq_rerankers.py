@@ -166,9 +166,10 @@ def test_the_reference_is_rank_llms_generate(t5, pairs):
     assert np.abs(ours - theirs).max() <= 1e-5
 
 
-def duo_by_hand(tok, model, query: str, passages: list[str]) -> np.ndarray:
+def duo_by_hand(tok, model, query: str, passages: list[str], once: bool = False) -> np.ndarray:
     """duoT5 as the paper and pygaggle define it, written plainly: each ordered pair (i, j) scored on
-    its own from the template's text, p = softmax over (false, true) logits, then s_i += p, s_j += 1 - p."""
+    its own from the template's text, p = softmax over (false, true) logits, then s_i += p, s_j += 1 - p.
+    With `once`, rank_llm's PairwiseRankLLM: only the pairs i < j."""
     import torch
 
     true_id = tok.encode("true", add_special_tokens=False)[0]
@@ -176,7 +177,7 @@ def duo_by_hand(tok, model, query: str, passages: list[str]) -> np.ndarray:
     scores = [0.0] * len(passages)
     for i in range(len(passages)):
         for j in range(len(passages)):
-            if i == j:
+            if i == j or (once and j < i):  # rank_llm reads each pair once, i < j
                 continue
             text = f"Query: {query} Document0: {passages[i]} Document1: {passages[j]} Relevant:"
             batch = tok([text], return_tensors="pt")
@@ -200,18 +201,20 @@ def test_duot5_aggregate_equals_a_double_loop(t5, collections):
                 queries.append(QueryCandidates(ps.pairs[sl][0][0], tuple(d for d, _ in short),
                                                tuple(p for _, p in short)))
     assert len(queries) >= 3
-    expected = [duo_by_hand(tok, model, q.query, list(q.passages)) for q in queries]
-    for engine in ("transformers", "fast"):
-        duo = build_reranker(spec("duot5", engine, batch_size=4))
-        got = duo.rerank_queries(queries)
-        for g, e in zip(got, expected):
-            assert g.dtype == np.float32 and np.abs(g - e).max() <= TOL
-        stats = duo.stats()
-        assert stats["truncated_pairs"] == 0
-        assert stats["duo_pairs"] == sum(len(q.passages) * (len(q.passages) - 1) for q in queries)
-        assert stats["pairs"] == sum(len(q.passages) for q in queries)
-        assert "sym-sum" in duo.describe()["scoring"]["aggregation"]
-    assert max(np.ptp(e) for e in expected) > 1e-4  # the candidates are told apart
+    for aggregation, once in (("sym-sum", False), ("rank_llm", True)):
+        expected = [duo_by_hand(tok, model, q.query, list(q.passages), once=once) for q in queries]
+        for engine in ("transformers", "fast"):
+            duo = build_reranker(spec("duot5", engine, batch_size=4, duo_aggregation=aggregation))
+            got = duo.rerank_queries(queries)
+            for g, e in zip(got, expected):
+                assert g.dtype == np.float32 and np.abs(g - e).max() <= TOL
+            stats = duo.stats()
+            assert stats["truncated_pairs"] == 0
+            assert stats["duo_pairs"] == sum(len(q.passages) * (len(q.passages) - 1) // (2 if once else 1)
+                                             for q in queries)
+            assert stats["pairs"] == sum(len(q.passages) for q in queries)
+            assert duo.describe()["scoring"]["duo_aggregation"] == aggregation
+        assert max(np.ptp(e) for e in expected) > 1e-4  # the candidates are told apart
 
 
 def chain_parts(shared_data) -> dict:

@@ -173,7 +173,7 @@ def _sweep(spec: RerankerSpec, tp: ThroughputSpec, pairset: PairSet, cells, *, c
     return Sweep(pairset, cells,
                  reranker_factory(spec.model, cache_dir=cache_dir, device=spec.device,
                                   query_max_length=spec.query_max_length, revision=spec.revision,
-                                  scoring=spec.model_dump(include=DECODER_FIELDS | {"max_pairs_per_query"},
+                                  scoring=spec.model_dump(include=DECODER_FIELDS | {"max_pairs_per_query", "duo_aggregation"},
                                                           exclude_unset=True)),
                  model=spec.model, device=spec.device, warmup=tp.warmup, repeats=tp.repeats,
                  latency_queries=tp.latency_queries, tokenizer=tokenizer, shape=shape,

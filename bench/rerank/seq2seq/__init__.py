@@ -7,6 +7,7 @@ authors score them (castorini's pygaggle and rank_llm).
 * ``monot5``, ``duot5``: the engine classes that ``bench.rerank.engines.ENGINE_CLASSES`` lists.
 """
 
-from .templates import DUOT5_MAX_PAIRS, DUOT5_TOP_K, KNOWN_SEQ2SEQ, TEMPLATES, check_template, known_head
+from .templates import (DUOT5_AGGREGATIONS, DUOT5_MAX_PAIRS, DUOT5_TOP_K, KNOWN_SEQ2SEQ, TEMPLATES, check_template,
+                        duo_pairs, known_head)
 
-__all__ = ["DUOT5_MAX_PAIRS", "DUOT5_TOP_K", "KNOWN_SEQ2SEQ", "TEMPLATES", "check_template", "known_head"]
+__all__ = ["DUOT5_AGGREGATIONS", "DUOT5_MAX_PAIRS", "duo_pairs", "DUOT5_TOP_K", "KNOWN_SEQ2SEQ", "TEMPLATES", "check_template", "known_head"]

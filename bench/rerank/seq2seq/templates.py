@@ -39,6 +39,15 @@ RESERVED_FOR_OUTPUT = 64
 DUOT5_TOP_K = 50
 #: duoT5 pairs per query allowed without raising ``max_pairs_per_query``: 50 · 49.
 DUOT5_MAX_PAIRS = DUOT5_TOP_K * (DUOT5_TOP_K - 1)
+#: How duoT5's pair probabilities become a score per candidate: ``sym-sum`` over every ordered pair (the
+#: paper and pygaggle), or ``rank_llm`` (each unordered pair i < j once: p to i, 1 - p to j; rank_llm's
+#: ``PairwiseRankLLM.rerank_batch``, whose 2CR rows the registry cites).
+DUOT5_AGGREGATIONS = ("sym-sum", "rank_llm")
+
+
+def duo_pairs(k: int, aggregation: str | None) -> int:
+    """The pairs duoT5 scores per query of k candidates under `aggregation`."""
+    return k * (k - 1) // (2 if aggregation == "rank_llm" else 1)
 
 
 @dataclass(frozen=True)
@@ -192,13 +201,14 @@ class Seq2SeqPrompts:
         out.seqs = seqs
         return out
 
-    def duo(self, query: str, passages: list[str]) -> tuple[Prompts, list[tuple[int, int]]]:
+    def duo(self, query: str, passages: list[str], *, once: bool = False) -> tuple[Prompts, list[tuple[int, int]]]:
         """duoT5 inputs of every ordered pair (i, j), i != j, of one query's passages, and the pairs,
-        in the order (0, 1), (0, 2) ... (1, 0) ... (pygaggle's ``permutations``). Each passage is
+        in the order (0, 1), (0, 2) ... (1, 0) ... (pygaggle's ``permutations``); with ``once``, each
+        unordered pair once as (i, j), i < j (rank_llm's ``PairwiseRankLLM``). Each passage is
         tokenized once; a pair counts as truncated when either passage was cut."""
         q_ids, q_cut = self.query(query)
         ids, cut = self.passages(list(passages), q_ids)
-        order = [(i, j) for i in range(len(ids)) for j in range(len(ids)) if i != j]
+        order = [(i, j) for i in range(len(ids)) for j in range(len(ids)) if (i < j if once else i != j)]
         out = Prompts([self.join(q_ids, [ids[i], ids[j]]) for i, j in order])
         out.hit_max = sum(cut[i] or cut[j] for i, j in order)
         out.hit_query_max = len(order) if q_cut else 0
