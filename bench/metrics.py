@@ -14,7 +14,6 @@ except that means of per-query AP are ``MAP``, as those of RR are ``MRR``.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import Annotated, TypeVar
 
 from pydantic import AfterValidator
 
-from .errors import BenchError
+from .errors import BenchError, did_you_mean
 
 #: Our measure -> (canonical spelling, trec_eval measure without a cutoff, with cutoff k). A measure
 #: with no form without a cutoff needs one; one with no form with a cutoff takes none.
@@ -87,7 +86,7 @@ def parse_metric(name: str | Metric) -> Metric:
     match = _NAME.match(name.lower()) if isinstance(name, str) else None
     measure = ALIASES.get(match.group(1)) if match else None
     if measure is None:
-        raise BenchError(f"unknown metric {name!r}{did_you_mean(name)}; known: {', '.join(KNOWN_NAMES)}")
+        raise BenchError(f"unknown metric {name!r}{_did_you_mean(name)}; known: {', '.join(KNOWN_NAMES)}")
     cutoff = int(match.group(2)) if match.group(2) is not None else None
     _, whole, cut = MEASURES[measure]
     if cutoff is None and (whole is None or match.group(1) in _CUT_ONLY):
@@ -99,15 +98,10 @@ def parse_metric(name: str | Metric) -> Metric:
     return Metric(measure, cutoff)
 
 
-def did_you_mean(name) -> str:
+def _did_you_mean(name) -> str:
     """" (did you mean 'ndcg@10'?)" for a misspelt metric name (its cutoff kept), else ""."""
-    if not isinstance(name, str):
-        return ""
-    match = re.match(r"^\s*([a-z_\-]+?)\s*([@._]\s*\d+)?\s*$", name.lower())
-    if not match:
-        return ""
-    close = difflib.get_close_matches(match.group(1), list(ALIASES), n=1, cutoff=0.6)
-    return f" (did you mean {close[0] + (match.group(2) or '')!r}?)" if close else ""
+    match = re.match(r"^\s*([a-z_\-]+?)\s*([@._]\s*\d+)?\s*$", name.lower()) if isinstance(name, str) else None
+    return did_you_mean(match.group(1), ALIASES, match.group(2) or "") if match else ""
 
 
 def unique_metrics(names: Sequence[str]) -> tuple[list[str], list[str]]:

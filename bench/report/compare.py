@@ -435,9 +435,9 @@ class Comparison:
         return text
 
     def _pairs_heading(self, metric: str) -> str:
-        what = (f"Against the baseline {self.baseline}: Δ = system − baseline" if self.baseline is not None
-                else "Every pair: Δ = B − A")
-        return (f"{what}, {metric}, with its {int(self.settings.confidence * 100)}% bootstrap interval "
+        what = (f"{metric}, each system against the baseline ({self.letters()[self.baseline]}) {self.baseline}: "
+                "Δ = system − baseline" if self.baseline is not None else f"{metric}, every pair: Δ = B − A")
+        return (f"{what}, with its {int(self.settings.confidence * 100)}% bootstrap interval "
                 f"({self.settings.bootstrap:,} resamples, seed {self.settings.seed}); p-values raw and adjusted")
 
     def markdown(self) -> str:

@@ -40,15 +40,21 @@ def markdown(frame: pd.DataFrame, *, index: bool = True, floatfmt: str = ".4f") 
         out.index = [md_escape(i) for i in out.index]
         out.index.name = md_escape(frame.index.name) if frame.index.name is not None else None
     for column in out.columns:
-        if out[column].dtype == object:
-            out[column] = out[column].map(lambda v: md_escape(v) if isinstance(v, str) else v)
-    return out.to_markdown(index=index, floatfmt=floatfmt, disable_numparse=True) if _all_text(out) else \
-        out.to_markdown(index=index, floatfmt=floatfmt)
+        out[column] = out[column].map(lambda v: md_escape(v) if isinstance(v, str) else v)
+    if any(_numeric(out[c]) for c in out.columns):
+        return out.to_markdown(index=index, floatfmt=floatfmt)
+    # cells already formatted as text are printed as given (no number parsing by tabulate: "+0.0123"
+    # keeps its sign), numbers right-aligned all the same
+    align = (["left"] if index else []) + ["right" if _looks_numeric(out[c]) else "left" for c in out.columns]
+    return out.to_markdown(index=index, disable_numparse=True, colalign=align)
 
 
-def _all_text(frame: pd.DataFrame) -> bool:
-    """Cells already formatted as text are printed as given (no number parsing by tabulate)."""
-    return all(frame[c].dtype == object for c in frame.columns)
+def _numeric(column) -> bool:
+    return column.dtype.kind in "biuf"
+
+
+def _looks_numeric(column) -> bool:
+    return all(isinstance(v, str) and v[:1] in "0123456789+-−<–[" for v in column if v != "")
 
 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",

@@ -60,19 +60,21 @@ def system_labels(records: list[QualityRecord]) -> list[str]:
 def ordered(records: list[QualityRecord], versions: list | None = None) -> list[QualityRecord]:
     """The records in the experiment's order of systems (``experiment.systems``, which `bench run`
     records: first stages, then each reranker over them); records that do not state that order put
-    first stages first, then systems in the order they were written. Several versions: in the order
-    `versions` gives, by default that in which they first appear in `records`."""
+    first stages first, then systems in the order they were written. Datasets in the order they were
+    first written (the experiment's). Several versions: in the order `versions` gives, by default
+    that in which they first appear in `records`."""
     versions = {v: i for i, v in enumerate(versions or dict.fromkeys(map(version_of, records)))}
-    first_written: dict[tuple, tuple] = {}
+    first_written: dict[tuple, tuple] = {}  # (version, system) and (version, dataset) -> earliest record
     for rec in records:
-        key = (version_of(rec), rec.system.label)
-        first_written[key] = min(first_written.get(key, written(rec)), written(rec))
+        for key in ((version_of(rec), "system", rec.system.label), (version_of(rec), "dataset", rec.dataset.label)):
+            first_written[key] = min(first_written.get(key, written(rec)), written(rec))
 
     def key(rec: QualityRecord):
+        version = version_of(rec)
         stated = list((rec.experiment or {}).get("systems") or [])
         place = stated.index(rec.system.label) if rec.system.label in stated else len(stated)
-        return (versions[version_of(rec)], place, rec.system.stage != "first_stage",
-                first_written[(version_of(rec), rec.system.label)])
+        return (versions[version], place, rec.system.stage != "first_stage",
+                first_written[(version, "system", rec.system.label)], first_written[(version, "dataset", rec.dataset.label)])
 
     return sorted(records, key=key)
 
