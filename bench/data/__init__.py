@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import LANG, CollectionSpec, Experiment
-from ..errors import BenchError, did_you_mean
+from ..errors import BenchError
 from .base import Collection, MemoryCollection, doc_text, natural_key
 from .beir import BeirCollection
 from .irds import IrDatasetsCollection
@@ -43,8 +43,7 @@ def select_datasets(exp: Experiment, labels: list[str], source: str = "experimen
     available = [s.label for s in specs]
     unknown = [label for label in dict.fromkeys(labels) if label not in available]
     if unknown:
-        raise BenchError(f"{source}: no dataset labelled {', '.join(map(repr, unknown))}"
-                         f"{did_you_mean(unknown[0], available)}; "
+        raise BenchError(f"{source}: no dataset labelled {', '.join(map(repr, unknown))}; "
                          f"its datasets are: {', '.join(available)}")
     return exp.model_copy(update={"datasets": [s for s in specs if s.label in labels]})
 
