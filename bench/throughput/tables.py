@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .. import lazy
 from ..report import plots
-from ..report.formats import markdown, md_escape
+from ..report.formats import md_escape
 from ..errors import BenchError
 from ..records import FidelityComparison, ThroughputRecord
 
@@ -107,10 +107,15 @@ def throughput_table(record: ThroughputRecord) -> str:
             f"{pairs.n_pairs} pairs, {pairs.n_queries} queries × k={pairs.k}"
             f" from {pairs.collection}; mean tokens per pair {mean_tok or '?'}; "
             f"ceiling {tflops:.3g} TFLOP/s ({ceil.dtype} matmul, measured).")
-    lines = [head, "", markdown(throughput_frame(record).drop(columns="model"), index=False), "",
-             columns_legend(record)]
+    lines = [head, "", _row(TABLE_COLUMNS), "|" + "---|" * len(TABLE_COLUMNS)]
+    lines += [_row(r) for r in table_rows(record)] + ["", columns_legend(record)]
     ranked = fastest_line(record)
     return "\n".join(lines + ([ranked] if ranked else [])) + "\n"
+
+
+def _row(cells: Sequence[str]) -> str:
+    """One Markdown table row, each cell escaped (a `|` in an engine's options stays in its cell)."""
+    return "| " + " | ".join(map(md_escape, cells)) + " |"
 
 
 def fidelity_table(comparisons: Sequence[FidelityComparison]) -> str:
@@ -119,16 +124,16 @@ def fidelity_table(comparisons: Sequence[FidelityComparison]) -> str:
     head = (["pairs"] if sets else []) + [
         "cell", "vs (fp32)", "queries", "max |Δ|", "mean |Δ|", "max |Δ| / σ(ref)", "τ median", "τ min",
         "top-10 identical", "nDCG@10 ref → cell (Δ)"]
-    lines = ["| " + " | ".join(map(md_escape, head)) + " |", "|" + "---|" * len(head)]
+    lines = [_row(head), "|" + "---|" * len(head)]
     for c in comparisons:
         tau, nd, top = c.kendall_tau, c.ndcg_at_10 or {}, c.top10_identical
         nd_txt = (f"{nd['reference']:.4f} → {nd['candidate']:.4f} ({nd['delta']:+.4f})"
                   if nd.get("delta") is not None else "–")
-        lines.append("| " + " | ".join(map(md_escape, ([c.pairs_set or ""] if sets else []) + [
+        lines.append(_row(([c.pairs_set or ""] if sets else []) + [
             c.cell, c.reference, str(c.n_queries), f"{c.max_abs_diff:.2e}", f"{c.mean_abs_diff:.2e}",
             "–" if c.max_abs_diff_over_std is None else f"{c.max_abs_diff_over_std:.3g}",
             "–" if tau["median"] is None else f"{tau['median']:.4f}", "–" if tau["min"] is None else f"{tau['min']:.4f}",
-            "–" if top is None else f"{100 * top:.1f}%", nd_txt])) + " |")
+            "–" if top is None else f"{100 * top:.1f}%", nd_txt]))
     return "\n".join(lines) + "\n"
 
 
