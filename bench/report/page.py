@@ -24,8 +24,8 @@ from .compare import compare_records
 from ..errors import BenchError
 from ..io import atomic_write_text
 from ..metrics import by_metric
-from ..records import QualityRecord, ThroughputRecord, find_records, utc_now
-from .tables import ordered, read_folder, system_labels
+from ..records import QualityRecord, ThroughputRecord, utc_now
+from .tables import ordered, system_labels
 from .versions import versions_in
 
 #: One colour per pipeline, the same in every chart (matplotlib's tab10).
@@ -45,18 +45,9 @@ table.env th{text-align:left;font-weight:normal;background:#f4f4f4}
 """
 
 
-def write_html_report(folder: str | Path, path: str | Path | None = None, *,
-                      throughput_folders: list[str | Path] = (), all_versions: bool = False,
-                      skipped: list[str] | None = None) -> Path:
-    """report.html (default: `folder`/report.html) for the quality records under `folder`, of the
-    current experiment version as `bench report` shows them. Speeds come from throughput records
-    under `folder` and `throughput_folders` when one measured the same model on the same device."""
-    records, _ = read_folder(folder, all_versions=all_versions, skipped=skipped)
-    throughput = [r for f in [folder, *throughput_folders] for r in find_records(f, kind="throughput")]
-    return write_html_page(records, Path(path) if path else Path(folder) / "report.html", throughput)
-
-
 def write_html_page(records: list[QualityRecord], path: str | Path, throughput: list[ThroughputRecord] = ()) -> Path:
+    """report.html at `path` for `records` (as `bench report` selects them: one experiment version);
+    speeds from `throughput` records that measured the same model on the same device."""
     path = Path(path)
     if not records:
         raise BenchError(f"{path}: no quality records to make a results page from")
@@ -90,7 +81,7 @@ def html_page(records: list[QualityRecord], throughput: list[ThroughputRecord] =
         parts.append(view.metric_table(metric))
     if metrics:
         parts.append(f"<p class='note' id='footnote'>{_e(view.footnote(why_not))}</p>")
-        parts.append(_speed_section(metrics[0], records, labels, colours, throughput, page_dir))
+        parts.append(_speed_section(metrics[0], records, labels, colours, throughput, short_names(records, names)))
         parts.append(_language_section(metrics[0], records, labels, systems, colours))
     parts.append(_systems_section(systems, by_label, colours, page_dir))
     parts.append(_environment_section(records))
@@ -114,6 +105,15 @@ def collection_names(records: list[QualityRecord]) -> dict[str, str]:
         names[ds.label] = short
     shorts = list(names.values())
     return {label: short if shorts.count(short) == 1 else label for label, short in names.items()}
+
+
+def short_names(records: list[QualityRecord], names: dict[str, str]) -> dict[str, str]:
+    """What a point in a chart is labelled by: its language when each dataset has its own (MIRACL, the
+    synthetic collection), else its collection name."""
+    languages = {rec.dataset.label: rec.dataset.language for rec in records}
+    if all(languages.values()) and len(set(languages.values())) == len(languages):
+        return languages
+    return names
 
 
 # -- tables ---------------------------------------------------------------------------------------
@@ -257,7 +257,7 @@ def _speed_of(rec: QualityRecord, throughput: list[ThroughputRecord]) -> tuple[f
     return own, "this run's own timing"
 
 
-def _speed_section(metric, records, labels, colours, throughput, page_dir) -> str:
+def _speed_section(metric, records, labels, colours, throughput, names) -> str:
     points = []
     for rec, label in zip(records, labels):
         if rec.system.stage != "rerank":
@@ -265,7 +265,7 @@ def _speed_section(metric, records, labels, colours, throughput, page_dir) -> st
         speed, source = _speed_of(rec, throughput)
         value = by_metric(rec.metrics).get(_metric_key(rec, metric))
         if speed and value is not None:
-            points.append((label, rec.dataset.label, float(speed), float(value), source))
+            points.append((label, names[rec.dataset.label], float(speed), float(value), source))
     if not points:
         return ""
     sources = sorted({f"{label}: {source}" for label, _, _, _, source in points})
@@ -305,7 +305,7 @@ def _scatter(points, colours, metric, width=620, height=380) -> str:
         x, y = px(math.log10(speed)), py(value)
         out.append(f"<circle cx='{x:.1f}' cy='{y:.1f}' r='5' fill='{colours[label]}'>"
                    f"<title>{_e(label)} on {_e(dataset)}: {value:.4f} at {speed:,.0f} pairs/s ({_e(source)})</title></circle>"
-                   f"<text x='{x + 7:.1f}' y='{y + 4:.1f}' fill='#555'>{_e(dataset.split('/')[-1])}</text>")
+                   f"<text x='{x + 7:.1f}' y='{y + 4:.1f}' fill='#555'>{_e(dataset)}</text>")
     return "".join(out) + "</svg>" + _legend(list(dict.fromkeys(p[0] for p in points)), colours)
 
 
