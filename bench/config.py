@@ -28,6 +28,7 @@ Layout of an experiment file::
 from __future__ import annotations
 
 import difflib
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -38,7 +39,7 @@ from .engine.common import FAST_OPTIONS
 from .engine.device import DTYPES, ENGINES
 from .engine.prompts import check_custom_template
 from .errors import BenchError
-from .metrics import MetricName
+from .metrics import MetricName, unique_metrics
 from .models.python import PYTHON_PREFIX, file_relative_to
 from .models.references import reference_problem
 from .systems import pipeline_label
@@ -429,6 +430,14 @@ class EvaluationSpec(Spec):
     rel_level: int = Field(1, ge=1, description="trec_eval -l: minimum relevance that counts as relevant")
     judged_only: bool = False
 
+    @field_validator("metrics")
+    @classmethod
+    def _each_metric_once(cls, v):  # ndcg@10 and ndcg_cut_10 are one metric: kept once, with a note
+        kept, notes = unique_metrics(v)
+        for line in notes:
+            print(f"note: [evaluation].metrics: {line}", file=sys.stderr)
+        return kept
+
 
 class ThroughputSpec(Spec):
     """A throughput sweep: engines × budgets × dtypes × max_lengths on real pairs."""
@@ -593,6 +602,8 @@ def format_validation_error(exc: ValidationError, source: str, model: type[BaseM
         for part in err["loc"]:
             loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
         msg = err["msg"]
+        if err["type"] == "value_error":  # our own message, without pydantic's "Value error, " in front
+            msg = str(err.get("ctx", {}).get("error", msg.removeprefix("Value error, ")))
         if err["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; see bench/config.py for the fields)"
             valid = _fields_at(model, err["loc"][:-1]) if model is not None else []

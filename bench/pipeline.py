@@ -50,7 +50,8 @@ class Pipeline:
         self._qrels_written: set[str] = set()  # datasets whose qrels.txt this run has written
         self._empty: dict[str, dict] = {}  # dataset label -> counts of empty queries and passages
         self.backend = None  # opened by run(): the local backend, or a connected cluster
-        self.experiment_info = {"name": experiment.name, "description": experiment.description}
+        self.experiment_info = {"name": experiment.name, "description": experiment.description,
+                                "systems": experiment_systems(experiment)}  # the order every table keeps
         if experiment_path is not None:
             self.experiment_info.update(experiment_file(experiment_path), sha256=sha256_file(experiment_path))
 
@@ -256,6 +257,12 @@ def candidates_key(source: QualityRecord) -> str:
     if source.system.stage == "rerank":
         return Path(source.info["checkpoints"]).name
     return source.key
+
+
+def experiment_systems(exp: Experiment) -> list[str]:
+    """The experiment's systems in its own order: its first stages, then each reranker over them."""
+    return ([exp.system_label(f) for f in exp.first_stages]
+            + [exp.system_label(f, r) for r in exp.rerankers for f in exp.first_stages])
 
 
 def _stable(system: dict) -> dict:

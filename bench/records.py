@@ -498,11 +498,30 @@ def find_records(folder: str | os.PathLike, kind: str | None = None, *, skipped:
                 _check_version(p, raw)
                 if kind is None or raw.get("kind") == kind:
                     out.append(_validated(p, raw))
+            elif p.parent.name == "records":  # a records/ folder holds records only: nothing there is skipped unsaid
+                raise BenchError(f"{p}: valid JSON, but not a rerank-bench record ({_what_json(raw)}; a record has "
+                                 f"'schema': {SCHEMA!r}); move it out of records/ or delete it "
+                                 "(`bench report` and `bench compare` take --skip-bad to leave it out)")
         except BenchError as exc:
             if skipped is None:
                 raise
             skipped.append(str(exc))
     return out
+
+
+def _what_json(raw: Any) -> str:
+    """What a JSON value that is not a record is, in a few words."""
+    if raw is None:
+        return "null"
+    if isinstance(raw, list):
+        return f"a list of {len(raw)} item(s)"
+    if not isinstance(raw, dict):
+        return f"a {type(raw).__name__}"
+    if not raw:
+        return "an empty object"
+    if "schema" in raw:
+        return f"'schema' is {raw['schema']!r}"
+    return f"an object without 'schema' (keys: {', '.join(list(map(str, raw))[:5])})"
 
 
 def _check_version(path: Path, raw: dict) -> None:

@@ -213,6 +213,8 @@ def test_unreadable_records_are_an_error_in_report_and_compare(bm25_out, tmp_pat
 
 
 def test_report_shows_the_latest_experiment_and_names_the_others(bm25_out, vaswani, experiment_toml, tmp_path, capsys):
+    """Another experiment run into the same folder sets the first one's records aside (superseded/):
+    the report shows the folder's experiment and names the other; --all-experiments shows both."""
     out = tmp_path / "out"
     shutil.copytree(bm25_out, out)
     later = experiment_toml("later.toml", name="later", cache_dir=str(tmp_path / "cache"),
@@ -220,10 +222,11 @@ def test_report_shows_the_latest_experiment_and_names_the_others(bm25_out, vaswa
                             datasets=[{"source": "beir", "path": str(vaswani), "name": "vaswani300"}],
                             evaluation={"metrics": ["nDCG@10"]})
     assert bench_run(later, out) == 0
+    assert [p.name for p in (out / "records").iterdir()] == ["vaswani300__bm25-k1.json"]
     capsys.readouterr()
     assert main(["report", str(out)]) == 0
     text = capsys.readouterr().out
-    assert text.startswith("Experiment: later (1 records); 2 records of other experiments (bm25) left out")
+    assert text.startswith("Experiment: later (version ") and "left out: 2 records of experiment bm25 (" in text
     assert "first stage: bm25-k1" in text and "tiny" not in text
     assert main(["report", str(out), "--all-experiments"]) == 0
     text = capsys.readouterr().out

@@ -162,10 +162,10 @@ def test_command_reads_existing_records_and_exits_by_the_verdict(entries, tmp_pa
     assert str(tmp_path / "runs" / "a" / "records" / "yo.json") in out
 
     quality("miracl/yo/dev", "dense", 0.3, eval_depth=10).to_disk(tmp_path / "runs" / "a" / "records" / "yo.json")
-    assert main(args + ["--json", str(tmp_path / "check.json")]) == 1
+    assert main(args + ["--out", str(tmp_path / "checks")]) == 1
     out = capsys.readouterr().out
     assert "FAIL" in out and "why: conventions.depth (trec_eval -M): expected 100, record has 10" in out
-    saved = json.loads((tmp_path / "check.json").read_text())
+    saved = json.loads((tmp_path / "checks" / "reproduce.json").read_text())
     assert saved["kind"] == "reproduce" and saved["checks"][0]["status"] == "FAIL"
 
     # Without names nothing runs: entries without records are MISSING, and that alone is no failure.

@@ -32,7 +32,7 @@ def parts(**changes) -> dict:
     ({"nmae": "x"}, "nmae: unknown field; did you mean 'name'?"),
     ({"evaluation": {"metrics": ["nDCG@10", "ndgc@10"]}}, "evaluation.metrics[1]"),
     ({"rerankers": [{"model": "hf:BAAI/bge-reranker-large"}]}, "unknown model prefix 'hf:'"),
-    ({"rerankers": [{"model": "random:tiny-xlmr"}]}, "unknown random architecture 'random:tiny-xlmr'; known: random:"),
+    ({"rerankers": [{"model": "random:tiny-xlmr"}]}, "unknown random architecture 'random:tiny-xlmr' (did you mean 'random:tiny-xlmr-reranker'?); known: random:"),
     ({"first_stages": {"d": {"kind": "dense", "model": "offline:MiniLM"}}}, "unknown offline model 'offline:MiniLM'"),
     ({"datasets": [{"source": "synthetic", "first_stage": "bm52"}]}, "first_stage = 'bm52' is not defined"),
 ])

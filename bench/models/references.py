@@ -29,7 +29,7 @@ import shutil
 from pathlib import Path
 
 from .. import lazy
-from ..errors import BenchError
+from ..errors import BenchError, did_you_mean
 from ..io import build_folder
 from ..progress import quiet_hub_bars
 from .decoders import DECODER_ARCHITECTURES, build_random_decoder, tokenizer_source
@@ -98,8 +98,9 @@ def reference_problem(ref: str, *, reranker: bool = False) -> str | None:
             TRAINED_PREFIX + m for m in TRAINED_MODELS)
     if f"{prefix}:" == RANDOM_PREFIX:
         known = [*XLMR_ARCHITECTURES, *BIENCODER_ARCHITECTURES, *DECODER_ARCHITECTURES, *SEQ2SEQ_ARCHITECTURES]
-        return None if name in known else f"unknown random architecture {ref!r}; known: " + ", ".join(
-            RANDOM_PREFIX + a for a in known)
+        return None if name in known else (f"unknown random architecture {ref!r}"
+                                           f"{did_you_mean(ref, [RANDOM_PREFIX + a for a in known])}; known: "
+                                           + ", ".join(RANDOM_PREFIX + a for a in known))
     return (f"unknown model prefix {prefix + ':'!r} in {ref!r}; known prefixes: {OFFLINE_PREFIX}, {RANDOM_PREFIX}, "
             f"{TRAINED_PREFIX}, {PYTHON_PREFIX} "
             "(or a Hugging Face id such as BAAI/bge-reranker-large, or a local folder)")
