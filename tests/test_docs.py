@@ -449,8 +449,9 @@ def test_site_builds_strictly_and_renders_in_chromium(tmp_path):
     assert {f"{p.stem}.html" for p in (REPO / "docs").glob("*.md")} <= pages
     from test_systems import browse, console_lines
 
-    demo = tmp_path / "demo.html"  # the results page of make demo's committed records (results/demo-cpu/)
-    assert main(["report", str(REPO / "results" / "demo-cpu"), "--html", str(demo)]) == 0
+    # the results page of make demo's committed records (results/demo-cpu/), written with report.md beside it
+    assert main(["report", str(REPO / "results" / "demo-cpu"), "--out", str(tmp_path / "demo")]) == 0
+    demo = tmp_path / "demo" / "report.html"
     ARTIFACTS.mkdir(exist_ok=True)
     for page, shot in ((site / "index.html", "docs-home.png"), (demo, "results-page-demo.png")):
         taken = browse(page, f"--screenshot={ARTIFACTS / shot}", "--window-size=1280,1600")
