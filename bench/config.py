@@ -497,24 +497,27 @@ class Experiment(Spec):
 
     def _fusion_members(self) -> None:
         """Each fusion names defined first stages, not itself, in no cycle, none shallower than itself."""
-        for name, spec in self.first_stages.items():
-            if spec.kind != "fusion":
-                continue
+        fusions = {name: spec for name, spec in self.first_stages.items() if spec.kind == "fusion"}
+        for name, spec in fusions.items():
             for member in spec.first_stages:
-                where = f"first_stages.{name}.first_stages"
                 if member == name:
-                    raise ValueError(f"{where}: {name!r} names itself; a fusion fuses other first stages")
+                    raise ValueError(f"first_stages.{name}.first_stages: {name!r} names itself; a fusion fuses "
+                                     "other first stages")
                 if member not in self.first_stages:
-                    raise ValueError(f"{where}: {member!r} is not defined; defined: {sorted(self.first_stages)}")
-                depth = self.first_stages[member].depth
-                if depth < spec.depth:
-                    raise ValueError(f"{where}: {member!r} has depth {depth}, below the fusion's depth {spec.depth}; "
-                                     f"raise first_stages.{member}.depth or lower first_stages.{name}.depth")
-        for name in self.first_stages:
+                    raise ValueError(f"first_stages.{name}.first_stages: {member!r} is not defined; defined: "
+                                     f"{sorted(self.first_stages)}")
+        for name in fusions:
             cycle = self._fusion_cycle(name, [])
             if cycle:
                 raise ValueError(f"first_stages.{name}.first_stages: fusions fuse each other in a cycle "
                                  f"({' -> '.join(cycle)}); a fusion's members must not lead back to it")
+        for name, spec in fusions.items():
+            for member in spec.first_stages:
+                depth = self.first_stages[member].depth
+                if depth < spec.depth:
+                    raise ValueError(f"first_stages.{name}.first_stages: {member!r} has depth {depth}, below the "
+                                     f"fusion's depth {spec.depth}; each list is taken at its own depth: raise "
+                                     f"first_stages.{member}.depth or lower first_stages.{name}.depth")
 
     def _fusion_cycle(self, name: str, path: list[str]) -> list[str] | None:
         if name in path:

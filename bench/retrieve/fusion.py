@@ -20,6 +20,8 @@ exactly.
 
 from __future__ import annotations
 
+import warnings
+
 from .. import lazy
 from ..runs import Run, sort_ranking
 
@@ -72,5 +74,7 @@ def fuse(runs: dict[str, Run], method: dict, depth: int) -> dict[str, list[tuple
     by_rank = rank_based(method)
     members = [ranx.Run(member_run(run, qids, by_rank), name=name) for name, run in runs.items()]
     norm = None if method["norm"] in (None, "none") else method["norm"]
-    fused = ranx.fuse(members, norm=norm, method=method["ranx_method"], params=dict(method["params"])).to_dict()
+    with warnings.catch_warnings():  # numba's note on ranx's rrf (an int cast of a rank), not ours to act on
+        warnings.filterwarnings("ignore", message="unsafe cast")
+        fused = ranx.fuse(members, norm=norm, method=method["ranx_method"], params=dict(method["params"])).to_dict()
     return {qid: sort_ranking(fused.get(qid, {}))[:depth] for qid in qids}
