@@ -226,8 +226,21 @@ class FirstStageSpec(Spec):
 
     @field_validator("model")
     @classmethod
-    def _known_model(cls, v):
-        return _checked_model(v)
+    def _known_model(cls, v, info):
+        v = _checked_model(v)
+        problem = v and info.data.get("kind") == "splade" and masked_lm_reference_problem(v)
+        if problem:  # SPLADE reads a masked-LM head: refused now where it can be known without loading
+            raise ValueError(problem)
+        return v
+
+    @field_validator("query_encoder")
+    @classmethod
+    def _known_query_encoder(cls, v):
+        if v not in (None, "model", "idf"):
+            problem = reference_problem(v) or masked_lm_reference_problem(v)
+            if problem:
+                raise ValueError(f"{problem} (or use 'model' or 'idf')")
+        return v
 
     @model_validator(mode="before")
     @classmethod
@@ -284,16 +297,9 @@ class FirstStageSpec(Spec):
         if self.engine == "sentence-transformers":
             raise ValueError("engine: kind = 'splade' takes 'fast' (packed forward, fused MLM head) or 'transformers' "
                              "(the plain AutoModelForMaskedLM loop)")
-        problem = masked_lm_reference_problem(self.model)
-        if problem:
-            raise ValueError(f"model: {problem}")
         if self.query_quantize is not None and self.quantize is None:
             raise ValueError("query_quantize scales query weights to integer impacts; set quantize (the documents' "
                              "factor, e.g. 100) too")
-        if self.query_encoder not in (None, "model", "idf"):
-            problem = reference_problem(self.query_encoder) or masked_lm_reference_problem(self.query_encoder)
-            if problem:
-                raise ValueError(f"query_encoder: {problem} (or use 'model' or 'idf')")
 
     def _fusion_fields(self) -> None:
         if self.kind != "fusion":
