@@ -51,7 +51,7 @@ def test_ties_follow_the_harness_rule_in_members_and_in_the_fused_list():
 # -- against ranx.fuse on real member runs -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def members(shared_data, minilm, cache_dir, tmp_path_factory):
-    """BM25 and MiniLM top-30 runs over a Vaswani subset (real scores, no ties within a list)."""
+    """BM25 and MiniLM top-30 runs over a Vaswani subset (real scores), and the queries where a list ties."""
     from test_systems import vaswani_subset
 
     folder = vaswani_subset(shared_data, tmp_path_factory.mktemp("fusion") / "vaswani")
@@ -59,9 +59,8 @@ def members(shared_data, minilm, cache_dir, tmp_path_factory):
     specs = {"bm25": FirstStageSpec(kind="bm25", depth=30),
              "minilm": FirstStageSpec(kind="dense", model=minilm, dtype="fp32", depth=30, max_length=128, device="cpu")}
     runs = {name: FirstStage(name, s, cache_dir, progress=False).retrieve(collection).run for name, s in specs.items()}
-    for run in runs.values():  # the comparison below assumes tie-free member lists (ties: the test above)
-        assert all(len(set(docs.values())) == len(docs) for docs in run.values())
-    return collection, specs, runs
+    tied = {q for run in runs.values() for q, docs in run.items() if len(set(docs.values())) != len(docs)}
+    return collection, specs, runs, tied
 
 
 @pytest.mark.shared_data
@@ -75,7 +74,7 @@ def members(shared_data, minilm, cache_dir, tmp_path_factory):
 def test_fusion_equals_ranx_fuse_called_directly(extra, members, cache_dir):
     import ranx
 
-    collection, specs, runs = members
+    collection, specs, runs, tied = members
     spec = fusion_spec(["bm25", "minilm"], depth=20, **extra)
     stages = build_stages({**specs, "fused": spec}, cache_dir, progress=False)
     result = stages["fused"].retrieve(collection)
@@ -87,8 +86,12 @@ def test_fusion_equals_ranx_fuse_called_directly(extra, members, cache_dir):
     direct = ranx.fuse([ranx.Run(runs["bm25"], name="bm25"), ranx.Run(runs["minilm"], name="minilm")],
                        norm=norm, method=ranx_method, params=params).to_dict()
     assert set(result.run) == set(direct)
-    for qid, docs in direct.items():
-        want = sort_ranking(docs)[:20]
+    # ranx orders a list's tied scores by an unstable sort, the harness by its tie rule: a method that
+    # reads ranks agrees with ranx on the queries whose member lists do not tie (the rest: the test above)
+    compared = [q for q in direct if not (method == "rrf" or extra.get("norm") == "rank") or q not in tied]
+    assert len(compared) >= len(direct) // 2
+    for qid in compared:
+        want = sort_ranking(direct[qid])[:20]
         got = list(result.run[qid].items())
         assert [d for d, _ in got] == [d for d, _ in want], (qid, extra)
         assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-12)
@@ -102,7 +105,7 @@ def test_fusion_equals_ranx_fuse_called_directly(extra, members, cache_dir):
 
 @pytest.mark.shared_data
 def test_a_changed_member_makes_a_new_fused_run(members, cache_dir):
-    collection, specs, _ = members
+    collection, specs, _, _ = members
     stages = build_stages({**specs, "rrf": fusion_spec(["bm25", "minilm"], depth=20)}, cache_dir, progress=False)
     first = stages["rrf"].retrieve(collection)
     assert stages["rrf"].retrieve(collection).cached
