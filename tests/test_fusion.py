@@ -230,7 +230,7 @@ def test_four_first_stages_and_their_reranking_are_eight_rows_in_report_compare_
                  "--bootstrap", "100"]) == 0
     printed = capsys.readouterr().out
     rows = [line for line in printed.splitlines() if re.match(r"\| \([a-h]\) ", line)]
-    assert sorted(re.sub(r"^\| \([a-h]\) ", "", r).split(" |")[0] for r in rows) == sorted(EIGHT)
+    assert sorted(re.sub(r"^\| \([a-h]\) ", "", r).split("|")[0].strip() for r in rows) == sorted(EIGHT)
     # the results page: eight systems in its metric table, the same numbers
     parser = Cells()
     parser.feed((out / "report.html").read_text(encoding="utf-8"))
