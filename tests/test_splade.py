@@ -305,3 +305,12 @@ def test_a_folder_without_a_masked_lm_head_is_refused_when_the_experiment_is_rea
                               first_stages={"s": {"kind": other, "model": "offline:all-MiniLM-L6-v2", "quantize": 100}})
         with pytest.raises(BenchError, match="quantize: only kind = 'splade'"):
             load_experiment(bad)
+
+
+def test_a_model_without_a_masked_lm_head_is_refused_before_encoding_naming_the_field(tiny_reranker, cache_dir):
+    """What cannot be known when the experiment is read (a hub id's config) is checked when the stage
+    loads the model, before any passage is encoded: here a folder given to the stage directly."""
+    bad = FirstStageSpec.model_construct(**{**spec().model_dump(), "model": tiny_reranker})
+    with pytest.raises(BenchError, match=r"first_stages\.s\.model '.*': its config declares "
+                                         r"\['XLMRobertaForSequenceClassification'\], not a masked-LM head"):
+        SpladeEncoder(bad, cache_dir=cache_dir, where="first_stages.s")

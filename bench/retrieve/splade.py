@@ -110,7 +110,7 @@ class MaskedLM:
     model on one device, by the spec's engine (``fast`` or the plain ``transformers`` loop)."""
 
     def __init__(self, ref: str, spec, *, cache_dir=None, device: str = "cpu", special_tokens: str = "keep",
-                 attention: str = "auto", chunk_tokens: int | None = None):
+                 attention: str = "auto", chunk_tokens: int | None = None, where: str = "kind = 'splade', model"):
         transformers = lazy.transformers
         self.ref, self.spec, self.device, self.engine = ref, spec, device, spec.engine
         self.precision = resolve_precision(spec.dtype, device, AUTO_CUDA[spec.engine])
@@ -121,7 +121,7 @@ class MaskedLM:
             raise load_error("SPLADE model", spec.model_copy(update={"model": ref}), exc) from None
         problem = models.masked_lm_problem(getattr(config, "architectures", None))
         if problem:
-            raise BenchError(f"kind = 'splade', model {ref!r}: {problem}")
+            raise BenchError(f"{where} {ref!r}: {problem}")
         try:
             self.hf = transformers.AutoModelForMaskedLM.from_pretrained(
                 self.source, revision=spec.revision, dtype=self.precision.torch_dtype).to(device).eval()
@@ -256,12 +256,15 @@ class SpladeEncoder:
     """A SPLADE first stage's encoders: documents by the masked-LM model, queries by the same model, a
     second one, or the idf look-up (``query_side``)."""
 
-    def __init__(self, spec, *, cache_dir=None, device: str | None = None, **options):
+    def __init__(self, spec, *, cache_dir=None, device: str | None = None, where: str = "first_stages.<name>",
+                 **options):
+        """`where`: the stage's place in the experiment, for messages (``first_stages.splade``)."""
         devices = resolve_devices(device or spec.device)
         self.spec = spec
         self.devices_visible = devices
         self.query_mode, special = query_side(spec)
-        self.docs = MaskedLM(spec.model, spec, cache_dir=cache_dir, device=devices[0], special_tokens=special, **options)
+        self.docs = MaskedLM(spec.model, spec, cache_dir=cache_dir, device=devices[0], special_tokens=special,
+                             where=f"{where}.model", **options)
         if self.query_mode == "model":
             self.queries = self.docs
         elif self.query_mode == "idf":
@@ -269,7 +272,8 @@ class SpladeEncoder:
             self.queries = IdfQueries(self.docs.tokenizer, path, self.docs.vocab, self.docs.max_length)
         else:
             self.queries = MaskedLM(self.query_mode, spec.model_copy(update={"revision": None}), cache_dir=cache_dir,
-                                    device=devices[0], special_tokens=special, **options)
+                                    device=devices[0], special_tokens=special, where=f"{where}.query_encoder",
+                                    **options)
             if self.queries.vocab != self.docs.vocab:
                 raise BenchError(f"kind = 'splade': query model {self.query_mode!r} has a vocabulary of "
                                  f"{self.queries.vocab}, the document model {spec.model!r} {self.docs.vocab}")

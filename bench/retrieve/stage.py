@@ -236,7 +236,8 @@ class FirstStage:
     def _splade(self, collection):
         if self._encoder is None:  # one device; the corpus's weights are cached, unquantised, for every setting
             self._encoder = splade.SpladeEncoder(self.spec, cache_dir=self.cache_root,
-                                                 device=resolve_devices(self.spec.device)[0])
+                                                 device=resolve_devices(self.spec.device)[0],
+                                                 where=f"first_stages.{self.name}")
         n_docs = collection.n_docs()
         ranked, info = splade.retrieve(self._encoder, collection, self.cache_root, self.fetch_depth,
                                        shard_size=lambda laid_out: shard_size(self.spec, n_docs, laid_out),
