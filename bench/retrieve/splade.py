@@ -158,7 +158,13 @@ class MaskedLM:
         if not texts:
             return lazy.scipy_sparse.csr_matrix((0, self.vocab), dtype=np.float32)
         with lazy.torch.inference_mode(), matmul_precision(self.precision):
-            return self._fast(texts) if self.engine == "fast" else self._plain(texts)
+            out = self._fast(texts) if self.engine == "fast" else self._plain(texts)
+        if not np.isfinite(out.data).all():
+            row = int(np.searchsorted(out.indptr, int(np.flatnonzero(~np.isfinite(out.data))[0]), side="right") - 1)
+            raise BenchError(f"SPLADE model {self.ref!r}: the weights of text {row} ({texts[row][:60]!r}) are not "
+                             f"finite; in {self.precision.name} this is usually an overflow of the MLM logits: use "
+                             "bf16 or fp32")
+        return out
 
     def describe(self) -> dict:
         model = models.describe(self.ref, self.spec.revision)
