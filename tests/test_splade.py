@@ -248,11 +248,11 @@ def test_a_damaged_weight_shard_is_encoded_again_and_the_run_is_cached(vaswani30
 @pytest.mark.shared_data
 @pytest.mark.slow
 def test_sparse_search_over_the_full_miracl_yo_corpus_equals_brute_force(shared_data, cache_dir):
-    """All 49,043 passages (tiny model, max_length 12: the search, not the text, is what this checks):
+    """All 49,043 passages (tiny model, max_length 8: the search, not the text, is what this checks):
     the chunked, merged search against scoring every passage at once from the cached weights."""
     collection = load_collection(CollectionSpec(source="beir", path=str(shared_data / "miracl-yo-dev"), split="dev",
                                                 name="miracl/yo/dev", language="yo"))
-    stage = FirstStage("splade", spec(depth=100, max_length=12), cache_dir, progress=False)
+    stage = FirstStage("splade", spec(depth=100, max_length=8), cache_dir, progress=False)
     result = stage.retrieve(collection)
     built = result.info["embeddings"]
     assert built["encoded_docs"] + built["reused_docs"] == 49043
