@@ -41,7 +41,7 @@ from .engine.prompts import check_custom_template
 from .errors import BenchError
 from .metrics import MetricName, unique_metrics
 from .models.python import PYTHON_PREFIX, file_relative_to
-from .models.references import reference_problem
+from .models.references import masked_lm_reference_problem, reference_problem
 from .systems import pipeline_label
 
 Dtype = Literal[DTYPES]
@@ -144,7 +144,13 @@ FIRST_STAGE_FIELDS = {
     "bm25": ("preset", "k1", "b"),
     "run": ("path",),
     "scoreddocs": (),
+    "splade": ("model", "revision", "dtype", "max_length", "batch_size", "token_budget", "engine", "device",
+               "shard_size", "quantize", "query_quantize", "query_encoder", "special_tokens"),
+    "fusion": ("first_stages", "method", "rrf_k", "norm", "fusion_weights"),
 }
+#: Fields only kind = "splade" / kind = "fusion" read (the other kinds refuse them).
+SPLADE_ONLY = ("quantize", "query_quantize", "query_encoder", "special_tokens")
+FUSION_ONLY = ("first_stages", "method", "rrf_k", "norm", "fusion_weights")
 
 
 #: BM25 settings of other toolkits, as closely as bm25s allows (docs/first-stages.md, "BM25 against Pyserini").
@@ -163,9 +169,12 @@ class FirstStageSpec(Spec):
       ``dense``, ``sparse`` (exact search over cached lexical weights), ``dense+sparse`` (the union of
       both top ``hybrid_depth`` lists, weighted), ``multivec`` and ``all`` (the dense top
       ``rescore_depth`` rescored by the multi-vector head, alone or weighted with the other two).
+    * ``splade``: a masked-LM SPLADE model (``bench.retrieve.splade``): max-pooled log(1 + relu(MLM
+      logits)) term weights, cached per corpus shard, exact sparse search; ``quantize`` = integer impacts.
+    * ``fusion``: two or more named first stages fused through ``ranx.fuse`` (``bench.retrieve.fusion``).
     """
 
-    kind: Literal["dense", "bge-m3", "bm25", "run", "scoreddocs"]
+    kind: Literal["dense", "bge-m3", "bm25", "run", "scoreddocs", "splade", "fusion"]
     name: str | None = Field(None, description="label in tables; default: its key in [first_stages]")
     depth: int = Field(100, gt=0, description="candidates kept per query")
     model: str | None = None
@@ -175,7 +184,9 @@ class FirstStageSpec(Spec):
     max_length: int = Field(512, gt=0)
     batch_size: int = Field(256, gt=0, description="texts per batch (upper bound when token_budget is set)")
     token_budget: int | None = Field(None, gt=0, description="max padded tokens per batch; None: engine default")
-    engine: Literal["fast", "sentence-transformers"] = "fast"
+    engine: Literal["fast", "sentence-transformers", "transformers"] = Field(
+        "fast", description="dense, bge-m3: fast or sentence-transformers; splade: fast or transformers (the "
+                            "plain AutoModelForMaskedLM loop)")
     search_chunk: int = Field(65536, gt=0, description="corpus rows scored at once in exact search")
     shard_size: int | None = Field(None, gt=0, description="dense, bge-m3: passages per corpus embedding shard, the "
                                                             "unit an interrupted encoding keeps; None: about a "
@@ -196,11 +207,42 @@ class FirstStageSpec(Spec):
                                                            "scores in dense+sparse and all (default 1, 0.3, 1)")
     rescore_depth: int | None = Field(None, gt=0, description="multivec / all: dense candidates rescored (default 100)")
     hybrid_depth: int | None = Field(None, gt=0, description="dense+sparse: depth of each list merged (default 1000)")
+    # kind = "splade" (bench.retrieve.splade)
+    quantize: float | None = Field(None, gt=0, description="splade: integer impacts round(w x quantize) at search "
+                                                           "time, as Pyserini's impact index (100); None: float weights")
+    query_quantize: float | None = Field(None, gt=0, description="splade: the queries' factor (default: quantize; "
+                                                                 "Pyserini's PyTorch query encoder: 51.2)")
+    query_encoder: str | None = Field(None, description="splade: 'model' (the same model), 'idf' (the model's idf.json, "
+                                                        "no model: inference-free), or a second model for queries; "
+                                                        "None: the known model's own")
+    special_tokens: Literal["keep", "drop"] | None = Field(None, description="splade: whether special tokens get "
+                                                                             "weights; None: the known model's own")
+    # kind = "fusion" (bench.retrieve.fusion)
+    first_stages: list[str] | None = Field(None, description="fusion: the first stages fused (names in [first_stages])")
+    method: Literal["rrf", "combsum", "combmnz", "wsum"] | None = Field(None, description="fusion: ranx.fuse method "
+                                                                                          "(default rrf)")
+    rrf_k: int | None = Field(None, gt=0, description="fusion, method = 'rrf': k in 1 / (k + rank) (default 60)")
+    norm: Literal["min-max", "max", "sum", "zmuv", "rank", "none"] | None = Field(
+        None, description="fusion, combsum / combmnz / wsum: ranx's normalisation of each list (default min-max)")
+    fusion_weights: dict[str, float] | None = Field(None, description="fusion, method = 'wsum': a weight per member")
 
     @field_validator("model")
     @classmethod
-    def _known_model(cls, v):
-        return _checked_model(v)
+    def _known_model(cls, v, info):
+        v = _checked_model(v)
+        problem = v and info.data.get("kind") == "splade" and masked_lm_reference_problem(v)
+        if problem:  # SPLADE reads a masked-LM head: refused now where it can be known without loading
+            raise ValueError(problem)
+        return v
+
+    @field_validator("query_encoder")
+    @classmethod
+    def _known_query_encoder(cls, v):
+        if v not in (None, "model", "idf"):
+            problem = reference_problem(v) or masked_lm_reference_problem(v)
+            if problem:
+                raise ValueError(f"{problem} (or use 'model' or 'idf')")
+        return v
 
     @model_validator(mode="before")
     @classmethod
@@ -226,11 +268,64 @@ class FirstStageSpec(Spec):
         m3_only = [f for f in ("mode", "weights", "rescore_depth", "hybrid_depth") if getattr(self, f) is not None]
         if self.kind != "bge-m3" and m3_only:
             raise ValueError(f"{', '.join(m3_only)}: only kind = 'bge-m3' takes these")
-        if self.shard_size is not None and self.kind not in ("dense", "bge-m3"):
-            raise ValueError("shard_size: only kind = 'dense' or 'bge-m3' takes it (corpus embedding shards)")
+        if self.shard_size is not None and self.kind not in ("dense", "bge-m3", "splade"):
+            raise ValueError("shard_size: only kind = 'dense', 'bge-m3' or 'splade' takes it (corpus shards)")
+        self._splade_fields()
+        self._fusion_fields()
         if self.kind == "run" and not self.path:
             raise ValueError("kind = 'run' needs field 'path' (a TREC run file)")
         return self
+
+    def _only_own_fields(self) -> None:
+        """splade and fusion: a field of another kind set here does nothing, so it is refused."""
+        own = {"kind", "name", "depth", "remove_query_id", *FIRST_STAGE_FIELDS[self.kind]}
+        stray = sorted(f for f in self.model_fields_set - own)
+        if stray:
+            raise ValueError(f"{', '.join(stray)}: kind = {self.kind!r} does not read these; it takes "
+                             f"{', '.join(FIRST_STAGE_FIELDS[self.kind])}")
+
+    def _splade_fields(self) -> None:
+        if self.kind != "splade":
+            used = [f for f in SPLADE_ONLY if getattr(self, f) is not None]
+            if used:
+                raise ValueError(f"{', '.join(used)}: only kind = 'splade' takes these")
+            if self.engine == "transformers":
+                raise ValueError(f"engine = 'transformers' is kind = 'splade''s plain loop; kind = {self.kind!r} "
+                                 "takes 'fast' or 'sentence-transformers'")
+            return
+        if not self.model:
+            raise ValueError("kind = 'splade' needs field 'model' (e.g. 'naver/splade-cocondenser-ensembledistil')")
+        self._only_own_fields()
+        if self.engine == "sentence-transformers":
+            raise ValueError("engine: kind = 'splade' takes 'fast' (packed forward, fused MLM head) or 'transformers' "
+                             "(the plain AutoModelForMaskedLM loop)")
+        if self.query_quantize is not None and self.quantize is None:
+            raise ValueError("query_quantize scales query weights to integer impacts; set quantize (the documents' "
+                             "factor, e.g. 100) too")
+
+    def _fusion_fields(self) -> None:
+        if self.kind != "fusion":
+            used = [f for f in FUSION_ONLY if getattr(self, f) is not None]
+            if used:
+                raise ValueError(f"{', '.join(used)}: only kind = 'fusion' takes these")
+            return
+        self._only_own_fields()
+        members = self.first_stages or []
+        if len(members) < 2 or len(set(members)) != len(members):
+            raise ValueError(f"first_stages = {members}: a fusion names two or more distinct first stages")
+        method = self.method or "rrf"
+        if method == "rrf" and self.norm is not None:
+            raise ValueError(f"norm = {self.norm!r}: method 'rrf' reads ranks only; a normalisation is for "
+                             "combsum, combmnz or wsum")
+        if method != "rrf" and self.rrf_k is not None:
+            raise ValueError(f"rrf_k: only method = 'rrf' takes it (method is {method!r})")
+        if method == "wsum":
+            if self.fusion_weights is None or set(self.fusion_weights) != set(members):
+                raise ValueError(f"method = 'wsum' needs fusion_weights with one weight per member: "
+                                 f"{{{', '.join(f'{m} = ...' for m in members)}}}"
+                                 + (f"; got {sorted(self.fusion_weights)}" if self.fusion_weights else ""))
+        elif self.fusion_weights is not None:
+            raise ValueError(f"fusion_weights: only method = 'wsum' takes them (method is {method!r})")
 
 
 class ListwiseSpec(Spec):
@@ -537,6 +632,7 @@ class Experiment(Spec):
                 if name not in self.first_stages:
                     raise ValueError(f"datasets[{i}].first_stage = {name!r} is not defined; "
                                      f"defined: {sorted(self.first_stages)}")
+        self._fusion_members()
         for name in dict.fromkeys(n for ds in self.datasets for n, _ in self.first_stages_for(ds)):
             depth = self.first_stages[name].depth
             for j, r in enumerate(self.rerankers):
@@ -572,6 +668,42 @@ class Experiment(Spec):
         while chain[0].rerank_of is not None:
             chain.insert(0, by_label[chain[0].rerank_of])
         return chain
+
+    def _fusion_members(self) -> None:
+        """Each fusion names defined first stages, not itself, in no cycle, none shallower than itself."""
+        fusions = {name: spec for name, spec in self.first_stages.items() if spec.kind == "fusion"}
+        for name, spec in fusions.items():
+            for member in spec.first_stages:
+                if member == name:
+                    raise ValueError(f"first_stages.{name}.first_stages: {name!r} names itself; a fusion fuses "
+                                     "other first stages")
+                if member not in self.first_stages:
+                    raise ValueError(f"first_stages.{name}.first_stages: {member!r} is not defined; defined: "
+                                     f"{sorted(self.first_stages)}")
+        for name in fusions:
+            cycle = self._fusion_cycle(name, [])
+            if cycle:
+                raise ValueError(f"first_stages.{name}.first_stages: fusions fuse each other in a cycle "
+                                 f"({' -> '.join(cycle)}); a fusion's members must not lead back to it")
+        for name, spec in fusions.items():
+            for member in spec.first_stages:
+                depth = self.first_stages[member].depth
+                if depth < spec.depth:
+                    raise ValueError(f"first_stages.{name}.first_stages: {member!r} has depth {depth}, below the "
+                                     f"fusion's depth {spec.depth}; each list is taken at its own depth: raise "
+                                     f"first_stages.{member}.depth or lower first_stages.{name}.depth")
+
+    def _fusion_cycle(self, name: str, path: list[str]) -> list[str] | None:
+        if name in path:
+            return path[path.index(name):] + [name]
+        spec = self.first_stages.get(name)
+        if spec is None or spec.kind != "fusion":
+            return None
+        for member in spec.first_stages:
+            found = self._fusion_cycle(member, path + [name])
+            if found:
+                return found
+        return None
 
     def first_stages_for(self, ds: CollectionSpec) -> list[tuple[str, FirstStageSpec]]:
         """The first stages a dataset runs, in the order it lists them: (name, settings) pairs."""

@@ -28,7 +28,7 @@ from .report.tables import quality_report
 from .report.page import html_page
 from .rerank import build_reranker
 from .rerank.stage import RerankStage
-from .retrieve.stage import FirstStage
+from .retrieve.stage import build_stages
 from .runs import write_qrels, write_run
 
 #: The project checkout this code runs from (records state experiment files relative to it).
@@ -61,7 +61,8 @@ class Pipeline:
         self.backend = open_backend(self.exp.execution, self.cache, log=self.log)  # fails before any work
         specs = [s for spec in self.exp.datasets for s in expand(spec)]
         prepared = []
-        stages: dict[str, FirstStage] = {}  # one per name: datasets sharing it load its model once
+        # one per name: datasets sharing it (and fusions fusing it) load its model once
+        stages = build_stages(self.exp.first_stages, self.cache, progress=self.progress, backend=self.backend)
         try:
             for spec in specs:
                 collection = load_collection(spec, cache_dir=self.cache)
@@ -74,10 +75,7 @@ class Pipeline:
                              f"(e.g. {missing[0]!r}); they stay in the qrels, as trec_eval keeps them, so Recall "
                              "cannot reach 1 for their queries (records: dataset.judged_docs_missing)")
                 self._empty[collection.name] = self.check_empty(spec, collection)
-                for fs_name, fs_spec in first_stages:
-                    if fs_name not in stages:
-                        stages[fs_name] = FirstStage(fs_name, fs_spec, self.cache, progress=self.progress,
-                                                      backend=self.backend)
+                for fs_name, _ in first_stages:
                     run, rec = self.first_stage(collection, stages[fs_name])
                     records.append(rec)
                     prepared.append((collection, fs_name, run, rec))

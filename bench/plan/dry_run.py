@@ -18,7 +18,7 @@ from ..data import expand, load_collection
 from ..errors import BenchError
 from .preflight import uncached_models
 from ..records import find_records
-from ..retrieve.stage import FirstStage
+from ..retrieve.stage import build_stages
 
 
 @dataclass
@@ -83,7 +83,7 @@ def plan(exp: Experiment, out: Path, *, results: Path | None = None) -> Plan:
     rates = measured_rates([p for p in (results, out) if p is not None])
     p = Plan()
     p.add(f"experiment {exp.name!r}: output {out}, cache {cache}")
-    stages = {name: FirstStage(name, spec, cache, progress=False) for name, spec in exp.first_stages.items()}
+    stages = build_stages(exp.first_stages, cache, progress=False)
     n_pairs: dict[str, int] = {}
     for spec in (s for entry in exp.datasets for s in expand(entry)):
         try:

@@ -17,13 +17,17 @@ from ..config import Experiment
 from ..errors import BenchError
 from ..models.python import PYTHON_PREFIX
 from ..models.references import OFFLINE_PREFIX, RANDOM_PREFIX, TRAINED_PREFIX
+from ..retrieve.splade import query_side
 
 OFFLINE_HINT = ("Without network (or hub access), run the offline experiment instead: "
                 "`make demo` (bench run experiments/offline.toml).")
 
 
 def hub_models(exp: Experiment) -> list[tuple[str, str | None]]:
-    refs = [(fs.model, fs.revision) for fs in exp.first_stages.values() if fs.kind in ("dense", "bge-m3") and fs.model]
+    refs = [(fs.model, fs.revision) for fs in exp.first_stages.values()
+            if fs.kind in ("dense", "bge-m3", "splade") and fs.model]
+    refs += [(query_side(fs)[0], None) for fs in exp.first_stages.values()  # a SPLADE query model of its own
+             if fs.kind == "splade" and query_side(fs)[0] not in ("model", "idf")]
     refs += [(r.model, r.revision) for r in exp.rerankers]
     out = []
     for ref, rev in refs:

@@ -32,7 +32,7 @@ from ..report.plots import plot_quality_speed
 from ..records import FidelityComparison, FidelityRecord, ThroughputRecord, find_records
 from ..rerank.engines import family_of
 from ..rerank.scoring import DECODER_FIELDS, load_config
-from ..retrieve.stage import FirstStage
+from ..retrieve.stage import build_stages
 from .fidelity import fidelity_record, sweep_fidelity
 from .flops import tokenizer_and_shape
 from .listwise import is_listwise, listwise_table, run_listwise_sweep
@@ -153,7 +153,8 @@ def _pairs(experiment: Experiment, ds: CollectionSpec, collection, n_pairs: int,
         if fs.depth < tp.k:
             raise BenchError(f"{where}: first stage {fs_name!r} keeps depth = {fs.depth} candidates, "
                              f"fewer than [throughput].k = {tp.k}; raise its depth or lower k")
-        candidates = FirstStage(fs_name, fs, cache_root(cache_dir)).retrieve(collection)
+        stage = build_stages(experiment.first_stages, cache_root(cache_dir))[fs_name]  # a fusion: with its members
+        candidates = stage.retrieve(collection)
         pairset = pairs_from_collection(collection, k=tp.k, max_queries=n_queries, run=candidates.run,
                                         run_source=f"first stage {fs_name!r} ({fs.kind}"
                                                    f"{', cached' if candidates.cached else ''})")
