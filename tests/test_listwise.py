@@ -535,9 +535,10 @@ def table_rows(shared_data):
 
 
 def test_the_registry_holds_every_row_of_rank_llms_table(table_rows):
-    """Each TSV row is one entry with its value, protocol and citation; paid APIs, LiT5 and SPLADE++
-    candidates are blocked with their reason; every open-weights BM25 listwise row on DL19/DL20 is a
-    reranker of experiments/rankllm-dl19-dl20.toml with exactly the entry's settings."""
+    """Each TSV row is one entry with its value, protocol and citation; paid APIs and LiT5 are blocked
+    with their reason; every open-weights row on DL19-DL23 is a reranker of its experiment
+    (rankllm-dl19-dl20.toml, -dl19-dl20-splade.toml over SPLADE++ ED, -dl21-dl23.toml) with exactly the
+    entry's settings."""
     from bench.config import load_experiment
     from bench.registry import PROJECT_ROOT, load_registry_file
 
@@ -548,15 +549,18 @@ def test_the_registry_holds_every_row_of_rank_llms_table(table_rows):
         e = entries[f"rankllm-2cr/{row['condition']}/{row['topics']}/nDCG@10"]
         assert e.value == float(row["nDCG@10"]) and e.metric == "nDCG@10" and e.stage == "rerank"
         assert e.reranker.model == row["model"] and e.reranker.top_k == int(row["top_k"]) == e.first_stage.depth
-        assert e.first_stage.kind == ("bm25" if row["first_stage"] == "bm25" else "run")
+        assert e.first_stage.kind == ("bm25" if row["first_stage"] == "bm25" else "splade")
+        if row["first_stage"] != "bm25":  # Pyserini's SPLADE++ ED impact index: documents x 100, queries x 51.2
+            assert (e.first_stage.model, e.first_stage.quantize, e.first_stage.query_quantize) == (
+                "naver/splade-cocondenser-ensembledistil", 100, 51.2)
+            assert e.experiment == "experiments/rankllm-dl19-dl20-splade.toml"
         assert f"row {i} of" in e.source.note and "1b3cabbc3564441bdcda6c6a2e92137b9faa0660" in e.source.url
         assert f"condition {row['condition']}, topic {row['topics']}, column nDCG@10" in e.source.section
         assert e.datasets[0].label.endswith({"dl19-passage": "2019/judged", "dl20-passage": "2020/judged",
                                              "dl21-passage": "2021/judged", "dl22-passage": "2022/judged",
                                              "dl23-passage": "2023/judged"}[row["topics"]])
         paid, lit5 = row["model"] in ("gpt-4o-mini", "gemini-2.0-flash"), "LiT5" in row["model"]
-        seq2seq = "monoT5 / duoT5 family" in (e.blocked or "")  # until that family is merged
-        assert bool(e.blocked) == (paid or lit5 or row["first_stage"] != "bm25" or seq2seq)
+        assert bool(e.blocked) == (paid or lit5)
         assert ("paid API" in (e.blocked or "")) == paid and ("FiD" in (e.blocked or "")) == lit5
         other = {"monot5_template.yaml": "monot5", "duot5_template.yaml": "duot5", "rank_fid_template.yaml": None}
         if row["prompt_template"] in other:
@@ -567,16 +571,22 @@ def test_the_registry_holds_every_row_of_rank_llms_table(table_rows):
             assert (lw.window, lw.stride, lw.passes, lw.context_size, lw.variable_passages, lw.prompt_template) == (
                 20, 10, int(row["passes"]), int(row["context_size"]), row["variable_passages"] == "yes",
                 TEMPLATE_FILES.get(row["prompt_template"], row["prompt_template"]))
-        if e.blocked or e.reranker.head not in ("listwise", "first"):
+        if e.blocked:
             continue
         path = e.experiment_path()
         exp = experiments.setdefault(path, load_experiment(path))
         (spec,) = [r for r in exp.rerankers if r.label == e.system]
         assert spec.model == e.reranker.model and spec.head == e.reranker.head and spec.top_k == e.reranker.top_k
+        assert e.first_stage_label in exp.first_stages and exp.first_stages[e.first_stage_label].kind == e.first_stage.kind
+        if e.reranker.head == "duot5":  # rank_llm reads each pair once
+            assert spec.duo_aggregation == e.reranker.duo_aggregation == "rank_llm"
+        if e.reranker.head not in ("listwise", "first"):
+            continue
         for field in e.reranker.listwise.model_fields_set:
             assert getattr(spec.listwise, field) == getattr(e.reranker.listwise, field), (e.name, field)
         assert e.datasets[0].id in [d.id for d in exp.datasets]
     assert set(experiments) == {PROJECT_ROOT / "experiments/rankllm-dl19-dl20.toml",
+                                PROJECT_ROOT / "experiments/rankllm-dl19-dl20-splade.toml",
                                 PROJECT_ROOT / "experiments/rankllm-dl21-dl23.toml"}
 
 
@@ -590,11 +600,9 @@ def test_reproduce_lists_the_entries_and_a_record_with_another_protocol_fails(ca
     assert len(listed) == 66
     first = next(line for line in listed if line.startswith("rankllm-2cr/firstmistral/dl19-passage"))
     assert "first window=20, stride=10, passes=1" in first and "prompt_template=rank_zephyr_alpha" in first
-    # DL19/20: 8 paid-API rows, 2 LiT5, 6 SPLADE++; DL21-23: 12 paid-API rows, 3 LiT5; and the 10 monoT5 /
-    # duoT5 rows until their family is merged
+    # DL19/20: 8 paid-API rows, 2 LiT5; DL21-23: 12 paid-API rows, 3 LiT5
     blocked = [line for line in listed if "[blocked]" in line]
-    seq2seq = [line for line in blocked if "/monot5/" in line or "/duot5/" in line]
-    assert len(blocked) - len(seq2seq) == 8 + 2 + 6 + 12 + 3 and len(seq2seq) in (0, 10)
+    assert len(blocked) == 8 + 2 + 12 + 3
 
     entry = next(e for e in load_registry_file(PROJECT_ROOT / REGISTRY)
                  if e.name == "rankllm-2cr/firstmistral/dl19-passage/nDCG@10")
