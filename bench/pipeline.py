@@ -90,6 +90,9 @@ class Pipeline:
         release_memory()
         for rspec in self.exp.rerankers:
             holder: dict[str, Any] = {}
+            if rspec.trust_remote_code:
+                self.log(f"warning: reranker {rspec.label}: trust_remote_code = true: the modelling code shipped with "
+                         f"{rspec.model!r} runs wherever the model loads (records: system.reranker.trust_remote_code)")
             for collection, fs_name, run, fs_rec in prepared:
                 self.log(f"[{collection.name}] rerank top-{rspec.top_k} with {self.exp.system_label(fs_name, rspec)}")
                 records.append(self.rerank(collection, fs_name, fs_rec, run, rspec, holder))

