@@ -56,7 +56,7 @@ class RerankResult:
     top_k: int
     blocks: int
     resumed_blocks: int                 # blocks read back from checkpoints, not scored now
-    pairs: int
+    pairs: int                          # pairs scored (counted from the blocks' scores)
     tokens: int | None                  # prompt tokens: every pair's input as the model reads it whole
     padded_tokens: int | None           # every position the model computed (padding and real tokens)
     computed_tokens: int | None         # the real tokens among them (fewer than `tokens` with prefix reuse)
@@ -276,7 +276,7 @@ class BlockPlan:
     def assemble(self, done_blocks: list[dict], resumed: int) -> RerankResult:
         """The reranked run and summed counters from every block's checkpoint content, in block order."""
         run: dict[str, dict[str, float]] = {}
-        totals = {"pairs": 0, "tokens": 0, "padded_tokens": 0, "computed_tokens": 0, "truncated_pairs": 0,
+        totals = {"tokens": 0, "padded_tokens": 0, "computed_tokens": 0, "truncated_pairs": 0,
                   "truncated_queries": 0, "seconds": 0.0}
         counters: dict[str, float] = {}
         block_seconds, block_pairs, warmup = [], [], 0
@@ -299,8 +299,8 @@ class BlockPlan:
                 for i, d in enumerate(below, start=1):
                     run[q][d] = floor - i  # keeps first-stage order under the reranked prefix
         return RerankResult(run=run, top_k=self.top_k, blocks=len(self.blocks), resumed_blocks=resumed,
-                            counters=counters, block_seconds=block_seconds, block_pairs=block_pairs,
-                            warmup_pairs=warmup, **totals)
+                            pairs=sum(block_pairs), counters=counters, block_seconds=block_seconds,
+                            block_pairs=block_pairs, warmup_pairs=warmup, **totals)
 
 
 def _read_block(path: Path, qids: list[str], digest: str):
