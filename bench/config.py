@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from .engine.common import FAST_OPTIONS
 from .engine.device import DTYPES, ENGINES
-from .engine.prompts import check_custom_template, template_kind
+from .engine.prompts import CUSTOM, CUSTOM_WITH_INSTRUCTION, check_custom_template, template_kind
 from .errors import BenchError
 from .metrics import MetricName
 from .models.decoders import DECODER_ARCHITECTURES
@@ -161,8 +161,8 @@ Acts = dict[str, tuple[str, ...]] | None
 _FAST, _NOT_FAST = ("fast",), ("transformers", "sentence-transformers", "flag")
 _DECODER_HEAD: dict[str, Acts] = {
     "template": None, "yes_token": None,
-    "instruction": {"template": ("qwen3", "bge-gemma", "mxbai-v2", "custom {instruction}")},
-    "query_max_length": {"template": ("bge-gemma", "custom", "custom {instruction}")},  # qwen3, mxbai-v2 cut their own way
+    "instruction": {"template": ("qwen3", "bge-gemma", "mxbai-v2", CUSTOM_WITH_INSTRUCTION)},
+    "query_max_length": {"template": ("bge-gemma", CUSTOM, CUSTOM_WITH_INSTRUCTION)},  # qwen3, mxbai-v2 cut their own way
     "prefix_reuse": {"engine": _FAST}, "token_budget": {"engine": _FAST},
     "batch_size": {"engine": _NOT_FAST}, "trust_remote_code": {"engine": ("transformers",)},
 }
