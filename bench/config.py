@@ -28,20 +28,22 @@ Layout of an experiment file::
 from __future__ import annotations
 
 import difflib
+import json
 import sys
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .engine.common import FAST_OPTIONS
 from .engine.device import DTYPES, ENGINES
-from .engine.prompts import check_custom_template
+from .engine.prompts import CUSTOM, CUSTOM_WITH_INSTRUCTION, check_custom_template, template_kind
 from .errors import BenchError
 from .metrics import MetricName, unique_metrics
+from .models.decoders import DECODER_ARCHITECTURES
 from .models.python import PYTHON_PREFIX, file_relative_to
-from .models.references import masked_lm_reference_problem, reference_problem
+from .models.references import RANDOM_PREFIX, masked_lm_reference_problem, reference_problem
 from .systems import pipeline_label
 
 Dtype = Literal[DTYPES]
@@ -135,9 +137,15 @@ class BgeM3Weights(Spec):
     colbert: float = 1.0
 
 
+# -- which field acts where ----------------------------------------------------------------------
+# One table per component says which of its optional fields act for which kind (first stages) or
+# scoring head (rerankers). A field an experiment sets where it does nothing is an error at load
+# time naming it (`inert_fields`), never a setting the record states as if it had been used.
+# A new kind or head is one row here.
+
 _ENCODER_FIELDS = ("model", "revision", "query_instruction", "dtype", "max_length", "batch_size", "token_budget",
-                   "engine", "search_chunk", "device")
-#: The FirstStageSpec fields each kind reads, besides kind, depth and remove_query_id.
+                   "engine", "search_chunk", "device", "shard_size")
+#: The FirstStageSpec fields each kind reads, besides those every kind reads (`FIRST_STAGE_COMMON`).
 FIRST_STAGE_FIELDS = {
     "dense": _ENCODER_FIELDS,
     "bge-m3": (*_ENCODER_FIELDS, "mode", "weights", "rescore_depth", "hybrid_depth"),
@@ -148,9 +156,59 @@ FIRST_STAGE_FIELDS = {
                "shard_size", "quantize", "query_quantize", "query_encoder", "special_tokens"),
     "fusion": ("first_stages", "method", "rrf_k", "norm", "fusion_weights"),
 }
-#: Fields only kind = "splade" / kind = "fusion" read (the other kinds refuse them).
-SPLADE_ONLY = ("quantize", "query_quantize", "query_encoder", "special_tokens")
-FUSION_ONLY = ("first_stages", "method", "rrf_k", "norm", "fusion_weights")
+FIRST_STAGE_COMMON = ("kind", "name", "depth", "remove_query_id")
+#: Fields that shape cache files, not results: left out of a first stage's description in records.
+LAYOUT_FIELDS = ("shard_size",)
+
+#: Where a reranker field acts: always (None), or only with one of the listed engines or templates
+#: (`bench.engine.prompts.template_kind`: a known template's name, "custom" or "custom {instruction}").
+Acts = dict[str, tuple[str, ...]] | None
+_FAST, _NOT_FAST = ("fast",), ("transformers", "sentence-transformers", "flag")
+_DECODER_HEAD: dict[str, Acts] = {
+    "template": None, "yes_token": None,
+    "instruction": {"template": ("qwen3", "bge-gemma", "mxbai-v2", CUSTOM_WITH_INSTRUCTION)},
+    "query_max_length": {"template": ("bge-gemma", CUSTOM, CUSTOM_WITH_INSTRUCTION)},  # qwen3, mxbai-v2 cut their own way
+    "prefix_reuse": {"engine": _FAST}, "token_budget": {"engine": _FAST},
+    "batch_size": {"engine": _NOT_FAST}, "trust_remote_code": {"engine": ("transformers",)},
+}
+#: The RerankerSpec fields each scoring head reads (`bench.rerank.scoring.HEADS`), and where; every
+#: reranker reads the others (model, name, revision, engine, dtype, top_k, device, head).
+_T5_HEAD: dict[str, Acts] = {"template": None, "yes_token": None, "no_token": None, "query_max_length": None,
+                            "batch_size": {"engine": ("transformers",)}, "token_budget": {"engine": _FAST}}
+_LISTWISE_HEAD: dict[str, Acts] = {"listwise": None, "batch_size": {"engine": ("transformers",)}}
+RERANKER_FIELDS: dict[str, dict[str, Acts]] = {
+    "classification": {"batch_size": None, "query_max_length": {"engine": ("fast", "flag")},
+                       "token_budget": {"engine": _FAST}, "trust_remote_code": {"engine": ("transformers",)}},
+    "yes_no": {**_DECODER_HEAD, "no_token": None},
+    "token_logit": _DECODER_HEAD,
+    "monot5": _T5_HEAD,
+    "duot5": {**_T5_HEAD, "max_pairs_per_query": None, "duo_aggregation": None},
+    "listwise": _LISTWISE_HEAD,
+    "first": {**_LISTWISE_HEAD, "prefix_reuse": {"engine": _FAST}, "token_budget": {"engine": _FAST}},
+}
+
+
+#: The validation context key under which rerankers' fields are checked against `RERANKER_FIELDS`.
+FIELDS_ACT = "fields_act"
+
+
+def inert_fields(given: set[str], row: dict[str, Acts], governed: set[str], where: dict[str, str | None],
+                 what: str, readers) -> list[str]:
+    """Why each field in `given` that the table governs does nothing for this component (empty: all
+    act). `row`: the fields its kind or head reads and where; `where`: its engine, template...;
+    `readers(field)`: the kinds or heads that do read a field, for the message."""
+    problems = []
+    for name in sorted(given & governed):  # a field written as None (a default spelled out) is not set
+        if name not in row:
+            others = readers(name)
+            problems.append(f"{name} does nothing for {what}" + (f" (only {others} read it)" if others else "")
+                            + ": remove it")
+            continue
+        for axis, allowed in (row[name] or {}).items():
+            if where.get(axis) not in allowed:
+                problems.append(f"{name} does nothing for {what} with {axis} = {where.get(axis)!r} (it acts with "
+                                f"{axis} {' or '.join(map(repr, allowed))}): remove it")
+    return problems
 
 
 #: BM25 settings of other toolkits, as closely as bm25s allows (docs/first-stages.md, "BM25 against Pyserini").
@@ -256,7 +314,8 @@ class FirstStageSpec(Spec):
 
     def settings(self) -> dict:
         """The fields that act for this kind (records describe a dense stage without BM25's k1 and b)."""
-        return self.model_dump(mode="json", include={"kind", "depth", "remove_query_id", *FIRST_STAGE_FIELDS[self.kind]})
+        acting = {*FIRST_STAGE_COMMON, *FIRST_STAGE_FIELDS[self.kind]} - {"name", *LAYOUT_FIELDS}
+        return self.model_dump(mode="json", include=acting)
 
     @model_validator(mode="after")
     def _kind_fields(self):
@@ -265,37 +324,26 @@ class FirstStageSpec(Spec):
         if self.kind == "bge-m3" and (not self.model or not self.mode):
             raise ValueError("kind = 'bge-m3' needs fields 'model' (e.g. 'BAAI/bge-m3') and 'mode' "
                              "(dense, sparse, multivec, dense+sparse or all)")
-        m3_only = [f for f in ("mode", "weights", "rescore_depth", "hybrid_depth") if getattr(self, f) is not None]
-        if self.kind != "bge-m3" and m3_only:
-            raise ValueError(f"{', '.join(m3_only)}: only kind = 'bge-m3' takes these")
-        if self.shard_size is not None and self.kind not in ("dense", "bge-m3", "splade"):
-            raise ValueError("shard_size: only kind = 'dense', 'bge-m3' or 'splade' takes it (corpus shards)")
+        governed = {f for row in FIRST_STAGE_FIELDS.values() for f in row}
+        problems = inert_fields(_given(self), dict.fromkeys(FIRST_STAGE_FIELDS[self.kind]), governed, {},
+                                f"kind = {self.kind!r}", lambda f: _kinds(f, FIRST_STAGE_FIELDS, "kind"))
+        if problems:
+            raise ValueError("; ".join(problems))
         self._splade_fields()
         self._fusion_fields()
         if self.kind == "run" and not self.path:
             raise ValueError("kind = 'run' needs field 'path' (a TREC run file)")
         return self
 
-    def _only_own_fields(self) -> None:
-        """splade and fusion: a field of another kind set here does nothing, so it is refused."""
-        own = {"kind", "name", "depth", "remove_query_id", *FIRST_STAGE_FIELDS[self.kind]}
-        stray = sorted(f for f in self.model_fields_set - own)
-        if stray:
-            raise ValueError(f"{', '.join(stray)}: kind = {self.kind!r} does not read these; it takes "
-                             f"{', '.join(FIRST_STAGE_FIELDS[self.kind])}")
-
     def _splade_fields(self) -> None:
+        """kind = "splade"'s own checks (which fields act for which kind is `FIRST_STAGE_FIELDS`)."""
         if self.kind != "splade":
-            used = [f for f in SPLADE_ONLY if getattr(self, f) is not None]
-            if used:
-                raise ValueError(f"{', '.join(used)}: only kind = 'splade' takes these")
             if self.engine == "transformers":
                 raise ValueError(f"engine = 'transformers' is kind = 'splade''s plain loop; kind = {self.kind!r} "
                                  "takes 'fast' or 'sentence-transformers'")
             return
         if not self.model:
             raise ValueError("kind = 'splade' needs field 'model' (e.g. 'naver/splade-cocondenser-ensembledistil')")
-        self._only_own_fields()
         if self.engine == "sentence-transformers":
             raise ValueError("engine: kind = 'splade' takes 'fast' (packed forward, fused MLM head) or 'transformers' "
                              "(the plain AutoModelForMaskedLM loop)")
@@ -304,12 +352,9 @@ class FirstStageSpec(Spec):
                              "factor, e.g. 100) too")
 
     def _fusion_fields(self) -> None:
+        """kind = "fusion"'s own checks (which fields act for which kind is `FIRST_STAGE_FIELDS`)."""
         if self.kind != "fusion":
-            used = [f for f in FUSION_ONLY if getattr(self, f) is not None]
-            if used:
-                raise ValueError(f"{', '.join(used)}: only kind = 'fusion' takes these")
             return
-        self._only_own_fields()
         members = self.first_stages or []
         if len(members) < 2 or len(set(members)) != len(members):
             raise ValueError(f"first_stages = {members}: a fusion names two or more distinct first stages")
@@ -493,6 +538,23 @@ class RerankerSpec(Spec):
                              "in options = {...})" if given else "options: only for a python: reranker's class")
         return self
 
+    @model_validator(mode="after")
+    def _fields_act(self, info: ValidationInfo):
+        """Checked where an experiment file is read (`load_experiment`'s `FIELDS_ACT` context): a
+        throughput sweep builds specs of other engines than the entry's and carries its fields along."""
+        if not (info.context or {}).get(FIELDS_ACT):
+            return self
+        head, template = scoring_of(self)
+        if head is None:  # a causal LM that neither a table nor the experiment describes: its config decides
+            return self
+        governed = {f for row in RERANKER_FIELDS.values() for f in row}
+        where = {"engine": self.engine, "template": template_kind(template) if template else None}
+        problems = inert_fields(_given(self), RERANKER_FIELDS.get(head, {}), governed, where,
+                                f"a reranker with head {head!r}", lambda f: _kinds(f, RERANKER_FIELDS, "head"))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     @property
     def label(self) -> str:
         return self.name or self.model.rstrip("/").split("/")[-1].split(":")[-1]
@@ -508,6 +570,43 @@ def _seq2seq():
 #: The fields a python: reranker takes (rerank_of: a chain, where the experiment has chains); the rest
 #: configure the project's engines.
 PYTHON_FIELDS = {"model", "name", "top_k", "options", "rerank_of"}
+
+
+def _given(spec: BaseModel) -> set[str]:
+    """The fields a settings model was given a value other than None."""
+    return {f for f in spec.model_fields_set if getattr(spec, f) is not None}
+
+
+def _kinds(field: str, table: dict[str, Any], what: str) -> str:
+    """The rows of `table` that read `field`, in words ("kind = 'bge-m3'", "head 'yes_no' or 'token_logit'")."""
+    rows = [k for k, row in table.items() if field in row]
+    return f"{what} {' or '.join(map(repr, rows))}" if rows else ""
+
+
+def scoring_of(spec: "RerankerSpec") -> tuple[str | None, str | None]:
+    """The scoring head and template a reranker will use, as far as the experiment and the model's
+    name (a known model, a `random:` decoder, a local folder's config.json) tell without loading it;
+    (None, template) when only the model's config can say (`bench.rerank.scoring.resolve_scoring`)."""
+    from .rerank.scoring import KNOWN_MODELS  # read at call time: bench.rerank's modules import this one's users
+
+    known_as, causal = spec.model, False
+    prefix, _, name = spec.model.partition(":")
+    if f"{prefix}:" == RANDOM_PREFIX and name in DECODER_ARCHITECTURES:
+        known_as, causal = DECODER_ARCHITECTURES[name].get("known_as"), True
+    elif (Path(spec.model) / "config.json").is_file():
+        try:
+            config = json.loads((Path(spec.model) / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            config = {}
+        config = config if isinstance(config, dict) else {}
+        known_as = (config.get("rerank_bench") or {}).get("known_as") or spec.model
+        causal = any(str(a).endswith("ForCausalLM") for a in config.get("architectures") or [])
+    known = KNOWN_MODELS.get(known_as)
+    head = spec.head or (known.head if known else None)
+    template = spec.template or (known.template if known else None)
+    if head is None and template is None and not causal:
+        head = "classification"
+    return head, template
 
 
 def _checked_model(ref: str | None, reranker: bool = False) -> str | None:
@@ -810,6 +909,6 @@ def load_experiment(path: str | Path) -> Experiment:
         if isinstance(template, str) and template.endswith((".yaml", ".yml")) and not Path(template).is_absolute():
             lw["prompt_template"] = str((base / template).resolve())
     try:
-        return Experiment.model_validate(raw)
+        return Experiment.model_validate(raw, context={FIELDS_ACT: True})
     except ValidationError as exc:
         raise BenchError(format_validation_error(exc, str(path), Experiment)) from None

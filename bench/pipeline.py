@@ -8,6 +8,7 @@ one reruns in seconds (records are rewritten from the caches; `timings.cached` s
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from .distributed import open_backend
 from .engine.device import precision_for, release_memory
 from .errors import BenchError
 from .evaluate import Conventions, evaluate
-from .io import atomic_write_text, sha256_file, slug
+from .io import atomic_write_text, json_text, sha256_file, slug
 from .metrics import parse_metric
 from .models.python import find_class, is_python_reference
 from .records import QualityRecord, find_records, make_record
@@ -35,6 +36,10 @@ from .runs import write_qrels, write_run
 REPOSITORY = Path(__file__).resolve().parent.parent
 #: holes in the judgements, a diagnostic every quality record carries
 JUDGED_AT_10 = parse_metric("judged@10")
+#: beside a reranker's checkpoints: its description as it scored them (`Pipeline.describe_reranker`)
+DESCRIPTION_FILE = "reranker.json"
+#: evaluated queries without a candidate named in a record's info (their count is in diagnostics)
+UNRANKED_EXAMPLES = 20
 
 
 class Pipeline:
@@ -86,6 +91,9 @@ class Pipeline:
         reranked: dict[tuple, tuple[dict, QualityRecord]] = {}  # (dataset, first stage, reranker) -> run, record
         for rspec in self.exp.rerankers:
             holder: dict[str, Any] = {}
+            if rspec.trust_remote_code:
+                self.log(f"warning: reranker {rspec.label}: trust_remote_code = true: the modelling code shipped with "
+                         f"{rspec.model!r} runs wherever the model loads (records: system.reranker.trust_remote_code)")
             for collection, fs_name, run, fs_rec in prepared:
                 # a chain (rerank_of) reranks the output of a reranker listed before it, for this first stage
                 source_run, source = (run, fs_rec) if rspec.rerank_of is None else \
@@ -165,9 +173,8 @@ class Pipeline:
             stage = RerankStage(factory, spec.top_k, checkpoints, progress=self.progress)
         t0 = time.perf_counter()
         result = stage.rerank(collection.queries, candidates, collection.get_docs)
-        described = holder["reranker"].describe() if "reranker" in holder else getattr(stage, "described", None) or {
-            "engine": spec.engine, "model": models.describe(spec.model, spec.revision), "note": "all blocks resumed from cache",
-            **python}
+        described = self.describe_reranker(spec, checkpoints, holder.get("reranker") or getattr(stage, "described", None),
+                                           factory if self.backend is None else None)
         settings = spec.model_dump(mode="json", include=PYTHON_FIELDS if python else None)  # a class: no engine fields
         system = {"label": self.exp.system_label(fs_name, spec), "stage": "rerank",
                   "first_stage": source.system.first_stage, "first_stage_label": self.exp.system_label(fs_name),
@@ -175,13 +182,35 @@ class Pipeline:
         if spec.rerank_of is not None:  # a chain: what it reranks, and the whole pipeline
             system.update(reranks=source.system.label,
                           chain=[self.exp.first_stage_label(fs_name), *(r.label for r in self.exp.chain_of(spec))])
-        timings = {"rerank_seconds": time.perf_counter() - t0, "rerank_scoring_seconds": result.seconds,
-                   "rerank_pairs_per_s": result.pairs_per_second, "resumed_blocks": result.resumed_blocks,
+        timings = {"rerank_seconds": time.perf_counter() - t0, **result.speed(), "resumed_blocks": result.resumed_blocks,
                    "blocks": result.blocks, "backend": self.exp.execution.backend}
         info = {"checkpoints": str(checkpoints), **({"execution": stage.execution} if self.backend else {})}
         rec = self._quality_record(collection, system, result.run, f"{fs_name}__{spec.label}", timings,
                                    result.diagnostics(), info, parent=source.key)
         return rec, result.run
+
+    def describe_reranker(self, spec: RerankerSpec, checkpoints: Path, engine, factory) -> dict:
+        """The reranker as it scored the blocks in `checkpoints`: `engine`'s own description when this
+        run built it (a reranker, or an actor's description), stored beside the blocks; else the one
+        stored there by the run that scored them, so that a fully cached rerun writes the clean run's
+        record. A cache from before descriptions were stored: the reranker is built once to describe
+        itself (`factory`), or, on a cluster, the spec stands in and the record says so."""
+        path = checkpoints / DESCRIPTION_FILE
+        described = engine.describe() if engine is not None and hasattr(engine, "describe") else engine
+        if described is None:
+            stored = read_checked_json(path)
+            if isinstance(stored, dict):
+                return stored
+            if factory is None:
+                return {"engine": spec.engine, "model": models.describe(spec.model, spec.revision),
+                        "note": "every block came from a cache written before descriptions were stored"}
+            self.log(f"note: {path} is missing (a cache written before descriptions were stored); loading "
+                     f"{spec.label} once to describe it")
+            described = factory().describe()
+        described = json.loads(json_text(described))  # as a record holds it (tuples as lists, numpy as numbers)
+        if read_checked_json(path) != described:
+            write_checked_json(path, described)
+        return described
 
     # -- records --------------------------------------------------------------------------------
     def _quality_record(self, collection, system: dict, run: dict, run_name: str, timings: dict,
@@ -193,9 +222,16 @@ class Pipeline:
         # would hide part of it. One pass serves both when the conventions allow.
         plain = Conventions(rel_level=ev_spec.rel_level)
         shared = JUDGED_AT_10 not in map(parse_metric, names) and not ev_spec.judged_only and (ev_spec.depth or 10) >= 10
-        if not any(run.get(q) for q in collection.qrels):
+        unranked = sorted(q for q in collection.qrels if not run.get(q))
+        if len(unranked) == len(collection.qrels):
             self.log(f"[{collection.name}] warning: {run_name} ranked none of the {len(collection.qrels):,} evaluated "
                      "queries: every metric is 0 (do the run's query ids match the qrels'?)")
+        elif unranked and system["stage"] == "first_stage":  # its rerankers inherit the holes: said once
+            self.log(f"[{collection.name}] note: first stage {run_name} ranked no candidate for {len(unranked):,} of the "
+                     f"{len(collection.qrels):,} evaluated queries (e.g. {unranked[:3]}); they count 0 in every "
+                     "metric, as trec_eval -c counts them (records: diagnostics.unranked_queries, info.unranked_queries)")
+        if unranked:
+            info = {**info, "unranked_queries": unranked[:UNRANKED_EXAMPLES]}
         evaluation = evaluate(collection.qrels, run, names + (["judged@10"] if shared else []), conventions)
         if shared:
             judged = evaluation.means.pop("judged@10")
@@ -219,7 +255,7 @@ class Pipeline:
             evaluation={"metrics": list(ev_spec.metrics), "conventions": conventions.describe()},
             metrics=evaluation.means,
             per_query=evaluation.per_query,
-            diagnostics={**diagnostics, "judged@10": judged},
+            diagnostics={**diagnostics, "judged@10": judged, "unranked_queries": len(unranked)},
             run_file=str(run_path.relative_to(self.out)),
             qrels_file=str(qrels_path.relative_to(self.out)),
             timings=timings,

@@ -245,19 +245,41 @@ class EvaluationSettings(Part):
 
 
 class QualityTimings(Part):
-    """First stages fill the first group, rerankers the second."""
+    """First stages fill the first group, rerankers the second.
+
+    A reranker's rate: ``rerank_pairs_per_s`` = pairs / ``rerank_scoring_seconds``, the scoring calls
+    only, after an untimed warm-up (``rerank_timed`` says so in words, ``rerank_speed_source`` whether
+    this run or an earlier one's checkpoints timed them, ``rerank_block_pairs_per_s`` the spread over
+    the blocks). Records without ``rerank_timed`` were written before that: their rate includes the
+    first call's warm-up (`speed`)."""
 
     first_stage_seconds: float | None = None
     cached: bool | None = None
     encode_seconds: float | None = None
     search_seconds: float | None = None
     docs_per_second: float | None = None
-    rerank_seconds: float | None = None
+    rerank_seconds: float | None = None     # the whole step: building or loading the model, reading, scoring
     rerank_scoring_seconds: float | None = None
     rerank_pairs_per_s: float | None = None
+    rerank_timed: str | None = None
+    rerank_speed_source: str | None = None
+    rerank_block_pairs_per_s: list[float] | None = None
+    rerank_warmup_pairs: int | None = None
     resumed_blocks: int | None = None
     blocks: int | None = None
     backend: str | None = None              # where the expensive steps ran: local or ray (info.execution: the cluster)
+
+    def speed(self) -> tuple[float | None, str]:
+        """A reranked system's pairs/s and what it times, in words (for tables, the results page)."""
+        if self.rerank_pairs_per_s is None:
+            return None, "no rate recorded"
+        if self.rerank_timed is None:
+            return self.rerank_pairs_per_s, ("this run's own timing of its scoring calls, first call's warm-up "
+                                             "included (a record written before warm-ups)")
+        spread = [r for r in self.rerank_block_pairs_per_s or [] if r]
+        shown = (f"; {len(spread)} blocks, {min(spread):,.0f} to {max(spread):,.0f} pairs/s" if len(spread) > 1
+                 else "; one block")
+        return self.rerank_pairs_per_s, f"{self.rerank_speed_source or 'this run'}{shown}"
 
 
 class QualityRecord(Record):

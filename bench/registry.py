@@ -39,7 +39,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config import Dtype, format_validation_error, read_toml
+from .config import Dtype, format_validation_error, load_experiment, read_toml
+from .data import expand
 from .errors import BenchError
 from .metrics import MetricName, by_metric, parse_metric
 from .records import QualityRecord
@@ -194,6 +195,10 @@ class Entry(Spec):
         labels = [d.label for d in self.datasets]
         if len(set(labels)) != len(labels):
             raise ValueError(f"datasets repeat a label: {labels}")
+        named = _metric_named(self.name.rsplit("/", 1)[-1])
+        if named is not None and named != parse_metric(self.metric):
+            raise ValueError(f"the name ends with {self.name.rsplit('/', 1)[-1]!r} but metric is {self.metric!r}: "
+                             "make the two agree (the name is what `bench reproduce` lists)")
         return self
 
     @property
@@ -203,6 +208,42 @@ class Entry(Spec):
     def experiment_path(self) -> Path:
         path = Path(self.experiment)
         return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def _metric_named(text: str):
+    """The metric `text` spells, or None when it spells none."""
+    try:
+        return parse_metric(text)
+    except BenchError:
+        return None
+
+
+def production_problems(entry: Entry, experiment) -> list[str]:
+    """Why `bench run <entry.experiment>` cannot make the record that `check` reads (empty: it can):
+    the metric among its evaluation metrics, each of the entry's datasets among its datasets, the
+    entry's system (and first stage) among its pipelines. A blocked entry is never run: not checked."""
+    if entry.blocked:
+        return []
+    out = []
+    metrics = [m for m in map(_metric_named, experiment.evaluation.metrics) if m is not None]
+    if parse_metric(entry.metric) not in metrics:
+        out.append(f"it evaluates {', '.join(experiment.evaluation.metrics)}, not {entry.metric}")
+    labels = [s.label for spec in experiment.datasets for s in expand(spec)]
+    missing = [d.label for d in entry.datasets if d.label not in labels]
+    if missing:
+        out.append(f"it has no dataset labelled {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''} "
+                   f"(its datasets: {', '.join(labels[:6])}{', ...' if len(labels) > 6 else ''})")
+    if entry.stage == "first_stage":
+        systems = [experiment.system_label(name) for name in experiment.first_stages]
+    else:
+        systems = [experiment.system_label(name, r) for name in experiment.first_stages for r in experiment.rerankers]
+    if entry.system not in systems:
+        out.append(f"it has no {entry.stage.replace('_', ' ')} system {entry.system!r} (its systems: "
+                   f"{', '.join(systems) or 'none'})")
+    if entry.first_stage_label is not None and entry.first_stage_label not in map(
+            experiment.first_stage_label, experiment.first_stages):
+        out.append(f"it has no first stage {entry.first_stage_label!r}")
+    return out
 
 
 # -- loading --------------------------------------------------------------------------------------
@@ -237,6 +278,19 @@ def load_registry_file(path: str | Path) -> list[Entry]:
         except ValidationError as exc:
             text = format_validation_error(exc, where).replace("Value error, ", "")
             problems.append(text.replace("see bench/config.py for the fields", "see bench/registry.py for the fields"))
+    experiments: dict[Path, Any] = {}  # each experiment file read once
+    for e in entries:  # the MISSING hint names the experiment: it must produce the number
+        file = e.experiment_path()
+        if file not in experiments:
+            try:
+                experiments[file] = load_experiment(file)
+            except BenchError as exc:
+                experiments[file] = exc
+        found = experiments[file]
+        reasons = [f"it does not load ({found})"] if isinstance(found, BenchError) else production_problems(e, found)
+        if reasons and not e.blocked:
+            problems.append(f"{path} entry {e.name!r}: experiment = {e.experiment!r} cannot produce this number: "
+                            + "; ".join(reasons))
     if problems:
         raise BenchError("\n".join(problems))
     return entries

@@ -218,7 +218,7 @@ def test_bge_m3_settings_are_checked():
 
     with pytest.raises(ValidationError, match="needs fields 'model'"):
         FirstStageSpec(kind="bge-m3", model=MODEL)
-    with pytest.raises(ValidationError, match="only kind = 'bge-m3' takes these"):
+    with pytest.raises(ValidationError, match=r"mode does nothing for kind = 'dense' \(only kind 'bge-m3' read it\)"):
         FirstStageSpec(kind="dense", model=MODEL, mode="sparse")
     assert FirstStageSpec(kind="bge-m3", model=MODEL, mode="all", weights={"sparse": 0.5}).weights.colbert == 1.0
 

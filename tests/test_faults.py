@@ -323,7 +323,8 @@ def test_disk_full_is_one_message_and_leaves_nothing_half_written(vaswani, exper
     cache = small_fs("4m")
     with pytest.raises(BenchError, match=r"random-tiny-xlmr-reranker-seed0: no space left on the device"):
         models.resolve("random:tiny-xlmr-reranker", cache)
-    assert leftovers(cache) == [] and list((cache / "models").iterdir()) == []
+    assert leftovers(cache) == [] and [p.name for p in (cache / "models").iterdir()] == [
+        ".random-tiny-xlmr-reranker-seed0.lock"]  # the build lock stays: nothing of the model does
 
 
 def test_read_only_out_is_an_error_before_work(vaswani, experiment_toml, tmp_path, small_fs, capsys):
@@ -349,5 +350,6 @@ def test_two_processes_build_the_same_model_into_one_cache(tiny_reranker, tmp_pa
     for p in procs:
         p.join(timeout=300)
     assert [p.exitcode for p in procs] == [0, 0]
-    assert [p.name for p in (tmp_path / "models").iterdir()] == ["random-tiny-xlmr-reranker-seed0"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
+        ".random-tiny-xlmr-reranker-seed0.lock", "random-tiny-xlmr-reranker-seed0"]
     assert (tmp_path / "models" / "random-tiny-xlmr-reranker-seed0" / "config.json").exists()

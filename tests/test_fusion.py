@@ -136,8 +136,8 @@ def bad_fusion(experiment_toml, **stages):
     ({"f": {"kind": "fusion", "first_stages": ["a", "b"], "norm": "zmuv"}}, r"method 'rrf' reads ranks only"),
     ({"f": {"kind": "fusion", "first_stages": ["a", "b"], "method": "wsum"}}, r"needs fusion_weights with one weight per member"),
     ({"f": {"kind": "fusion", "first_stages": ["a"]}}, r"two or more distinct first stages"),
-    ({"f": {"kind": "fusion", "first_stages": ["a", "b"], "model": "x"}}, r"model: kind = 'fusion' does not read these"),
-    ({"f": {"kind": "bm25", "method": "rrf"}}, r"method: only kind = 'fusion' takes these"),
+    ({"f": {"kind": "fusion", "first_stages": ["a", "b"], "model": "x"}}, r"model does nothing for kind = 'fusion' \(only kind 'dense', 'bge-m3' or 'splade' read it\)"),
+    ({"f": {"kind": "bm25", "method": "rrf"}}, r"method does nothing for kind = 'bm25' \(only kind 'fusion' read it\)"),
 ])
 def test_bad_fusions_are_one_message_naming_the_field_at_load_time(stages, expected, experiment_toml, capsys):
     path = bad_fusion(experiment_toml, **stages)

@@ -80,10 +80,32 @@ def quality(label, system_label, value, *, stage="first_stage", fs_depth=100, ev
     return rec
 
 
+#: An experiment that produces the entries above (the registry refuses an experiment that cannot).
+EXPERIMENT = """
+name = "entries"
+[first_stages.dense]
+kind = "dense"
+model = "BAAI/bge-m3"
+depth = 100
+[[datasets]]
+source = "ir_datasets"
+id = "miracl/{lang}/dev"
+languages = ["yo", "sw"]
+[[rerankers]]
+model = "BAAI/bge-reranker-v2-m3"
+max_length = 1024
+[evaluation]
+metrics = ["nDCG@10"]
+depth = 100
+"""
+
+
 @pytest.fixture()
 def entries(tmp_path):
+    (tmp_path / "exp.toml").write_text(EXPERIMENT, encoding="utf-8")
     path = tmp_path / "registry.toml"
-    path.write_text(REGISTRY, encoding="utf-8")
+    path.write_text(REGISTRY.replace('"experiments/reproduce-miracl-yo-minilm.toml"', json.dumps(str(tmp_path / "exp.toml"))),
+                    encoding="utf-8")
     return {e.name: e for e in registry.load_registry_file(path)}
 
 
@@ -114,13 +136,13 @@ def test_fail_names_every_setting_that_differs(entries):
     assert rr.diagnostics == {"judged@10": 0.4, "truncated_pairs_share": 0.02}
 
 
-def test_missing_when_no_record_matches_label_stage_and_metric(entries):
+def test_missing_when_no_record_matches_label_stage_and_metric(entries, tmp_path):
     e = entries["rerank/yo/nDCG@10"]
     pool = [quality("miracl/yo/dev", "dense", 0.64),                     # right label, wrong stage
             quality("miracl/sw/dev", "bge-reranker-v2-m3", 0.64, stage="rerank")]  # wrong dataset
     c = registry.check(e, pool)
     assert c.status == "MISSING" and c.measured is None
-    assert "bench run experiments/reproduce-miracl-yo-minilm.toml" in c.reasons[0]
+    assert f"bench run {tmp_path / 'exp.toml'}" in c.reasons[0]
 
 
 def test_aggregate_entry_is_the_mean_over_its_datasets(entries):

