@@ -579,8 +579,8 @@ def _given(spec: BaseModel) -> set[str]:
 
 def _kinds(field: str, table: dict[str, Any], what: str) -> str:
     """The rows of `table` that read `field`, in words ("kind = 'bge-m3'", "head 'yes_no' or 'token_logit'")."""
-    rows = [k for k, row in table.items() if field in row]
-    return f"{what} {' or '.join(map(repr, rows))}" if rows else ""
+    rows = [repr(k) for k, row in table.items() if field in row]
+    return f"{what} {' or '.join([', '.join(rows[:-1]), rows[-1]] if len(rows) > 2 else rows)}" if rows else ""
 
 
 def scoring_of(spec: "RerankerSpec") -> tuple[str | None, str | None]:

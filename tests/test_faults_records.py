@@ -92,7 +92,7 @@ def test_fields_that_do_nothing_are_refused_at_load(experiment_toml, capsys):
     path = experiment_toml("bm25.toml", name="f", first_stages={"fs": {"kind": "bm25", "model": "BAAI/bge-m3"}},
                            datasets=[{"source": "synthetic"}])
     assert main(["run", str(path), "--dry-run"]) == 2
-    assert ("first_stages.fs: model does nothing for kind = 'bm25' (only kind 'dense' or 'bge-m3' read it): remove it"
+    assert ("first_stages.fs: model does nothing for kind = 'bm25' (only kind 'dense', 'bge-m3' or 'splade' read it): remove it"
             in capsys.readouterr().err)
     cases = {  # reranker fields -> the message naming the field
         (("model", "random:tiny-xlmr-reranker"), ("instruction", "Find it")):
@@ -104,7 +104,7 @@ def test_fields_that_do_nothing_are_refused_at_load(experiment_toml, capsys):
         (("model", "random:tiny-qwen3-reranker"), ("engine", "transformers"), ("prefix_reuse", False)):
             "prefix_reuse does nothing for a reranker with head 'yes_no' with engine = 'transformers'",
         (("model", "random:tiny-gemma-reranker"), ("no_token", "No")):
-            "no_token does nothing for a reranker with head 'token_logit' (only head 'yes_no' read it)",
+            "no_token does nothing for a reranker with head 'token_logit' (only head 'yes_no', 'monot5' or 'duot5' read it)",
         (("model", "random:tiny-qwen3-reranker"), ("query_max_length", 64)):
             "query_max_length does nothing for a reranker with head 'yes_no' with template = 'qwen3'",
         (("model", "random:tiny-qwen3-reranker"), ("template", "Q: {query} D: {passage}"), ("instruction", "x")):
