@@ -26,6 +26,9 @@ class PythonReranker:
     """The user's class, scored pair by pair as the class itself batches them."""
 
     engine = "python"
+    #: No untimed warm-up call before the first block (`bench.rerank.stage.score_block`): the class may
+    #: call a paid API, and each pair is sent once.
+    warm_up = False
 
     def __init__(self, spec, device: str | None = None, cache_dir=None):
         self.spec = spec

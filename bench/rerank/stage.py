@@ -171,7 +171,7 @@ def score_block(reranker, qids: list[str], keys: list[tuple[str, str]], pairs: l
     the reranker's counters, the wall time of the scoring call). With `warm_up`, the block's first
     queries (about WARMUP_PAIRS pairs) are scored once before, untimed, their scores dropped."""
     warmup_pairs = 0
-    if warm_up:
+    if warm_up and getattr(reranker, "warm_up", True):  # a python: class may be a paid API: never twice
         head_keys, head_pairs = _head_queries(keys, pairs, WARMUP_PAIRS)
         _score(reranker, head_keys, head_pairs)
         warmup_pairs = len(head_pairs)
