@@ -30,6 +30,18 @@ def pytest_sessionfinish(session, exitstatus):
     if not KEEP_CACHE:
         shutil.rmtree(SESSION_CACHE, ignore_errors=True)
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` run where torch sees a CUDA device and skip elsewhere, saying why."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="marked gpu: needs a CUDA device (torch.cuda.is_available() is False here)")
+        for item in gpu:
+            item.add_marker(skip)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RERANK_BENCH_SHARED_DATA", REPO.parent / "shared" / "data"))
 #: The registry's offline check: all-MiniLM-L6-v2 over the full MIRACL Yoruba corpus (49,043 passages).

@@ -300,6 +300,21 @@ def test_fast_engine_equals_the_model_card_forward(model, pairs):
         assert np.abs(small - expected).max() < TOL
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", [QWEN3, QWEN2, GEMMA])
+def test_fast_engine_on_cuda_flash_path_equals_the_model_card_forward(model, pairs):
+    """The fast engine's CUDA path (flash attention over packed runs, fp16), with and without prefix
+    reuse, against the model card's forward in fp32 on the CPU: the same scores to half precision's
+    rounding (a wrong mask or prefix gather moves them by their own spread)."""
+    expected = scorer(model, "transformers", max_length=96, batch_size=16).score(pairs)
+    for reuse in (True, False):
+        spec = RerankerSpec(model=model, engine="fast", device="cuda", dtype="fp16", max_length=96, prefix_reuse=reuse)
+        fast = build_reranker(spec, attention="varlen")
+        assert fast.describe()["attention"] == "varlen"
+        got = fast.score(pairs)
+        assert np.abs(got - expected).max() <= 0.02 * np.abs(expected).max() + 1e-3, (model, reuse)
+
+
 def test_scoring_head_is_recorded_for_every_reranker(tiny_reranker, cache_dir):
     info = scorer(QWEN3, "transformers", max_length=64).describe()
     assert info["scoring"]["head"] == "yes_no" and info["scoring"]["yes_id"] == 9693
