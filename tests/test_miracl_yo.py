@@ -125,16 +125,15 @@ def test_bench_run_equals_independent_computation(shared_data, minilm, miracl_yo
     assert sorted(run) == sorted(ref["ranked"])
 
     # Each query's list: at every rank the passage the independent scores put there, scores within noise.
-    noise = max(abs(score - dict(ref["ranked"][q])[d]) for q in run for d, score in run[q].items()
-                if d in dict(ref["ranked"][q]))
+    scores = {q: dict(hits) for q, hits in ref["ranked"].items()}
+    noise = max(abs(score - scores[q][d]) for q in run for d, score in run[q].items() if d in scores[q])
     assert noise < 1e-5, noise  # fp32 rounding of two encoders, nothing more
     for q, hits in run.items():
         ours = sorted(hits.items(), key=lambda x: (x[1], x[0]), reverse=True)
         theirs = ref["ranked"][q][:DEPTH]
         assert len(ours) == len(theirs) == DEPTH, q
-        theirs_scores = dict(ref["ranked"][q])
         for rank, ((doc, _), (want, want_score)) in enumerate(zip(ours, theirs)):
-            assert doc == want or abs(theirs_scores.get(doc, -1.0) - want_score) <= 2 * noise, (q, rank, doc, want)
+            assert doc == want or abs(scores[q].get(doc, -1.0) - want_score) <= 2 * noise, (q, rank, doc, want)
     # No order that decides a metric is within the noise, so the metrics must be equal (not merely close).
     closest = min((g for q in run for g in deciding_gaps(ref["ranked"][q], ref["qrels"][q])), default=float("inf"))
     assert closest > 10 * noise, (closest, noise)
