@@ -121,20 +121,20 @@ def test_every_command_takes_no_progress(command, monkeypatch):
 
 def test_a_real_run_with_no_progress_draws_no_bar(experiment_toml, tmp_path, capfd):
     """`bench run` of a BM25 experiment (bm25s draws its own tqdm bars while indexing and retrieving):
-    with the bars on, stderr holds them; with `--no-progress`, none, bm25s' included."""
-    def run(*flags) -> str:
-        folder = tmp_path / f"run{len(flags)}"  # its own cache: the index is built, and its bars drawn, each time
-        exp = experiment_toml(f"np{len(flags)}.toml", name="np", cache_dir=folder / "cache",
+    with `--verbose`, stderr holds them; with `--no-progress`, none, bm25s' included."""
+    def run(flag: str) -> str:
+        folder = tmp_path / flag.strip("-")  # its own cache: the index is built, and its bars drawn, each time
+        exp = experiment_toml(f"{folder.name}.toml", name="np", cache_dir=folder / "cache",
                               first_stages={"bm25": {"kind": "bm25"}},
                               datasets=[{"source": "synthetic", "synthetic": {"languages": ["en"]}}])
         capfd.readouterr()
-        assert main(["run", str(exp), "--out", str(folder / "out"), *flags]) == 0
+        assert main(["run", str(exp), "--out", str(folder / "out"), flag]) == 0
         return capfd.readouterr().err
 
     def bars(err: str) -> list[str]:
         return [line for line in err.replace("\r", "\n").splitlines() if "it/s" in line or "%|" in line]
 
-    drawn = bars(run())
+    drawn = bars(run("--verbose"))
     assert any(line.startswith("BM25S") for line in drawn), drawn  # the check below can fail
     err = run("--no-progress")
     assert not bars(err) and "\r" not in err, err
