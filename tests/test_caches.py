@@ -1,5 +1,7 @@
 """Caches and checkpoints: an interrupted step resumes without recomputing what is done."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -19,11 +21,20 @@ def batches(items, size):
 
 
 def test_cache_key_changes_with_every_part(tmp_path):
-    a = entry(tmp_path, "runs", "x/y", model="m", revision=None)
-    assert entry(tmp_path, "runs", "x/y", model="m", revision=None) == a
-    assert entry(tmp_path, "runs", "x/y", model="m", revision="abc") != a
-    assert (a / "key.json").exists() and a.parent.name == "runs"
-    assert key_of(a=1, b=2) == key_of(b=2, a=1)
+    parts = {"model": "m", "revision": None, "max_length": 256, "dtype": "fp32", "corpus": {"n_docs": 10, "sha": "ab"}}
+    a = entry(tmp_path, "runs", "x/y", **parts)
+    assert entry(tmp_path, "runs", "x/y", **parts) == a
+    assert json.loads((a / "key.json").read_text()) == parts and a.parent.name == "runs"
+    others = [entry(tmp_path, "embeddings", "x/y", **parts), entry(tmp_path, "runs", "x/z", **parts),
+              entry(tmp_path, "runs", "x/y", **parts, extra=1),  # a part added
+              entry(tmp_path, "runs", "x/y", **{k: v for k, v in parts.items() if k != "revision"})]  # None != absent
+    changes = {"model": "m2", "revision": "abc", "max_length": 512, "dtype": "fp16",
+               "corpus": {"n_docs": 10, "sha": "ac"}}  # a nested value too
+    assert changes.keys() == parts.keys()  # every part is changed once
+    others += [entry(tmp_path, "runs", "x/y", **{**parts, name: value}) for name, value in changes.items()]
+    assert len({a, *others}) == 1 + len(others)
+    assert key_of(a=1, b={"c": 2, "d": 3}) == key_of(b={"d": 3, "c": 2}, a=1)  # order never matters
+    assert key_of(a=1) != key_of(a="1")
 
 
 def test_embedding_store_resumes_after_interruption(tmp_path):

@@ -117,7 +117,8 @@ def test_bm25_pyserini_preset_sets_k1_and_b_unless_given(experiment_toml):
 
 @pytest.mark.parametrize("command", ["report", "compare", "throughput", "data", "eval", "reproduce", "run"])
 def test_every_command_takes_no_progress(command, monkeypatch):
-    """`--no-progress` is accepted by every command and silences tqdm's and huggingface_hub's bars."""
+    """`--no-progress` is accepted by every command and silences tqdm's and huggingface_hub's bars (the
+    variables main sets are restored after each test by conftest's `progress_variables_restored`)."""
     import bench.cli
 
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
@@ -127,3 +128,24 @@ def test_every_command_takes_no_progress(command, monkeypatch):
                                               "eval": ["--qrels", "q", "--run", "r", "-m", "ndcg@10"], "reproduce": [],
                                               "run": ["x.toml"]}[command]) == 0
     assert os.environ["TQDM_DISABLE"] == "1" and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+
+
+def test_a_real_run_with_no_progress_draws_no_bar(experiment_toml, tmp_path, capfd):
+    """`bench run` of a BM25 experiment (bm25s draws its own tqdm bars while indexing and retrieving):
+    with `--verbose`, stderr holds them; with `--no-progress`, none, bm25s' included."""
+    def run(flag: str) -> str:
+        folder = tmp_path / flag.strip("-")  # its own cache: the index is built, and its bars drawn, each time
+        exp = experiment_toml(f"{folder.name}.toml", name="np", cache_dir=folder / "cache",
+                              first_stages={"bm25": {"kind": "bm25"}},
+                              datasets=[{"source": "synthetic", "synthetic": {"languages": ["en"]}}])
+        capfd.readouterr()
+        assert main(["run", str(exp), "--out", str(folder / "out"), flag]) == 0
+        return capfd.readouterr().err
+
+    def bars(err: str) -> list[str]:
+        return [line for line in err.replace("\r", "\n").splitlines() if "it/s" in line or "%|" in line]
+
+    drawn = bars(run("--verbose"))
+    assert any(line.startswith("BM25S") for line in drawn), drawn  # the check below can fail
+    err = run("--no-progress")
+    assert not bars(err) and "\r" not in err, err
