@@ -102,7 +102,7 @@ def test_every_transcribed_entry_equals_its_cited_cell():
     checked = 0
     for e in registry.load_registry():
         cited = re.search(r"shared/published/([\w.-]+\.tsv)", e.source.note or "")
-        if not cited:
+        if not cited or cited.group(1) == "rankllm-2cr-msmarco.tsv":  # rank_llm's table: test_listwise checks it
             continue
         table = read_table(PUBLISHED / cited.group(1))
         row = re.search(r"row '([^']+)'", e.source.section).group(1)

@@ -319,6 +319,18 @@ def test_cpu_peak_memory_sees_an_allocation():
     assert mem.result()["bytes"] < after
 
 
+def test_cpu_peak_memory_that_did_not_reset_is_not_recorded(monkeypatch):
+    """A kernel or sandbox that accepts the clear_refs write but keeps the old peak: no number that
+    covers earlier cells, the reason instead."""
+    from bench.throughput import timing
+
+    monkeypatch.setattr(timing, "_proc_status", lambda: {"VmHWM": 7 * 2**30, "VmRSS": 2**30})
+    mem = PeakMemory("cpu")
+    mem.reset()
+    result = mem.result()
+    assert result["bytes"] is None and "not recorded" in result["what"]
+
+
 def test_quality_speed_plot_from_quality_records(tmp_path):
     from bench.report.plots import plot_quality_speed
     from bench.records import make_record
