@@ -8,24 +8,51 @@ Every file a cache entry serves (embedding shards, candidate runs and their info
 markers, rerank blocks) is written with `write_checked` and read with `read_checked` / `checked`:
 a truncated, overwritten or half-written file is never used; it is reported on stderr (one line
 naming it) and the caller recomputes it.
+
+Models the project builds into the cache (`random:`, `trained:`; `bench.models`) are folders with
+the same treatment (`checked_folder`): a `files.check` inside lists every file's size and sha256,
+each load verifies them, and a damaged model is rebuilt (said on stderr). Builds hold a lock, so a
+second process waits for the first instead of building the same model twice, and folders a killed
+build left behind are removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import sys
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from .io import atomic_write_bytes, atomic_write_json, json_text, sha256_file, slug
-from .models.references import default_cache_dir
+from .errors import BenchError
+from .io import (atomic_write_bytes, atomic_write_json, build_folder, check_output_folder, json_text, sha256_file,
+                 slug)
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: builds are not serialised (two builders both build; the rename decides)
+    fcntl = None
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("RERANK_BENCH_CACHE", Path.home() / ".cache" / "rerank-bench"))
 
 
 def cache_root(configured: str | os.PathLike | None = None) -> Path:
     """The experiment's `cache_dir`, else $RERANK_BENCH_CACHE, else ~/.cache/rerank-bench."""
     return Path(configured) if configured else default_cache_dir()
+
+
+def check_cache_folder(configured: str | os.PathLike | None = None) -> Path:
+    """Before any work: the cache folder (`cache_root`) must be a writable folder outside /proc, /sys
+    and /dev, or one that can be made; a BenchError names the setting it came from otherwise."""
+    setting = ("cache_dir =" if configured else "RERANK_BENCH_CACHE =" if os.environ.get("RERANK_BENCH_CACHE")
+               else "the default cache folder")
+    return check_output_folder(cache_root(configured), setting, purpose="the cache (embeddings, runs, models)")
 
 
 def key_of(**parts: Any) -> str:
@@ -150,3 +177,119 @@ def _rejected(path: Path, problem: str) -> None:
         _said.add((str(path), problem))
         print(f"cache: {path}: {problem}; recomputing it", file=sys.stderr, flush=True)
     return None
+
+
+# -- model folders built into the cache --------------------------------------------------------------
+#: inside a model folder built into the cache: {"files": {relative path: {"size", "sha256"}}}
+FOLDER_CHECK = "files.check"
+#: the files that hold a model's weights (their digests go into every record that uses the model)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def write_folder_check(folder: str | os.PathLike) -> Path:
+    """List every file of `folder` (but the check itself) with its size and sha256."""
+    folder = Path(folder)
+    files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != FOLDER_CHECK}
+    return atomic_write_json(folder / FOLDER_CHECK, {"files": files})
+
+
+def folder_problem(folder: str | os.PathLike) -> str | None:
+    """What is wrong with a built folder against its `files.check` (None: nothing). Each file is
+    hashed once per process while its size, time and inode stay the same."""
+    folder = Path(folder)
+    try:
+        listed = json.loads((folder / FOLDER_CHECK).read_text(encoding="utf-8"))["files"]
+        listed = {str(k): (int(v["size"]), str(v["sha256"])) for k, v in listed.items()}
+    except FileNotFoundError:
+        return f"no {FOLDER_CHECK} inside (built by an older version, or the build was interrupted)"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"its {FOLDER_CHECK} is unreadable"
+    for name, (size, sha) in listed.items():
+        path = folder / name
+        try:
+            st = path.stat()
+        except OSError:
+            return f"{name} is missing"
+        if st.st_size != size:
+            return f"{name}: {st.st_size:,} bytes, but {size:,} were written (truncated or overwritten)"
+        stamp = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+        if stamp not in _verified:
+            if sha256_file(path) != sha:
+                return f"{name}: content differs from what was written (sha256 mismatch)"
+            _verified.add(stamp)
+    return None
+
+
+def weights_digests(folder: str | os.PathLike) -> dict[str, str] | None:
+    """{weight file: sha256} of a built folder, from its check (None: not a built folder)."""
+    try:
+        listed = json.loads((Path(folder) / FOLDER_CHECK).read_text(encoding="utf-8"))["files"]
+        return {k: v["sha256"] for k, v in listed.items() if k.endswith(WEIGHT_SUFFIXES)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def checked_folder(folder: str | os.PathLike, build: Callable[[Path], None]) -> Path:
+    """`folder`, a model built into the cache by `build(tmp)` (which saves it into an empty folder):
+    used when it passes its check, else built, or rebuilt when damaged (said on stderr). Building
+    holds a lock beside the folder; folders a killed build left (``.<name>.*.building``) are removed
+    whenever the lock is free."""
+    folder = Path(folder)
+    if folder.is_dir() and folder_problem(folder) is None:
+        with _build_lock(folder, wait=False) as held:
+            if held:
+                _remove_leftovers(folder)
+        return folder
+    with _build_lock(folder, wait=True):
+        _remove_leftovers(folder)
+        if folder.exists():
+            problem = folder_problem(folder)
+            if problem is None:  # another process built it while this one waited
+                return folder
+            print(f"cache: {folder}: {problem}; rebuilding it", file=sys.stderr, flush=True)
+            aside = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.damaged")
+            folder.rename(aside)
+            shutil.rmtree(aside, ignore_errors=True)
+
+        def save(tmp: Path) -> None:
+            build(tmp)
+            write_folder_check(tmp)
+
+        return build_folder(folder, save)
+
+
+@contextlib.contextmanager
+def _build_lock(folder: Path, *, wait: bool):
+    """An exclusive lock on ``.<name>.lock`` beside `folder`; yields whether it is held (with
+    ``wait=False`` it is not when another process builds now)."""
+    if fcntl is None:
+        yield True
+        return
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(folder.with_name(f".{folder.name}.lock"), "a+b")
+    except OSError as exc:
+        if not wait:  # a read-only cache can still serve a sound model
+            yield False
+            return
+        raise BenchError(f"{folder.parent}: cannot build {folder.name} there ({exc.strerror or exc}); "
+                         "point cache_dir or RERANK_BENCH_CACHE at a writable folder") from None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Under the build lock: what killed builds of `folder` left beside it (no live build holds any)."""
+    for leftover in [*folder.parent.glob(f".{folder.name}.*.building"), *folder.parent.glob(f".{folder.name}.*.damaged"),
+                     folder.with_name(folder.name + ".partial")]:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)

@@ -26,13 +26,44 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: The end of `bench --help`: where a newcomer starts.
+START_HERE = """\
+examples:
+  make demo                              # the offline demo: a few minutes on a CPU, no network
+  bench run experiments/offline.toml     # the same, by hand; then open runs/offline/report.html
+  bench compare runs/offline/records     # significance of each reranker against the first stage
+
+documentation: docs/index.md (a site: mkdocs serve); `bench COMMAND --help` for each command's options.
+"""
+
+#: The options every command takes, described here once.
+COMMON_OPTIONS = {
+    "--no-progress": "no progress bars at all (ours, tqdm's, Hugging Face's, bm25s')",
+    "--verbose": "the libraries' own bars and messages too (Hugging Face's loading and download bars, "
+                 "bm25s' indexing bars); also RERANK_BENCH_VERBOSE=1",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0], epilog=START_HERE,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"rerank-bench {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
+
+
+def command_parser(name: str, module) -> argparse.ArgumentParser:
+    """`bench NAME`'s parser: the command's own arguments, the common options, its examples last."""
+    sub = argparse.ArgumentParser(prog=f"bench {name}", description=COMMANDS[name][1],
+                                  epilog="examples:\n" + module.EXAMPLES,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(sub)
+    common = sub.add_argument_group("common options (every command)")
+    for option, text in COMMON_OPTIONS.items():  # every command takes them, whether it draws bars or not
+        common.add_argument(option, action="store_true", help=text)
+    return sub
 
 
 def silence_progress() -> None:
@@ -50,13 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name, rest = argv[0], argv[1:]
     module = importlib.import_module(COMMANDS[name][0])
-    sub = argparse.ArgumentParser(prog=f"bench {name}", description=COMMANDS[name][1])
-    module.add_arguments(sub)
-    if "--no-progress" not in sub._option_string_actions:  # every command takes it, whether it draws bars or not
-        sub.add_argument("--no-progress", action="store_true", help="no progress bars (ours, tqdm's, Hugging Face's)")
-    if "--verbose" not in sub._option_string_actions:
-        sub.add_argument("--verbose", action="store_true", help="Hugging Face's own loading and download bars too")
-    args = sub.parse_args(rest)
+    args = command_parser(name, module).parse_args(rest)
     if args.no_progress:
         silence_progress()
     if args.verbose:

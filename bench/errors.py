@@ -18,3 +18,18 @@ class Interrupted(KeyboardInterrupt):
 def where(path, line: int | None = None) -> str:
     """`path:line` prefix for error messages (line is 1-based)."""
     return f"{path}:{line}" if line is not None else str(path)
+
+
+def closest(word: str, choices) -> str | None:
+    """The one of `choices` that `word` most likely misspells (difflib's ratio 0.6 or more), or None."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def did_you_mean(word: str, choices, hint: str = "") -> str:
+    """" (did you mean 'x'?)" when `word` is close to one of `choices` (a misspelt name), else ""; `hint`
+    is added after the closest choice (a metric's cutoff)."""
+    found = closest(word, choices)
+    return f" (did you mean {found + hint!r}?)" if found else ""

@@ -116,13 +116,13 @@ def _free_bytes(path: Path) -> int:
     return 0
 
 
-def check_output_folder(folder: str | os.PathLike, option: str = "--out") -> Path:
+def check_output_folder(folder: str | os.PathLike, option: str = "--out", *, purpose: str = "results") -> Path:
     """Before any work: `folder` must be a writable folder outside /proc, /sys and /dev, or one that
     can be made (nothing is created here); a BenchError names the option and the problem otherwise."""
     folder = Path(folder)
     resolved = folder.resolve()
     if resolved.parts[1:2] and resolved.parts[1] in ("proc", "sys", "dev"):
-        raise BenchError(f"{option} {folder}: under /{resolved.parts[1]}, a system folder; choose a folder for results")
+        raise BenchError(f"{option} {folder}: under /{resolved.parts[1]}, a system folder; choose a folder for {purpose}")
     existing = next(p for p in (resolved, *resolved.parents) if p.exists())
     if not existing.is_dir():
         what = "exists and is a file" if existing == resolved else f"lies under the file {existing}"
@@ -196,6 +196,15 @@ def text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
         raise BenchError(f"{where(path, lineno + 1)}: cannot read ({exc}); the file is cut short or not gzip") from None
 
 
+def publish_modes(folder: Path) -> None:
+    """Every file and folder under `folder` as open() and mkdir() would make them (0666 / 0777 less
+    the umask): libraries that save through private temp files leave them 0600, unreadable to the
+    others who share a cache."""
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            os.chmod(path, folder_mode() if path.is_dir() else _file_mode())
+
+
 def build_folder(folder: str | os.PathLike, save) -> Path:
     """Make `folder` by `save(tmp)` into a private temporary folder beside it, then one rename.
 
@@ -211,6 +220,7 @@ def build_folder(folder: str | os.PathLike, save) -> Path:
         raise write_error(folder, exc) from None
     try:
         save(tmp)
+        publish_modes(tmp)
         try:
             os.rename(tmp, folder)
         except OSError:

@@ -31,6 +31,7 @@ MODULES = {
     "matplotlib": "matplotlib",
     "matplotlib_figure": "matplotlib.figure",
     "matplotlib_agg": "matplotlib.backends.backend_agg",
+    "matplotlib_ticker": "matplotlib.ticker",
     "pd": "pandas",
     "scipy_stats": "scipy.stats",
     "scipy_sparse": "scipy.sparse",
@@ -41,6 +42,8 @@ MODULES = {
     "ray": "ray",
     "ray_data": "ray.data",
     "pyarrow_fs": "pyarrow.fs",
+    "ftfy": "ftfy",
+    "yaml": "yaml",
 }
 
 __all__ = sorted(MODULES)

@@ -1,8 +1,9 @@
 """Metrics as values: one canonical text form per metric, whatever spelling asked for it.
 
 People write the same metric many ways: ``nDCG@10`` and ``RR@10`` (ir_measures), ``ndcg_cut.10``
-and ``recip_rank`` (trec_eval), ``mrr@10`` or ``Recall@100`` (this project's experiments). All
-of them parse, case-insensitively, to one `Metric`, whose ``str()`` is the canonical form that
+and ``recip_rank`` (trec_eval), ``ndcg_cut_10``, ``P_10`` and ``recall_100`` (pytrec_eval's result
+keys), ``mrr@10`` or ``Recall@100`` (this project's experiments). All of them parse,
+case-insensitively, to one `Metric`, whose ``str()`` is the canonical form that
 records, tables and comparisons key on. Records written before keyed their values on the
 spelling the user typed; `by_metric` reads such a mapping through the canonical form.
 
@@ -14,13 +15,13 @@ except that means of per-query AP are ``MAP``, as those of RR are ``MRR``.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
 from pydantic import AfterValidator
 
-from .errors import BenchError
+from .errors import BenchError, did_you_mean
 
 #: Our measure -> (canonical spelling, trec_eval measure without a cutoff, with cutoff k). A measure
 #: with no form without a cutoff needs one; one with no form with a cutoff takes none.
@@ -48,11 +49,12 @@ ALIASES = {
 #: trec_eval's cut measures name several cutoffs when given none: here they need one.
 _CUT_ONLY = ("ndcg_cut", "map_cut")
 
-KNOWN_NAMES = ("ndcg@10 (ndcg_cut.10)", "ndcg", "mrr@10 (rr@10)", "mrr (recip_rank)", "recall@100 (r@100, recall.100)",
-               "map (ap)", "map@100 (ap@100, map_cut.100)", "precision@10 (p@10, P.10)", "r-precision (rprec)",
-               "judged@10")
+KNOWN_NAMES = ("ndcg@10 (ndcg_cut.10, ndcg_cut_10)", "ndcg", "mrr@10 (rr@10)", "mrr (recip_rank)",
+               "recall@100 (r@100, recall.100, recall_100)", "map (ap)", "map@100 (ap@100, map_cut.100, map_cut_100)",
+               "precision@10 (p@10, P.10, P_10)", "r-precision (rprec)", "judged@10")
 
-_NAME = re.compile(r"^\s*([a-z_\-]+)\s*(?:[@.]\s*(\d+))?\s*$")
+#: a name, then its cutoff after '@' (papers, ir_measures), '.' (trec_eval) or '_' (pytrec_eval's keys)
+_NAME = re.compile(r"^\s*([a-z_\-]+?)\s*(?:[@._]\s*(\d+))?\s*$")
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ def parse_metric(name: str | Metric) -> Metric:
     match = _NAME.match(name.lower()) if isinstance(name, str) else None
     measure = ALIASES.get(match.group(1)) if match else None
     if measure is None:
-        raise BenchError(f"unknown metric {name!r}; known: {', '.join(KNOWN_NAMES)}")
+        raise BenchError(f"unknown metric {name!r}{_did_you_mean(name)}; known: {', '.join(KNOWN_NAMES)}")
     cutoff = int(match.group(2)) if match.group(2) is not None else None
     _, whole, cut = MEASURES[measure]
     if cutoff is None and (whole is None or match.group(1) in _CUT_ONLY):
@@ -94,6 +96,26 @@ def parse_metric(name: str | Metric) -> Metric:
     if cutoff is not None and cutoff < 1:
         raise BenchError(f"metric {name!r}: the cutoff must be at least 1")
     return Metric(measure, cutoff)
+
+
+def _did_you_mean(name) -> str:
+    """" (did you mean 'ndcg@10'?)" for a misspelt metric name (its cutoff kept), else ""."""
+    match = re.match(r"^\s*([a-z_\-]+?)\s*([@._]\s*\d+)?\s*$", name.lower()) if isinstance(name, str) else None
+    return did_you_mean(match.group(1), ALIASES, match.group(2) or "") if match else ""
+
+
+def unique_metrics(names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(`names` with a metric named twice, in two spellings or the same, kept once at its first
+    spelling, a note for each one merged). An unknown name is a BenchError, as `parse_metric` says."""
+    kept: dict[Metric, str] = {}
+    notes = []
+    for name in names:
+        metric = parse_metric(name)
+        if metric in kept:
+            notes.append(f"metric {name!r} is {kept[metric]!r} again ({metric}): counted once")
+            continue
+        kept[metric] = name
+    return list(kept.values()), notes
 
 
 V = TypeVar("V")

@@ -8,32 +8,38 @@ one reruns in seconds (records are rewritten from the caches; `timings.cached` s
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 from . import models
 from .cache import cache_root, entry, key_of, read_checked_json, write_checked_json
-from .config import Experiment, RerankerSpec
+from .config import PYTHON_FIELDS, Experiment, RerankerSpec
 from .data import expand, load_collection
 from .distributed import open_backend
 from .engine.device import precision_for, release_memory
 from .errors import BenchError
 from .evaluate import Conventions, evaluate
-from .io import atomic_write_text, sha256_file, slug
+from .io import atomic_write_text, json_text, sha256_file, slug
 from .metrics import parse_metric
+from .models.python import find_class, is_python_reference
 from .records import QualityRecord, find_records, make_record
 from .report.tables import quality_report
 from .report.page import html_page
 from .rerank import build_reranker
 from .rerank.stage import RerankStage
-from .retrieve.stage import FirstStage
+from .retrieve.stage import build_stages
 from .runs import write_qrels, write_run
 
 #: The project checkout this code runs from (records state experiment files relative to it).
 REPOSITORY = Path(__file__).resolve().parent.parent
 #: holes in the judgements, a diagnostic every quality record carries
 JUDGED_AT_10 = parse_metric("judged@10")
+#: beside a reranker's checkpoints: its description as it scored them (`Pipeline.describe_reranker`)
+DESCRIPTION_FILE = "reranker.json"
+#: evaluated queries without a candidate named in a record's info (their count is in diagnostics)
+UNRANKED_EXAMPLES = 20
 
 
 class Pipeline:
@@ -49,7 +55,8 @@ class Pipeline:
         self._qrels_written: set[str] = set()  # datasets whose qrels.txt this run has written
         self._empty: dict[str, dict] = {}  # dataset label -> counts of empty queries and passages
         self.backend = None  # opened by run(): the local backend, or a connected cluster
-        self.experiment_info = {"name": experiment.name, "description": experiment.description}
+        self.experiment_info = {"name": experiment.name, "description": experiment.description,
+                                "systems": experiment_systems(experiment)}  # the order every table keeps
         if experiment_path is not None:
             self.experiment_info.update(experiment_file(experiment_path), sha256=sha256_file(experiment_path))
 
@@ -59,7 +66,8 @@ class Pipeline:
         self.backend = open_backend(self.exp.execution, self.cache, log=self.log)  # fails before any work
         specs = [s for spec in self.exp.datasets for s in expand(spec)]
         prepared = []
-        stages: dict[str, FirstStage] = {}  # one per name: datasets sharing it load its model once
+        # one per name: datasets sharing it (and fusions fusing it) load its model once
+        stages = build_stages(self.exp.first_stages, self.cache, progress=self.progress, backend=self.backend)
         try:
             for spec in specs:
                 collection = load_collection(spec, cache_dir=self.cache)
@@ -72,10 +80,7 @@ class Pipeline:
                              f"(e.g. {missing[0]!r}); they stay in the qrels, as trec_eval keeps them, so Recall "
                              "cannot reach 1 for their queries (records: dataset.judged_docs_missing)")
                 self._empty[collection.name] = self.check_empty(spec, collection)
-                for fs_name, fs_spec in first_stages:
-                    if fs_name not in stages:
-                        stages[fs_name] = FirstStage(fs_name, fs_spec, self.cache, progress=self.progress,
-                                                      backend=self.backend)
+                for fs_name, _ in first_stages:
                     run, rec = self.first_stage(collection, stages[fs_name])
                     records.append(rec)
                     prepared.append((collection, fs_name, run, rec))
@@ -83,11 +88,20 @@ class Pipeline:
             for stage in stages.values():
                 stage.close()
         release_memory()
+        reranked: dict[tuple, tuple[dict, QualityRecord]] = {}  # (dataset, first stage, reranker) -> run, record
         for rspec in self.exp.rerankers:
             holder: dict[str, Any] = {}
+            if rspec.trust_remote_code:
+                self.log(f"warning: reranker {rspec.label}: trust_remote_code = true: the modelling code shipped with "
+                         f"{rspec.model!r} runs wherever the model loads (records: system.reranker.trust_remote_code)")
             for collection, fs_name, run, fs_rec in prepared:
+                # a chain (rerank_of) reranks the output of a reranker listed before it, for this first stage
+                source_run, source = (run, fs_rec) if rspec.rerank_of is None else \
+                    reranked[(collection.name, fs_name, rspec.rerank_of)]
                 self.log(f"[{collection.name}] rerank top-{rspec.top_k} with {self.exp.system_label(fs_name, rspec)}")
-                records.append(self.rerank(collection, fs_name, fs_rec, run, rspec, holder))
+                rec, out_run = self.rerank(collection, fs_name, source, source_run, rspec, holder)
+                records.append(rec)
+                reranked[(collection.name, fs_name, rspec.label)] = (out_run, rec)
             holder.clear()
             release_memory()
         self.write_report(records)
@@ -133,14 +147,20 @@ class Pipeline:
         rec = self._quality_record(collection, system, result.run, name, timings, {}, info)
         return result.run, rec
 
-    def rerank(self, collection, fs_name: str, fs_rec: QualityRecord, candidates: dict, spec: RerankerSpec,
-               holder: dict) -> QualityRecord:
+    def rerank(self, collection, fs_name: str, source: QualityRecord, candidates: dict, spec: RerankerSpec,
+               holder: dict) -> tuple[QualityRecord, dict]:
+        """The reranked system's record and run. `source` is the record of the system whose run
+        `candidates` is: the first stage's, or for a chain the reranker's that `spec.rerank_of` names."""
         spec_key = spec.model_dump(mode="json", exclude={"name", "device", "batch_size", "token_budget"})
         if spec.model.startswith(models.TRAINED_PREFIX):  # the project's own weights change with their version
             spec_key["trained_version"] = models.TRAINED_VERSION
+        python = {}  # a python: class's scores change with its code and version: both in the key and the record
+        if is_python_reference(spec.model):
+            python = {"engine": "python", "python": find_class(spec.model).identity()}
+        spec_key.update(python)
         checkpoints = entry(self.cache, "rerank", f"{collection.name}-{spec.label}", reranker=spec_key,
                             precision=self.backend.precision(spec) if self.backend else
-                            precision_for(spec.dtype, spec.device, spec.engine), candidates=fs_rec.key)
+                            precision_for(spec.dtype, spec.device, spec.engine), candidates=candidates_key(source))
 
         def factory():
             if "reranker" not in holder:
@@ -153,17 +173,44 @@ class Pipeline:
             stage = RerankStage(factory, spec.top_k, checkpoints, progress=self.progress)
         t0 = time.perf_counter()
         result = stage.rerank(collection.queries, candidates, collection.get_docs)
-        described = holder["reranker"].describe() if "reranker" in holder else getattr(stage, "described", None) or {
-            "engine": spec.engine, "model": models.describe(spec.model, spec.revision), "note": "all blocks resumed from cache"}
+        described = self.describe_reranker(spec, checkpoints, holder.get("reranker") or getattr(stage, "described", None),
+                                           factory if self.backend is None else None)
+        settings = spec.model_dump(mode="json", include=PYTHON_FIELDS if python else None)  # a class: no engine fields
         system = {"label": self.exp.system_label(fs_name, spec), "stage": "rerank",
-                  "first_stage": fs_rec.system.first_stage, "first_stage_label": self.exp.system_label(fs_name),
-                  "reranker": {**spec.model_dump(mode="json"), **described}}
-        timings = {"rerank_seconds": time.perf_counter() - t0, "rerank_scoring_seconds": result.seconds,
-                   "rerank_pairs_per_s": result.pairs_per_second, "resumed_blocks": result.resumed_blocks,
+                  "first_stage": source.system.first_stage, "first_stage_label": self.exp.system_label(fs_name),
+                  "reranker": {**settings, **described}}
+        if spec.rerank_of is not None:  # a chain: what it reranks, and the whole pipeline
+            system.update(reranks=source.system.label,
+                          chain=[self.exp.first_stage_label(fs_name), *(r.label for r in self.exp.chain_of(spec))])
+        timings = {"rerank_seconds": time.perf_counter() - t0, **result.speed(), "resumed_blocks": result.resumed_blocks,
                    "blocks": result.blocks, "backend": self.exp.execution.backend}
         info = {"checkpoints": str(checkpoints), **({"execution": stage.execution} if self.backend else {})}
-        return self._quality_record(collection, system, result.run, f"{fs_name}__{spec.label}", timings,
-                                    result.diagnostics(), info, parent=fs_rec.key)
+        rec = self._quality_record(collection, system, result.run, f"{fs_name}__{spec.label}", timings,
+                                   result.diagnostics(), info, parent=source.key)
+        return rec, result.run
+
+    def describe_reranker(self, spec: RerankerSpec, checkpoints: Path, engine, factory) -> dict:
+        """The reranker as it scored the blocks in `checkpoints`: `engine`'s own description when this
+        run built it (a reranker, or an actor's description), stored beside the blocks; else the one
+        stored there by the run that scored them, so that a fully cached rerun writes the clean run's
+        record. A cache from before descriptions were stored: the reranker is built once to describe
+        itself (`factory`), or, on a cluster, the spec stands in and the record says so."""
+        path = checkpoints / DESCRIPTION_FILE
+        described = engine.describe() if engine is not None and hasattr(engine, "describe") else engine
+        if described is None:
+            stored = read_checked_json(path)
+            if isinstance(stored, dict):
+                return stored
+            if factory is None:
+                return {"engine": spec.engine, "model": models.describe(spec.model, spec.revision),
+                        "note": "every block came from a cache written before descriptions were stored"}
+            self.log(f"note: {path} is missing (a cache written before descriptions were stored); loading "
+                     f"{spec.label} once to describe it")
+            described = factory().describe()
+        described = json.loads(json_text(described))  # as a record holds it (tuples as lists, numpy as numbers)
+        if read_checked_json(path) != described:
+            write_checked_json(path, described)
+        return described
 
     # -- records --------------------------------------------------------------------------------
     def _quality_record(self, collection, system: dict, run: dict, run_name: str, timings: dict,
@@ -175,9 +222,16 @@ class Pipeline:
         # would hide part of it. One pass serves both when the conventions allow.
         plain = Conventions(rel_level=ev_spec.rel_level)
         shared = JUDGED_AT_10 not in map(parse_metric, names) and not ev_spec.judged_only and (ev_spec.depth or 10) >= 10
-        if not any(run.get(q) for q in collection.qrels):
+        unranked = sorted(q for q in collection.qrels if not run.get(q))
+        if len(unranked) == len(collection.qrels):
             self.log(f"[{collection.name}] warning: {run_name} ranked none of the {len(collection.qrels):,} evaluated "
                      "queries: every metric is 0 (do the run's query ids match the qrels'?)")
+        elif unranked and system["stage"] == "first_stage":  # its rerankers inherit the holes: said once
+            self.log(f"[{collection.name}] note: first stage {run_name} ranked no candidate for {len(unranked):,} of the "
+                     f"{len(collection.qrels):,} evaluated queries (e.g. {unranked[:3]}); they count 0 in every "
+                     "metric, as trec_eval -c counts them (records: diagnostics.unranked_queries, info.unranked_queries)")
+        if unranked:
+            info = {**info, "unranked_queries": unranked[:UNRANKED_EXAMPLES]}
         evaluation = evaluate(collection.qrels, run, names + (["judged@10"] if shared else []), conventions)
         if shared:
             judged = evaluation.means.pop("judged@10")
@@ -201,7 +255,7 @@ class Pipeline:
             evaluation={"metrics": list(ev_spec.metrics), "conventions": conventions.describe()},
             metrics=evaluation.means,
             per_query=evaluation.per_query,
-            diagnostics={**diagnostics, "judged@10": judged},
+            diagnostics={**diagnostics, "judged@10": judged, "unranked_queries": len(unranked)},
             run_file=str(run_path.relative_to(self.out)),
             qrels_file=str(qrels_path.relative_to(self.out)),
             timings=timings,
@@ -228,6 +282,21 @@ def experiment_file(path: str | Path) -> dict:
     if path.is_relative_to(REPOSITORY):
         out["repository_file"] = path.relative_to(REPOSITORY).as_posix()
     return out
+
+
+def candidates_key(source: QualityRecord) -> str:
+    """What a rerank's cache entry is keyed on for its candidates: the first stage's record key, or
+    for a chain the checkpoint folder of the reranker it reranks (named by that reranker's settings and
+    its own candidates; the same on a rerun, which that record's key is not once every block resumed)."""
+    if source.system.stage == "rerank":
+        return Path(source.info["checkpoints"]).name
+    return source.key
+
+
+def experiment_systems(exp: Experiment) -> list[str]:
+    """The experiment's systems in its own order: its first stages, then each reranker over them."""
+    return ([exp.system_label(f) for f in exp.first_stages]
+            + [exp.system_label(f, r) for r in exp.rerankers for f in exp.first_stages])
 
 
 def _stable(system: dict) -> dict:

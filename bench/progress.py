@@ -6,7 +6,8 @@ of cached work do not make the rate and the ETA jump; work found already done is
 but not in the rate (`skip`). Inner loops do not draw bars of their own: they `advance` the running
 step's bar, so a bar over large shards still moves between shards. Hugging Face's own bars
 ("Loading weights", "Writing model shards", downloads) are silenced where models load
-(`quiet_hub_bars`) unless ``RERANK_BENCH_VERBOSE`` is set (``bench --verbose``); ``--no-progress``
+(`quiet_hub_bars`), and bm25s' bars are not drawn, unless ``RERANK_BENCH_VERBOSE`` is set
+(``bench --verbose``, `verbose`); ``--no-progress``
 silences every bar (``bench.cli.silence_progress``).
 """
 
@@ -60,11 +61,16 @@ def skip(b, n: int) -> None:
         b.update(n)
 
 
+def verbose() -> bool:
+    """Whether the libraries' own bars and messages are wanted (`bench --verbose`, RERANK_BENCH_VERBOSE)."""
+    return bool(os.environ.get("RERANK_BENCH_VERBOSE"))
+
+
 def quiet_hub_bars() -> None:
     """Silence Hugging Face's own bars (transformers' weight loading and saving, hub downloads) once per
     process, unless RERANK_BENCH_VERBOSE is set: a step's one bar says what the run is doing."""
     global _hub_quieted
-    if _hub_quieted or os.environ.get("RERANK_BENCH_VERBOSE"):
+    if _hub_quieted or verbose():
         return
     lazy.huggingface_hub_utils.disable_progress_bars()
     lazy.transformers.utils.logging.disable_progress_bar()

@@ -215,9 +215,17 @@ class System(Part):
 
     @property
     def untrained(self) -> bool:
-        """Whether the system's model has random weights: the reranker's, else the first stage's."""
-        return any(isinstance(part, dict) and isinstance(part.get("model"), dict) and bool(part["model"].get("untrained"))
-                   for part in (self.reranker, self.first_stage))
+        """Whether the system's model has random weights: the reranker's, else the first stage's (a
+        fusion's: any of its members')."""
+        return _untrained(self.reranker) or _untrained(self.first_stage)
+
+
+def _untrained(part) -> bool:
+    if not isinstance(part, dict):
+        return False
+    if isinstance(part.get("model"), dict) and part["model"].get("untrained"):
+        return True
+    return any(_untrained(member) for member in part.get("members") or [])
 
 
 class StatedConventions(Part):
@@ -237,19 +245,41 @@ class EvaluationSettings(Part):
 
 
 class QualityTimings(Part):
-    """First stages fill the first group, rerankers the second."""
+    """First stages fill the first group, rerankers the second.
+
+    A reranker's rate: ``rerank_pairs_per_s`` = pairs / ``rerank_scoring_seconds``, the scoring calls
+    only, after an untimed warm-up (``rerank_timed`` says so in words, ``rerank_speed_source`` whether
+    this run or an earlier one's checkpoints timed them, ``rerank_block_pairs_per_s`` the spread over
+    the blocks). Records without ``rerank_timed`` were written before that: their rate includes the
+    first call's warm-up (`speed`)."""
 
     first_stage_seconds: float | None = None
     cached: bool | None = None
     encode_seconds: float | None = None
     search_seconds: float | None = None
     docs_per_second: float | None = None
-    rerank_seconds: float | None = None
+    rerank_seconds: float | None = None     # the whole step: building or loading the model, reading, scoring
     rerank_scoring_seconds: float | None = None
     rerank_pairs_per_s: float | None = None
+    rerank_timed: str | None = None
+    rerank_speed_source: str | None = None
+    rerank_block_pairs_per_s: list[float] | None = None
+    rerank_warmup_pairs: int | None = None
     resumed_blocks: int | None = None
     blocks: int | None = None
     backend: str | None = None              # where the expensive steps ran: local or ray (info.execution: the cluster)
+
+    def speed(self) -> tuple[float | None, str]:
+        """A reranked system's pairs/s and what it times, in words (for tables, the results page)."""
+        if self.rerank_pairs_per_s is None:
+            return None, "no rate recorded"
+        if self.rerank_timed is None:
+            return self.rerank_pairs_per_s, ("this run's own timing of its scoring calls, first call's warm-up "
+                                             "included (a record written before warm-ups)")
+        spread = [r for r in self.rerank_block_pairs_per_s or [] if r]
+        shown = (f"; {len(spread)} blocks, {min(spread):,.0f} to {max(spread):,.0f} pairs/s" if len(spread) > 1
+                 else "; one block")
+        return self.rerank_pairs_per_s, f"{self.rerank_speed_source or 'this run'}{shown}"
 
 
 class QualityRecord(Record):
@@ -264,7 +294,7 @@ class QualityRecord(Record):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     metrics: dict[str, float]
     per_query: dict[str, dict[str, float]] = {}
-    diagnostics: dict[str, float | int | None] = {}
+    diagnostics: dict[str, float | int | None | dict[str, float | int]] = {}  # counters: a family's own, summed
     run_file: str | None = None
     qrels_file: str | None = None
     timings: QualityTimings = Field(default_factory=QualityTimings)
@@ -498,11 +528,30 @@ def find_records(folder: str | os.PathLike, kind: str | None = None, *, skipped:
                 _check_version(p, raw)
                 if kind is None or raw.get("kind") == kind:
                     out.append(_validated(p, raw))
+            elif p.parent.name == "records":  # a records/ folder holds records only: nothing there is skipped unsaid
+                raise BenchError(f"{p}: valid JSON, but not a rerank-bench record ({_what_json(raw)}; a record has "
+                                 f"'schema': {SCHEMA!r}); move it out of records/ or delete it "
+                                 "(`bench report` and `bench compare` take --skip-bad to leave it out)")
         except BenchError as exc:
             if skipped is None:
                 raise
             skipped.append(str(exc))
     return out
+
+
+def _what_json(raw: Any) -> str:
+    """What a JSON value that is not a record is, in a few words."""
+    if raw is None:
+        return "null"
+    if isinstance(raw, list):
+        return f"a list of {len(raw)} item(s)"
+    if not isinstance(raw, dict):
+        return f"a {type(raw).__name__}"
+    if not raw:
+        return "an empty object"
+    if "schema" in raw:
+        return f"'schema' is {raw['schema']!r}"
+    return f"an object without 'schema' (keys: {', '.join(list(map(str, raw))[:5])})"
 
 
 def _check_version(path: Path, raw: dict) -> None:

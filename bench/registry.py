@@ -39,7 +39,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config import Dtype, format_validation_error, read_toml
+from .config import Dtype, format_validation_error, load_experiment, read_toml
+from .data import expand
 from .errors import BenchError
 from .metrics import MetricName, by_metric, parse_metric
 from .records import QualityRecord
@@ -71,8 +72,12 @@ class DatasetExpect(Spec):
 
 
 class FirstStageExpect(Spec):
-    kind: Literal["dense", "bge-m3", "bm25", "run", "scoreddocs"]
+    kind: Literal["dense", "bge-m3", "bm25", "run", "scoreddocs", "splade", "fusion"]
     mode: str | None = Field(None, description="kind = 'bge-m3': dense, sparse, multivec, dense+sparse or all")
+    quantize: float | None = Field(None, gt=0, description="kind = 'splade': documents' integer impact factor (Pyserini 100)")
+    query_quantize: float | None = Field(None, gt=0, description="kind = 'splade': queries' factor")
+    first_stages: list[str] | None = Field(None, description="kind = 'fusion': the members fused")
+    method: str | None = Field(None, description="kind = 'fusion': rrf, combsum, combmnz or wsum")
     remove_query_id: bool = Field(False, description="the protocol: whether passages whose id equals the query id "
                                                      "were removed from the candidates (pyserini --remove-query)")
     model: str | None = None
@@ -82,13 +87,29 @@ class FirstStageExpect(Spec):
     query_instruction: str | None = None
 
 
+class ListwiseExpect(Spec):
+    """A listwise reranker's protocol (``RerankerSpec.listwise``): only the fields stated are compared."""
+
+    window: int | None = Field(None, gt=1)
+    stride: int | None = Field(None, gt=0)
+    passes: int | None = Field(None, gt=0)
+    variable_passages: bool | None = None
+    context_size: int | None = Field(None, gt=0)
+    prompt_template: str | None = None
+    max_passage_words: int | None = Field(None, gt=0)
+
+
 class RerankerExpect(Spec):
     model: str
     revision: str | None = None
+    head: str | None = Field(None, description="the scoring head / family (listwise, first, monot5, duot5, ...)")
     top_k: int = Field(gt=0)
-    max_length: int = Field(gt=0)
+    max_length: int | None = Field(None, gt=0, description="listwise heads state listwise.context_size instead")
     query_max_length: int | None = Field(None, gt=0)
     dtype: Dtype | None = None
+    listwise: ListwiseExpect | None = None
+    duo_aggregation: Literal["sym-sum", "rank_llm"] | None = Field(
+        None, description="duot5: how the pairs were aggregated (rank_llm's 2CR rows: each pair once)")
 
 
 class ConventionsExpect(Spec):
@@ -144,8 +165,8 @@ class Entry(Spec):
     conventions: ConventionsExpect
     experiment: str = Field(description="experiment file that produces the records, relative to the project checkout")
     source: Source
-    blocked: str | None = Field(None, description="why the harness cannot produce this number (e.g. the model needs "
-                                                  "trust_remote_code): the entry is kept for the record, never run")
+    blocked: str | None = Field(None, description="why the harness cannot produce this number (e.g. a scoring head "
+                                                  "it does not have): the entry is kept for the record, never run")
 
     @field_validator("value")
     @classmethod
@@ -174,6 +195,10 @@ class Entry(Spec):
         labels = [d.label for d in self.datasets]
         if len(set(labels)) != len(labels):
             raise ValueError(f"datasets repeat a label: {labels}")
+        named = _metric_named(self.name.rsplit("/", 1)[-1])
+        if named is not None and named != parse_metric(self.metric):
+            raise ValueError(f"the name ends with {self.name.rsplit('/', 1)[-1]!r} but metric is {self.metric!r}: "
+                             "make the two agree (the name is what `bench reproduce` lists)")
         return self
 
     @property
@@ -183,6 +208,42 @@ class Entry(Spec):
     def experiment_path(self) -> Path:
         path = Path(self.experiment)
         return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def _metric_named(text: str):
+    """The metric `text` spells, or None when it spells none."""
+    try:
+        return parse_metric(text)
+    except BenchError:
+        return None
+
+
+def production_problems(entry: Entry, experiment) -> list[str]:
+    """Why `bench run <entry.experiment>` cannot make the record that `check` reads (empty: it can):
+    the metric among its evaluation metrics, each of the entry's datasets among its datasets, the
+    entry's system (and first stage) among its pipelines. A blocked entry is never run: not checked."""
+    if entry.blocked:
+        return []
+    out = []
+    metrics = [m for m in map(_metric_named, experiment.evaluation.metrics) if m is not None]
+    if parse_metric(entry.metric) not in metrics:
+        out.append(f"it evaluates {', '.join(experiment.evaluation.metrics)}, not {entry.metric}")
+    labels = [s.label for spec in experiment.datasets for s in expand(spec)]
+    missing = [d.label for d in entry.datasets if d.label not in labels]
+    if missing:
+        out.append(f"it has no dataset labelled {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''} "
+                   f"(its datasets: {', '.join(labels[:6])}{', ...' if len(labels) > 6 else ''})")
+    if entry.stage == "first_stage":
+        systems = [experiment.system_label(name) for name in experiment.first_stages]
+    else:
+        systems = [experiment.system_label(name, r) for name in experiment.first_stages for r in experiment.rerankers]
+    if entry.system not in systems:
+        out.append(f"it has no {entry.stage.replace('_', ' ')} system {entry.system!r} (its systems: "
+                   f"{', '.join(systems) or 'none'})")
+    if entry.first_stage_label is not None and entry.first_stage_label not in map(
+            experiment.first_stage_label, experiment.first_stages):
+        out.append(f"it has no first stage {entry.first_stage_label!r}")
+    return out
 
 
 # -- loading --------------------------------------------------------------------------------------
@@ -217,6 +278,19 @@ def load_registry_file(path: str | Path) -> list[Entry]:
         except ValidationError as exc:
             text = format_validation_error(exc, where).replace("Value error, ", "")
             problems.append(text.replace("see bench/config.py for the fields", "see bench/registry.py for the fields"))
+    experiments: dict[Path, Any] = {}  # each experiment file read once
+    for e in entries:  # the MISSING hint names the experiment: it must produce the number
+        file = e.experiment_path()
+        if file not in experiments:
+            try:
+                experiments[file] = load_experiment(file)
+            except BenchError as exc:
+                experiments[file] = exc
+        found = experiments[file]
+        reasons = [f"it does not load ({found})"] if isinstance(found, BenchError) else production_problems(e, found)
+        if reasons and not e.blocked:
+            problems.append(f"{path} entry {e.name!r}: experiment = {e.experiment!r} cannot produce this number: "
+                            + "; ".join(reasons))
     if problems:
         raise BenchError("\n".join(problems))
     return entries
@@ -260,7 +334,15 @@ def protocol(entry: Entry) -> str:
     fs = entry.first_stage
     kind = f"{fs.kind}:{fs.mode}" if fs.mode else fs.kind
     removal = "remove_query_id=true" if fs.remove_query_id else "remove_query_id=false"
-    return f"{kind} top-{fs.depth}, {removal}" + (" [blocked]" if entry.blocked else "")
+    impacts = f", quantize={fs.quantize:g}" if fs.quantize else ""
+    text = f"{kind} top-{fs.depth}{impacts}, {removal}"
+    r = entry.reranker
+    if r is not None and r.listwise is not None:
+        lw = r.listwise.model_dump(exclude_none=True)
+        text += f"; {r.head or 'listwise'} " + ", ".join(f"{k}={v}" for k, v in lw.items())
+    elif r is not None and r.head:
+        text += f"; {r.head} top-{r.top_k}"
+    return text + (" [blocked]" if entry.blocked else "")
 
 
 # -- comparing a record with an entry -------------------------------------------------------------
@@ -284,6 +366,10 @@ def _section_differences(prefix: str, expect: Spec, section: dict) -> list[str]:
     """The fields `expect` states that the record's first-stage or reranker `section` does not share."""
     out: list[str] = []
     for f in sorted(expect.model_fields_set):
+        if isinstance(getattr(expect, f), Spec):  # a stated sub-table (listwise): field by field
+            sub = section.get(f)
+            out += _section_differences(f"{prefix}.{f}", getattr(expect, f), sub if isinstance(sub, dict) else {})
+            continue
         if f == "model":
             actual = _model_ref(section.get("model"))
         elif f == "revision":

@@ -5,7 +5,9 @@ share a name. A reranked system is named after its reranker alone while the expe
 first stage (nothing to tell apart), and `first stage » reranker` as soon as it has several
 (`bm25 » bge-reranker-large`, `bge-m3 » bge-reranker-large`). First stages are named by their key in
 ``[first_stages]`` (or their ``name``), rerankers by their ``name`` (or the last part of the model):
-both are unique within an experiment, so the pipeline labels are too.
+both are unique within an experiment, so the pipeline labels are too. A reranker that reranks another
+reranker's output (`rerank_of`) names the chain: `monot5 » duot5`, and `bm25 » monot5 » duot5` with
+several first stages.
 
 Plain strings in, plain strings out: config, pipeline, report and compare all use it.
 """
@@ -22,16 +24,14 @@ UNTRAINED_MARK = " (untrained)"
 SYNTHETIC_MARK = " (trained on synthetic data)"
 
 
-def pipeline_label(first_stage: str | None, reranker: str | None, *, qualify: bool) -> str:
-    """The label of a system: the first stage alone, or its reranker, prefixed by the first stage
-    when `qualify` (the experiment has several first stages)."""
+def pipeline_label(first_stage: str | None, reranker: str | None, *, qualify: bool, via: list[str] = ()) -> str:
+    """The label of a system: the first stage alone, or its reranker after the rerankers it reranks
+    (`via`, first to last), prefixed by the first stage when `qualify` (several first stages)."""
     if reranker is None:
         if first_stage is None:
             raise ValueError("a system needs a first stage or a reranker")
         return first_stage
-    if qualify and first_stage:
-        return f"{first_stage}{ARROW}{reranker}"
-    return reranker
+    return ARROW.join([*([first_stage] if qualify and first_stage else []), *via, reranker])
 
 
 def display_label(label: str, *, first_stage_only: bool, untrained: bool, synthetic: bool = False) -> str:

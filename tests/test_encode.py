@@ -133,15 +133,22 @@ def test_sentence_transformers_engine_and_empty_input(minilm, texts):
     assert build_encoder(spec(minilm)).encode_queries([]).shape == (0, 384)
 
 
-def test_default_query_instructions():
-    assert default_query_instruction("BAAI/bge-base-en-v1.5") == BGE_EN_INSTRUCTION
-    assert default_query_instruction("BAAI/bge-large-en") == BGE_EN_INSTRUCTION
-    assert default_query_instruction("random:bge-base-en-v1.5") == BGE_EN_INSTRUCTION
-    assert default_query_instruction("BAAI/bge-small-zh-v1.5") == BGE_ZH_INSTRUCTION
-    assert default_query_instruction("BAAI/bge-m3") == ""
-    assert default_query_instruction("random:bge-m3") == ""
-    assert default_query_instruction("offline:all-MiniLM-L6-v2") == ""
-    assert BGE_ZH_INSTRUCTION.endswith("：")
+#: The query instructions as the BGE model cards print them (BAAI/bge-*-en-v1.5 and BAAI/bge-*-zh-v1.5,
+#: "Model List" and "Usage"): English with its trailing space, Chinese ending in a full-width colon.
+PUBLISHED_EN = "Represent this sentence for searching relevant passages: "
+PUBLISHED_ZH = "\u4e3a\u8fd9\u4e2a\u53e5\u5b50\u751f\u6210\u8868\u793a\u4ee5\u7528\u4e8e\u68c0\u7d22\u76f8\u5173\u6587\u7ae0\uff1a"
+
+
+def test_default_query_instructions_are_the_model_cards():
+    assert PUBLISHED_ZH == "为这个句子生成表示以用于检索相关文章："  # the escapes above, character for character
+    for model in ("BAAI/bge-base-en-v1.5", "BAAI/bge-large-en-v1.5", "BAAI/bge-small-en-v1.5", "BAAI/bge-large-en",
+                  "random:bge-base-en-v1.5"):
+        assert default_query_instruction(model) == PUBLISHED_EN, model
+    for model in ("BAAI/bge-small-zh-v1.5", "BAAI/bge-large-zh-v1.5"):
+        assert default_query_instruction(model) == PUBLISHED_ZH, model
+    for model in ("BAAI/bge-m3", "random:bge-m3", "offline:all-MiniLM-L6-v2"):  # no instruction
+        assert default_query_instruction(model) == "", model
+    assert (BGE_EN_INSTRUCTION, BGE_ZH_INSTRUCTION) == (PUBLISHED_EN, PUBLISHED_ZH)
 
 
 def test_encoder_errors(minilm):

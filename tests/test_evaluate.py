@@ -248,8 +248,11 @@ def test_unknown_spelling_lists_the_known_names_and_spellings_of_one_metric_repe
 def test_conventions_validate_and_describe():
     assert Conventions(depth=100, rel_level=2, judged_only=True).describe()["trec_eval_flags"] == "-c -M 100 -l 2 -J"
     assert Conventions().describe()["trec_eval_flags"] == "-c"
-    for kwargs in ({"depth": 0}, {"rel_level": 0}, {"judged_only": "yes"}):
-        with pytest.raises(BenchError):
+    for kwargs, message in (({"depth": 0}, r"^depth 0: must be a positive integer"),
+                            ({"depth": True}, r"^depth True: must be a positive integer"),
+                            ({"rel_level": 0}, r"^rel_level 0: must be an integer"),
+                            ({"judged_only": "yes"}, r"^judged_only 'yes': must be true or false")):
+        with pytest.raises(BenchError, match=message):
             Conventions(**kwargs)
 
 

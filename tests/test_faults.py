@@ -1,5 +1,5 @@
 """Fault injection: every cache, record and output fault either recomputes to a clean run's exact
-result (and says so on stderr) or stops with one message and status 2 (README, 'Reliability').
+result (and says so on stderr) or stops with one message and status 2 (docs/reliability.md).
 
 Small real data: 300 Vaswani abstracts (the judged ones of its first ten queries, then others) in a
 BEIR folder, all-MiniLM-L6-v2 over it in 100-passage shards, the untrained tiny reranker in blocks of
@@ -213,6 +213,8 @@ def test_unreadable_records_are_an_error_in_report_and_compare(bm25_out, tmp_pat
 
 
 def test_report_shows_the_latest_experiment_and_names_the_others(bm25_out, vaswani, experiment_toml, tmp_path, capsys):
+    """Another experiment run into the same folder sets the first one's records aside (superseded/):
+    the report shows the folder's experiment and names the other; --all-experiments shows both."""
     out = tmp_path / "out"
     shutil.copytree(bm25_out, out)
     later = experiment_toml("later.toml", name="later", cache_dir=str(tmp_path / "cache"),
@@ -220,10 +222,11 @@ def test_report_shows_the_latest_experiment_and_names_the_others(bm25_out, vaswa
                             datasets=[{"source": "beir", "path": str(vaswani), "name": "vaswani300"}],
                             evaluation={"metrics": ["nDCG@10"]})
     assert bench_run(later, out) == 0
+    assert [p.name for p in (out / "records").iterdir()] == ["vaswani300__bm25-k1.json"]
     capsys.readouterr()
     assert main(["report", str(out)]) == 0
     text = capsys.readouterr().out
-    assert text.startswith("Experiment: later (1 records); 2 records of other experiments (bm25) left out")
+    assert text.startswith("Experiment: later (version ") and "left out: 2 records of experiment bm25 (" in text
     assert "first stage: bm25-k1" in text and "tiny" not in text
     assert main(["report", str(out), "--all-experiments"]) == 0
     text = capsys.readouterr().out
@@ -320,7 +323,8 @@ def test_disk_full_is_one_message_and_leaves_nothing_half_written(vaswani, exper
     cache = small_fs("4m")
     with pytest.raises(BenchError, match=r"random-tiny-xlmr-reranker-seed0: no space left on the device"):
         models.resolve("random:tiny-xlmr-reranker", cache)
-    assert leftovers(cache) == [] and list((cache / "models").iterdir()) == []
+    assert leftovers(cache) == [] and [p.name for p in (cache / "models").iterdir()] == [
+        ".random-tiny-xlmr-reranker-seed0.lock"]  # the build lock stays: nothing of the model does
 
 
 def test_read_only_out_is_an_error_before_work(vaswani, experiment_toml, tmp_path, small_fs, capsys):
@@ -346,5 +350,6 @@ def test_two_processes_build_the_same_model_into_one_cache(tiny_reranker, tmp_pa
     for p in procs:
         p.join(timeout=300)
     assert [p.exitcode for p in procs] == [0, 0]
-    assert [p.name for p in (tmp_path / "models").iterdir()] == ["random-tiny-xlmr-reranker-seed0"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
+        ".random-tiny-xlmr-reranker-seed0.lock", "random-tiny-xlmr-reranker-seed0"]
     assert (tmp_path / "models" / "random-tiny-xlmr-reranker-seed0" / "config.json").exists()

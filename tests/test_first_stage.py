@@ -69,7 +69,7 @@ def test_interrupted_full_corpus_encoding_resumes_with_the_rest(miracl_yo_experi
     from bench.retrieve.encoder import Encoder
 
     path = miracl_yo_experiment(tmp_path, **{'model = "offline:all-MiniLM-L6-v2"': 'model = "random:tiny-bge-m3"',
-                                             "max_length = 256": "max_length = 64\nshard_size = 2500"})
+                                             'dtype = "fp32"': 'dtype = "fp32"\nshard_size = 2500'})
     path.write_text(f'cache_dir = "{(tmp_path / "cache").as_posix()}"\n' + path.read_text(encoding="utf-8"),
                     encoding="utf-8")
     encoded, stop_after = [], None

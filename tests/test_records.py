@@ -49,7 +49,14 @@ def test_record_carries_environment_and_round_trips(tmp_path):
     env = rec.environment
     assert rec.schema_name == SCHEMA and rec.kind == "quality" and isinstance(rec, QualityRecord)
     assert env.packages["torch"] and env.packages["ranx"]
-    assert env.device["device"] in ("cpu",) or env.device["device"]
+    import os
+
+    import torch
+
+    gpu = torch.cuda.is_available()
+    assert env.device["device"] == (torch.cuda.get_device_name(0) if gpu else "cpu")
+    assert env.device["cpu_count"] == os.cpu_count() and env.device["torch_threads"] == torch.get_num_threads()
+    assert ("gpus" in env.device) is gpu
     assert env.created_utc.endswith("Z")
     assert "sha" in env.git
     path = rec.to_disk(tmp_path / "r" / "x.json")

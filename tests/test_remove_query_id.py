@@ -32,7 +32,7 @@ name = "protocol/yo/nDCG@10"
 description = "test entry"
 tolerance = 0.005
 tolerance_reason = "test"
-experiment = "experiments/miracl-yo.toml"
+experiment = {experiment}
 conventions = {{ depth = 100, trec_eval = "trec_eval -c -M 100 -m ndcg_cut.10" }}
 source = {{ kind = "paper", title = "A paper", section = "Table 1", url = "https://example.org/p", published = "x" }}
 stage = "first_stage"
@@ -58,11 +58,14 @@ def yo_queries(shared_data):
 def test_removal_on_miracl_yo_is_printed_recorded_and_checked(shared_data, yo_queries, experiment_toml, tmp_path):
     qids, first_docs = yo_queries
     assert len(qids) == 119
-    # Each query's list: its own id (also a passage id in MIRACL) first, then 101 other passages.
-    lines = []
-    for q in qids:
-        docs = [q] + [d for d in first_docs if d != q][:101]
-        lines += [f"{q} Q0 {d} {r + 1} {200 - r} t" for r, d in enumerate(docs)]
+    qrels: dict[str, dict[str, int]] = {}
+    for line in (shared_data / "miracl-yo-dev" / "qrels" / "dev.tsv").read_text().splitlines()[1:]:
+        q, d, rel = line.split("\t")
+        qrels.setdefault(q, {})[d] = int(rel)
+    # Each query's list: its own id (also a passage id in MIRACL) first, then its judged passages (by id),
+    # then other passages: 102 in all.
+    lists = {q: list(dict.fromkeys([q, *sorted(qrels.get(q, {})), *first_docs]))[:102] for q in qids}
+    lines = [f"{q} Q0 {d} {r + 1} {200 - r} t" for q in qids for r, d in enumerate(lists[q])]
     run_file = tmp_path / "yo.run"
     run_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -91,10 +94,26 @@ def test_removal_on_miracl_yo_is_printed_recorded_and_checked(shared_data, yo_qu
     kept, logs = run(False, "kept")
     assert not any("remove_query_id" in m for m in logs) and "remove_query_id" not in kept.info
 
+    # The entry's value from an independent count: pytrec_eval's nDCG@10 of the list as removal leaves it
+    # (the query's own id gone, the next 100 kept), over every judged query.
+    import pytrec_eval
+
+    def counted(run) -> float:
+        per_query = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(run)
+        return sum(v["ndcg_cut_10"] for v in per_query.values()) / len(qrels)
+
+    left = {q: {d: float(200 - r) for r, d in enumerate(docs) if d != q and r <= 100} for q, docs in lists.items()}
+    value = counted(left)
+    assert abs(value - removed.metrics["nDCG@10"]) <= 1e-9
+    assert abs(counted({q: {d: float(200 - r) for r, d in enumerate(docs[:100])} for q, docs in lists.items()})
+               - kept.metrics["nDCG@10"]) <= 1e-9
+    # The query's own passage is judged relevant to it in MIRACL-yo: kept first, it lifts the kept list.
+    assert kept.metrics["nDCG@10"] > value + 0.1
     # An entry that removed, checked against the record that kept them: FAIL naming the setting.
-    value = float(removed.metrics["nDCG@10"])
     reg = tmp_path / "reg.toml"
-    reg.write_text(ENTRY.format(value=value, removal="true"), encoding="utf-8")
+    # the entry's experiment must produce it (the registry checks): the one run here
+    reg.write_text(ENTRY.format(value=value, removal="true", experiment=json.dumps(str(tmp_path / "removed.toml"))),
+                   encoding="utf-8")
     (entry,) = registry.load_registry_file(reg)
     assert registry.check(entry, [removed]).status == "OK"
     fail = registry.check(entry, [kept])

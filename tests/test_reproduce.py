@@ -80,10 +80,32 @@ def quality(label, system_label, value, *, stage="first_stage", fs_depth=100, ev
     return rec
 
 
+#: An experiment that produces the entries above (the registry refuses an experiment that cannot).
+EXPERIMENT = """
+name = "entries"
+[first_stages.dense]
+kind = "dense"
+model = "BAAI/bge-m3"
+depth = 100
+[[datasets]]
+source = "ir_datasets"
+id = "miracl/{lang}/dev"
+languages = ["yo", "sw"]
+[[rerankers]]
+model = "BAAI/bge-reranker-v2-m3"
+max_length = 1024
+[evaluation]
+metrics = ["nDCG@10"]
+depth = 100
+"""
+
+
 @pytest.fixture()
 def entries(tmp_path):
+    (tmp_path / "exp.toml").write_text(EXPERIMENT, encoding="utf-8")
     path = tmp_path / "registry.toml"
-    path.write_text(REGISTRY, encoding="utf-8")
+    path.write_text(REGISTRY.replace('"experiments/reproduce-miracl-yo-minilm.toml"', json.dumps(str(tmp_path / "exp.toml"))),
+                    encoding="utf-8")
     return {e.name: e for e in registry.load_registry_file(path)}
 
 
@@ -114,13 +136,13 @@ def test_fail_names_every_setting_that_differs(entries):
     assert rr.diagnostics == {"judged@10": 0.4, "truncated_pairs_share": 0.02}
 
 
-def test_missing_when_no_record_matches_label_stage_and_metric(entries):
+def test_missing_when_no_record_matches_label_stage_and_metric(entries, tmp_path):
     e = entries["rerank/yo/nDCG@10"]
     pool = [quality("miracl/yo/dev", "dense", 0.64),                     # right label, wrong stage
             quality("miracl/sw/dev", "bge-reranker-v2-m3", 0.64, stage="rerank")]  # wrong dataset
     c = registry.check(e, pool)
     assert c.status == "MISSING" and c.measured is None
-    assert "bench run experiments/reproduce-miracl-yo-minilm.toml" in c.reasons[0]
+    assert f"bench run {tmp_path / 'exp.toml'}" in c.reasons[0]
 
 
 def test_aggregate_entry_is_the_mean_over_its_datasets(entries):
@@ -162,10 +184,10 @@ def test_command_reads_existing_records_and_exits_by_the_verdict(entries, tmp_pa
     assert str(tmp_path / "runs" / "a" / "records" / "yo.json") in out
 
     quality("miracl/yo/dev", "dense", 0.3, eval_depth=10).to_disk(tmp_path / "runs" / "a" / "records" / "yo.json")
-    assert main(args + ["--json", str(tmp_path / "check.json")]) == 1
+    assert main(args + ["--out", str(tmp_path / "checks")]) == 1
     out = capsys.readouterr().out
     assert "FAIL" in out and "why: conventions.depth (trec_eval -M): expected 100, record has 10" in out
-    saved = json.loads((tmp_path / "check.json").read_text())
+    saved = json.loads((tmp_path / "checks" / "reproduce.json").read_text())
     assert saved["kind"] == "reproduce" and saved["checks"][0]["status"] == "FAIL"
 
     # Without names nothing runs: entries without records are MISSING, and that alone is no failure.

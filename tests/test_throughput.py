@@ -290,7 +290,7 @@ def test_engine_dtypes_option_is_checked():
     assert parse_engine_dtypes(["flag=fp16", "fast=bf16,fp32"]) == {"flag": ["fp16"], "fast": ["bf16", "fp32"]}
     with pytest.raises(BenchError, match="ENGINE one of fast"):
         parse_engine_dtypes(["flg=fp16"])
-    with pytest.raises(BenchError, match="fp8"):
+    with pytest.raises(BenchError, match=r"^--engine-dtypes 'flag=fp8': dtype \['fp8'\]: one of auto"):
         parse_engine_dtypes(["flag=fp8"])
 
 
@@ -317,6 +317,18 @@ def test_cpu_peak_memory_sees_an_allocation():
     assert after - before >= 60 * 2**20
     mem.reset()
     assert mem.result()["bytes"] < after
+
+
+def test_cpu_peak_memory_that_did_not_reset_is_not_recorded(monkeypatch):
+    """A kernel or sandbox that accepts the clear_refs write but keeps the old peak: no number that
+    covers earlier cells, the reason instead."""
+    from bench.throughput import timing
+
+    monkeypatch.setattr(timing, "_proc_status", lambda: {"VmHWM": 7 * 2**30, "VmRSS": 2**30})
+    mem = PeakMemory("cpu")
+    mem.reset()
+    result = mem.result()
+    assert result["bytes"] is None and "not recorded" in result["what"]
 
 
 def test_quality_speed_plot_from_quality_records(tmp_path):

@@ -2,7 +2,7 @@
 its evaluation queries), cached, and marked 'trained on synthetic data' in every table.
 
 Training is shortened here (fewer steps, one language); the full training and its gain on the six
-languages are measured by `make demo` (README, "Model prefixes")."""
+languages are measured by `make demo` (results/demo-cpu/)."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ says what a run would do without loading a model."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,7 @@ def parts(**changes) -> dict:
     ({"nmae": "x"}, "nmae: unknown field; did you mean 'name'?"),
     ({"evaluation": {"metrics": ["nDCG@10", "ndgc@10"]}}, "evaluation.metrics[1]"),
     ({"rerankers": [{"model": "hf:BAAI/bge-reranker-large"}]}, "unknown model prefix 'hf:'"),
-    ({"rerankers": [{"model": "random:tiny-xlmr"}]}, "unknown random architecture 'random:tiny-xlmr'; known: random:"),
+    ({"rerankers": [{"model": "random:tiny-xlmr"}]}, "unknown random architecture 'random:tiny-xlmr' (did you mean 'random:tiny-xlmr-reranker'?); known: random:"),
     ({"first_stages": {"d": {"kind": "dense", "model": "offline:MiniLM"}}}, "unknown offline model 'offline:MiniLM'"),
     ({"datasets": [{"source": "synthetic", "first_stage": "bm52"}]}, "first_stage = 'bm52' is not defined"),
 ])
@@ -62,11 +63,19 @@ def test_dry_run_of_the_default_experiment_offline_loads_no_model(tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "IMPORTED []" in out
-    assert "- dataset miracl/yo/dev: not downloaded yet" in out and "missing: " in out
-    assert "  - first stage bge-m3 (dense, depth 100): to run" in out
-    assert "bge-m3 » bge-reranker-large" in out and "bge-base-en » bge-reranker-v2-m3" in out
-    assert "models to download (not in the local Hugging Face cache): BAAI/bge-base-en-v1.5, BAAI/bge-m3" in out
-    assert "time estimate:" in out
+    # counts as published (MS MARCO passage: 8,841,823 passages, 6,980 dev/small queries; MIRACL yo dev:
+    # 119 queries over 49,043 passages), read from ir_datasets' metadata without any download
+    assert "- dataset msmarco-passage/dev/small: not downloaded yet; 6,980 queries, 8,841,823 documents" in out
+    assert "- dataset miracl/yo/dev: not downloaded yet; 119 queries, 49,043 documents" in out
+    assert "  - first stage bge-m3 (dense BAAI/bge-m3, depth 100): to run, about " in out
+    assert "rerank bge-m3 » bge-reranker-large: up to 11,900 pairs" in out and "bge-base-en » bge-reranker-v2-m3" in out
+    # the MS MARCO corpus is encoded once for its three query sets, and its archive listed once
+    assert out.count("its corpus is encoded once, for msmarco-passage/dev/small") == 2
+    assert out.count("collectionandqueries.tar.gz") == 1 and "missing: " in out
+    assert re.search(r"files to download: \d+, [\d.]+ GB in all", out)
+    assert "models to download (not in the local Hugging Face cache): BAAI/bge-base-en-v1.5 (about " in out
+    assert re.search(r"time estimate: about \d+ min for encoding and reranking on NVIDIA H100", out)
+    assert "no measured rate for" not in out
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
@@ -84,7 +93,9 @@ def test_dry_run_counts_cached_data_and_estimates_from_measured_rates(experiment
     before = capsys.readouterr().out
     assert "- dataset synthetic/en: 5 queries, 60 documents" in before
     assert "first stage bm25 (bm25, depth 20): to run" in before
-    assert "rerank tiny: up to 50 pairs" in before and "no measured rate for: reranking with random:" in before
+    assert "rerank tiny: up to 50 pairs" in before
+    # no rate of its own yet: the committed H100 rate of random:bge-reranker-large, scaled by FLOPs per token
+    assert "scaled from random:bge-reranker-large by FLOPs per token" in before and "measured on NVIDIA H100" in before
     assert main(["run", str(path), "--out", str(out), "--no-progress", "--skip-preflight"]) == 0
     capsys.readouterr()
     assert main(["run", str(path), "--out", str(out), "--dry-run"]) == 0
@@ -106,7 +117,8 @@ def test_bm25_pyserini_preset_sets_k1_and_b_unless_given(experiment_toml):
 
 @pytest.mark.parametrize("command", ["report", "compare", "throughput", "data", "eval", "reproduce", "run"])
 def test_every_command_takes_no_progress(command, monkeypatch):
-    """`--no-progress` is accepted by every command and silences tqdm's and huggingface_hub's bars."""
+    """`--no-progress` is accepted by every command and silences tqdm's and huggingface_hub's bars (the
+    variables main sets are restored after each test by conftest's `progress_variables_restored`)."""
     import bench.cli
 
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
@@ -116,3 +128,24 @@ def test_every_command_takes_no_progress(command, monkeypatch):
                                               "eval": ["--qrels", "q", "--run", "r", "-m", "ndcg@10"], "reproduce": [],
                                               "run": ["x.toml"]}[command]) == 0
     assert os.environ["TQDM_DISABLE"] == "1" and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+
+
+def test_a_real_run_with_no_progress_draws_no_bar(experiment_toml, tmp_path, capfd):
+    """`bench run` of a BM25 experiment (bm25s draws its own tqdm bars while indexing and retrieving):
+    with `--verbose`, stderr holds them; with `--no-progress`, none, bm25s' included."""
+    def run(flag: str) -> str:
+        folder = tmp_path / flag.strip("-")  # its own cache: the index is built, and its bars drawn, each time
+        exp = experiment_toml(f"{folder.name}.toml", name="np", cache_dir=folder / "cache",
+                              first_stages={"bm25": {"kind": "bm25"}},
+                              datasets=[{"source": "synthetic", "synthetic": {"languages": ["en"]}}])
+        capfd.readouterr()
+        assert main(["run", str(exp), "--out", str(folder / "out"), flag]) == 0
+        return capfd.readouterr().err
+
+    def bars(err: str) -> list[str]:
+        return [line for line in err.replace("\r", "\n").splitlines() if "it/s" in line or "%|" in line]
+
+    drawn = bars(run("--verbose"))
+    assert any(line.startswith("BM25S") for line in drawn), drawn  # the check below can fail
+    err = run("--no-progress")
+    assert not bars(err) and "\r" not in err, err

@@ -1,9 +1,11 @@
 """`bench compare`: paired significance tests, bootstrap intervals and tables over runs or records.
 
 Inputs are TREC run files (with --qrels; one dataset) or quality records / folders of records
-written by `bench run` (any number of datasets). Prints the Markdown table; with --out also writes
-comparison.md, comparison.tex, pairs.csv, means.csv, a PNG of per-query differences per metric and
-a comparison record (comparison.json).
+written by `bench run` (any number of datasets; of a folder, the current experiment version's). When
+the records hold one first stage and rerankers, each system is tested against that first stage only
+(k − 1 tests; `--baseline LABEL` picks another, `--all-pairs` tests every pair). Prints the table in
+`--format`; with --out also writes comparison.md, comparison.tex, pairs.csv, means.csv, a PNG of
+per-query differences per metric and a comparison record (comparison.json).
 """
 
 from __future__ import annotations
@@ -13,15 +15,23 @@ import sys
 from pathlib import Path
 
 from .. import lazy
-from ..report.compare import (Settings, compare, load_records, scores_from_records, scores_from_runs, select_systems,
-                       shared_conventions)
 from ..errors import BenchError
 from ..evaluate import Conventions, notify_if_cold
 from ..io import atomic_write_text, check_output_folder, slug
 from ..records import SCHEMA
+from ..report.compare import (SIGNIFICANCE, Settings, compare, default_baseline, load_records, scores_from_records,
+                              scores_from_runs, select_systems, shared_conventions)
+from ..report.tables import ordered
 from ..runs import read_qrels, read_run
 from .eval import add_conventions_arguments
-from .report import add_skip_bad_argument, warn_skipped
+from .options import (add_all_versions_argument, add_format_argument, add_out_argument, add_skip_bad_argument, note,
+                      warn_skipped)
+
+EXAMPLES = """\
+  bench compare runs/offline/records                          # each reranker against the first stage
+  bench compare runs/offline/records --all-pairs --format latex --out cmp
+  bench compare bm25.trec ce.trec --qrels qrels.txt -m ndcg@10 mrr@10
+"""
 
 
 def add_arguments(parser) -> None:
@@ -40,20 +50,30 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dataset", default=None, help="dataset label of the run files (default: the qrels file name)")
     parser.add_argument("--language", default=None, help="language code of the run files' dataset")
     parser.add_argument("--metric", "-m", dest="metrics", action="extend", nargs="+", default=None, metavar="M",
-                        help="metrics to compare, in any spelling `bench eval` takes (nDCG@10, ndcg_cut.10, RR@10, ...): "
+                        help="metrics to compare, in any spelling `bench eval` takes (nDCG@10, ndcg_cut_10, RR@10, ...): "
                              "records are matched by meaning (runs: default nDCG@10; records: default every metric "
                              "they share; one a record lacks is computed from the run and qrels files beside it)")
     add_conventions_arguments(parser)
-    parser.add_argument("--baseline", default=None, help="system the plot subtracts (default: the first system)")
-    parser.add_argument("--test", choices=("randomization", "t-test"), default="randomization",
+    tests = parser.add_mutually_exclusive_group()
+    tests.add_argument("--baseline", default=None, metavar="LABEL",
+                       help="test each system against this one only (k − 1 tests, Holm over those), with the "
+                            "difference and its interval (default: the first stage, when the records hold one "
+                            "first stage and rerankers)")
+    tests.add_argument("--all-pairs", action="store_true", help="test every pair of systems instead")
+    parser.add_argument("--test", choices=("randomization", "t-test"), default=SIGNIFICANCE.test,
                         help="test that sets the significance marks (both are computed; default randomization)")
-    parser.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
-    parser.add_argument("--correction", choices=("holm", "none"), default="holm",
+    parser.add_argument("--alpha", type=float, default=SIGNIFICANCE.alpha, help="significance level (default 0.05)")
+    parser.add_argument("--correction", choices=("holm", "none"), default=SIGNIFICANCE.correction,
                         help="multiple-comparison correction over each table (default holm)")
-    parser.add_argument("--permutations", type=int, default=10_000, help="randomization test swaps (default 10000)")
-    parser.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples (default 10000)")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the randomization test and bootstrap")
-    parser.add_argument("--out", type=Path, default=None, help="folder for the tables, CSVs, plots and record")
+    parser.add_argument("--permutations", type=int, default=SIGNIFICANCE.permutations,
+                        help=f"randomization test swaps (default {SIGNIFICANCE.permutations}, as the results page)")
+    parser.add_argument("--bootstrap", type=int, default=SIGNIFICANCE.bootstrap,
+                        help=f"bootstrap resamples (default {SIGNIFICANCE.bootstrap})")
+    parser.add_argument("--seed", type=int, default=SIGNIFICANCE.seed,
+                        help=f"seed of the randomization test and bootstrap (default {SIGNIFICANCE.seed})")
+    add_format_argument(parser)
+    add_out_argument(parser, "folder for the tables (md, tex), CSVs, plots and the comparison record")
+    add_all_versions_argument(parser)
     add_skip_bad_argument(parser)
 
 
@@ -75,32 +95,52 @@ def run(args) -> int:
                                       judged_only=args.judged_only).trec_eval_flags()
     elif args.label or args.labels or args.qrels:
         raise BenchError("--label, --labels and --qrels apply to run files; no run file was given")
+    notes: list[str] = []
     if record_inputs:
         skipped: list[str] | None = [] if args.skip_bad else None
-        records = load_records(record_inputs, skipped=skipped)
+        records = ordered(load_records(record_inputs, skipped=skipped, all_versions=args.all_versions, notes=notes))
         warn_skipped(skipped)
-        notes: list[str] = []
         frames.append(scores_from_records(records, args.metrics, notes=notes))
-        for line in notes:
-            print(f"note: {line}", file=sys.stderr)
+    for line in notes:
+        note(line)
     conventions = shared_conventions(records, run_conventions)
 
     scores = lazy.pd.concat(frames, ignore_index=True)
+    renamed = None
     if args.systems:
-        scores = select_systems(scores, [x.strip() for arg in args.systems for x in arg.split(",") if x.strip()])
+        wanted = [x.strip() for arg in args.systems for x in arg.split(",") if x.strip()]
+        scores = select_systems(scores, wanted)
+        renamed = dict(item.split("=", 1) if "=" in item else (item, item) for item in wanted)
     systems = list(dict.fromkeys(scores.system))
     if len(systems) < 2:
         raise BenchError(f"nothing to compare: the inputs hold one system ({systems[0] if systems else 'none'}); "
                          "give at least two runs, records or folders of records")
-    comparison = compare(scores, settings, conventions=conventions)
-    if args.baseline is not None and args.baseline not in comparison.systems:
-        raise BenchError(f"--baseline {args.baseline!r} is not one of the systems {comparison.systems}")
-    text = comparison.markdown()
-    print(text)
+    baseline = _baseline(args, records, run_files, renamed, systems)
+    comparison = compare(scores, settings, conventions=conventions, baseline=baseline)
+    text = comparison.render(args.format)
+    print(text, end="" if text.endswith("\n") else "\n")
     if args.out:
-        written = _write_outputs(comparison, args, text)
+        written = _write_outputs(comparison, args)
         print(f"wrote {', '.join(written)} to {args.out}", file=sys.stderr)
     return 0
+
+
+def _baseline(args, records, run_files, renamed: dict | None, systems: list[str]) -> str | None:
+    """--baseline as given; none with --all-pairs; else the records' one first stage (`default_baseline`),
+    when only records are compared and it is among the systems kept."""
+    if args.baseline is not None:
+        if args.baseline not in systems:
+            raise BenchError(f"--baseline {args.baseline!r} is not one of the systems {systems}")
+        return args.baseline
+    if args.all_pairs or run_files or not records:
+        return None
+    found = default_baseline(records)
+    if found is not None and renamed is not None:
+        found = renamed.get(found)
+    if found in systems and len(systems) > 2:  # with two systems both ways are the same one test
+        note(f"each system is tested against the first stage {found!r} only ({len(systems) - 1} test(s) per dataset "
+             "and metric); --all-pairs tests every pair")
+    return found if found in systems else None
 
 
 def _is_record(path: Path) -> bool:
@@ -140,17 +180,17 @@ def _stem(path: Path) -> str:
     return Path(name).stem or name
 
 
-def _write_outputs(comparison, args, text: str) -> list[str]:
+def _write_outputs(comparison, args) -> list[str]:
     out = args.out
-    written = [atomic_write_text(out / "comparison.md", text), atomic_write_text(out / "comparison.tex", comparison.latex()),
+    written = [atomic_write_text(out / "comparison.md", comparison.markdown()),
+               atomic_write_text(out / "comparison.tex", comparison.latex()),
                atomic_write_text(out / "pairs.csv", comparison.pairs_csv()),
                atomic_write_text(out / "means.csv", comparison.means_csv())]
     plots = []
     if len(comparison.systems) > 1:
-        for metric in dict.fromkeys(comparison.means.metric):
-            plots.append(comparison.plot(metric, out / f"differences_{slug(metric, strip=False)}.png", args.baseline))
+        for metric in comparison.metrics():
+            plots.append(comparison.plot(metric, out / f"differences_{slug(metric, strip=False)}.png"))
     record = comparison.to_record([str(p) for p in args.inputs])
     record.plots = [p.name for p in plots]
     written += plots + [record.to_disk(out / "comparison.json")]
     return [p.name for p in written]
-

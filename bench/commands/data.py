@@ -2,12 +2,8 @@
 
 Prints, for each collection, its counts, language, fingerprints and one sample query with its most
 relevant passage, so a wrong split, an empty qrels file or a stray title rule shows up at once.
-
-    bench data miracl/yo/dev                              # an ir_datasets id
-    bench data --source beir --path ../shared/data/vaswani --split test
-    bench data ../shared/data/miracl-yo-dev --split dev   # a folder: BEIR layout
-    bench data synthetic --languages en,yo --docs-per-language 500
-    bench data experiments/offline.toml                   # every dataset of an experiment
+Targets: an ir_datasets id, a BEIR folder (or --source beir --path DIR), `synthetic[/<lang>]`, or an
+experiment file (each of its datasets).
 """
 
 from __future__ import annotations
@@ -17,15 +13,23 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from ..config import CollectionSpec, load_experiment
+from pydantic import ValidationError
+
+from ..config import CollectionSpec, format_validation_error, load_experiment
 from ..data import expand, load_collection, natural_key
 from ..errors import BenchError
+from .options import add_format_argument
+
+
+EXAMPLES = """\
+  bench data ../shared/data/miracl-yo-dev --split dev   # a folder in BEIR layout
+  bench data synthetic --languages en,yo --docs-per-language 500 --format json
+  bench data experiments/offline.toml                   # every dataset of an experiment
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__.split("\n\n")[0]
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = "examples:\n" + __doc__.split("\n\n", 2)[2]
     parser.add_argument("target", nargs="?", help="ir_datasets id, BEIR folder, 'synthetic[/<lang>]' or experiment .toml")
     parser.add_argument("--source", choices=["ir_datasets", "beir", "synthetic"], help="default: guessed from TARGET")
     parser.add_argument("--path", help="BEIR folder (with --source beir)")
@@ -37,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queries-per-language", type=int, help="synthetic: queries per language")
     parser.add_argument("--seed", type=int, help="synthetic: generator seed")
     parser.add_argument("--no-download", action="store_true", help="ir_datasets: fail instead of downloading")
-    parser.add_argument("--json", action="store_true", help="print describe() of each collection as JSON")
+    add_format_argument(parser, ("table", "json"))
 
 
 def specs_from_args(args: argparse.Namespace) -> list:
@@ -71,8 +75,8 @@ def specs_from_args(args: argparse.Namespace) -> list:
         fields["synthetic"] = options
     try:
         spec = CollectionSpec(**fields)
-    except ValueError as exc:
-        raise BenchError(f"bench data: {exc}") from None
+    except ValidationError as exc:
+        raise BenchError(format_validation_error(exc, "bench data")) from None
     return expand(spec)
 
 
@@ -108,10 +112,10 @@ def run(args: argparse.Namespace) -> int:
     described = []
     for i, spec in enumerate(specs):
         collection = load_collection(spec, download=not args.no_download)
-        if args.json:
+        if args.format == "json":
             described.append(collection.describe())
         else:
             print(("\n" if i else "") + summary(collection))
-    if args.json:
+    if args.format == "json":
         print(json.dumps(described, indent=2, ensure_ascii=False))
     return 0

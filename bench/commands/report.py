@@ -1,51 +1,52 @@
-"""`bench report DIR`: the comparison table again, from the records in DIR."""
+"""`bench report FOLDER`: the tables again, from the records in a run folder (the current experiment
+version's; see docs/reliability.md), in any format; with --out, the report files and the results page."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from ..io import atomic_write_text
-from ..report.tables import report_folder
-from ..report.page import write_html_report
+from ..io import atomic_write_text, check_output_folder
+from ..records import find_records
+from ..report.page import write_html_page
+from ..report.tables import quality_report, read_folder, with_head
+from .options import (add_all_versions_argument, add_format_argument, add_out_argument, add_skip_bad_argument,
+                      warn_skipped)
+
+EXAMPLES = """\
+  bench report runs/offline                       # report.md's tables again, from the records
+  bench report runs/offline --format latex        # the same tables for a paper
+  bench report runs/offline --out runs/offline    # rewrite report.md, .csv, .tex and the results page
+"""
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("folder", type=Path, help="output folder of `bench run` (or any folder of records)")
-    parser.add_argument("--csv", type=Path, default=None, help="also write the long table as CSV here")
-    parser.add_argument("--all-experiments", action="store_true",
-                        help="also the records earlier experiments left in the folder (default: the latest experiment's)")
-    parser.add_argument("--html", nargs="?", type=Path, const=True, default=None, metavar="PATH",
-                        help="also write the results page (one self-contained HTML file; default FOLDER/report.html)")
+    add_format_argument(parser)
+    add_out_argument(parser, "folder to write report.md, report.csv, report.tex and the results page report.html into")
+    add_all_versions_argument(parser)
     parser.add_argument("--throughput", type=Path, action="append", default=[], metavar="DIR",
                         help="folder of throughput records whose speeds the page's quality-vs-speed chart uses "
                              "(same model and device; default: those under FOLDER)")
     add_skip_bad_argument(parser)
 
 
-def add_skip_bad_argument(parser) -> None:
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="leave out unreadable record files with a warning each (default: an error naming the file)")
-
-
-def warn_skipped(skipped: list[str] | None) -> None:
-    """One warning per record file left out by --skip-bad, then their count."""
-    for problem in skipped or []:
-        print(f"warning: skipped {problem}", file=sys.stderr)
-    if skipped:
-        print(f"warning: {len(skipped)} unreadable record file(s) skipped (--skip-bad)", file=sys.stderr)
-
-
 def run(args) -> int:
+    if args.out:
+        check_output_folder(args.out)
     skipped: list[str] | None = [] if args.skip_bad else None
-    text, frame = report_folder(args.folder, all_experiments=args.all_experiments, skipped=skipped)
+    records, head = read_folder(args.folder, all_versions=args.all_versions, skipped=skipped)
     warn_skipped(skipped)
-    print(text)
-    if args.csv:
-        atomic_write_text(args.csv, frame.to_csv(index=False))
-    if args.html:
-        path = write_html_report(args.folder, None if args.html is True else args.html,
-                                 throughput_folders=args.throughput, all_experiments=args.all_experiments,
-                                 skipped=[] if args.skip_bad else None)
-        print(f"results page: {path}", file=sys.stderr)
+    text, frame = quality_report(records, args.format)
+    if head and args.format in ("json", "csv"):
+        print(f"note: {head}", file=sys.stderr)
+    text = with_head(text, head, args.format)
+    print(text, end="" if text.endswith("\n") else "\n")
+    if args.out:
+        throughput = [r for f in [args.folder, *args.throughput] for r in find_records(f, kind="throughput")]
+        written = [atomic_write_text(args.out / "report.md", with_head(quality_report(records)[0], head, "table")),
+                   atomic_write_text(args.out / "report.csv", frame.to_csv(index=False)),
+                   atomic_write_text(args.out / "report.tex", with_head(quality_report(records, "latex")[0], head, "latex")),
+                   write_html_page(records, args.out / "report.html", throughput)]
+        print(f"wrote {', '.join(p.name for p in written)} to {args.out}", file=sys.stderr)
     return 0

@@ -14,18 +14,30 @@ failed (its error is in the record and the table).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+from .. import lazy
 from ..config import DTYPE_HELP, Experiment, load_experiment
 from ..engine.device import DTYPES, ENGINES
 from ..errors import BenchError
 from ..io import check_output_folder
+from ..report.formats import render
 from ..throughput import run_throughput
+from ..throughput.tables import throughput_frame
+from .options import add_cache_dir_argument, add_format_argument, add_out_argument, with_cache_dir
+
+EXAMPLES = """\
+  bench throughput experiments/throughput.toml                    # CPU-sized sweep: fast engine vs baselines
+  bench throughput experiments/throughput.toml --engines fast flag --pairs 256 --out runs/tp
+  bench throughput experiments/throughput-gpu.toml --format csv > throughput.csv
+"""
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("experiment", help="experiment TOML with a [throughput] table (see experiments/throughput.toml)")
-    parser.add_argument("--out", help="output folder (default: runs/<experiment name>-throughput)")
+    add_out_argument(parser, "output folder: records/, throughput-<model>.md, plots/",
+                     "runs/<experiment name>-throughput")
     parser.add_argument("--dataset", help="label of the dataset whose pairs to use (default: the first)")
     parser.add_argument("--engines", nargs="+", help="override [throughput].engines")
     parser.add_argument("--pairs", type=int, help="override [throughput].pairs")
@@ -49,18 +61,24 @@ def add_arguments(parser) -> None:
                         help="folder of `bench run` output whose quality records to plot against speed "
                              "(default: --out); the plot is made when it holds any")
     parser.add_argument("--no-fidelity", action="store_true", help="skip the fidelity comparison against fp32")
-    parser.add_argument("--cache-dir", help="models cache (default: the experiment's cache_dir or ~/.cache/rerank-bench)")
+    add_cache_dir_argument(parser)
+    add_format_argument(parser)
 
 
 def run(args) -> int:
-    exp = with_overrides(load_experiment(args.experiment), args)
+    exp = with_cache_dir(with_overrides(load_experiment(args.experiment), args), args.cache_dir)
     out = check_output_folder(Path(args.out or Path("runs") / f"{exp.name}-throughput"))  # before any work
+    table = args.format == "table"
+    say = print if table else (lambda m: print(m, file=sys.stderr))
     result = run_throughput(exp, out, experiment_path=args.experiment, dataset=args.dataset, pairs=args.pairs,
-                            attention=args.attention, cache_dir=args.cache_dir, quality_records=args.quality_records,
-                            progress=not args.no_progress)
-    print(f"records, tables and plots in {out}")
+                            attention=args.attention, quality_records=args.quality_records,
+                            progress=not args.no_progress, log=say)
+    if not table:  # the cells of every sweep as one table in the asked format
+        frame = lazy.pd.concat([throughput_frame(s.throughput) for s in result.sweeps], ignore_index=True)
+        print(render(frame, args.format, index=False, caption=f"Throughput: {exp.name}"), end="")
+    say(f"records, tables and plots in {out}")
     if result.failed_cells:
-        print(f"{result.failed_cells} cell(s) failed; their errors are in the table and the record")
+        say(f"{result.failed_cells} cell(s) failed; their errors are in the table and the record")
     return 1 if result.failed_cells else 0
 
 

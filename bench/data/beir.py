@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .. import lazy
-from ..errors import BenchError, where
+from ..errors import BenchError, closest, where
 from ..io import text_lines
 from .base import MemoryCollection, batched, doc_text, select_queries
 
@@ -194,7 +194,10 @@ class BeirCollection(MemoryCollection):
         self.name = name or f"{self.path.name}/{split}"
         self.language = language
         if not self.path.is_dir():
-            raise BenchError(f"{self.path}: BEIR folder not found (it must hold {LAYOUT})")
+            parent = self.path.parent
+            near = closest(self.path.name, [p.name for p in parent.iterdir() if p.is_dir()] if parent.is_dir() else [])
+            raise BenchError(f"{self.path}: BEIR folder not found" + (f" (did you mean {str(parent / near)!r}?)" if near
+                             else "") + f" (it must hold {LAYOUT})")
         self.corpus_path = self._corpus_file()
         self.queries_path = self.path / "queries.jsonl"
         if not self.queries_path.is_file():

@@ -30,6 +30,7 @@ class BlockScorer:
     def __init__(self, spec, cache_dir: str, storage: Storage, folder: str, reader):
         self.spec, self.cache_dir, self.storage, self.folder, self.reader = spec, cache_dir, storage, folder, reader
         self.reranker = None
+        self.warm = False  # the first block this actor scores is preceded by an untimed warm-up
 
     def __call__(self, batch: dict) -> dict:
         out: dict[str, list] = {"block": [], "status": [], "digest": [], "described": []}
@@ -47,7 +48,8 @@ class BlockScorer:
             else:
                 if self.reranker is None:
                     self.reranker = build_reranker(self.spec, cache_dir=self.cache_dir)
-                self.storage.write_checked_json(rel, score_block(self.reranker, qids, keys, pairs))
+                self.storage.write_checked_json(rel, score_block(self.reranker, qids, keys, pairs, warm_up=not self.warm))
+                self.warm = True
                 status, described = "scored", json.dumps(self.reranker.describe(), default=str)
             for key, value in (("block", int(i)), ("status", status), ("digest", digest), ("described", described)):
                 out[key].append(value)

@@ -1,5 +1,5 @@
-"""A padding-free forward for decoder rerankers (Qwen2, Qwen3, Gemma), scored at one position, with
-shared-prefix reuse.
+"""A padding-free forward for decoder rerankers (Qwen2, Qwen3, Gemma, Mistral, Llama), scored at one
+position, with shared-prefix reuse.
 
 A decoder reranker reads the logits of each prompt's last token. Here the prompts of a batch are laid
 end to end (``[tokens, hidden]``), so the linear layers compute no padding, and the loaded Hugging Face
@@ -9,6 +9,9 @@ attention with grouped-query heads, output projection, residual, RMSNorm, gated 
 final RMSNorm; then the head. Two things a full forward computes are skipped because the score never
 reads them: the last layer runs its attention output and MLP for the scored position only, and the
 projection onto the whole vocabulary becomes one fp32 dot product with ``W[yes] - W[no]`` (or one row).
+Listwise FIRST reads the whole final hidden state of that position instead (``last_hidden``) and
+projects it itself. Mistral's sliding window changes nothing while every sequence fits inside it,
+which is checked per batch (a longer one is an error, not a silent difference).
 
 Shared-prefix reuse: the prompts of one query's candidates begin with the same tokens (system prompt,
 instruction, query). Under causal attention those tokens' keys and values do not depend on what
@@ -31,7 +34,7 @@ import numpy as np
 from .. import lazy
 from ..errors import BenchError
 
-FAMILIES = ("qwen2", "qwen3", "gemma")
+FAMILIES = ("qwen2", "qwen3", "gemma", "mistral", "llama")
 
 
 def unsupported_reason(config) -> str | None:
@@ -47,13 +50,15 @@ def unsupported_reason(config) -> str | None:
 @dataclass
 class DecoderBatch:
     """Packed token runs on the device: ``ids``/``positions`` ``[tokens]``, ``cu`` int32 ``[n + 1]``,
-    ``max_len``; ``prefix`` (long ``[n]``): the row of the prefix cache each run continues, or None."""
+    ``max_len``; ``prefix`` (long ``[n]``): the row of the prefix cache each run continues, or None;
+    ``extent``: the longest sequence (prefix included) the batch completes."""
 
     ids: Any
     positions: Any
     cu: Any
     max_len: int
     prefix: Any = None
+    extent: int = 0
 
     @property
     def n(self) -> int:
@@ -70,8 +75,9 @@ def make_batch(runs: Sequence[Sequence[int]], starts: Sequence[int], device: str
     ids = np.fromiter((t for r in runs for t in r), dtype=np.int64, count=int(offsets[-1]))
     positions = np.arange(int(offsets[-1])) - np.repeat(offsets[:-1], lengths) + np.repeat(np.asarray(starts), lengths)
     pre = None if prefix is None else torch.as_tensor(np.asarray(prefix, dtype=np.int64), device=device)
+    extent = int((np.asarray(starts, dtype=np.int64) + lengths).max())
     return DecoderBatch(torch.as_tensor(ids, device=device), torch.as_tensor(positions, device=device),
-                        torch.as_tensor(offsets.astype(np.int32), device=device), int(lengths.max()), pre)
+                        torch.as_tensor(offsets.astype(np.int32), device=device), int(lengths.max()), pre, extent)
 
 
 @dataclass
@@ -87,7 +93,8 @@ class PrefixCache:
 
 
 class PackedDecoder:
-    """``score(batch, cache) -> float32 [n]``: the head at each run's last token."""
+    """``score(batch, cache) -> float32 [n]``: the head at each run's last token; ``last_hidden``: that
+    token's final hidden state. ``head_vector`` may be None when only ``last_hidden`` is used."""
 
     def __init__(self, model, head_vector, attention: str = "sdpa-padded"):
         reason = unsupported_reason(model.config)
@@ -105,6 +112,8 @@ class PackedDecoder:
         self.embed_scale = cfg.hidden_size ** 0.5 if gemma else None
         self.qk_norm = hasattr(self.layers[0].self_attn, "q_norm")
         self.vector = head_vector
+        # Mistral's sliding window: attention reaches back this many tokens (no limit while sequences fit)
+        self.window = getattr(cfg, "sliding_window", None) if cfg.model_type == "mistral" else None
         self.attention = attention
         self._attend = self._sdpa if attention == "sdpa-padded" else self._varlen
 
@@ -112,6 +121,7 @@ class PackedDecoder:
     def prefix_cache(self, batch: DecoderBatch) -> PrefixCache:
         """Keys and values of every layer for the prefixes in ``batch`` (the last layer: keys and values
         only, nothing a prompt does not read)."""
+        self._check_window(batch)
         x = self._embed(batch.ids)
         cos, sin = self._rope(x, batch.positions)
         keys, values = [], []
@@ -133,6 +143,11 @@ class PackedDecoder:
 
     def score(self, batch: DecoderBatch, cache: PrefixCache | None = None):
         """The head at each run's last token, fp32 ``[n]``; runs continue their ``cache`` rows."""
+        return self.last_hidden(batch, cache).float() @ self.vector
+
+    def last_hidden(self, batch: DecoderBatch, cache: PrefixCache | None = None):
+        """The final (normed) hidden state at each run's last token, ``[n, hidden]`` in the model's dtype."""
+        self._check_window(batch)
         x = self._embed(batch.ids)
         cos, sin = self._rope(x, batch.positions)
         for i, layer in enumerate(self.layers[:-1]):
@@ -145,11 +160,16 @@ class PackedDecoder:
         q = self._queries(layer, h.index_select(0, last), cos.index_select(0, last), sin.index_select(0, last))
         x = self._finish(layer, x.index_select(0, last),
                          self._attend(q, k, v, batch, cache, len(self.layers) - 1, last_only=True))
-        return self.norm(x).float() @ self.vector
+        return self.norm(x)
 
     def describe(self) -> dict:
         return {"forward": "packed-decoder", "attention": self.attention, "family": self.config.model_type,
                 "last_layer": "scored position only", "lm_head": "one fp32 vector (W[yes] - W[no] or W[yes])"}
+
+    def _check_window(self, batch: DecoderBatch) -> None:
+        if self.window and batch.extent > self.window:
+            raise BenchError(f"packed decoder: a sequence of {batch.extent} tokens exceeds the model's sliding window "
+                             f"of {self.window} (only full causal attention is implemented); shorten the input")
 
     # -- one layer, as the Hugging Face decoder layer computes it -----------------------------------------
     def _embed(self, ids):

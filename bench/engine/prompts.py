@@ -28,6 +28,8 @@ prefix that the fast engine computes once per query (``bench.engine.decoder``).
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -48,10 +50,32 @@ MXBAI_TASK = ("You are a search relevance expert who evaluates how well document
 TEMPLATES = ("qwen3", "bge-gemma", "mxbai-v2")
 
 
+#: The placeholders a custom template may hold; any other ``{word}`` is a typo, not text for the model.
+PLACEHOLDERS = ("query", "passage", "instruction")
+#: ``{word}``: what a placeholder looks like (other braces, e.g. JSON in a prompt, are text)
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+#: `template_kind` of a custom template that holds ``{instruction}``
+CUSTOM, CUSTOM_WITH_INSTRUCTION = "custom", "custom {instruction}"
+
+
+def template_kind(template: str) -> str:
+    """A known template's name, else `CUSTOM` or `CUSTOM_WITH_INSTRUCTION` (which fields act depends on it)."""
+    if template in TEMPLATES:
+        return template
+    return CUSTOM_WITH_INSTRUCTION if "{instruction}" in template else CUSTOM
+
+
 def check_custom_template(template: str) -> None:
-    """A custom template must hold one ``{query}`` and one ``{passage}`` slot, the query first."""
+    """A custom template must hold one ``{query}`` and one ``{passage}`` slot, the query first, and no
+    other ``{word}`` than the valid placeholders."""
     if template in TEMPLATES:
         return
+    unknown = sorted({m for m in _PLACEHOLDER.findall(template) if m not in PLACEHOLDERS})
+    if unknown:
+        close = {u: difflib.get_close_matches(u, PLACEHOLDERS, n=1) for u in unknown}
+        hints = "".join(f" ({{{u}}}: did you mean {{{c[0]}}}?)" for u, c in close.items() if c)
+        raise ValueError(f"template {template[:60]!r}: unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)}"
+                         f"{hints}; the valid placeholders are {', '.join('{' + v + '}' for v in PLACEHOLDERS)}")
     missing = [slot for slot in ("{query}", "{passage}") if template.count(slot) != 1]
     if missing:
         raise ValueError(f"template {template[:60]!r}: needs exactly one {' and one '.join(missing)} "

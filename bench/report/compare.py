@@ -6,10 +6,13 @@ comparison can be built from run files plus qrels (`scores_from_runs`) or from t
 the pipeline writes (`scores_from_records`) alike. Metrics are named by their canonical form
 (`bench.metrics`), whatever spelling asked for them or wrote the records.
 
-`compare` computes, for each dataset and metric, every pair of systems' paired t-test, seeded
-randomization test and bootstrap interval (`bench.stats`), then Holm's correction over every
-comparison in the same table (all datasets × all pairs of one metric), for the test that sets the
-marks. The `Comparison` it returns only renders: Markdown, LaTeX, CSV, a PNG, a record.
+`compare` computes, for each dataset and metric, the paired t-test, seeded randomization test and
+bootstrap interval (`bench.stats`) of each system against a baseline (k − 1 tests: the table a
+reranking paper prints) or of every pair of systems, then Holm's correction over every comparison
+in the same table (all datasets of one metric), for the test that sets the marks. `SIGNIFICANCE`
+is the one set of settings: `bench compare` and the results page both call `compare_records` with
+it, so they print the same letters. The `Comparison` it returns only renders: Markdown, LaTeX,
+CSV, JSON, a PNG, a record.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from .. import lazy
 from ..errors import BenchError
 from ..evaluate import Conventions, evaluate
 from ..metrics import Metric, by_metric, parse_metric
+from .formats import json_text, latex, latex_escape, markdown, rows
 from .plots import new_figure, save_png
 from ..records import ComparisonRecord, QualityRecord, find_records, make_record, read_record
-from .tables import system_labels
+from .tables import ordered, select_version, system_labels
 from ..runs import read_qrels, read_run
 from ..stats import bootstrap_ci, holm, paired_randomization_test, paired_t_test
 
@@ -60,15 +64,21 @@ def scores_from_runs(qrels, runs: dict[str, dict], metrics: Sequence[str | Metri
     return lazy.pd.concat(frames, ignore_index=True)
 
 
-def load_records(paths: Sequence[str | Path], *, skipped: list[str] | None = None) -> list[QualityRecord]:
-    """Quality records from files or folders (searched recursively), in the order given. An unreadable
-    record is an error naming it; with a `skipped` list, its message goes there instead."""
+def load_records(paths: Sequence[str | Path], *, skipped: list[str] | None = None, all_versions: bool = False,
+                 notes: list[str] | None = None) -> list[QualityRecord]:
+    """Quality records from files or folders (searched recursively), in the order given. Of a folder,
+    the current experiment version's records only (`bench.report.versions`; `all_versions`: every
+    one), with a line in `notes` naming what was left out; a file named is read as it is. An
+    unreadable record is an error naming it; with a `skipped` list, its message goes there instead."""
     out = []
     for path in map(Path, paths):
         if path.is_dir():
             found = find_records(path, kind="quality", skipped=skipped)
             if not found:
                 raise BenchError(f"{path}: no quality records in this folder (files *.json with kind 'quality')")
+            found, head = select_version(found, path, all_versions=all_versions)
+            if head and notes is not None:
+                notes.append(f"{path}: {head}")
             out.extend(found)
         else:
             try:
@@ -102,9 +112,8 @@ def scores_from_records(records: list[QualityRecord], metrics: Sequence[str | Me
         wanted = list(dict.fromkeys(parse_metric(m) for m in metrics))
     shared_conventions(records)
     frames = []
-    # first stages first (they are the baseline and letter a), otherwise in the order given
-    labelled = sorted(zip(records, system_labels(records)), key=lambda pair: pair[0].system.stage != "first_stage")
-    for rec, system in labelled:  # labels distinct per dataset, untrained models marked
+    records = ordered(records)  # the experiment's order: first stages (the baseline, letter a) first
+    for rec, system in zip(records, system_labels(records)):  # labels distinct per dataset, untrained models marked
         where = rec.path or "record"
         dataset = rec.dataset.label
         per_query = by_metric(rec.per_query)
@@ -215,9 +224,33 @@ class Settings:
             raise BenchError("permutations and bootstrap resamples must be at least 1")
 
 
-def compare(scores: pd.DataFrame, settings: Settings = Settings(), systems: Sequence[str] | None = None,
-            conventions: str | None = None) -> Comparison:
-    """Every pair of systems on every dataset and metric of `scores` (columns `SCORE_COLUMNS`).
+#: The one set of significance settings: `bench compare`'s defaults and the results page's letters.
+SIGNIFICANCE = Settings()
+
+
+def default_baseline(records: list[QualityRecord]) -> str | None:
+    """The system every other is tested against by default: the first stage, when the records hold
+    exactly one first stage and at least one reranked system (the table a reranking paper prints);
+    None otherwise (every pair is tested)."""
+    labels = system_labels(records)
+    first = list(dict.fromkeys(label for rec, label in zip(records, labels) if rec.system.stage == "first_stage"))
+    reranked = any(rec.system.stage == "rerank" for rec in records)
+    return first[0] if len(first) == 1 and reranked else None
+
+
+def compare_records(records: list[QualityRecord], metrics: Sequence[str | Metric] | None = None,
+                    settings: Settings = SIGNIFICANCE, notes: list[str] | None = None) -> Comparison:
+    """The default comparison of a run's records, as `bench compare OUT/records` makes it and the
+    results page shows it: `SIGNIFICANCE`, the experiment's order, against the first stage when there
+    is one (`default_baseline`)."""
+    return compare(scores_from_records(records, metrics, notes=notes), settings,
+                   conventions=shared_conventions(records), baseline=default_baseline(ordered(records)))
+
+
+def compare(scores: pd.DataFrame, settings: Settings = SIGNIFICANCE, systems: Sequence[str] | None = None,
+            conventions: str | None = None, baseline: str | None = None) -> Comparison:
+    """Systems on every dataset and metric of `scores` (columns `SCORE_COLUMNS`): each against
+    `baseline` (k − 1 tests per dataset), or, without one, every pair.
 
     `systems` fixes the order (and hence the letters); by default the order of first appearance."""
     missing = set(SCORE_COLUMNS) - set(scores.columns)
@@ -235,6 +268,8 @@ def compare(scores: pd.DataFrame, settings: Settings = Settings(), systems: Sequ
     unknown = set(scores["system"]) - set(order)
     if unknown:
         raise BenchError(f"systems {sorted(unknown)} are not in the given order {order}")
+    if baseline is not None and baseline not in order:
+        raise BenchError(f"baseline {baseline!r} is not one of the systems {order}")
 
     mean_rows, pair_rows = [], []
     for (metric, dataset), group in scores.groupby(["metric", "dataset"], sort=False):
@@ -245,20 +280,27 @@ def compare(scores: pd.DataFrame, settings: Settings = Settings(), systems: Sequ
         for s in present:
             mean_rows.append({"dataset": dataset, "language": language, "metric": metric, "system": s,
                               "mean": float(table[s].mean()), "queries": int(table[s].size)})
-        for i, a in enumerate(present):
-            for b in present[i + 1:]:
-                x, y = table[a].to_numpy(), table[b].to_numpy()
-                low, high = bootstrap_ci(x, y, settings.bootstrap, settings.confidence, settings.seed)
-                pair_rows.append({"dataset": dataset, "language": language, "metric": metric, "system_a": a,
-                                  "system_b": b, "mean_a": float(x.mean()), "mean_b": float(y.mean()),
-                                  "diff": float((y - x).mean()), "ci_low": low, "ci_high": high,
-                                  "p_t_test": paired_t_test(x, y),
-                                  "p_randomization": paired_randomization_test(x, y, settings.permutations, settings.seed)})
+        for a, b in _tested_pairs(present, baseline):
+            x, y = table[a].to_numpy(), table[b].to_numpy()
+            low, high = bootstrap_ci(x, y, settings.bootstrap, settings.confidence, settings.seed)
+            pair_rows.append({"dataset": dataset, "language": language, "metric": metric, "system_a": a,
+                              "system_b": b, "mean_a": float(x.mean()), "mean_b": float(y.mean()),
+                              "diff": float((y - x).mean()), "ci_low": low, "ci_high": high,
+                              "p_t_test": paired_t_test(x, y),
+                              "p_randomization": paired_randomization_test(x, y, settings.permutations, settings.seed)})
     means = lazy.pd.DataFrame(mean_rows)
     pairs = lazy.pd.DataFrame(pair_rows, columns=["dataset", "language", "metric", "system_a", "system_b", "mean_a",
                                                   "mean_b", "diff", "ci_low", "ci_high", "p_t_test", "p_randomization"])
     _adjust_and_mark(means, pairs, settings, order)
-    return Comparison(means=means, pairs=pairs, scores=scores, settings=settings, systems=order, conventions=conventions)
+    return Comparison(means=means, pairs=pairs, scores=scores, settings=settings, systems=order,
+                      conventions=conventions, baseline=baseline)
+
+
+def _tested_pairs(present: list[str], baseline: str | None) -> list[tuple[str, str]]:
+    """(A, B) pairs to test, differences B − A: the baseline against each other system, or every pair."""
+    if baseline is not None:
+        return [(baseline, s) for s in present if s != baseline] if baseline in present else []
+    return [(a, b) for i, a in enumerate(present) for b in present[i + 1:]]
 
 
 def _check_same_queries(table: pd.DataFrame, systems: list[str], dataset: str, metric: str) -> None:
@@ -293,10 +335,28 @@ def _adjusted_column(settings: Settings) -> str:
     return "p_randomization_adjusted" if settings.test == "randomization" else "p_t_test_adjusted"
 
 
+def significance_note(settings: Settings, tests_per_table: dict[str, int], baseline: str | None,
+                      letters: dict[str, str]) -> str:
+    """What the superscript letters mean and how they were computed: stated once, wherever letters
+    appear (`bench compare`'s tables, the results page)."""
+    test = TESTS[settings.test]
+    detail = f"{settings.permutations:,} random swaps, " if settings.test == "randomization" else ""
+    counts = sorted(set(tests_per_table.values()))
+    if len(counts) == 1:
+        n = f"the {counts[0]} comparisons of each metric's table"
+    else:
+        n = "each metric's comparisons (" + ", ".join(f"{k}: {v}" for k, v in tests_per_table.items()) + ")"
+    correction = f"Holm correction over {n}" if settings.correction == "holm" else "no correction for multiple comparisons"
+    tested = (f"each system tested against the baseline ({letters.get(baseline, '?')}) {baseline} only"
+              if baseline is not None else "every pair of systems tested")
+    return (f"Superscript letters: significantly better than the system with that letter on that dataset "
+            f"({tested}; {test}, {detail}two-sided, α = {settings.alpha:g}, seed {settings.seed}; {correction}).")
+
+
 @dataclass
 class Comparison:
-    """Means with significance marks and every pairwise test, for each metric, as `compare` computed
-    them; it only renders them (Markdown, LaTeX, CSV, PNG, record)."""
+    """Means with significance marks and the tests behind them, for each metric, as `compare`
+    computed them; it only renders them (Markdown, LaTeX, CSV, JSON, PNG, record)."""
 
     means: pd.DataFrame  # dataset, language, metric, system, letter, mean, queries, better_than
     pairs: pd.DataFrame  # dataset, language, metric, system_a, system_b, mean_a, mean_b, diff, ci_low, ci_high, p_*
@@ -304,6 +364,7 @@ class Comparison:
     settings: Settings = field(default_factory=Settings)
     systems: list[str] = field(default_factory=list)
     conventions: str | None = None
+    baseline: str | None = None  # None: every pair was tested
 
     # -- tables -----------------------------------------------------------------------------------
     def columns(self) -> tuple[list[str], dict[str, str]]:
@@ -314,6 +375,9 @@ class Comparison:
         if all(isinstance(v, str) and v for v in langs.values()) and len(set(langs.values())) == len(datasets):
             return datasets, langs
         return datasets, {d: d for d in datasets}
+
+    def metrics(self) -> list[str]:
+        return list(dict.fromkeys(self.means.metric))
 
     def wide(self, metric: str) -> pd.DataFrame:
         """Systems × datasets of one metric (numbers), with the unweighted average over datasets."""
@@ -328,9 +392,14 @@ class Comparison:
         present = set(self.means.loc[self.means.metric == metric, "system"])
         return [s for s in self.systems if s in present]
 
+    def better(self, metric: str) -> dict[tuple[str, str], str]:
+        """(system, dataset) -> the letters of the systems it is significantly better than."""
+        sub = self.means[self.means.metric == metric]
+        return {(row.system, row.dataset): row.better_than for row in sub.itertuples()}
+
     def _cells(self, metric: str, mark) -> pd.DataFrame:
         """The wide table as text: 4 decimals plus the marks `mark(letters)` renders."""
-        sub = self.means[self.means.metric == metric].set_index(["system", "dataset"])
+        better = self.better(metric)
         datasets, headers = self.columns()
         numbers = self.wide(metric)
         letters = self.letters()
@@ -339,9 +408,8 @@ class Comparison:
             row = {}
             for dataset in datasets:
                 value = values[headers[dataset]]
-                better = sub.loc[(system, dataset), "better_than"] if (system, dataset) in sub.index else ""
-                text = "–" if lazy.pd.isna(value) else f"{value:.4f}" + (mark(better) if better else "")
-                row[headers[dataset]] = text
+                marks = better.get((system, dataset), "")
+                row[headers[dataset]] = "–" if lazy.pd.isna(value) else f"{value:.4f}" + (mark(marks) if marks else "")
             if "Avg" in numbers.columns:
                 row["Avg"] = "–" if lazy.pd.isna(values["Avg"]) else f"{values['Avg']:.4f}"
             rows.append(row)
@@ -353,45 +421,55 @@ class Comparison:
     def letters(self) -> dict[str, str]:
         return {s: _letter(i) for i, s in enumerate(self.systems)}
 
-    def footnote(self, metric: str) -> str:
-        n = int(((self.pairs.metric == metric)).sum())
-        test = TESTS[self.settings.test]
-        detail = f"{self.settings.permutations:,} random swaps, " if self.settings.test == "randomization" else ""
-        correction = (f"Holm correction over the {n} comparisons of this table" if self.settings.correction == "holm"
-                      else "no correction for multiple comparisons")
+    def tests_per_table(self) -> dict[str, int]:
+        return {metric: int((self.pairs.metric == metric).sum()) for metric in self.metrics()}
+
+    def footnote(self, avg: bool = True) -> str:
+        """The letters' meaning and settings, the Avg column (`avg`) and the conventions: once per output."""
+        text = significance_note(self.settings, self.tests_per_table(), self.baseline, self.letters())
         datasets, _ = self.columns()
-        text = (f"Superscript letters: significantly better than the system with that letter on that dataset "
-                f"({test}, {detail}two-sided, α = {self.settings.alpha:g}; {correction}).")
-        if len(datasets) > 1:
+        if avg and len(datasets) > 1:
             text += f" Avg: unweighted mean over the {len(datasets)} datasets (not tested)."
         if self.conventions:
             text += f" Metrics under trec_eval {self.conventions}."
         return text
 
+    def _pairs_heading(self, metric: str) -> str:
+        what = (f"{metric}, each system against the baseline ({self.letters()[self.baseline]}) {self.baseline}: "
+                "Δ = system − baseline" if self.baseline is not None else f"{metric}, every pair: Δ = B − A")
+        return (f"{what}, with its {int(self.settings.confidence * 100)}% bootstrap interval "
+                f"({self.settings.bootstrap:,} resamples, seed {self.settings.seed}); p-values raw and adjusted")
+
     def markdown(self) -> str:
         parts = []
-        for metric in dict.fromkeys(self.means.metric):
-            parts.append(f"### {metric}\n")
-            parts.append(self._cells(metric, lambda s: f"<sup>{s}</sup>").to_markdown(disable_numparse=True) + "\n")
-            parts.append(self.footnote(metric) + "\n")
+        for metric in self.metrics():
+            parts.append(f"### {metric}\n\n" + markdown(self._cells(metric, lambda s: f"<sup>{s}</sup>")) + "\n")
+        parts.append(self.footnote() + "\n")
+        for metric in self.metrics():
             pairs = self.pairs[self.pairs.metric == metric]
             if len(pairs):
-                parts.append(f"\nPairwise ({int(self.settings.confidence * 100)}% bootstrap interval of the mean "
-                             f"difference B − A, {self.settings.bootstrap:,} resamples; p-values raw and adjusted):\n")
-                parts.append(_pairs_text(pairs, self.settings).to_markdown(index=False, disable_numparse=True) + "\n")
+                parts.append(f"#### {self._pairs_heading(metric)}\n\n"
+                             + markdown(_pairs_text(pairs, self.settings, self.baseline), index=False) + "\n")
         return "\n".join(parts)
 
     def latex(self) -> str:
         parts = []
-        for metric in dict.fromkeys(self.means.metric):
+        for metric in self.metrics():
             cells = self._cells(metric, lambda s: f"$^{{{s}}}$")
-            cells.index = [_latex_escape(i) for i in cells.index]
-            cells.columns = [_latex_escape(str(c)) for c in cells.columns]
+            cells.index = [latex_escape(i) for i in cells.index]
+            cells.columns = [latex_escape(str(c)) for c in cells.columns]
             cells.index.name = "System"
-            body = cells.reset_index().to_latex(index=False, escape=False, column_format="l" + "r" * len(cells.columns))
-            parts.append(f"% {metric}\n\\begin{{table}}[t]\n\\centering\n{body}"
-                         f"\\caption{{{_latex_escape(metric)}. {_latex_escape(self.footnote(metric))}}}\n\\end{{table}}\n")
+            parts.append(f"% {metric}\n" + latex(cells, caption=f"{metric}. {self.footnote()}", escaped_cells=True))
         return "\n".join(parts)
+
+    def as_json(self) -> str:
+        return json_text({"settings": asdict(self.settings), "baseline": self.baseline, "systems": self.systems,
+                          "letters": self.letters(), "conventions": self.conventions, "note": self.footnote(),
+                          "means": rows(self.means), "pairs": rows(self.pairs)})
+
+    def render(self, fmt: str) -> str:
+        """The comparison in one of `bench.report.formats.FORMATS` (csv: the means with their letters)."""
+        return {"table": self.markdown, "latex": self.latex, "json": self.as_json, "csv": self.means_csv}[fmt]()
 
     def pairs_csv(self) -> str:
         return self.pairs.to_csv(index=False)
@@ -402,7 +480,7 @@ class Comparison:
     # -- plot ---------------------------------------------------------------------------------------
     def plot(self, metric: str, path: str | Path, baseline: str | None = None) -> Path:
         """PNG of per-query differences (system − baseline), sorted, one panel per dataset."""
-        baseline = baseline or self.systems[0]
+        baseline = baseline or self.baseline or self.systems[0]
         datasets, headers = self.columns()
         others = [s for s in self._systems(metric) if s != baseline]
         if not others:
@@ -433,22 +511,23 @@ class Comparison:
 
     def to_record(self, inputs: list[str]) -> ComparisonRecord:
         return make_record("comparison", inputs=inputs, settings=asdict(self.settings), systems=self.systems,
-                           conventions=self.conventions, means=self.means.to_dict(orient="records"),
-                           pairs=self.pairs.to_dict(orient="records"))
+                           baseline=self.baseline, conventions=self.conventions,
+                           means=self.means.to_dict(orient="records"), pairs=self.pairs.to_dict(orient="records"))
 
 
 def _letter(i: int) -> str:
     return string.ascii_lowercase[i] if i < 26 else f"s{i}"
 
 
-def _pairs_text(pairs: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+def _pairs_text(pairs: pd.DataFrame, settings: Settings, baseline: str | None) -> pd.DataFrame:
+    a, b = ("baseline", "system") if baseline is not None else ("A", "B")
     return lazy.pd.DataFrame({
         "dataset": pairs.dataset,
-        "A": pairs.system_a,
-        "B": pairs.system_b,
-        "mean A": pairs.mean_a.map("{:.4f}".format),
-        "mean B": pairs.mean_b.map("{:.4f}".format),
-        "Δ (B − A)": pairs["diff"].map("{:+.4f}".format),
+        a: pairs.system_a,
+        b: pairs.system_b,
+        f"mean {a}": pairs.mean_a.map("{:.4f}".format),
+        f"mean {b}": pairs.mean_b.map("{:.4f}".format),
+        f"Δ ({b} − {a})": pairs["diff"].map("{:+.4f}".format),
         "CI": [f"[{lo:+.4f}, {hi:+.4f}]" for lo, hi in zip(pairs.ci_low, pairs.ci_high)],
         "p t-test": pairs.p_t_test.map(_p),
         "p rand.": pairs.p_randomization.map(_p),
@@ -458,12 +537,3 @@ def _pairs_text(pairs: pd.DataFrame, settings: Settings) -> pd.DataFrame:
 
 def _p(value: float) -> str:
     return "<0.0001" if value < 1e-4 else f"{value:.4f}"
-
-
-_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-          "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}", "α": r"$\alpha$", "Δ": r"$\Delta$", "−": "--",
-          "<": r"\textless{}", ">": r"\textgreater{}"}
-
-
-def _latex_escape(text: str) -> str:
-    return "".join(_LATEX.get(c, c) for c in text)

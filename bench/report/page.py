@@ -1,11 +1,14 @@
-"""The results page: one self-contained HTML file from a run's records (`bench report DIR --html`,
-and `bench run` writes it beside report.md).
+"""The results page: one self-contained HTML file from a run's records (`bench run` writes it beside
+report.md; `bench report DIR --out DIR` writes it again from the records alone).
 
 In the spirit of Pyserini's two-click reproduction pages: per metric a table of pipelines ×
-datasets with family averages and the significance letters of `bench.report.compare`; quality against
-speed; per-language bars; each system's settings, records and the command that reproduces it; the
-environment. Charts are inline SVG and there is no script at all, so the page opens offline, from
-a shared folder, years later.
+datasets, in the experiment's order, with the best value of each column in bold, each reranked
+value's difference to its first stage beside it, family averages, the average over all datasets
+and a rank by it, and the significance letters of `bench.report.compare.compare_records` (the very
+comparison `bench compare OUT/records` prints, same settings and seed); quality against speed;
+per-language bars; each system's settings, records and the command that reproduces its row; the
+environment as a table. Charts are inline SVG with HTML legends and there is no script at all, so
+the page opens offline, from a shared folder, years later.
 """
 
 from __future__ import annotations
@@ -14,75 +17,71 @@ import html
 import json
 import math
 import os
-import re
 from collections import defaultdict
 from pathlib import Path
 
-from .compare import Settings, compare, scores_from_records
+from .compare import compare_records
 from ..errors import BenchError
 from ..io import atomic_write_text
 from ..metrics import by_metric
-from ..records import QualityRecord, ThroughputRecord, find_records, utc_now
-from .tables import latest_experiment, system_labels
+from ..records import QualityRecord, ThroughputRecord, utc_now
+from .tables import ordered, system_labels
+from .versions import versions_in
 
 #: One colour per pipeline, the same in every chart (matplotlib's tab10).
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf"]
-#: The significance tests behind the letters: fewer swaps than `bench compare`'s default keep
-#: `bench run` quick; the footnote states them.
-PAGE_SETTINGS = Settings(permutations=2_000, bootstrap=200)
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1em}th,td{border:1px solid #ccc;padding:.25em .6em}
-td.num{text-align:right;font-variant-numeric:tabular-nums}td.avg{background:#f4f4f4}th{background:#eee}
-th.system{text-align:left}sup{color:#a33}.note{color:#555;font-size:.9em}pre{background:#f7f7f7;padding:.5em;
-overflow-x:auto;font-size:.85em}code{background:#f3f3f3;padding:0 .2em}details{margin:.3em 0}
-svg text{font-size:11px;font-family:inherit}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}td.avg{background:#f4f4f4}th{background:#eee}
+th.system{text-align:left}sup{color:#a33}small.delta{color:#666;margin-left:.3em}.note{color:#555;font-size:.9em}
+pre{background:#f7f7f7;padding:.5em;overflow-x:auto;font-size:.85em;margin:0}code{background:#f3f3f3;padding:0 .2em}
+details{margin:.3em 0}svg text{font-size:11px;font-family:inherit}
+ul.legend{list-style:none;padding:0;margin:.2em 0 1em;display:flex;flex-wrap:wrap;gap:.3em 1.2em;font-size:.9em}
+ul.legend span.swatch{display:inline-block;width:.8em;height:.8em;margin-right:.35em;vertical-align:-.05em}
+table.env th{text-align:left;font-weight:normal;background:#f4f4f4}
 """
 
 
-def write_html_report(folder: str | Path, path: str | Path | None = None, *,
-                      throughput_folders: list[str | Path] = (), all_experiments: bool = False,
-                      skipped: list[str] | None = None) -> Path:
-    """report.html for the quality records under `folder` (default: `folder`/report.html). Speeds
-    come from throughput records under `folder` and `throughput_folders` when one measured the same
-    model on the same device."""
-    folder = Path(folder)
-    records = find_records(folder, kind="quality", skipped=skipped)
-    if not all_experiments:  # as `bench report`: the latest experiment's records
-        records = latest_experiment(records)[0]
+def write_html_page(records: list[QualityRecord], path: str | Path, throughput: list[ThroughputRecord] = ()) -> Path:
+    """report.html at `path` for `records` (as `bench report` selects them: one experiment version);
+    speeds from `throughput` records that measured the same model on the same device."""
+    path = Path(path)
     if not records:
-        raise BenchError(f"{folder}: no quality records found (expected <out>/records/*.json written by `bench run`)")
-    throughput = [r for f in [folder, *throughput_folders] for r in find_records(f, kind="throughput")]
-    path = Path(path) if path else folder / "report.html"
+        raise BenchError(f"{path}: no quality records to make a results page from")
     return atomic_write_text(path, html_page(records, throughput, page_dir=path.parent.resolve()))
 
 
 def html_page(records: list[QualityRecord], throughput: list[ThroughputRecord] = (), *,
               page_dir: Path | None = None) -> str:
     """The page's text."""
+    records = ordered(records)
     labels = system_labels(records)
-    systems = list(dict.fromkeys(label for rec, label in sorted(zip(records, labels),
-                                                                key=lambda p: p[0].system.stage != "first_stage")))
+    systems = list(dict.fromkeys(labels))
     colours = {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(systems)}
     by_label: dict[str, list[QualityRecord]] = defaultdict(list)
     for rec, label in zip(records, labels):
         by_label[label].append(rec)
     metrics = list(dict.fromkeys(str(m) for rec in records for m in by_metric(rec.metrics)))
     datasets = list(dict.fromkeys(rec.dataset.label for rec in records))
+    names = collection_names(records)
     comparison, why_not = _comparison(records)
+    view = _View(records, labels, systems, datasets, names, comparison)
     name = records[0].experiment.get("name") or "rerank-bench"
+    versions = ", ".join(str(v) for v in versions_in(records))
     parts = [f"<h1>{_e(name)}: results</h1>"]
     if records[0].experiment.get("description"):
         parts.append(f"<p>{_e(records[0].experiment['description'])}</p>")
-    parts.append(f"<p class='note'>{len(records)} quality records, {len(systems)} systems (a system is a pipeline: "
-                 f"first stage » reranker), {len(datasets)} datasets. Made by <code>bench report --html</code> "
-                 f"from the records only, {utc_now()}.</p>")
+    parts.append(f"<p class='note'>{len(records)} quality records of {_e(versions)}: {len(systems)} systems (a "
+                 f"system is a pipeline: first stage » reranker), {len(datasets)} datasets. Made from the records "
+                 f"only, {utc_now()}.</p>")
     for metric in metrics:
-        parts.append(_metric_table(metric, records, labels, systems, datasets, comparison, why_not))
+        parts.append(view.metric_table(metric))
     if metrics:
-        parts.append(_speed_section(metrics[0], records, labels, colours, throughput, page_dir))
+        parts.append(f"<p class='note' id='footnote'>{_e(view.footnote(why_not))}</p>")
+        parts.append(_speed_section(metrics[0], records, labels, colours, throughput, short_names(records, names)))
         parts.append(_language_section(metrics[0], records, labels, systems, colours))
     parts.append(_systems_section(systems, by_label, colours, page_dir))
     parts.append(_environment_section(records))
@@ -92,12 +91,37 @@ def html_page(records: list[QualityRecord], throughput: list[ThroughputRecord] =
             f"<body>\n{body}\n</body></html>\n")
 
 
+def collection_names(records: list[QualityRecord]) -> dict[str, str]:
+    """Dataset label -> the name its column shows: a BEIR folder's name without its split
+    (`vaswani/test` -> `vaswani`), unless two datasets would then share one; other labels as they are."""
+    names = {}
+    for rec in records:
+        ds = rec.dataset
+        extra = ds.model_extra or {}
+        path, split = extra.get("path"), ds.split
+        short = ds.label
+        if extra.get("source") == "beir" and path and split and ds.label == f"{Path(path).name}/{split}":
+            short = Path(path).name
+        names[ds.label] = short
+    shorts = list(names.values())
+    return {label: short if shorts.count(short) == 1 else label for label, short in names.items()}
+
+
+def short_names(records: list[QualityRecord], names: dict[str, str]) -> dict[str, str]:
+    """What a point in a chart is labelled by: its language when each dataset has its own (MIRACL, the
+    synthetic collection), else its collection name."""
+    languages = {rec.dataset.label: rec.dataset.language for rec in records}
+    if all(languages.values()) and len(set(languages.values())) == len(languages):
+        return languages
+    return names
+
+
 # -- tables ---------------------------------------------------------------------------------------
 def _comparison(records):
     """Significance letters need per-query values and the same queries for every system; when the
     records do not allow it the tables still show the numbers, and the page says why no letters."""
     try:
-        return compare(scores_from_records(records), PAGE_SETTINGS), None
+        return compare_records(records), None
     except BenchError as exc:
         return None, str(exc)
 
@@ -110,39 +134,90 @@ def _families(datasets: list[str]) -> dict[str, list[str]]:
     return families
 
 
-def _metric_table(metric, records, labels, systems, datasets, comparison, why_not) -> str:
-    values = {(label, rec.dataset.label): by_metric(rec.metrics).get(_metric_key(rec, metric))
-              for rec, label in zip(records, labels)}
-    letters = comparison.letters() if comparison else {}
-    better = {}
-    if comparison is not None:
-        sub = comparison.means[comparison.means.metric == metric]
-        better = {(row.system, row.dataset): row.better_than for row in sub.itertuples()}
-    averaged = {fam: members for fam, members in _families(datasets).items() if len(members) > 1}
-    head = "".join(f"<th>{_e(ds)}</th>" for ds in datasets)
-    head += "".join(f"<th>{_e(fam)} average ({len(m)})</th>" for fam, m in averaged.items())
-    rows = []
-    for system in systems:
-        tag = f"({letters[system]}) " if system in letters else ""
-        cells = [f"<th class='system'>{_e(tag + system)}</th>"]
-        for ds in datasets:
-            v = values.get((system, ds))
-            marks = better.get((system, ds), "")
-            cells.append(_num(v, metric, ds, system, f"<sup>{_e(marks)}</sup>" if marks else ""))
-        for fam, members in averaged.items():
-            vs = [values.get((system, ds)) for ds in members]
-            mean = None if any(v is None for v in vs) else sum(vs) / len(vs)
-            cells.append(_num(mean, metric, f"{fam} average ({len(members)})", system, cls="num avg"))
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    # compare's own Avg column is not on this page: its sentence goes, the family averages get theirs
-    note = (re.sub(r" Avg: [^.]*\(not tested\)\.", "", comparison.footnote(metric)) if comparison
-            else f"No significance letters: {why_not}")
-    if averaged:
-        note += (" Averages: unweighted mean over one family's datasets, each row one pipeline "
-                 "(never two pipelines in one average).")
-    return (f"<h2 id='metric-{_id(metric)}'>{_e(metric)}</h2>\n<table class='metric' data-metric='{_e(metric)}'>"
-            f"<thead><tr><th>system</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-            f"<p class='note'>{_e(note)}</p>")
+class _View:
+    """The metric tables of one page: values, bold bests, differences to first stages, averages, ranks."""
+
+    def __init__(self, records, labels, systems, datasets, names, comparison):
+        self.records, self.labels, self.systems, self.datasets = records, labels, systems, datasets
+        self.names, self.comparison = names, comparison
+        self.averaged = {fam: members for fam, members in _families(datasets).items() if len(members) > 1}
+        # the first stage each reranked system reranks, by label (differences are taken against it)
+        label_of = {(rec.system.label, rec.dataset.label): label for rec, label in zip(records, labels)}
+        self.first_stage = {}
+        for rec, label in zip(records, labels):
+            if rec.system.stage == "rerank" and rec.system.first_stage_label:
+                fs = label_of.get((rec.system.first_stage_label, rec.dataset.label))
+                if fs:
+                    self.first_stage[label] = fs
+
+    def values(self, metric: str) -> dict[tuple[str, str], float | None]:
+        return {(label, rec.dataset.label): by_metric(rec.metrics).get(_metric_key(rec, metric))
+                for rec, label in zip(self.records, self.labels)}
+
+    def columns(self, metric: str) -> tuple[list[tuple[str, str, list[str]]], dict[tuple[str, str], float | None]]:
+        """[(column key, header, datasets averaged)], and (system, column key) -> value."""
+        values = self.values(metric)
+        cols = [(ds, self.names[ds], [ds]) for ds in self.datasets]
+        cols += [(f"{fam} average ({len(m)})", f"{fam} average ({len(m)})", m) for fam, m in self.averaged.items()]
+        if len(self.datasets) > 1 and list(self.averaged.values()) != [self.datasets]:  # one family: its average
+            cols.append(("average", f"average ({len(self.datasets)})", list(self.datasets)))
+        table = {}
+        for system in self.systems:
+            for key, _, members in cols:
+                vs = [values.get((system, ds)) for ds in members]
+                table[(system, key)] = None if any(v is None for v in vs) else sum(vs) / len(vs)
+        return cols, table
+
+    def metric_table(self, metric: str) -> str:
+        cols, table = self.columns(metric)
+        letters = self.comparison.letters() if self.comparison else {}
+        better = self.comparison.better(metric) if self.comparison else {}
+        best = {key: max((v for s in self.systems if (v := table[(s, key)]) is not None), default=None)
+                for key, _, _ in cols}
+        rank_key = cols[-1][0]  # the average over every dataset, or the one dataset
+        ranks = _ranks({s: table[(s, rank_key)] for s in self.systems})
+        head = "".join(f"<th>{_e(header)}</th>" for _, header, _ in cols) + "<th>rank</th>"
+        rows = []
+        for system in self.systems:
+            tag = f"({letters[system]}) " if system in letters else ""
+            cells = [f"<th class='system'>{_e(tag + system)}</th>"]
+            for key, _, members in cols:
+                v = table[(system, key)]
+                fs = self.first_stage.get(system)
+                base = table.get((fs, key)) if fs else None
+                delta = None if v is None or base is None else v - base
+                marks = better.get((system, key), "") if len(members) == 1 and key in self.datasets else ""
+                cells.append(_num(v, metric, key, system, marks=marks, bold=v is not None and v == best[key],
+                                  delta=delta, cls="num" if key in self.datasets else "num avg"))
+            cells.append(f"<td class='num rank'>{ranks.get(system, '–')}</td>")
+            rows.append("<tr>" + "".join(cells) + "</tr>")
+        return (f"<h2 id='metric-{_id(metric)}'>{_e(metric)}</h2>\n<table class='metric' data-metric='{_e(metric)}'>"
+                f"<thead><tr><th>system</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+    def footnote(self, why_not: str | None) -> str:
+        """Stated once, under the metric tables."""
+        parts = []
+        if self.comparison is not None:
+            parts.append(self.comparison.footnote(avg=False))
+        else:
+            parts.append(f"No significance letters: {why_not}.")
+        parts.append("Bold: the best value of each column. Small signed numbers: the difference to the system's "
+                     "first stage on the same dataset.")
+        if self.averaged:
+            parts.append("Family averages: unweighted mean over one family's datasets, each row one pipeline "
+                         "(never two pipelines in one average).")
+        if len(self.datasets) > 1:
+            parts.append(f"Average: unweighted mean over all {len(self.datasets)} datasets (not tested); rank: by "
+                         "that average, 1 the best (equal averages share a rank).")
+        else:
+            parts.append("Rank: by the value, 1 the best.")
+        return " ".join(p.strip() for p in parts)
+
+
+def _ranks(values: dict[str, float | None]) -> dict[str, int]:
+    """Competition ranking (1, 2, 2, 4), highest first; systems without a value have none."""
+    present = sorted((v for v in values.values() if v is not None), reverse=True)
+    return {s: 1 + sum(1 for w in present if w > v) for s, v in values.items() if v is not None}
 
 
 def _metric_key(rec: QualityRecord, metric: str):
@@ -152,11 +227,15 @@ def _metric_key(rec: QualityRecord, metric: str):
     return None
 
 
-def _num(value, metric, dataset, system, marks="", cls="num") -> str:
+def _num(value, metric, dataset, system, *, marks="", bold=False, delta=None, cls="num") -> str:
     attrs = f"class='{cls}' data-metric='{_e(metric)}' data-dataset='{_e(dataset)}' data-system='{_e(system)}'"
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return f"<td {attrs}>–</td>"
-    return f"<td {attrs} data-value='{value!r}'>{value:.4f}{marks}</td>"
+    text = f"{value:.4f}"
+    text = f"<strong>{text}</strong>" if bold else text
+    text += f"<sup>{_e(marks)}</sup>" if marks else ""
+    text += f"<small class='delta'>{delta:+.4f}</small>" if delta is not None else ""
+    return f"<td {attrs} data-value='{value!r}'>{text}</td>"
 
 
 # -- quality against speed --------------------------------------------------------------------------
@@ -178,7 +257,7 @@ def _speed_of(rec: QualityRecord, throughput: list[ThroughputRecord]) -> tuple[f
     return own, "this run's own timing"
 
 
-def _speed_section(metric, records, labels, colours, throughput, page_dir) -> str:
+def _speed_section(metric, records, labels, colours, throughput, names) -> str:
     points = []
     for rec, label in zip(records, labels):
         if rec.system.stage != "rerank":
@@ -186,7 +265,7 @@ def _speed_section(metric, records, labels, colours, throughput, page_dir) -> st
         speed, source = _speed_of(rec, throughput)
         value = by_metric(rec.metrics).get(_metric_key(rec, metric))
         if speed and value is not None:
-            points.append((label, rec.dataset.label, float(speed), float(value), source))
+            points.append((label, names[rec.dataset.label], float(speed), float(value), source))
     if not points:
         return ""
     sources = sorted({f"{label}: {source}" for label, _, _, _, source in points})
@@ -195,8 +274,8 @@ def _speed_section(metric, records, labels, colours, throughput, page_dir) -> st
             + "; ".join(_e(s) for s in sources) + ". One point per pipeline and dataset.</p>")
 
 
-def _scatter(points, colours, metric, width=720, height=380) -> str:
-    left, right, top, bottom = 60, 230, 20, 45
+def _scatter(points, colours, metric, width=620, height=380) -> str:
+    left, right, top, bottom = 60, 20, 20, 45
     xs = [math.log10(p[2]) for p in points]
     ys = [p[3] for p in points]
     x0, x1 = math.floor(min(xs) - 0.05), math.ceil(max(xs) + 0.05)
@@ -226,14 +305,15 @@ def _scatter(points, colours, metric, width=720, height=380) -> str:
         x, y = px(math.log10(speed)), py(value)
         out.append(f"<circle cx='{x:.1f}' cy='{y:.1f}' r='5' fill='{colours[label]}'>"
                    f"<title>{_e(label)} on {_e(dataset)}: {value:.4f} at {speed:,.0f} pairs/s ({_e(source)})</title></circle>"
-                   f"<text x='{x + 7:.1f}' y='{y + 4:.1f}' fill='#555'>{_e(dataset.split('/')[-1])}</text>")
-    out += _legend(list(dict.fromkeys(p[0] for p in points)), colours, left + pw + 12, top)
-    return "".join(out) + "</svg>"
+                   f"<text x='{x + 7:.1f}' y='{y + 4:.1f}' fill='#555'>{_e(dataset)}</text>")
+    return "".join(out) + "</svg>" + _legend(list(dict.fromkeys(p[0] for p in points)), colours)
 
 
-def _legend(labels, colours, x, y) -> list[str]:
-    return [f"<rect x='{x}' y='{y + 16 * i}' width='10' height='10' fill='{colours[label]}'/>"
-            f"<text x='{x + 15}' y='{y + 16 * i + 9}'>{_e(label)}</text>" for i, label in enumerate(labels)]
+def _legend(labels, colours) -> str:
+    """An HTML legend under a chart: it wraps, so no label is ever cut short."""
+    items = "".join(f"<li><span class='swatch' style='background:{colours[label]}'></span>{_e(label)}</li>"
+                    for label in labels)
+    return f"<ul class='legend'>{items}</ul>"
 
 
 # -- per language ---------------------------------------------------------------------------------
@@ -253,7 +333,7 @@ def _language_section(metric, records, labels, systems, colours) -> str:
 
 
 def _bars(datasets, language, systems, values, colours, metric, height=300) -> str:
-    left, top, bottom, right = 50, 15, 40, 230
+    left, top, bottom, right = 50, 15, 40, 20
     group = max(60, 14 * len(systems) + 20)
     pw, ph = group * len(datasets), height - top - bottom
     width = left + pw + right
@@ -275,13 +355,13 @@ def _bars(datasets, language, systems, values, colours, metric, height=300) -> s
                        f"fill='{colours[system]}'><title>{_e(system)} on {_e(ds)}: {v:.4f}</title></rect>")
         out.append(f"<text x='{x + (group - 20) / 2:.1f}' y='{top + ph + 15}' text-anchor='middle'>"
                    f"{_e(language[ds])}</text>")
-    out += _legend(systems, colours, left + pw + 12, top)
-    return "".join(out) + "</svg>"
+    return "".join(out) + "</svg>" + _legend(systems, colours)
 
 
 # -- systems, commands, environment ---------------------------------------------------------------
 def _systems_section(systems, by_label, colours, page_dir) -> str:
-    parts = ["<h2 id='systems'>Systems: settings, records, reproduction</h2>"]
+    """One row per system: the command that reproduces it, its records and its settings."""
+    rows = []
     for system in systems:
         recs = by_label[system]
         rec = recs[0]
@@ -289,11 +369,13 @@ def _systems_section(systems, by_label, colours, page_dir) -> str:
         if rec.system.reranker:
             settings["reranker"] = _lean(rec.system.reranker)
         links = ", ".join(f"<a href='{_e(_href(r.path, page_dir))}'>{_e(r.dataset.label)}</a>" for r in recs if r.path)
-        parts.append(f"<h3 style='border-left:6px solid {colours[system]};padding-left:.4em'>{_e(system)}</h3>"
-                     f"<p>Records: {links or '–'}</p><p>Reproduce:</p><pre class='command'>{_e(_command(recs))}</pre>"
-                     f"<details><summary>settings</summary><pre>{_e(json.dumps(settings, indent=1, default=str))}</pre>"
-                     "</details>")
-    return "\n".join(parts)
+        rows.append(f"<tr><th class='system' style='border-left:6px solid {colours[system]}'>{_e(system)}</th>"
+                    f"<td><pre class='command'>{_e(_command(recs))}</pre></td><td>{links or '–'}</td>"
+                    f"<td><details><summary>settings</summary><pre>{_e(json.dumps(settings, indent=1, default=str))}"
+                    "</pre></details></td></tr>")
+    return ("<h2 id='systems'>Systems: reproduction, records, settings</h2>\n<table class='systems'><thead><tr>"
+            "<th>system</th><th>the command that reproduces its row</th><th>records</th><th>settings</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
 
 
 def _lean(part: dict | None) -> dict:
@@ -307,17 +389,21 @@ def _href(path: Path, page_dir: Path | None) -> str:
 
 
 def _command(recs: list[QualityRecord]) -> str:
-    """The command that reruns this system's row: the experiment at the recorded commit, on its datasets."""
+    """The command that reruns this system's row: the experiment file at the recorded commit when it
+    lies inside the checkout; else a note that it lies outside (and must travel with the records)."""
     rec = recs[0]
-    exp = rec.experiment.get("repository_file") or rec.experiment.get("file")
+    inside, anywhere = rec.experiment.get("repository_file"), rec.experiment.get("file")
     git = rec.environment.git
     datasets = ",".join(dict.fromkeys(r.dataset.label for r in recs))
     lines = []
-    if git.get("sha"):
+    if inside and git.get("sha"):
         lines.append(f"git checkout {git['sha']}" + ("   # the records were made with uncommitted changes"
                                                      if git.get("dirty") else ""))
-    if exp:
-        lines.append(f"bench run {_quote(exp)} --datasets {_quote(datasets)}")
+    if inside:
+        lines.append(f"bench run {_quote(inside)} --datasets {_quote(datasets)}")
+    elif anywhere:
+        lines += ["# the experiment file lies outside the checkout: keep it with the records",
+                  f"bench run {_quote(anywhere)} --datasets {_quote(datasets)}"]
     else:
         lines.append("# the records do not name their experiment file")
     return "\n".join(lines)
@@ -328,20 +414,38 @@ def _quote(text: str) -> str:
 
 
 def _environment_section(records) -> str:
-    seen = {}
+    """Where the records were made, one column per distinct environment, one row per fact."""
+    seen: dict[str, list] = {}
     for rec in records:
         env = rec.environment
         key = json.dumps([env.git, env.python, env.platform, env.device, env.packages], sort_keys=True, default=str)
-        seen.setdefault(key, env)
-    rows = []
-    for env in seen.values():
-        packages = ", ".join(f"{k} {v}" for k, v in env.packages.items() if v)
-        sha = env.git.get("sha") or "unknown"
-        rows.append(f"<tr><td>{_e(sha[:12])}{' (dirty)' if env.git.get('dirty') else ''}</td><td>{_e(env.python)}</td>"
-                    f"<td>{_e(env.platform)}</td><td>{_e(json.dumps(env.device, default=str))}</td>"
-                    f"<td class='note'>{_e(packages)}</td></tr>")
-    return ("<h2 id='environment'>Environment</h2><table><thead><tr><th>git</th><th>python</th><th>platform</th>"
-            f"<th>device</th><th>packages</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+        seen.setdefault(key, [env, 0])[1] += 1
+    envs = list(seen.values())
+    facts: dict[str, list[str]] = {}
+
+    def put(name: str, i: int, value) -> None:
+        facts.setdefault(name, [""] * len(envs))[i] = "" if value is None else str(value)
+
+    for i, (env, _) in enumerate(envs):
+        sha = env.git.get("sha")
+        put("git commit", i, (sha[:12] if sha else "unknown") + (" (uncommitted changes)" if env.git.get("dirty") else ""))
+        put("Python", i, env.python)
+        put("platform", i, env.platform)
+        device = env.device or {}
+        put("device", i, device.get("device"))
+        put("CPU", i, f"{device.get('cpu') or '?'}, {device.get('cpu_count') or '?'} cores")
+        if device.get("torch_threads") is not None:
+            put("torch threads", i, device.get("torch_threads"))
+        if device.get("gpus"):
+            put("GPUs", i, ", ".join(device["gpus"]) + (f" (CUDA {device['cuda']})" if device.get("cuda") else ""))
+        for package, version in env.packages.items():
+            put(package, i, version or "not installed")
+    head = "".join(f"<th>{len(envs) > 1 and f'environment {i + 1} ' or ''}({n} records)</th>"
+                   for i, (_, n) in enumerate(envs))
+    rows = "".join(f"<tr><th>{_e(name)}</th>" + "".join(f"<td>{_e(v)}</td>" for v in values) + "</tr>"
+                   for name, values in facts.items())
+    return (f"<h2 id='environment'>Environment</h2><table class='env'><thead><tr><th></th>{head}</tr></thead>"
+            f"<tbody>{rows}</tbody></table>")
 
 
 def _e(text) -> str:

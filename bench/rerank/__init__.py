@@ -18,9 +18,11 @@ at import time.
 from __future__ import annotations
 
 from ..engine.device import resolve_devices
+from ..errors import BenchError
 from .common import Reranker
-from .engines import build_single
+from .engines import HEAD_FAMILIES, QUERY_LEVEL_FAMILIES, build_single
 from .parallel import DataParallelReranker
+from ..models.python import is_python_reference
 from ..models.trained import ensure as ensure_trained
 
 
@@ -32,6 +34,9 @@ def build_reranker(spec, *, cache_dir=None, devices=None, **options) -> Reranker
     ``attention``, ``forward``, ``compile``, ``token_budget``, ``largest_chunk``); the baselines take none."""
     ensure_trained(spec.model, cache_dir)  # the project's own trained models are built once, here
     devs = resolve_devices(spec.device, devices)
-    if len(devs) > 1:
+    if len(devs) > 1 and HEAD_FAMILIES.get(spec.head) in QUERY_LEVEL_FAMILIES:
+        raise BenchError(f"reranker {spec.label}: head = {spec.head!r} scores whole queries on one device; set "
+                         f"device to one of {', '.join(devs)} (or spread blocks over workers with --backend ray)")
+    if len(devs) > 1 and not is_python_reference(spec.model):  # a python: class is built once; it picks its devices
         return DataParallelReranker(spec, devs, cache_dir=cache_dir, options=options)
     return build_single(spec, devs[0], cache_dir=cache_dir, options=options)

@@ -179,9 +179,7 @@ class EngineBase:
         self._stats.reset()
 
     def _describe(self, **fields) -> dict:
-        model = models.describe(self.spec.model, self.spec.revision)
-        if not model["untrained"]:
-            model["untrained"] = models.describe(getattr(self, "source", self.spec.model))["untrained"]
+        model = models.describe_loaded(self.spec.model, self.spec.revision, getattr(self, "source", self.spec.model))
         return {"engine": self.engine, "label": self.label, "model": model, "dtype": self.precision.name,
                 "dtype_requested": self.precision.requested, "device": self.device,
                 "max_length": self.spec.max_length, "scoring": {"head": "classification"},

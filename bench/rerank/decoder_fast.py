@@ -92,62 +92,10 @@ class FastDecoderReranker(DecoderEngineBase):
         prefixes, items = decoder.split_prefixes(enc.seqs, enc.shared, self.prefix_reuse)
         cache, padded = None, 0
         if prefixes:
-            cache, padded = self._prefix_cache(prefixes)
-        out = np.zeros(len(items), dtype=np.float32)
-        # runs with a prefix and runs without one go in separate batches; longest first in each
-        order = sorted(range(len(items)), key=lambda i: (items[i][0] < 0, -len(items[i][1])))
-        s = 0
-        while s < len(order):
-            e = self._batch_end(order, items, s)
-            idx = order[s:e]
-            has_prefix = items[idx[0]][0] >= 0
-            runs = [items[i][1] for i in idx]
-            batch = decoder.make_batch(runs, [items[i][2] for i in idx], self.device,
-                                       [items[i][0] for i in idx] if has_prefix else None)
-            try:
-                result = self.decoder.score(batch, cache if has_prefix else None)
-            except lazy.torch.OutOfMemoryError:
-                self.budget.shrink(self._cost(runs), len(runs))
-                continue
-            out[idx] = result.cpu().numpy()
-            padded += len(runs) * batch.max_len if self.padded else batch.ids.numel()
-            s = e
+            cache, padded = prefix_cache(self.decoder, prefixes, self.budget, self.padded, self.device)
+        out, ran = run_packed(self.decoder.score, items, cache, self.budget, self.padded, self.device)
         computed = sum(len(p) for p in prefixes) + sum(len(r) for _, r, _ in items)
-        return out, computed, padded
-
-    def _prefix_cache(self, prefixes):
-        """All prefixes' keys and values, computed in token-budget batches (in order) and merged."""
-        caches, computed, s = [], 0, 0
-        while s < len(prefixes):
-            e, longest = s + 1, len(prefixes[s])
-            while e < len(prefixes):
-                longest_next = max(longest, len(prefixes[e]))
-                cost = (e - s + 1) * longest_next if self.padded else sum(map(len, prefixes[s:e + 1]))
-                if cost > self.budget.used:
-                    break
-                e, longest = e + 1, longest_next
-            batch = decoder.make_batch(prefixes[s:e], [0] * (e - s), self.device)
-            caches.append(self.decoder.prefix_cache(batch))
-            computed += (e - s) * batch.max_len if self.padded else batch.ids.numel()
-            s = e
-        return decoder.merge_caches(caches), computed
-
-    def _cost(self, runs) -> int:
-        return len(runs) * max(len(r) for r in runs) if self.padded else sum(len(r) for r in runs)
-
-    def _batch_end(self, order, items, s: int) -> int:
-        """As many runs (same prefix kind, sorted longest first) as fit in the token budget, at least one."""
-        kind = items[order[s]][0] >= 0
-        longest = len(items[order[s]][1])
-        total, e = 0, s
-        while e < len(order) and (items[order[e]][0] >= 0) == kind:
-            n = len(items[order[e]][1])
-            cost = (e - s + 1) * longest if self.padded else total + n
-            if e > s and cost > self.budget.used:
-                break
-            total += n
-            e += 1
-        return e
+        return out, computed, padded + ran
 
     def stats(self) -> dict:
         out = super().stats()
@@ -159,9 +107,72 @@ class FastDecoderReranker(DecoderEngineBase):
         self.computed_tokens = 0
 
     def describe(self) -> dict:
-        tokens, computed = self._stats.tokens, self.computed_tokens
-        saved = round(1 - computed / tokens, 4) if tokens and self.prefix_reuse else 0.0
+        """The engine's settings; what it computed is counted in ``stats()`` (``computed_tokens``
+        beside ``tokens``), which a record turns into ``diagnostics.prefix_saved_share``."""
         return self._describe_decoder(**self.decoder.describe(), **self.budget.describe(),
-                                      prefix_reuse={"enabled": self.prefix_reuse, "tokens": tokens,
-                                                    "computed_tokens": computed, "prefix_tokens_saved": saved},
+                                      prefix_reuse={"enabled": self.prefix_reuse},
                                       order="prefix groups, runs longest first")
+
+
+def prefix_cache(packed_decoder, prefixes, budget: TokenBudget, padded: bool, device: str):
+    """All prefixes' keys and values, computed in token-budget batches (in order) and merged; and the
+    tokens the forward ran for them."""
+    caches, computed, s = [], 0, 0
+    while s < len(prefixes):
+        e, longest = s + 1, len(prefixes[s])
+        while e < len(prefixes):
+            longest_next = max(longest, len(prefixes[e]))
+            cost = (e - s + 1) * longest_next if padded else sum(map(len, prefixes[s:e + 1]))
+            if cost > budget.used:
+                break
+            e, longest = e + 1, longest_next
+        batch = decoder.make_batch(prefixes[s:e], [0] * (e - s), device)
+        caches.append(packed_decoder.prefix_cache(batch))
+        computed += (e - s) * batch.max_len if padded else batch.ids.numel()
+        s = e
+    return decoder.merge_caches(caches), computed
+
+
+def run_packed(forward, items, cache, budget: TokenBudget, padded: bool, device: str) -> tuple[np.ndarray, int]:
+    """``forward(batch, cache or None)`` over every item ``(prefix row or -1, tokens, first position)``,
+    longest first in token-budget batches (runs with a prefix and runs without one apart; an
+    out-of-memory batch shrinks the budget and runs again): fp32 results in item order (``[n]`` or
+    ``[n, ...]``, as ``forward`` returns them per run) and the tokens the forward ran."""
+    out = None
+    ran = 0
+    order = sorted(range(len(items)), key=lambda i: (items[i][0] < 0, -len(items[i][1])))
+    s = 0
+    while s < len(order):
+        e = _batch_end(order, items, s, budget.used, padded)
+        idx = order[s:e]
+        has_prefix = items[idx[0]][0] >= 0
+        runs = [items[i][1] for i in idx]
+        batch = decoder.make_batch(runs, [items[i][2] for i in idx], device,
+                                   [items[i][0] for i in idx] if has_prefix else None)
+        try:
+            result = forward(batch, cache if has_prefix else None)
+        except lazy.torch.OutOfMemoryError:
+            budget.shrink(len(runs) * max(len(r) for r in runs) if padded else sum(len(r) for r in runs), len(runs))
+            continue
+        values = result.float().cpu().numpy()
+        if out is None:
+            out = np.zeros((len(items), *values.shape[1:]), dtype=np.float32)
+        out[idx] = values
+        ran += len(runs) * batch.max_len if padded else batch.ids.numel()
+        s = e
+    return (out if out is not None else np.zeros(0, dtype=np.float32)), ran
+
+
+def _batch_end(order, items, s: int, budget: int, padded: bool) -> int:
+    """As many runs (same prefix kind, sorted longest first) as fit in the token budget, at least one."""
+    kind = items[order[s]][0] >= 0
+    longest = len(items[order[s]][1])
+    total, e = 0, s
+    while e < len(order) and (items[order[e]][0] >= 0) == kind:
+        n = len(items[order[e]][1])
+        cost = (e - s + 1) * longest if padded else total + n
+        if e > s and cost > budget:
+            break
+        total += n
+        e += 1
+    return e

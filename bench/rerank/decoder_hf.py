@@ -62,12 +62,7 @@ class DecoderTransformersReranker(DecoderEngineBase):
         with torch.inference_mode(), matmul_precision(self.precision):
             for s in range(0, len(pairs), self.batch_size):
                 seqs = enc.seqs[s:s + self.batch_size]
-                longest = max(len(x) for x in seqs)
-                ids = torch.full((len(seqs), longest), self.pad_id, dtype=torch.long)
-                mask = torch.zeros((len(seqs), longest), dtype=torch.long)
-                for i, x in enumerate(seqs):  # left padding: the last position is every prompt's last token
-                    ids[i, longest - len(x):] = torch.tensor(x)
-                    mask[i, longest - len(x):] = 1
+                ids, mask = left_padded(seqs, self.pad_id)
                 tokens += sum(len(x) for x in seqs)
                 padded += ids.numel()
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
@@ -81,3 +76,16 @@ class DecoderTransformersReranker(DecoderEngineBase):
         return self._describe_decoder(batch_size=self.batch_size, order="input", padding="left", forward="hf",
                                       attention=self.model.config._attn_implementation,
                                       lm_head="full vocabulary (as the model card)")
+
+
+def left_padded(seqs: list[list[int]], pad_id: int):
+    """``input_ids`` and ``attention_mask`` ``[n, longest]``, each sequence at the right end (left padding:
+    the last position is every prompt's last token)."""
+    torch = lazy.torch
+    longest = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), longest), dtype=torch.long)
+    for i, x in enumerate(seqs):
+        ids[i, longest - len(x):] = torch.tensor(x)
+        mask[i, longest - len(x):] = 1
+    return ids, mask

@@ -7,6 +7,12 @@ document ids and texts), so an interrupted run resumes at the first missing bloc
 still cover every pair. A block is used again only when its digest matches the pairs it would score
 now and its file passes its check (`bench.cache`); otherwise it is scored again.
 
+Speed: each block's checkpoint holds the wall time of its one scoring call (`reranker.score` or
+`rerank_queries`), nothing else: the reranker is built, loaded (or trained) before, and the first block
+this stage scores is preceded by an untimed warm-up on its first queries (`WARMUP_PAIRS`), so
+first-call costs (kernel selection, allocator growth, lazy initialisation) stay out of every rate.
+`RerankResult.speed()` is what a record states about it (`timings.rerank_*`).
+
 The reranked run holds the `top_k` reranked documents per query with the reranker's float32 scores,
 followed by the first stage's remaining candidates in first-stage order (scored below every reranked
 one), so reranking a prefix never changes Recall at the first stage's depth. With the usual
@@ -28,10 +34,17 @@ from ..runs import sort_ranking
 from .common import QueryCandidates, check_scores, is_query_reranker
 
 BLOCK_PAIRS = 20_000
-#: The counters every engine's ``stats()`` reports (`bench.rerank.common.Stats`); any other numeric
-#: counter is a family's own and is summed into ``diagnostics.counters``.
-STANDARD_COUNTERS = {"pairs", "tokens", "padded_tokens", "truncated_pairs", "truncated_queries", "seconds",
-                     "calls", "wall_seconds"}
+#: Pairs (whole queries, at least one) scored untimed before the first block a stage scores.
+WARMUP_PAIRS = 256
+#: The counters every engine's ``stats()`` reports (`bench.rerank.common.Stats`), and
+#: ``computed_tokens`` (real tokens the forward computed; engines that reuse no prefix leave it out:
+#: it is then ``tokens``). Any other numeric counter is a family's own, summed into ``diagnostics.counters``.
+STANDARD_COUNTERS = {"pairs", "tokens", "padded_tokens", "computed_tokens", "truncated_pairs", "truncated_queries",
+                     "seconds", "calls", "wall_seconds"}
+#: What a rerank record's rate times (`timings.rerank_timed`).
+TIMED = ("scoring calls only (reranker.score or rerank_queries, one per block); not building, training or loading "
+         "the model, reading passages or checkpoints, nor the untimed warm-up (rerank_warmup_pairs) before the "
+         "first block each run scores")
 
 
 @dataclass(frozen=True)
@@ -43,31 +56,68 @@ class RerankResult:
     top_k: int
     blocks: int
     resumed_blocks: int                 # blocks read back from checkpoints, not scored now
-    pairs: int
-    tokens: int | None
-    padded_tokens: int | None           # every position the model computed (real tokens included)
+    pairs: int                          # pairs scored (counted from the blocks' scores)
+    tokens: int | None                  # prompt tokens: every pair's input as the model reads it whole
+    padded_tokens: int | None           # every position the model computed (padding and real tokens)
+    computed_tokens: int | None         # the real tokens among them (fewer than `tokens` with prefix reuse)
     truncated_pairs: int | None
     truncated_queries: int | None
     seconds: float | None               # scoring wall time, summed over the blocks as each recorded it
     counters: dict[str, float] = field(default_factory=dict)  # a family's own counters (windows, ...), summed
+    block_seconds: list[float] = field(default_factory=list)  # each block's scoring time, in block order
+    block_pairs: list[int] = field(default_factory=list)      # each block's pairs
+    warmup_pairs: int = 0               # pairs scored untimed before the first block scored now
 
     @property
     def pairs_per_second(self) -> float | None:
         return self.pairs / self.seconds if self.seconds else None
 
     def diagnostics(self) -> dict:
-        """Shares per pair: truncation, tokens, padding (what a record's ``diagnostics`` holds)."""
-        pairs = self.pairs or 1
+        """Truncation and token accounting per pair (what a record's ``diagnostics`` holds): the same
+        definitions for every engine (`token_diagnostics`)."""
         share = lambda part, whole: part / whole if part is not None and whole else None  # noqa: E731
         return {
             "pairs": self.pairs,
-            "truncated_pairs_share": share(self.truncated_pairs, pairs),
-            "truncated_queries_share": share(self.truncated_queries, pairs),
-            "mean_tokens_per_pair": share(self.tokens, pairs),
-            "padding_share": share(self.padded_tokens - self.tokens, self.padded_tokens)
-            if self.padded_tokens and self.tokens is not None else None,
+            "truncated_pairs_share": share(self.truncated_pairs, self.pairs),
+            "truncated_queries_share": share(self.truncated_queries, self.pairs),
+            **token_diagnostics(self.pairs, self.tokens, self.padded_tokens, self.computed_tokens),
             **({"counters": dict(self.counters)} if self.counters else {}),
         }
+
+    def speed(self) -> dict:
+        """What a record's timings state about the scoring rate: pairs/s over the timed scoring calls,
+        what is timed, where the times come from, and their spread over the blocks."""
+        rates = [p / s for p, s in zip(self.block_pairs, self.block_seconds) if s]
+        source = ("this run's own timing" if not self.resumed_blocks else
+                  "checkpoints of an earlier run (every block came from the cache)" if self.resumed_blocks == self.blocks
+                  else "this run's own timing and checkpoints of an earlier run")
+        return {"rerank_scoring_seconds": self.seconds, "rerank_pairs_per_s": self.pairs_per_second,
+                "rerank_timed": TIMED, "rerank_speed_source": source + ": one pass over each block, not a "
+                "throughput benchmark (`bench throughput` times engines with warm-up and repeats)",
+                "rerank_block_pairs_per_s": [round(r, 3) for r in rates], "rerank_warmup_pairs": self.warmup_pairs}
+
+
+def token_diagnostics(pairs: int | None, tokens: int | None, padded_tokens: int | None,
+                      computed_tokens: int | None) -> dict:
+    """Token accounting that means the same for every engine, each share in [0, 1]:
+
+    * ``mean_tokens_per_pair``: prompt tokens per pair (the input as the model would read it whole);
+    * ``mean_computed_tokens_per_pair``: positions the forward computed per pair, padding included;
+    * ``padding_share``: of the positions computed, the share that is padding;
+    * ``prefix_saved_share``: of the prompt tokens, the share not computed because a query's shared
+      prefix was computed once (decoder prefix reuse; 0 for every other engine).
+
+    ``computed_tokens`` (real tokens computed) is ``tokens`` for engines that do not report it; None
+    where the engine counts nothing."""
+    share = lambda part, whole: min(1.0, max(0.0, part / whole)) if part is not None and whole else None  # noqa: E731
+    real = tokens if computed_tokens is None else computed_tokens
+    per_pair = lambda n: n / pairs if n is not None and pairs else None  # noqa: E731
+    return {
+        "mean_tokens_per_pair": per_pair(tokens),
+        "mean_computed_tokens_per_pair": per_pair(padded_tokens),
+        "padding_share": share(padded_tokens - real, padded_tokens) if padded_tokens and real is not None else None,
+        "prefix_saved_share": share(tokens - real, tokens) if tokens and real is not None else None,
+    }
 
 
 class RerankStage:
@@ -91,14 +141,15 @@ class RerankStage:
         """The reranked run with its counters and timings. `get_docs(ids) -> {id: text}`."""
         plan = BlockPlan.of(queries, candidates, self.top_k)
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        done_blocks, resumed = [], 0
+        done_blocks, resumed, warm = [], 0, False
         bar = progress_bar(plan.pairs, "rerank", "pair", enabled=self.progress)
         for i, block in enumerate(plan.blocks):
             path = self.checkpoint_dir / block_file(i)
             keys, pairs = plan.pairs_of(block, queries, get_docs)
             done = _read_block(path, block, pairs_digest(keys, pairs))
             if done is None:
-                done = score_block(self.reranker, block, keys, pairs)
+                done = score_block(self.reranker, block, keys, pairs, warm_up=not warm)
+                warm = True
                 write_checked_json(path, done)
                 bar.update(sum(len(v) for v in done["scores"].values()))
             else:
@@ -114,24 +165,43 @@ def block_file(i: int) -> str:
     return f"block-{i:05d}.json"
 
 
-def score_block(reranker, qids: list[str], keys: list[tuple[str, str]], pairs: list[tuple[str, str]]) -> dict:
+def score_block(reranker, qids: list[str], keys: list[tuple[str, str]], pairs: list[tuple[str, str]], *,
+                warm_up: bool = False) -> dict:
     """One block scored: its checkpoint content (query ids, the digest of its pairs, scores per query,
-    the reranker's counters)."""
+    the reranker's counters, the wall time of the scoring call). With `warm_up`, the block's first
+    queries (about WARMUP_PAIRS pairs) are scored once before, untimed, their scores dropped."""
+    warmup_pairs = 0
+    if warm_up and getattr(reranker, "warm_up", True):  # a python: class may be a paid API: never twice
+        head_keys, head_pairs = _head_queries(keys, pairs, WARMUP_PAIRS)
+        _score(reranker, head_keys, head_pairs)
+        warmup_pairs = len(head_pairs)
     reranker.reset_stats()
     t0 = time.perf_counter()
-    if is_query_reranker(reranker):
-        scores = _score_whole_queries(reranker, keys, pairs)
-    else:
-        scores = reranker.score(pairs).tolist()
+    scores = _score(reranker, keys, pairs)
     elapsed = time.perf_counter() - t0
     scored: dict[str, dict[str, float]] = {q: {} for q in qids}
     for (q, d), s in zip(keys, scores):
         scored[q][d] = s
     return {"qids": qids, "pairs_sha256": pairs_digest(keys, pairs), "scores": scored,
-            "stats": {**reranker.stats(), "wall_seconds": elapsed}}
+            "stats": {**reranker.stats(), "wall_seconds": elapsed},
+            **({"warmup_pairs": warmup_pairs} if warmup_pairs else {})}
 
 
-def _score_whole_queries(reranker, keys: list[tuple[str, str]], pairs: list[tuple[str, str]]) -> list[float]:
+def _score(reranker, keys: list[tuple[str, str]], pairs: list[tuple[str, str]]) -> list[float]:
+    if is_query_reranker(reranker):
+        return score_whole_queries(reranker, keys, pairs)
+    return reranker.score(pairs).tolist()
+
+
+def _head_queries(keys: list[tuple[str, str]], pairs: list[tuple[str, str]], n: int) -> tuple[list, list]:
+    """The first whole queries of a block holding at least `n` pairs (all of it when smaller)."""
+    end = min(n, len(keys))
+    while end < len(keys) and keys[end][0] == keys[end - 1][0]:
+        end += 1
+    return keys[:end], pairs[:end]
+
+
+def score_whole_queries(reranker, keys: list[tuple[str, str]], pairs: list[tuple[str, str]]) -> list[float]:
     """A query-level reranker's scores for a block's pairs, in pair order: the pairs grouped by query
     (a block lists each query's candidates together, in incoming order)."""
     groups: dict[str, list[int]] = {}
@@ -206,14 +276,20 @@ class BlockPlan:
     def assemble(self, done_blocks: list[dict], resumed: int) -> RerankResult:
         """The reranked run and summed counters from every block's checkpoint content, in block order."""
         run: dict[str, dict[str, float]] = {}
-        totals = {"pairs": 0, "tokens": 0, "padded_tokens": 0, "truncated_pairs": 0, "truncated_queries": 0,
-                  "seconds": 0.0}
+        totals = {"tokens": 0, "padded_tokens": 0, "computed_tokens": 0, "truncated_pairs": 0,
+                  "truncated_queries": 0, "seconds": 0.0}
         counters: dict[str, float] = {}
+        block_seconds, block_pairs, warmup = [], [], 0
         for done in done_blocks:
             run.update(done["scores"])
+            stats = {**done["stats"], "seconds": done["stats"].get("wall_seconds")}
+            stats.setdefault("computed_tokens", stats.get("tokens"))  # no prefix reuse: every token is computed
             for k in totals:  # an engine that does not count something reports None: keep it None
-                value = done["stats"].get(k if k != "seconds" else "wall_seconds")
+                value = stats.get(k)
                 totals[k] = None if value is None or totals[k] is None else totals[k] + value
+            block_seconds.append(stats["seconds"] or 0.0)
+            block_pairs.append(sum(len(v) for v in done["scores"].values()))
+            warmup += int(done.get("warmup_pairs", 0))
             for k, value in done["stats"].items():  # a family's own counters
                 if k not in STANDARD_COUNTERS and isinstance(value, (int, float)) and not isinstance(value, bool):
                     counters[k] = counters.get(k, 0) + value
@@ -223,7 +299,8 @@ class BlockPlan:
                 for i, d in enumerate(below, start=1):
                     run[q][d] = floor - i  # keeps first-stage order under the reranked prefix
         return RerankResult(run=run, top_k=self.top_k, blocks=len(self.blocks), resumed_blocks=resumed,
-                            counters=counters, **totals)
+                            pairs=sum(block_pairs), counters=counters, block_seconds=block_seconds,
+                            block_pairs=block_pairs, warmup_pairs=warmup, **totals)
 
 
 def _read_block(path: Path, qids: list[str], digest: str):

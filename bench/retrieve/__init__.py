@@ -3,8 +3,9 @@
 Laid out as `bench.rerank` is: `stage.py` runs the stage over a collection, `encoder.py` is the model
 on one device, `parallel.py` the same interface over several, and `build_encoder` picks between them
 as `bench.rerank.build_reranker` does. `search.py` and `bm25.py` are the other ways to candidates;
-`bge_m3.py` runs bge-m3's dense, sparse and multi-vector heads (`kind = "bge-m3"`), with
-`sparse.py`'s lexical-weight shards and exact sparse search.
+`bge_m3.py` runs bge-m3's dense, sparse and multi-vector heads (`kind = "bge-m3"`) and `splade.py` any
+masked-LM SPLADE model (`kind = "splade"`), both with `sparse.py`'s weight shards and exact sparse
+search; `fusion.py` fuses named first stages through ranx (`kind = "fusion"`).
 """
 
 from __future__ import annotations

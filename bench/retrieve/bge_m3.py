@@ -125,34 +125,27 @@ class M3Encoder:
         if n == 0:
             return M3Output(np.zeros((0, enc.dim), np.float32), lazy.scipy_sparse.csr_matrix((0, self.vocab)),
                             [] if colbert else None)
-        parts: list[tuple] = []
-        done = [0]
+        rows = sparse.SparseRows(self.vocab)
+        parts: list[tuple] = []  # colbert vectors and counts per batch, in processing order
 
         def forward(batch):
             hidden = enc.packed(batch)
             cu = batch.cu_seqlens
             dense = torch.nn.functional.normalize(hidden.index_select(0, cu[:-1].long()).float(), dim=-1)
             seq, ids, weights = heads.lexical_weights(hidden, batch.input_ids, cu, self.sparse_linear, self.unused_ids)
-            part = [seq.cpu().numpy() + done[0], ids.cpu().numpy(), weights.cpu().numpy()]
             if colbert:
                 vecs, counts = heads.colbert_vectors(hidden, cu, self.colbert_linear)
-                part += [vecs.cpu().numpy(), counts.cpu().numpy()]
-            parts.append(part)
-            rank = torch.arange(done[0], done[0] + batch.n, device=dense.device, dtype=torch.float32)
-            done[0] += batch.n
-            return torch.cat([dense, rank[:, None]], dim=1)
+                parts.append((vecs.cpu().numpy(), counts.cpu().numpy()))
+            return torch.cat([dense, rows.add(seq, ids, weights, batch.n)[:, None]], dim=1)
 
         with torch.inference_mode(), matmul_precision(enc.precision):
             out, _ = enc.loop.run(texts, enc.text_tokenizer, forward)
         rank = out[:, -1].astype(np.int64)  # input i was the rank[i]-th text processed
-        rows = np.concatenate([p[0] for p in parts])
-        weights = lazy.scipy_sparse.csr_matrix(
-            (np.concatenate([p[2] for p in parts]), (rows, np.concatenate([p[1] for p in parts]))),
-            shape=(n, self.vocab), dtype=np.float32)[rank]
+        weights = rows.matrix(rank)
         vectors = None
         if colbert:
-            flat = np.concatenate([p[3] for p in parts])
-            offsets = np.concatenate([[0], np.cumsum(np.concatenate([p[4] for p in parts]))])
+            flat = np.concatenate([p[0] for p in parts])
+            offsets = np.concatenate([[0], np.cumsum(np.concatenate([p[1] for p in parts]))])
             vectors = [flat[offsets[r]:offsets[r + 1]] for r in rank]
         return M3Output(np.ascontiguousarray(out[:, :-1]), weights, vectors)
 

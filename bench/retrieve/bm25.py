@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from .. import lazy
+from ..progress import verbose
 
 
 def bm25_settings(language: str | None, k1: float, b: float) -> dict:
@@ -23,6 +24,7 @@ def bm25_top_k(doc_batches: Iterable[list[tuple[str, str]]], queries: dict[str, 
                ) -> dict[str, list[tuple[str, float]]]:
     bm25s = lazy.bm25s
     settings = bm25_settings(language, k1, b)
+    progress = progress and verbose()  # bm25s' own bars (tokenise, index, retrieve): only under --verbose
     ids: list[str] = []
     texts: list[str] = []
     for batch in doc_batches:

@@ -72,7 +72,7 @@ class EmbeddingStore:
         shards = passages = 0
         for ids_path in sorted(self.folder.glob("shard-*.ids")):
             ids = self._ids(ids_path)
-            if ids is not None and checked(ids_path.with_suffix(".npy")):
+            if ids is not None and checked(self._shard(int(ids_path.stem.split("-")[1]))[0]):
                 shards, passages = shards + 1, passages + len(ids)
         return shards, passages
 
@@ -110,8 +110,19 @@ class EmbeddingStore:
         return None if data is None else data.decode("utf-8").split("\n")
 
     def _shard(self, i: int) -> tuple[Path, Path]:
-        vec_name, ids_name = shard_files(i)
+        vec_name, ids_name = self.shard_files(i)
         return self.folder / vec_name, self.folder / ids_name
+
+    # -- what a shard holds: dense vectors here; `bench.retrieve.sparse.SparseStore` holds term weights ----
+    shard_files = staticmethod(shard_files)
+
+    @staticmethod
+    def payload(vecs, ids: list[str], storage_dtype: str) -> tuple[bytes, str]:
+        return shard_payload(vecs, ids, storage_dtype)
+
+    @staticmethod
+    def load(path: Path):
+        return np.load(path, mmap_mode="r")
 
     def build(self, doc_batches: Iterator[list[tuple[str, str]]], encode: Callable[[list[str]], np.ndarray] | None = None,
               *, n_docs: int, storage_dtype: str = "float32", progress: bool = True,
@@ -148,7 +159,7 @@ class EmbeddingStore:
             with step(n_docs, "encode corpus", "passage", enabled=progress) as bar:
                 for i, vecs in encode_shards(missing(bar)):
                     ids = pending_ids.pop(i)
-                    vec_bytes, ids_text = shard_payload(vecs, ids, storage_dtype)
+                    vec_bytes, ids_text = self.payload(vecs, ids, storage_dtype)
                     vec_path, ids_path = self._shard(i)
                     write_checked(vec_path, vec_bytes)
                     write_checked_text(ids_path, ids_text)
@@ -165,4 +176,4 @@ class EmbeddingStore:
     def shards(self) -> Iterator[tuple[list[str], np.ndarray]]:
         """(doc ids, memory-mapped vectors) per shard, in corpus order."""
         for ids, vec_path in self._intact_shards():
-            yield ids, np.load(vec_path, mmap_mode="r")
+            yield ids, self.load(vec_path)

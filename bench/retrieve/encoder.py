@@ -187,8 +187,7 @@ class Encoder:
                 "seconds": self._seconds}
 
     def describe(self) -> dict:
-        model = models.describe(self.spec.model, self.spec.revision)
-        model["untrained"] = model["untrained"] or models.describe(self.source)["untrained"]
+        model = models.describe_loaded(self.spec.model, self.spec.revision, self.source)
         out = {"engine": self.engine, "model": model, "revision": self.spec.revision,
                "query_instruction": self.instruction, "dtype": self.precision.name,
                "dtype_requested": self.precision.requested, "device": self.device,

@@ -1,10 +1,12 @@
 """The first stage: a collection in, a candidate run out (cached as a TREC run file).
 
 One object per configured first stage. `retrieve(collection)` returns the top-`depth` candidates per
-query from a dense bi-encoder (exact search over cached corpus embeddings), BM25, a TREC run file, or
-ir_datasets' scoreddocs, and caches the result keyed by the stage's settings and the collection's
-fingerprint (for a run file: its content), so a rerun (or a resumed run) costs nothing. The cached
-run and its info are checked on read (`bench.cache`): a damaged one is recomputed.
+query from a dense bi-encoder (exact search over cached corpus embeddings), bge-m3's heads, SPLADE
+(exact search over cached term weights), BM25, a TREC run file, ir_datasets' scoreddocs, or the
+fusion of other first stages (`build_stages` links a fusion to its members), and caches the result
+keyed by the stage's settings and the collection's fingerprint (for a run file: its content; for a
+fusion: its members' entries), so a rerun (or a resumed run) costs nothing. The cached run and its
+info are checked on read (`bench.cache`): a damaged one is recomputed.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ..engine.device import precision_for, resolve_devices
 from ..errors import BenchError
 from ..io import sha256_file
 from ..runs import format_run, read_run, sort_ranking
-from . import bge_m3, build_encoder
+from . import bge_m3, build_encoder, fusion, splade
 from .bm25 import bm25_settings, bm25_top_k
 from .embeddings import EmbeddingStore
 from .search import exact_top_k
@@ -31,7 +33,9 @@ SHARD_SIZE = 100_000
 #: The smallest default shard, and how many shards a corpus is cut into by default.
 MIN_SHARD_SIZE, SHARDS_PER_CORPUS = 1_000, 20
 #: Spec fields added after runs were first cached: in the cache key only when an experiment sets them.
-OPTIONAL_KEY_FIELDS = ("remove_query_id", "mode", "weights", "rescore_depth", "hybrid_depth")
+OPTIONAL_KEY_FIELDS = ("remove_query_id", "mode", "weights", "rescore_depth", "hybrid_depth", "quantize",
+                       "query_quantize", "query_encoder", "special_tokens", "first_stages", "method", "rrf_k", "norm",
+                       "fusion_weights")
 
 
 def drop_query_ids(ranked: dict[str, list[tuple[str, float]]], depth: int) -> tuple[dict, int]:
@@ -108,12 +112,15 @@ class FirstStage:
     """Candidates for every query of a collection, by one configured method."""
 
     def __init__(self, name: str, spec: FirstStageSpec, cache_root: str | Path, *, progress: bool = True,
-                 backend=None):
+                 backend=None, members: dict[str, "FirstStage"] | None = None):
         self.name = name
         self.spec = spec
         self.cache_root = Path(cache_root)
         self.progress = progress
         self.backend = backend  # None: this process; else `backend.dense(stage, collection)` runs dense retrieval
+        self.members = members or {}  # kind = "fusion": the stages it fuses, by name, in its order
+        if spec.kind == "fusion" and list(self.members) != list(spec.first_stages):
+            raise BenchError(f"first stage {name!r} fuses {spec.first_stages}; build it with build_stages")
         self._encoder = None
         #: what each method fetches: one more than kept when the query's own id may be dropped
         self.fetch_depth = spec.depth + (1 if spec.remove_query_id else 0)
@@ -122,6 +129,9 @@ class FirstStage:
         out = {"name": self.name, **self.spec.settings()}
         if self.spec.model:
             out["model"] = models.describe(self.spec.model, self.spec.revision)
+        if self.spec.kind == "fusion":
+            out["fusion"] = fusion.settings(self.spec)
+            out["members"] = [{**m.describe(), "depth": m.spec.depth} for m in self.members.values()]
         if self._encoder is not None:
             out["encoder"] = self._encoder.describe()
         return out
@@ -135,7 +145,9 @@ class FirstStage:
         for f in OPTIONAL_KEY_FIELDS:  # keyed only when set, so runs cached before these fields stay valid
             if f not in self.spec.model_fields_set or spec_key[f] is None:
                 spec_key.pop(f, None)
-        if self.spec.kind in ("dense", "bge-m3"):  # `auto` is fp16 on a GPU, fp32 on the CPU: key the run on what runs
+        if self.spec.kind == "fusion":  # the members' own entries: any change to a member is a new fused run
+            spec_key["members"] = {m: stage.cache_folder(collection, create=False).name for m, stage in self.members.items()}
+        if self.spec.kind in ("dense", "bge-m3", "splade"):  # `auto` is fp16 on a GPU, fp32 on the CPU: key the run on what runs
             spec_key["precision"] = (self.backend.precision(self.spec) if self.backend is not None
                                      and self.spec.kind == "dense" else
                                      precision_for(self.spec.dtype, self.spec.device, self.spec.engine))
@@ -163,6 +175,10 @@ class FirstStage:
             ranked, info = self._dense(collection)
         elif self.spec.kind == "bge-m3":
             ranked, info = self._bge_m3(collection)
+        elif self.spec.kind == "splade":
+            ranked, info = self._splade(collection)
+        elif self.spec.kind == "fusion":
+            ranked, info = self._fusion(collection)
         elif self.spec.kind == "bm25":
             ranked, info = self._bm25(collection)
         elif self.spec.kind == "run":
@@ -221,6 +237,36 @@ class FirstStage:
                                search_chunk=self.spec.search_chunk, device=resolve_devices(self.spec.device)[0],
                                progress=self.progress)
 
+    def _splade(self, collection):
+        if self._encoder is None:  # one device; the corpus's weights are cached, unquantised, for every setting
+            self._encoder = splade.SpladeEncoder(self.spec, cache_dir=self.cache_root,
+                                                 device=resolve_devices(self.spec.device)[0],
+                                                 where=f"first_stages.{self.name}")
+        n_docs = collection.n_docs()
+        ranked, info = splade.retrieve(self._encoder, collection, self.cache_root, self.fetch_depth,
+                                       shard_size=lambda laid_out: shard_size(self.spec, n_docs, laid_out),
+                                       progress=self.progress)
+        if self.backend is not None:
+            info["execution"] = {"backend": "local", "note": "kind = 'splade' encodes and searches in this process "
+                                                             "under --backend ray (see docs/first-stages.md)"}
+        return ranked, info
+
+    def _fusion(self, collection):
+        """The members' runs (cached, or made now) fused through ranx; the record names each member."""
+        method = fusion.settings(self.spec)
+        runs, members = {}, []
+        for name, stage in self.members.items():
+            result = stage.retrieve(collection)
+            runs[name] = result.run
+            members.append({"name": name, "kind": stage.spec.kind, "depth": stage.spec.depth, "cached": result.cached,
+                            "queries": len(result.run), "run": str(stage.cache_folder(collection, create=False))})
+        t0 = time.perf_counter()
+        ranked = fusion.fuse(runs, method, self.fetch_depth)
+        info = {"method": f"fusion {method['method']} through ranx.fuse ({method['ranx_method']})", "fusion": method,
+                "members": members, "fuse_seconds": time.perf_counter() - t0,
+                "ties": "member lists read by rank are ordered by bench.runs.sort_ranking; the fused list too"}
+        return ranked, info
+
     def close(self) -> None:
         """Release the encoder (and its worker processes, if several devices)."""
         if self._encoder is not None:
@@ -253,3 +299,21 @@ class FirstStage:
 
     def _cut(self, run):
         return {qid: sort_ranking(docs)[: self.fetch_depth] for qid, docs in run.items()}
+
+
+def build_stages(specs: dict[str, FirstStageSpec], cache_root: str | Path, *, progress: bool = True,
+                 backend=None) -> dict[str, FirstStage]:
+    """One `FirstStage` per named spec, each fusion linked to its members' stages (the same objects, so
+    a member's model loads once whichever asks for its run)."""
+    stages: dict[str, FirstStage] = {}
+
+    def build(name: str) -> FirstStage:
+        if name not in stages:
+            spec = specs[name]
+            members = {m: build(m) for m in spec.first_stages} if spec.kind == "fusion" else None
+            stages[name] = FirstStage(name, spec, cache_root, progress=progress, backend=backend, members=members)
+        return stages[name]
+
+    for name in specs:
+        build(name)
+    return stages

@@ -27,12 +27,15 @@ from ..config import CollectionSpec, Experiment, RerankerSpec, ThroughputSpec
 from ..data import expand, load_collection, select_datasets
 from ..errors import BenchError
 from ..io import atomic_write_text
+from ..models.python import is_python_reference
 from ..report.plots import plot_quality_speed
 from ..records import FidelityComparison, FidelityRecord, ThroughputRecord, find_records
-from ..rerank.scoring import DECODER_FIELDS, is_causal_lm, load_config
-from ..retrieve.stage import FirstStage
+from ..rerank.engines import family_of
+from ..rerank.scoring import DECODER_FIELDS, load_config
+from ..retrieve.stage import build_stages
 from .fidelity import fidelity_record, sweep_fidelity
 from .flops import tokenizer_and_shape
+from .listwise import is_listwise, listwise_table, run_listwise_sweep
 from .pairs import PairSet, pairs_from_collection
 from .sweep import Sweep, cells_from_spec, reranker_factory, resolve_device
 from .tables import fidelity_table, plot_throughput, throughput_table
@@ -86,6 +89,10 @@ def run_throughput(experiment: Experiment, out_dir: str | Path, *, experiment_pa
         raise BenchError(f"{where}: no [throughput] table; add one (see experiments/throughput.toml)")
     if not experiment.rerankers:
         raise BenchError(f"{where}: no [[rerankers]]; name at least one model to measure")
+    classes = [r.model for r in experiment.rerankers if is_python_reference(r.model)]
+    if classes:  # a class is its own engine: nothing to sweep (bench run records its pairs/s)
+        raise BenchError(f"{where}: {', '.join(classes)}: a python: reranker has no engines to compare; "
+                         "bench run records its speed (timings.rerank_pairs_per_s)")
     ds = _dataset(experiment, dataset, where)
     cache_dir = cache_dir or experiment.cache_dir
     out = Path(out_dir)
@@ -104,7 +111,18 @@ def run_throughput(experiment: Experiment, out_dir: str | Path, *, experiment_pa
     cells = cells_from_spec(tp, options=options, max_pairs=slow, engine_dtypes=engine_dtypes)
     deadline = time.monotonic() + tp.time_limit_s if tp.time_limit_s else None
     sweeps = []
-    for spec in experiment.rerankers:
+    listwise = [spec for spec in experiment.rerankers if is_listwise(spec)]
+    if listwise:  # one sweep for all listwise rerankers: FIRST and generation side by side on the same queries
+        record = run_listwise_sweep(listwise, tp, pairset, cache_dir=cache_dir, name=experiment.name, options=options,
+                                    engine_dtypes=engine_dtypes, progress=progress,
+                                    settings={"experiment": None if experiment_path is None else str(experiment_path),
+                                              "throughput": tp.model_dump(mode="json")})
+        record.to_disk(out / "records" / "throughput-listwise.json")
+        text = f"## Throughput: listwise rerankers\n\n{listwise_table(record)}"
+        atomic_write_text(out / "throughput-listwise.md", text)
+        log(text)
+        sweeps.append(ModelSweep(label="listwise", throughput=record, fidelity=None, text=text))
+    for spec in [s for s in experiment.rerankers if not is_listwise(s)]:
         sweep = _sweep(spec, tp, pairset, cells, cache_dir=cache_dir, name=experiment.name, deadline=deadline,
                        settings={"experiment": None if experiment_path is None else str(experiment_path),
                                  "throughput": tp.model_dump(mode="json"), "reranker": spec.model_dump(mode="json")})
@@ -135,7 +153,8 @@ def _pairs(experiment: Experiment, ds: CollectionSpec, collection, n_pairs: int,
         if fs.depth < tp.k:
             raise BenchError(f"{where}: first stage {fs_name!r} keeps depth = {fs.depth} candidates, "
                              f"fewer than [throughput].k = {tp.k}; raise its depth or lower k")
-        candidates = FirstStage(fs_name, fs, cache_root(cache_dir)).retrieve(collection)
+        stage = build_stages(experiment.first_stages, cache_root(cache_dir))[fs_name]  # a fusion: with its members
+        candidates = stage.retrieve(collection)
         pairset = pairs_from_collection(collection, k=tp.k, max_queries=n_queries, run=candidates.run,
                                         run_source=f"first stage {fs_name!r} ({fs.kind}"
                                                    f"{', cached' if candidates.cached else ''})")
@@ -149,13 +168,14 @@ def _sweep(spec: RerankerSpec, tp: ThroughputSpec, pairset: PairSet, cells, *, c
     """The sweep of one reranker: the model's tokenizer and shape count its FLOPs; ``order = "auto"``
     interleaves the cells on a CPU."""
     tokenizer, shape = None, None  # FLOPs are counted for BERT-family cross-encoders only
-    if not is_causal_lm(load_config(spec, cache_dir)):
+    if family_of(spec, load_config(spec, cache_dir)) == "cross-encoder":
         tokenizer, shape = tokenizer_and_shape(models.resolve(spec.model, cache_dir), revision=spec.revision)
     interleave = tp.order == "interleaved" or (tp.order == "auto" and resolve_device(spec.device).startswith("cpu"))
     return Sweep(pairset, cells,
                  reranker_factory(spec.model, cache_dir=cache_dir, device=spec.device,
                                   query_max_length=spec.query_max_length, revision=spec.revision,
-                                  scoring=spec.model_dump(include=DECODER_FIELDS, exclude_unset=True)),
+                                  scoring=spec.model_dump(include=DECODER_FIELDS | {"max_pairs_per_query", "duo_aggregation"},
+                                                          exclude_unset=True)),
                  model=spec.model, device=spec.device, warmup=tp.warmup, repeats=tp.repeats,
                  latency_queries=tp.latency_queries, tokenizer=tokenizer, shape=shape,
                  query_max_length=spec.query_max_length, name=name, deadline=deadline, interleave=interleave,

@@ -47,6 +47,8 @@ from ..engine.device import release_memory, resolve_devices
 from ..errors import BenchError
 from ..records import make_record
 from ..rerank import build_reranker
+from ..rerank.common import is_query_reranker
+from ..rerank.stage import STANDARD_COUNTERS, score_whole_queries, token_diagnostics
 from .flops import ModelShape, matmul_ceiling, useful_flops
 from .pairs import PairSet, pair_token_lengths
 from .timing import PeakMemory, percentile, query_latencies, time_passes
@@ -133,9 +135,36 @@ def reranker_factory(model: str, *, cache_dir=None, device: str = "auto", query_
         if cell.token_budget is not None:
             fields["token_budget"] = cell.token_budget
         spec = RerankerSpec(**fields)
-        return build_reranker(spec, cache_dir=cache_dir, **dict(cell.options))
+        reranker = build_reranker(spec, cache_dir=cache_dir, **dict(cell.options))
+        return WholeQueries(reranker) if is_query_reranker(reranker) else reranker
 
     return build
+
+
+class WholeQueries:
+    """A query-level reranker (duoT5, listwise) behind ``score(pairs)``, for the sweep's timers: the
+    pairs are grouped by query text (a pair set holds each query's pairs together) and each group is
+    one query of ``rerank_queries``, as the rerank stage hands them over."""
+
+    def __init__(self, reranker):
+        self.reranker = reranker
+        self.label = reranker.label
+
+    def score(self, pairs):
+        keys = [(q, str(i)) for i, (q, _) in enumerate(pairs)]
+        return np.asarray(score_whole_queries(self.reranker, keys, list(pairs)), dtype=np.float32)
+
+    def describe(self) -> dict:
+        return self.reranker.describe()
+
+    def stats(self) -> dict:
+        return self.reranker.stats()
+
+    def reset_stats(self) -> None:
+        self.reranker.reset_stats()
+
+    def close(self) -> None:
+        _close(self.reranker)
 
 
 def run_cell(reranker, cell: Cell, pairset: PairSet, *, shape: ModelShape | None, lengths: np.ndarray | None,
@@ -174,6 +203,10 @@ def cell_result(reranker, cell: Cell, pairset: PairSet, *, times: list[float], s
         "mean_tokens_per_pair": (stats.get("tokens", 0) / stats["pairs"]) if stats.get("pairs") else None,
         "error": None,
     }
+    family = {k: v for k, v in stats.items()  # a family's own counters (duo_pairs, windows...) per second
+              if k not in STANDARD_COUNTERS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if family:
+        out["counters_per_s"] = {k: v / repeats / med for k, v in family.items()}
     resolved = out["engine_describe"].get("dtype")
     out["dtype_resolved"] = resolved if isinstance(resolved, str) else cell.dtype
     # Data-parallel engines score in worker processes, one per device: the ceiling is per device,
@@ -220,10 +253,10 @@ def run_encoder_cell(encoder, texts: Sequence[str], *, label: str, shape: ModelS
 
 
 def _padding_fraction(stats: Mapping) -> float | None:
-    tokens, padded = stats.get("tokens"), stats.get("padded_tokens")
-    if not padded:
-        return None
-    return float(max(padded - tokens, 0) / padded)
+    """The quality records' ``padding_share`` (`bench.rerank.stage.token_diagnostics`): padding among
+    the positions computed, with a decoder's prefix reuse counted as computed once."""
+    return token_diagnostics(stats.get("pairs"), stats.get("tokens"), stats.get("padded_tokens"),
+                             stats.get("computed_tokens"))["padding_share"]
 
 
 def _jsonable(obj):

@@ -70,19 +70,32 @@ class PeakMemory:
             Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux)
         except OSError as exc:
             self.note = f"cannot reset the peak RSS ({exc.__class__.__name__}); not recorded"
+            return
+        status = _proc_status()
+        if "VmHWM" in status and "VmRSS" in status and status["VmHWM"] > status["VmRSS"] + 16 * 2**20:
+            # some kernels and sandboxes accept the write and keep the old peak
+            self.note = (f"the peak RSS did not reset (VmHWM {status['VmHWM'] // 2**20} MiB after the reset, "
+                         f"RSS {status['VmRSS'] // 2**20} MiB); not recorded")
 
     def result(self) -> dict[str, Any]:
         if self.device.startswith("cuda"):
             return {"bytes": int(lazy.torch.cuda.max_memory_allocated()), "what": "torch.cuda.max_memory_allocated"}
         if self.note:
             return {"bytes": None, "what": self.note}
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return {"bytes": int(line.split()[1]) * 1024, "what": "process peak RSS (VmHWM), CPU"}
-        except OSError:
-            pass
+        peak = _proc_status().get("VmHWM")
+        if peak is not None:
+            return {"bytes": peak, "what": "process peak RSS (VmHWM), CPU"}
         return {"bytes": None, "what": "no /proc/self/status: peak RSS not recorded"}
+
+
+def _proc_status() -> dict[str, int]:
+    """The memory lines of /proc/self/status in bytes (empty where there is none)."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return {}
+    return {k: int(v.split()[0]) * 1024 for k, _, v in (line.partition(":") for line in lines)
+            if k.startswith("Vm") and v.strip().endswith("kB")}
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
