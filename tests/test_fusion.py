@@ -115,6 +115,18 @@ def test_a_changed_member_makes_a_new_fused_run(members, cache_dir):
     assert not other["rrf"].retrieve(collection).cached and first.run
 
 
+def test_a_fusion_is_described_by_its_members_settings_not_their_loaded_encoders(tmp_path):
+    """A member's encoder is described only where this process loaded it (a fresh local run, not a
+    cached rerun nor a cluster run): the fusion's description, hence its record key, leaves it out."""
+    from types import SimpleNamespace
+
+    stages = build_stages({"a": FirstStageSpec(kind="bm25"), "b": FirstStageSpec(kind="bm25", k1=0.9),
+                           "f": fusion_spec(["a", "b"])}, tmp_path, progress=False)
+    before = stages["f"].describe()
+    stages["a"]._encoder = SimpleNamespace(describe=lambda: {"dtype": "fp32", "device": "cpu"})  # as after loading
+    assert "encoder" in stages["a"].describe() and stages["f"].describe() == before
+
+
 # -- bad input --------------------------------------------------------------------------------------------
 def bad_fusion(experiment_toml, **stages):
     base = {"a": {"kind": "bm25"}, "b": {"kind": "bm25", "k1": 0.9}}

@@ -1,7 +1,7 @@
 """`bench run --backend ray` on a local 3-node Ray cluster (`ray.cluster_utils`, one process tree:
 faster to start than `ray start` nodes, see test_ray_cluster.py for those): one run, interrupted
-twice and hit by a lost node and a killed actor, ends with records equal to the local backend's;
-shards damaged or deleted on storage are verified and encoded again; clear errors before any work
+twice and hit by a lost node and a killed actor, ends with records equal to the local backend's, and
+so does a SPLADE first stage; shards damaged or deleted on storage are verified and encoded again; clear errors before any work
 (Ray missing, an address where no Ray cluster answers, storage that cannot be written or seen).
 
 One cluster for the module (3 nodes of 1 CPU each, small object stores, Ray's token auth off); the
@@ -178,6 +178,30 @@ def test_one_run_interrupted_twice_with_a_node_lost_and_an_actor_killed_equals_l
     assert local_again[1].metrics == rr.metrics
 
 
+@pytest.mark.slow
+def test_a_splade_first_stage_on_the_cluster_equals_local(ray_cluster, tmp_path):
+    """`kind = "splade"` under `--backend ray`: queries and corpus encoded on the workers (4 shards),
+    the search there too, over integer impacts (`quantize`: each shard quantised where it is searched;
+    without it the search is bge-m3's sparse one). Its record and run file equal the local backend's,
+    and the shards land in the same cache entry as locally."""
+    splade = {"kind": "splade", "model": "random:tiny-splade", "depth": 20, "dtype": "fp32", "max_length": 64,
+              "shard_size": 100, "quantize": 100}
+    exp = {k: v for k, v in parts(tmp_path / "local" / "cache").items() if k != "rerankers"}
+    exp.update(name="ray-splade", first_stages={"splade": splade})
+    with_models(tmp_path / "local" / "cache", "random:tiny-splade")
+    with torch_threads(1):
+        local = run_bench(tmp_path / "local", exp)
+    cache = with_models(tmp_path / "ray" / "cache", "random:tiny-splade")
+    records = run_bench(tmp_path / "ray", {**exp, "cache_dir": str(cache), "execution": {"backend": "ray", "workers": 2}})
+    assert_same_records(records, tmp_path / "ray" / "out", (local, tmp_path / "local" / "out"))
+    (rec,), (ref,) = records, local
+    assert (rec.info["execution"]["backend"], rec.info["execution"]["encoded_shards"]) == ("ray", 4)
+    assert rec.info["method"].endswith("over integer impacts") and rec.info["quantize"] == ref.info["quantize"]
+    assert rec.info["terms_per_passage"] == ref.info["terms_per_passage"] > 0
+    assert rec.info["embeddings"]["folder"].replace(str(tmp_path / "ray"), "") == \
+        ref.info["embeddings"]["folder"].replace(str(tmp_path / "local"), "")  # the same cache entry
+
+
 def test_unwritable_storage_fails_before_any_work(ray_cluster, tmp_path, experiment_toml, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -305,9 +329,8 @@ def test_partial_top_k_merge_keeps_the_local_tie_rule(tmp_path):
     # lexical weights the same way: sparse shards with repeated rows, searched in groups and merged
     from scipy import sparse as sp
 
-    from bench.distributed.encode import npz_bytes
     from bench.distributed.search import sparse_search_group
-    from bench.retrieve.sparse import sparse_top_k
+    from bench.retrieve.sparse import npz_bytes, quantize, sparse_top_k
 
     rows = sp.random(6, 40, density=0.2, random_state=1, format="csr", dtype=np.float32)
     weights = rows[rng.integers(0, 6, size=70)]
@@ -315,8 +338,13 @@ def test_partial_top_k_merge_keeps_the_local_tie_rule(tmp_path):
     lexical = [(ids[s:s + size], weights[s:s + size]) for s in range(0, 70, size)]
     for i, (_, shard_weights) in enumerate(lexical):
         storage.write_checked(f"e/shard-{i:05d}.sparse.npz", npz_bytes(shard_weights))
-    partials = [sparse_search_group(storage, "e", g, g[0] * size, q, 25) for g in groups]
-    assert merge_top_k(partials, 25) == sparse_top_k(q, lexical, 25, progress=False)
+    partials = [sparse_search_group(storage, "e", g, g[0] * size, q, 25, None) for g in groups]
+    assert merge_top_k([p[0] for p in partials], 25) == sparse_top_k(q, lexical, 25, progress=False)
+    assert (sum(p[1] for p in partials), sum(p[2] for p in partials)) == (70, weights.nnz)
+    # SPLADE's integer impacts: each group's shards quantised where they are searched, as locally
+    partials = [sparse_search_group(storage, "e", g, g[0] * size, quantize(q, 10), 25, 10) for g in groups]
+    impacts = [(shard_ids, quantize(w, 10)) for shard_ids, w in lexical]
+    assert merge_top_k([p[0] for p in partials], 25) == sparse_top_k(quantize(q, 10), impacts, 25, progress=False)
 
 
 def test_storage_writes_whole_files_with_checks_and_refuses_damaged_ones(tmp_path, capsys):

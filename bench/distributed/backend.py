@@ -2,9 +2,10 @@
 
 `RayBackend.connect` fails before any work on a missing Ray install, an address where no Ray cluster
 answers (nothing listening, or another service: an HTTP server, the dashboard's port), or a storage
-some node cannot read. `dense(stage, collection)` and `bge_m3(stage, collection)` are what
+some node cannot read. `dense`, `bge_m3` and `splade` (each `(stage, collection)`) are what
 `FirstStage` calls in place of its local encoding and search; `rerank_stage(...)` stands in for
-`RerankStage`. BM25, run files and scoreddocs stay in the driver's process (they encode nothing).
+`RerankStage`. BM25, run files, scoreddocs and fusion stay in the driver's process (they encode
+nothing; a fusion reads its members' runs, made on the cluster where they encode).
 Every step's record states the driver's peak memory (`driver_peak_rss_mib`), which does not grow
 with the corpus: passages are read on the workers (`Collection.reader`).
 """
@@ -22,10 +23,10 @@ from pathlib import Path
 from .. import lazy
 from ..engine.device import AUTO_CUDA, resolve_precision
 from ..errors import BenchError
-from ..retrieve import bge_m3
+from ..retrieve import bge_m3, splade
 from ..retrieve import stage as retrieve_stage
 from . import m3
-from .encode import DenseCorpus, M3Corpus, encode_corpus, stored_shard_size
+from .encode import DenseCorpus, M3Corpus, SpladeCorpus, encode_corpus, stored_shard_size
 from .rerank import RayRerankStage
 from .search import distributed_search, sparse_search
 from .storage import Storage
@@ -114,6 +115,16 @@ def encode_queries(spec, cache_dir: str, texts: list[str]):
     enc = build_encoder(spec, cache_dir=cache_dir)
     try:
         return enc.describe(), enc.encode_queries(texts)
+    finally:
+        enc.close()
+
+
+def encode_splade_queries(spec, cache_dir: str, texts: list[str], where: str):
+    """A cluster task: the SPLADE encoder's description and its document model's (what the corpus
+    entry is keyed by) as they run there, and the queries' weights."""
+    enc = splade.SpladeEncoder(spec, cache_dir=cache_dir, where=where)
+    try:
+        return enc.describe(), enc.docs.describe(), enc.encode_queries(texts)
     finally:
         enc.close()
 
@@ -245,12 +256,35 @@ class RayBackend:
         t0 = time.perf_counter()
         hits, mode_info = bge_m3.rank(
             stage.spec, k, lambda depth: distributed_search(*where, q.dense, spec, ex, depth),
-            lambda depth: sparse_search(*where, q.sparse, ex, depth),
+            lambda depth: sparse_search(*where, q.sparse, ex, depth)[0],
             lambda candidates, mode, w: m3.rescore(corpus.reader, spec, self.cache_dir, q, candidates, mode, w, k, ex))
         t_search = time.perf_counter() - t0
         info = {"method": f"bge-m3 {spec.mode}", "mode": spec.mode, "encoder": described, **corpus.info(t_search + t_queries),
                 **mode_info, "execution": self.describe(steps={"query_encode_seconds": t_queries, **corpus.steps,
                                                                 "search_seconds": t_search}, **corpus.shards)}
+        return dict(zip(qids, hits)), info
+
+    def splade(self, stage, collection):
+        """SPLADE retrieval for `stage`: (ranked per query id, info), as its local `_splade`; the query
+        and corpus encoding and the search (integer impacts with ``quantize``) run on the cluster."""
+        spec, ex = self.worker_spec(stage.spec), self.execution
+        qids = sorted(collection.queries)
+        t0 = time.perf_counter()
+        task = lazy.ray.remote(encode_splade_queries).options(num_cpus=ex.cpus_per_worker,
+                                                              num_gpus=ex.gpus_per_worker, max_retries=3)
+        described, docs_described, q = lazy.ray.get(task.remote(spec, self.cache_dir, [collection.queries[qid] for qid in qids],
+                                                                f"first_stages.{stage.name}"))
+        t_queries = time.perf_counter() - t0
+        entry_folder = splade.weights_entry(stage.cache_root, stage.spec, collection, docs_described)
+        corpus = self.corpus(stage, collection, SpladeCorpus(spec), entry_folder)
+        t0 = time.perf_counter()
+        q, quantized = splade.searched_queries(spec, q)
+        hits, counted = sparse_search(self.storage, corpus.folder, corpus.n_shards, corpus.shard_size, q, ex,
+                                      stage.fetch_depth, quantize=spec.quantize)
+        t_search = time.perf_counter() - t0
+        info = {**splade.search_info(q, quantized, counted), "encoder": described, **corpus.info(t_search + t_queries),
+                "execution": self.describe(steps={"query_encode_seconds": t_queries, **corpus.steps,
+                                                  "search_seconds": t_search}, **corpus.shards)}
         return dict(zip(qids, hits)), info
 
     def corpus(self, stage, collection, encoder, entry_folder: Path) -> "EncodedCorpus":

@@ -10,19 +10,16 @@ builds its model once, on the first shard it must encode. Every shard is verifie
 `complete.json` lists it; a shard missing or damaged is encoded again, and one that `complete.json`
 listed is named on stderr. So the driver's memory does not grow with the corpus.
 
-What a shard holds depends on the first stage: `CORPUS_ENCODERS` maps a kind to a corpus encoder
-(the model an actor builds, and the checked files one shard becomes, written in order and followed by
-the shard's ids file). File names, shard boundaries and cache entries are the local store's
-(`bench.retrieve.embeddings`, `bench.retrieve.stage.embedding_entry`, `bench.retrieve.bge_m3.corpus_entry`),
-so a shard written by either backend is reused by the other when the storage root is the cache
-folder. A learned-sparse first stage (SPLADE) plugs in with one entry: a class like `M3Corpus` whose
-model's ``encode_docs(texts)`` returns CSR weights and whose one file is ``.sparse.npz`` (`npz_bytes`);
-`bench.distributed.search.sparse_search` searches such shards.
+What a shard holds depends on the first stage: a corpus encoder (`DenseCorpus`, `M3Corpus`,
+`SpladeCorpus`) names the model an actor builds and the checked files one shard becomes, written in
+order and followed by the shard's ids file. File names, shard boundaries and cache entries are the
+local stores' (`bench.retrieve.embeddings`, `bench.retrieve.sparse`, `bench.retrieve.stage.embedding_entry`,
+`bench.retrieve.bge_m3.corpus_entry`, `bench.retrieve.splade.weights_entry`), so a shard written by
+either backend is reused by the other when the storage root is the cache folder.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 import time
@@ -34,16 +31,9 @@ import numpy as np
 from .. import lazy
 from ..engine.device import resolve_devices
 from ..errors import BenchError, Interrupted
-from ..retrieve import build_encoder
+from ..retrieve import build_encoder, sparse
 from ..retrieve.embeddings import DONE, completion, kept_message, shard_payload
 from .storage import MISSING, Storage
-
-
-def npz_bytes(weights) -> bytes:
-    """CSR weights as the bytes of an uncompressed ``.npz`` (`bench.retrieve.sparse.save_shard`'s format)."""
-    buf = io.BytesIO()
-    lazy.scipy_sparse.save_npz(buf, weights.tocsr(), compressed=False)
-    return buf.getvalue()
 
 
 @dataclass(frozen=True)
@@ -79,11 +69,26 @@ class M3Corpus:
         out = model.encode_docs(texts)
         if out.sparse.shape[0] != len(ids):
             raise RuntimeError(f"encoder returned {out.sparse.shape[0]} rows of weights for {len(ids)} texts")
-        return [npz_bytes(out.sparse), shard_payload(out.dense, ids, self.storage_dtype)[0]]
+        return [sparse.npz_bytes(out.sparse), shard_payload(out.dense, ids, self.storage_dtype)[0]]
 
 
-#: first-stage kind -> its corpus encoder on a cluster (a SPLADE row goes here)
-CORPUS_ENCODERS = {"dense": DenseCorpus, "bge-m3": M3Corpus}
+@dataclass(frozen=True)
+class SpladeCorpus:
+    """A SPLADE first stage's shards: the masked-LM term weights, float32 and unquantised
+    (``shard-NNNNN.sparse.npz``), as the local `sparse.SparseStore` writes them."""
+
+    spec: Any
+    storage_dtype: ClassVar[str] = "float32"
+    suffixes: ClassVar[tuple[str, ...]] = (".sparse.npz",)
+
+    def build(self, cache_dir: str):
+        from ..retrieve.splade import SpladeEncoder
+
+        return SpladeEncoder(self.spec, cache_dir=cache_dir, device=resolve_devices(self.spec.device)[0])
+
+    def encode(self, model, ids: list[str], texts: list[str]) -> list[bytes]:
+        ((_, weights),) = model.encode_shards([(0, texts)])  # the local store's entry point, one shard
+        return [sparse.shard_payload(weights, ids)[0]]
 
 
 def shard_names(i: int, suffixes: tuple[str, ...]) -> list[str]:

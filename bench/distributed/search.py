@@ -15,6 +15,7 @@ import numpy as np
 from .. import lazy
 from ..engine.device import resolve_devices
 from ..retrieve.search import exact_top_k
+from ..retrieve.sparse import quantize as impacts
 from ..retrieve.sparse import sparse_top_k
 from .storage import Storage
 
@@ -53,12 +54,17 @@ def search_group(storage: Storage, folder: str, shards: list[int], base: int, qu
     return with_positions(hits, ids_all, base)
 
 
-def sparse_search_group(storage: Storage, folder: str, shards: list[int], base: int, queries, k: int
-                        ) -> list[list[tuple[int, str, float]]]:
-    """As `search_group`, over lexical weights (``shard-NNNNN.sparse.npz``) with `sparse_top_k`."""
+def sparse_search_group(storage: Storage, folder: str, shards: list[int], base: int, queries, k: int,
+                        quantize: float | None) -> tuple[list[list[tuple[int, str, float]]], int, int]:
+    """As `search_group`, over lexical weights (``shard-NNNNN.sparse.npz``) with `sparse_top_k`, each
+    shard as integer impacts when `quantize` is set (SPLADE's ``quantize``, as locally); also the
+    passages and stored terms it searched (before quantisation)."""
     load = lambda f: lazy.scipy_sparse.load_npz(f).tocsr()  # noqa: E731
     loaded, ids_all = load_group(storage, folder, shards, ".sparse.npz", load)
-    return with_positions(sparse_top_k(queries, loaded, k, progress=False), ids_all, base)
+    docs, terms = sum(w.shape[0] for _, w in loaded), sum(w.nnz for _, w in loaded)
+    if quantize is not None:
+        loaded = [(ids, impacts(w, quantize)) for ids, w in loaded]
+    return with_positions(sparse_top_k(queries, loaded, k, progress=False), ids_all, base), docs, terms
 
 
 def merge_top_k(partials: list[list[list[tuple[int, str, float]]]], k: int) -> list[list[tuple[str, float]]]:
@@ -75,21 +81,23 @@ def distributed_search(storage: Storage, folder: str, n_shards: int, shard_size:
     """Top-`depth` per query row over all dense shards, by `execution.workers` tasks (retried if one dies)."""
     q_ref = lazy.ray.put(np.ascontiguousarray(queries, dtype=np.float32))
     device = spec.device if execution.gpus_per_worker else "cpu"
-    return over_groups(search_group, n_shards, shard_size, execution, depth,
-                       lambda group: (storage, folder, group, group[0] * shard_size, q_ref, depth, spec.search_chunk, device))
+    return merge_top_k(over_groups(search_group, n_shards, execution, lambda group: (
+        storage, folder, group, group[0] * shard_size, q_ref, depth, spec.search_chunk, device)), depth)
 
 
-def sparse_search(storage: Storage, folder: str, n_shards: int, shard_size: int, queries, execution,
-                  depth: int) -> list[list[tuple[str, float]]]:
-    """Top-`depth` per query row (CSR weights) over all lexical-weight shards, as `distributed_search`."""
+def sparse_search(storage: Storage, folder: str, n_shards: int, shard_size: int, queries, execution, depth: int,
+                  quantize: float | None = None) -> tuple[list[list[tuple[str, float]]], dict]:
+    """Top-`depth` per query row (CSR weights) over all lexical-weight shards, as `distributed_search`,
+    and the passages and stored terms searched (``{"docs": ..., "terms": ...}``)."""
     q_ref = lazy.ray.put(queries.tocsr())
-    return over_groups(sparse_search_group, n_shards, shard_size, execution, depth,
-                       lambda group: (storage, folder, group, group[0] * shard_size, q_ref, depth))
+    parts = over_groups(sparse_search_group, n_shards, execution,
+                        lambda group: (storage, folder, group, group[0] * shard_size, q_ref, depth, quantize))
+    return merge_top_k([p[0] for p in parts], depth), {"docs": sum(p[1] for p in parts), "terms": sum(p[2] for p in parts)}
 
 
-def over_groups(fn, n_shards: int, shard_size: int, execution, depth: int, args) -> list[list[tuple[str, float]]]:
-    """`fn(*args(group))` as one task per group of shards, merged."""
+def over_groups(fn, n_shards: int, execution, args) -> list:
+    """`fn(*args(group))` as one task per group of shards: their results, in corpus order."""
     task = lazy.ray.remote(fn).options(num_cpus=execution.cpus_per_worker, num_gpus=execution.gpus_per_worker,
                                        max_retries=3)
     refs = [task.remote(*args(group)) for group in shard_groups(n_shards, execution.workers)]
-    return merge_top_k(lazy.ray.get(refs), depth)
+    return lazy.ray.get(refs)

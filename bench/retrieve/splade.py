@@ -29,8 +29,8 @@ as Pyserini's impact index stores them (``round(w x 100)``; queries by ``query_q
 same factor), so one cached encoding serves both. Search is exact (``sparse.sparse_top_k``).
 
 Corpus encoding goes through the embedding store's shard entry point (``SparseStore.build`` with
-``SpladeEncoder.encode_shards``), the one the dense and bge-m3 stages use; a cluster backend encodes a
-shard with ``SpladeEncoder(spec, ...).encode_shards([(i, texts)])`` and writes
+``SpladeEncoder.encode_shards``), the one the dense and bge-m3 stages use; the Ray backend encodes a
+shard with the same call on its workers (``bench.distributed.encode.SpladeCorpus``) and writes
 ``sparse.shard_payload(weights, ids)`` under ``sparse.shard_files(i)`` in ``weights_entry(...)``.
 """
 
@@ -357,7 +357,7 @@ def retrieve(encoder: SpladeEncoder, collection, cache_root, k: int, *, shard_si
     store, built = corpus_store(encoder, collection, cache_root, shard_size=shard_size, progress=progress)
     qids = sorted(collection.queries)
     t0 = time.perf_counter()
-    q = encoder.encode_queries([collection.queries[qid] for qid in qids])
+    q, quantized = searched_queries(spec, encoder.encode_queries([collection.queries[qid] for qid in qids]))
     counted = {"docs": 0, "terms": 0}
 
     def shards():
@@ -366,18 +366,28 @@ def retrieve(encoder: SpladeEncoder, collection, cache_root, k: int, *, shard_si
             counted["terms"] += weights.nnz
             yield ids, weights if spec.quantize is None else sparse.quantize(weights, spec.quantize)
 
-    quantized = None
-    if spec.quantize is not None:
-        query_factor = spec.query_quantize or spec.quantize
-        q = sparse.quantize(q, query_factor)
-        quantized = {"documents": spec.quantize, "queries": query_factor,
-                     "rule": "round(w x factor), half to even, zeros dropped; scores are integer inner products"}
     hits = sparse.sparse_top_k(q, shards(), k, progress=progress, n_docs=collection.n_docs())
     t_search = time.perf_counter() - t0
-    info = {"method": "splade exact sparse inner product" + (" over integer impacts" if quantized else ""),
-            "encoder": encoder.describe(), "embeddings": built, "quantize": quantized,
-            "terms_per_passage": counted["terms"] / counted["docs"] if counted["docs"] else None,
-            "terms_per_query": q.nnz / q.shape[0] if q.shape[0] else None,
+    info = {**search_info(q, quantized, counted), "encoder": encoder.describe(), "embeddings": built,
             "encode_seconds": built["encode_seconds"], "search_seconds": t_search,
             "docs_per_second": built["encoded_docs"] / built["encode_seconds"] if built["encoded_docs"] else None}
     return dict(zip(qids, hits)), info
+
+
+def searched_queries(spec, q) -> tuple[object, dict | None]:
+    """The queries' weights as searched (integer impacts with ``quantize``) and what the record states
+    about the quantisation (None without it). Every backend searches with these."""
+    if spec.quantize is None:
+        return q, None
+    query_factor = spec.query_quantize or spec.quantize
+    return sparse.quantize(q, query_factor), {
+        "documents": spec.quantize, "queries": query_factor,
+        "rule": "round(w x factor), half to even, zeros dropped; scores are integer inner products"}
+
+
+def search_info(q, quantized: dict | None, counted: dict) -> dict:
+    """What a record states about a search: the method, the quantisation, the terms per passage
+    (``counted``: passages and stored terms searched) and per query."""
+    return {"method": "splade exact sparse inner product" + (" over integer impacts" if quantized else ""),
+            "quantize": quantized, "terms_per_passage": counted["terms"] / counted["docs"] if counted["docs"] else None,
+            "terms_per_query": q.nnz / q.shape[0] if q.shape[0] else None}

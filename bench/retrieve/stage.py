@@ -117,7 +117,7 @@ class FirstStage:
         self.spec = spec
         self.cache_root = Path(cache_root)
         self.progress = progress
-        self.backend = backend  # None: this process; else `backend.dense(stage, collection)` runs dense retrieval
+        self.backend = backend  # None: this process; else `backend.dense|bge_m3|splade(stage, collection)` run those kinds
         self.members = members or {}  # kind = "fusion": the stages it fuses, by name, in its order
         if spec.kind == "fusion" and list(self.members) != list(spec.first_stages):
             raise BenchError(f"first stage {name!r} fuses {spec.first_stages}; build it with build_stages")
@@ -131,7 +131,10 @@ class FirstStage:
             out["model"] = models.describe(self.spec.model, self.spec.revision)
         if self.spec.kind == "fusion":
             out["fusion"] = fusion.settings(self.spec)
-            out["members"] = [{**m.describe(), "depth": m.spec.depth} for m in self.members.values()]
+            # the members' settings: not their encoders, described only where this process loaded one (a
+            # fresh local run), so the fusion's record key stays the same from the cache and on a cluster
+            out["members"] = [{**{k: v for k, v in m.describe().items() if k != "encoder"}, "depth": m.spec.depth}
+                              for m in self.members.values()]
         if self._encoder is not None:
             out["encoder"] = self._encoder.describe()
         return out
@@ -148,11 +151,8 @@ class FirstStage:
         if self.spec.kind == "fusion":  # the members' own entries: any change to a member is a new fused run
             spec_key["members"] = {m: stage.cache_folder(collection, create=False).name for m, stage in self.members.items()}
         if self.spec.kind in ("dense", "bge-m3", "splade"):  # `auto` is fp16 on a GPU, fp32 on the CPU: key the run on what runs
-            spec_key["precision"] = (self.backend.precision(self.spec) if self.backend is not None
-                                     and self.spec.kind == "dense" else
-                                     precision_for(self.spec.dtype, self.spec.device, self.spec.engine))
-        if self.backend is not None and self.spec.kind == "bge-m3":  # run on the cluster: what its workers run
-            spec_key["precision"] = self.backend.precision(self.spec)
+            spec_key["precision"] = (self.backend.precision(self.spec) if self.backend is not None  # the workers'
+                                     else precision_for(self.spec.dtype, self.spec.device, self.spec.engine))
         if self.spec.kind == "run":
             spec_key["run_file_sha256"] = sha256_file(self._run_path(collection))
         return (entry if create else entry_path)(self.cache_root, "runs", f"{collection.name}-{self.name}",
@@ -238,6 +238,8 @@ class FirstStage:
                                progress=self.progress)
 
     def _splade(self, collection):
+        if self.backend is not None:  # a Ray cluster encodes queries and corpus and searches
+            return self.backend.splade(self, collection)
         if self._encoder is None:  # one device; the corpus's weights are cached, unquantised, for every setting
             self._encoder = splade.SpladeEncoder(self.spec, cache_dir=self.cache_root,
                                                  device=resolve_devices(self.spec.device)[0],
@@ -246,9 +248,6 @@ class FirstStage:
         ranked, info = splade.retrieve(self._encoder, collection, self.cache_root, self.fetch_depth,
                                        shard_size=lambda laid_out: shard_size(self.spec, n_docs, laid_out),
                                        progress=self.progress)
-        if self.backend is not None:
-            info["execution"] = {"backend": "local", "note": "kind = 'splade' encodes and searches in this process "
-                                                             "under --backend ray (see docs/first-stages.md)"}
         return ranked, info
 
     def _fusion(self, collection):
