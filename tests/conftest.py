@@ -157,6 +157,23 @@ def full_corpus_encodings(cache_dir):
     return encodings
 
 
+def run_script(path: Path, *args: str) -> int:
+    """Run the script at `path` as `python path args...` would, in this process: the same `__main__`
+    code without a second interpreter importing torch again; returns its exit status."""
+    import runpy
+    import sys
+
+    argv = sys.argv
+    sys.argv = [str(path), *args]
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = argv
+    return 0
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
