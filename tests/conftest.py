@@ -3,6 +3,7 @@ session's one run over the full MIRACL Yoruba corpus, and experiment files writt
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -75,13 +76,15 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def miracl_yo_experiment(shared_data):
-    """`copy(folder, **changes) -> Path`: experiments/reproduce-miracl-yo-minilm.toml written into
-    `folder`, its dataset path pointing at the shared data and each `old=new` text replaced."""
+    """`copy(folder, collection=None, **changes) -> Path`: experiments/reproduce-miracl-yo-minilm.toml
+    written into `folder`, its dataset path pointing at `collection` (default: the shared data's
+    miracl-yo-dev) and each `old=new` text replaced."""
     import re
 
-    def copy(folder: Path, **changes: str) -> Path:
+    def copy(folder: Path, collection: Path | None = None, **changes: str) -> Path:
         text = MIRACL_YO_EXPERIMENT.read_text(encoding="utf-8")
-        text = re.sub(r"^path = .*$", f'path = "{(shared_data / "miracl-yo-dev").as_posix()}"', text, flags=re.M)
+        collection = collection or shared_data / "miracl-yo-dev"
+        text = re.sub(r"^path = .*$", f'path = "{collection.as_posix()}"', text, flags=re.M)
         for old, new in changes.items():
             assert old in text
             text = text.replace(old, new)
@@ -91,6 +94,32 @@ def miracl_yo_experiment(shared_data):
         return path
 
     return copy
+
+
+#: passages of the sub-corpus besides the judged ones (`miracl_yo_subcorpus`)
+SUBCORPUS_EXTRA_DOCS = 1500
+
+
+def miracl_yo_subcorpus_folder(shared: Path, dst: Path) -> Path:
+    """MIRACL-yo dev in BEIR layout with its real queries and qrels and a real sub-corpus: every judged
+    passage plus the first SUBCORPUS_EXTRA_DOCS of the corpus (2,434 passages, in corpus order)."""
+    src = shared / "miracl-yo-dev"
+    (dst / "qrels").mkdir(parents=True)
+    shutil.copy(src / "queries.jsonl", dst / "queries.jsonl")
+    shutil.copy(src / "qrels" / "dev.tsv", dst / "qrels" / "dev.tsv")
+    judged = {line.split("\t")[1] for line in (src / "qrels" / "dev.tsv").read_text().splitlines()[1:]}
+    with gzip.open(src / "corpus.jsonl.gz", "rt", encoding="utf-8") as fin, \
+            open(dst / "corpus.jsonl", "w", encoding="utf-8") as fout:
+        for i, line in enumerate(fin):
+            if i < SUBCORPUS_EXTRA_DOCS or json.loads(line)["_id"] in judged:
+                fout.write(line)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def miracl_yo_subcorpus(shared_data, tmp_path_factory) -> Path:
+    """The folder of `miracl_yo_subcorpus_folder`, written once per session (tests only read it)."""
+    return miracl_yo_subcorpus_folder(shared_data, tmp_path_factory.mktemp("miracl-yo-sub") / "miracl-yo-dev-sub")
 
 
 @pytest.fixture(scope="session")
@@ -126,6 +155,23 @@ def full_corpus_encodings(cache_dir):
                 and minilm(p.parent)]
 
     return encodings
+
+
+def run_script(path: Path, *args: str) -> int:
+    """Run the script at `path` as `python path args...` would, in this process: the same `__main__`
+    code without a second interpreter importing torch again; returns its exit status."""
+    import runpy
+    import sys
+
+    argv = sys.argv
+    sys.argv = [str(path), *args]
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = argv
+    return 0
 
 
 @pytest.fixture(scope="module")

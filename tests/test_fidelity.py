@@ -154,23 +154,22 @@ def test_real_bf16_against_fp32_on_shared_pairs(shared_data, tiny_reranker):
     assert out["ndcg@10"]["n_queries"] == 4 and out["ndcg@10"]["computed_by"]
 
 
-def test_half_precision_script_on_trained_weights(shared_data, tmp_path):
+def test_half_precision_script_on_trained_weights(shared_data, tmp_path, capsys):
     """The trained-weights fidelity script (results/half-precision-fidelity-minilm), on 5 Vaswani
-    queries: it writes its record, and fp16's score error is well under bf16's, as measured at scale."""
+    queries: it writes its record, and fp16's score error is well under bf16's, as measured at scale.
+    Run in this process, as `python experiments/fidelity/half_precision_trained_weights.py` would."""
     import json
-    import subprocess
-    import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-m", "experiments.fidelity.half_precision_trained_weights",
-                           "--out", str(tmp_path), "--data", str(shared_data), "--collections", "vaswani",
-                           "--max-docs", "100", "--max-queries", "5"], cwd=root, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    from conftest import run_script
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "fidelity" / "half_precision_trained_weights.py"
+    assert run_script(script, "--out", str(tmp_path), "--data", str(shared_data), "--collections", "vaswani",
+                      "--max-docs", "100", "--max-queries", "5") == 0
+    stdout = capsys.readouterr().out
     rec = json.loads((tmp_path / "fidelity-minilm.json").read_text())
     by = {c["cell"]: c for c in rec["comparisons"]}
     assert set(by) == {"bf16", "fp16"} and all(c["n_queries"] == 5 for c in by.values())
     assert by["fp16"]["max_abs_diff"] < by["bf16"]["max_abs_diff"] / 3
     assert by["fp16"]["top10_identical"] >= by["bf16"]["top10_identical"]
-    assert rec["retrieval"][0]["docs"] > 100 and "| vaswani |" in proc.stdout
+    assert rec["retrieval"][0]["docs"] > 100 and "| vaswani |" in stdout

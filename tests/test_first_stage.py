@@ -60,16 +60,21 @@ def test_rerun_reuses_embeddings_and_run(collection, minilm, tmp_path):
     assert all(list(deeper[q])[:10] == list(run[q]) for q in run)
 
 
-@pytest.mark.slow
 @pytest.mark.shared_data
-def test_interrupted_full_corpus_encoding_resumes_with_the_rest(miracl_yo_experiment, tmp_path, monkeypatch, capsys):
-    """Ctrl-C once half of MIRACL-yo's 49,043 passages are encoded (a tiny random bi-encoder stands in
-    for MiniLM): the message says what is kept, and the rerun encodes only the rest."""
+def test_interrupted_corpus_encoding_resumes_with_the_rest(miracl_yo_experiment, miracl_yo_subcorpus, tmp_path,
+                                                           monkeypatch, capsys):
+    """Ctrl-C once half of the passages are encoded (a tiny random bi-encoder stands in for MiniLM):
+    the message says what is kept, and the rerun encodes only the rest. The shipped MIRACL-yo experiment
+    on conftest's real 2,434-passage sub-corpus, cut into 20 shards of 125 (the last one short, as the
+    full corpus's is): resuming is a matter of shards, so the full 49,043 passages would prove no more."""
     from bench.cli import main
     from bench.retrieve.encoder import Encoder
 
-    path = miracl_yo_experiment(tmp_path, **{'model = "offline:all-MiniLM-L6-v2"': 'model = "random:tiny-bge-m3"',
-                                             'dtype = "fp32"': 'dtype = "fp32"\nshard_size = 2500'})
+    n_docs = sum(1 for _ in open(miracl_yo_subcorpus / "corpus.jsonl", encoding="utf-8"))
+    assert n_docs == 2434  # 19 full shards of 125 and one of 59
+    path = miracl_yo_experiment(tmp_path, miracl_yo_subcorpus,
+                                **{'model = "offline:all-MiniLM-L6-v2"': 'model = "random:tiny-bge-m3"',
+                                   'dtype = "fp32"': 'dtype = "fp32"\nshard_size = 125'})
     path.write_text(f'cache_dir = "{(tmp_path / "cache").as_posix()}"\n' + path.read_text(encoding="utf-8"),
                     encoding="utf-8")
     encoded, stop_after = [], None
@@ -84,12 +89,12 @@ def test_interrupted_full_corpus_encoding_resumes_with_the_rest(miracl_yo_experi
 
     monkeypatch.setattr(Encoder, "encode_shards", encode_shards)
     argv = ["run", str(path), "--out", str(tmp_path / "out"), "--no-progress", "--skip-preflight"]
-    stop_after = 49_043 // 2
+    stop_after = n_docs // 2
     assert main(argv) == 130
-    assert encoded == [2500] * 10
-    assert "10 of 20 shards (25,000 of 49,043 passages) are on disk" in capsys.readouterr().err
+    assert encoded == [125] * 10
+    assert "10 of 20 shards (1,250 of 2,434 passages) are on disk" in capsys.readouterr().err
     encoded, stop_after = [], None
     assert main(argv) == 0
-    assert sum(encoded) == 49_043 - 25_000 and len(encoded) == 10
+    assert sum(encoded) == n_docs - 1250 and len(encoded) == 10 and encoded[-1] == 59
     (info,) = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "runs").glob("*/info.json")]
-    assert (info["embeddings"]["reused_docs"], info["embeddings"]["shard_size"]) == (25_000, 2500)
+    assert (info["embeddings"]["reused_docs"], info["embeddings"]["shard_size"]) == (1250, 125)

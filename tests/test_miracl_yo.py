@@ -3,7 +3,8 @@ the MiniLM bi-encoder equals an independent computation (sentence-transformers e
 pytrec_eval with trec_eval -c -M 100): every query's ranked list, every query's metrics and the means.
 
 The CI test uses the real queries and qrels with a real sub-corpus (every judged passage plus the
-first 1,500 of the corpus: 2,434 passages, which bench and sentence-transformers each encode).
+first 1,500 of the corpus: 2,434 passages, conftest's `miracl_yo_subcorpus`, which bench and
+sentence-transformers each encode).
 The full-corpus version is the same test with RERANK_BENCH_FULL=1 (results/miracl-yo-minilm/): its
 `bench run` side is the session's full-corpus run (conftest's `miracl_yo_full_run`, the shipped
 experiment, shared with tests/test_reproduce.py), so only sentence-transformers encodes the 49,043
@@ -21,7 +22,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -33,27 +33,8 @@ from bench.runs import read_run
 
 SHIPPED = Path(__file__).resolve().parents[1] / "experiments" / "reproduce-miracl-yo-minilm.toml"
 FULL = os.environ.get("RERANK_BENCH_FULL") == "1"
-EXTRA_DOCS = 1500
 DEPTH = 100
 METRICS = {"nDCG@10": "ndcg_cut_10", "Recall@100": "recall_100"}
-
-
-def collection_folder(shared: Path, tmp: Path) -> Path:
-    """The shared collection, or (default) a copy whose corpus keeps judged passages + the first N."""
-    src = shared / "miracl-yo-dev"
-    if FULL:
-        return src
-    dst = tmp / "miracl-yo-dev-sub"
-    (dst / "qrels").mkdir(parents=True)
-    shutil.copy(src / "queries.jsonl", dst / "queries.jsonl")
-    shutil.copy(src / "qrels" / "dev.tsv", dst / "qrels" / "dev.tsv")
-    judged = {line.split("\t")[1] for line in (src / "qrels" / "dev.tsv").read_text().splitlines()[1:]}
-    with gzip.open(src / "corpus.jsonl.gz", "rt", encoding="utf-8") as fin, \
-            open(dst / "corpus.jsonl", "w", encoding="utf-8") as fout:
-        for i, line in enumerate(fin):
-            if i < EXTRA_DOCS or json.loads(line)["_id"] in judged:
-                fout.write(line)
-    return dst
 
 
 def independent(folder: Path, model_dir: str, max_length: int) -> dict:
@@ -109,12 +90,11 @@ def deciding_gaps(ranked: list[tuple[str, float]], judged: dict[str, int]) -> li
 
 @pytest.mark.slow
 def test_bench_run_equals_independent_computation(shared_data, minilm, miracl_yo_experiment, request, tmp_path):
-    folder = collection_folder(shared_data, tmp_path)
+    folder = shared_data / "miracl-yo-dev" if FULL else request.getfixturevalue("miracl_yo_subcorpus")
     if FULL:
         record, out = request.getfixturevalue("miracl_yo_full_run")
     else:  # the shipped experiment with its dataset path on the sub-corpus
-        shared_path = f'path = "{(shared_data / "miracl-yo-dev").as_posix()}"'
-        exp_path = miracl_yo_experiment(tmp_path / "exp", **{shared_path: f'path = "{folder.as_posix()}"'})
+        exp_path = miracl_yo_experiment(tmp_path / "exp", folder)
         out = tmp_path / "out"
         (record,) = run_experiment(load_experiment(exp_path), out, experiment_path=exp_path, progress=False,
                                    log=lambda m: None)

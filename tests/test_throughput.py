@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 import time
 
 import numpy as np
@@ -404,16 +403,17 @@ def test_bench_throughput_needs_a_throughput_table(experiment_toml, capsys):
 
 
 @pytest.mark.slow
-def test_gpu_script_smoke_runs_on_cpu(shared_data, tmp_path):
+def test_gpu_script_smoke_runs_on_cpu(shared_data, cache_dir, tmp_path):
     """The one-shot GPU script, --smoke on CPU: every step runs (or is recorded), the files it
-    promises exist, and the short table is printed last."""
+    promises exist, and the short table is printed last. Its models come from the session cache
+    (built there once, by the same `models.resolve`), not built again in a cache of its own."""
     import os
     import subprocess
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OUT": str(tmp_path / "out"), "DATA": str(shared_data),
-           "RERANK_BENCH_CACHE": str(tmp_path / "cache")}
+           "RERANK_BENCH_CACHE": str(cache_dir)}
     proc = subprocess.run(["bash", str(root / "experiments" / "gpu" / "run_checks.sh"), "--smoke"], env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -483,20 +483,19 @@ def test_rates_keep_three_figures_below_one_hundred():
 
 
 @pytest.mark.slow
-def test_engine_check_variants_and_fidelity_smoke_on_cpu(shared_data, tmp_path):
+def test_engine_check_variants_and_fidelity_smoke_on_cpu(shared_data, tmp_path, monkeypatch):
     """The follow-up GPU script, --smoke on CPU: each variant cell runs, and fidelity rows compare
-    every cell with fp32 and every fast variant with the default bf16 cell."""
-    import os
-    import subprocess
+    every cell with fp32 and every fast variant with the default bf16 cell. Run in this process (its
+    model from the session cache), as `python experiments/gpu/engine_check.py` would run it."""
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    from conftest import run_script
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "gpu" / "engine_check.py"
     cells = ["fp32", "flag", "fast", "fast-full-last", "fast-gelu-epilogue", "fast-host-only"]
-    env = {**os.environ, "DATA": str(shared_data), "RERANK_BENCH_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, "-m", "experiments.gpu.engine_check", "--smoke",
-                           "--out", str(tmp_path), "--collection", "vaswani", "--split", "test", "--cells", *cells],
-                          env=env, cwd=root, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    monkeypatch.setenv("DATA", str(shared_data))  # RERANK_BENCH_CACHE: the session cache (conftest)
+    assert run_script(script, "--smoke", "--out", str(tmp_path), "--collection", "vaswani", "--split", "test",
+                      "--cells", *cells) == 0
     res = json.loads((tmp_path / "engine_check-vaswani.json").read_text())
     assert [c["cell"] for c in res["cells"]] == cells and not any(c.get("error") for c in res["cells"])
     by = {(r["cell"], r["reference"]): r for r in res["fidelity"]}
