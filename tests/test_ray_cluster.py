@@ -93,7 +93,8 @@ def test_miracl_yo_full_corpus_on_a_real_cluster_equals_local(cluster, shared_da
     for rec in (dense, m3):
         ex = rec.info["execution"]
         assert (ex["nodes"], ex["encoded_shards"], ex["verified_shards"]) == (3, 2, 0)
-        assert 0 < ex["driver_peak_rss_mib"] < 4096
+        assert ex["driver_peak_rss_mib"] > 0  # this test process's lifetime peak; the bound per corpus size
+        # is measured in fresh driver processes (experiments/ray/streaming.py, results/ray-streaming-cpu)
     assert m3.info["rescored_passages"] > 0 and m3.info["mode"] == "all"
 
 
@@ -131,7 +132,10 @@ def test_sigint_during_the_streaming_stops_the_driver_within_seconds(cluster, tm
     path.write_text(experiment_text(**synthetic(cache, 6000, 100, workers=2)), encoding="utf-8")
     cmd = [sys.executable, "-m", "bench", "run", str(path), "--ray-address", cluster.address, "--out",
            str(tmp_path / "out"), "--skip-preflight", "--no-progress"]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C's default action in the driver, as in a terminal: a test session started in the background
+    # of a non-interactive shell (CI scripts, `cmd &`) inherits SIGINT ignored, and so would the driver
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t_end = time.monotonic() + 300
     while not list(cache.glob(SHARD_FILES)):
         assert proc.poll() is None and time.monotonic() < t_end, "no shard was written"
