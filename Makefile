@@ -28,8 +28,10 @@ bench: $(STAMP)  ## the main job: experiments/default.toml (GPU box with network
 demo: $(STAMP)  ## the embedded default: runs anywhere, offline, on CPU, in a few minutes
 	$(BIN)/bench run experiments/offline.toml $(if $(OUT),--out $(OUT))
 
+# Two pytest workers, each test file whole on one (its module fixtures built once), one torch thread
+# each: on two cores the suite's waits (subprocesses, Ray nodes) overlap the other worker's compute.
 test: $(STAMP)  ## the test suite (offline, CPU; tests that need ../shared/data skip with a message without it)
-	$(BIN)/python -m pytest -q --durations=15
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 throughput: $(STAMP)  ## reranker engines side by side: experiments/throughput.toml
 	$(BIN)/bench throughput experiments/throughput.toml $(if $(OUT),--out $(OUT))

@@ -141,7 +141,9 @@ def test_one_run_interrupted_twice_with_a_node_lost_and_an_actor_killed_equals_l
     assert lost_node.is_set()
     (fs_file,) = (tmp_path / "second" / "records").glob("*.json")  # the first stage finished this time
     fs_exec = json.loads(fs_file.read_text())["info"]["execution"]
-    assert (fs_exec["encoded_shards"], fs_exec["verified_shards"], fs_exec["shards"]) == (SHARDS - held, held, SHARDS)
+    # only the rest is encoded (the lost node's actor may have stored its shard before it died: read back)
+    assert SHARDS - held - 1 <= fs_exec["encoded_shards"] <= SHARDS - held and fs_exec["shards"] == SHARDS
+    assert fs_exec["verified_shards"] == SHARDS - fs_exec["encoded_shards"]
     held_blocks = len(list(cache.glob(BLOCK_FILES)))
     assert held_blocks == BLOCKS // 2
 
@@ -149,8 +151,11 @@ def test_one_run_interrupted_twice_with_a_node_lost_and_an_actor_killed_equals_l
     records = run_bench(tmp_path, exp, out="third")  # 3
     assert killed_actor.is_set()
     assert records[0].timings.cached is True
-    assert records[1].info["execution"]["scored_blocks"] == BLOCKS - held_blocks
-    assert records[1].timings.resumed_blocks == held_blocks
+    # only the rest is scored; an actor killed after it stored its block but before it answered leaves that
+    # block on storage, and the retry reads it back (resumed): at most one such block per killed actor
+    scored = records[1].info["execution"]["scored_blocks"]
+    assert BLOCKS - held_blocks - 2 <= scored <= BLOCKS - held_blocks
+    assert records[1].timings.resumed_blocks == BLOCKS - scored
     assert_same_records(records, tmp_path / "third", local_run)
     fs, rr = records
     assert (fs.info["execution"]["backend"], fs.info["execution"]["gpus"]) == ("ray", 0.0)

@@ -118,7 +118,10 @@ def test_a_worker_node_stopped_while_shards_are_encoded(cluster, tmp_path):
     assert done.is_set() and stopped and cluster.alive() == 2
     assert_same_records(records, tmp_path / "ray" / "out", (local, tmp_path / "local" / "out"))
     ex = records[0].info["execution"]
-    assert ex["encoded_shards"] == ex["shards"] == 40 and ex["nodes"] == 2
+    # every shard encoded in this run; the stopped node's actor may have stored one just before it died,
+    # which its retry reads back instead of encoding it again
+    assert ex["shards"] == 40 and ex["encoded_shards"] + ex["verified_shards"] == 40 and ex["encoded_shards"] >= 39
+    assert ex["nodes"] == 2
 
 
 def test_sigint_during_the_streaming_stops_the_driver_within_seconds(cluster, tmp_path):
