@@ -33,6 +33,27 @@ CHUNK_PAIRS = 4096
 DECODER_OPTIONS = ("attention", "forward", "token_budget", "prefix_reuse")
 
 
+def check_packed_decoder(spec, config, forward: str, who: str) -> None:
+    """What the packed causal decoder refuses before a model is loaded: another forward than its own,
+    an architecture it does not implement."""
+    if forward not in ("auto", "packed"):
+        raise BenchError(f"fast engine, {who}: forward {forward!r}; the Hugging Face forward of a decoder is "
+                         "engine = 'transformers'")
+    reason = decoder.unsupported_reason(config)
+    if reason:
+        raise BenchError(f"fast engine cannot run {spec.model!r}: {reason}; use engine = 'transformers'")
+
+
+def packed_decoder_attention(attention: str, device: str, half: bool, who: str) -> str:
+    """The attention path the packed decoder runs (`packed.choose_attention`); the aten flash path is
+    refused: the decoder's flash attention needs torch.nn.attention.varlen."""
+    path = packed.choose_attention(attention, device, half)
+    if path == "varlen-aten":
+        raise BenchError(f"fast engine, {who}: needs torch.nn.attention.varlen for flash attention; use "
+                         "attention = 'sdpa-padded'")
+    return path
+
+
 class FastDecoderReranker(DecoderEngineBase):
     engine = "fast"
 
@@ -45,20 +66,12 @@ class FastDecoderReranker(DecoderEngineBase):
         if asked:
             raise BenchError(f"fast engine, decoder reranker: {', '.join(asked)} are encoder options; a decoder "
                              f"takes {', '.join(DECODER_OPTIONS)} (its last layer always runs the scored position only)")
-        if forward not in ("auto", "packed"):
-            raise BenchError(f"fast engine, decoder reranker: forward {forward!r}; the Hugging Face forward of a "
-                             "decoder is engine = 'transformers'")
         if spec.trust_remote_code:
             raise BenchError(f"reranker {spec.model!r}: trust_remote_code models run only through the Hugging Face "
                              "forward: set engine = 'transformers'")
-        reason = decoder.unsupported_reason(config)
-        if reason:
-            raise BenchError(f"fast engine cannot run {spec.model!r}: {reason}; use engine = 'transformers'")
+        check_packed_decoder(spec, config, forward, "decoder reranker")
         super().__init__(spec, device, cache_dir, config=config)
-        path = packed.choose_attention(attention, device, self.precision.half)
-        if path == "varlen-aten":
-            raise BenchError("fast engine, decoder reranker: needs torch.nn.attention.varlen for flash "
-                             "attention; use attention = 'sdpa-padded'")
+        path = packed_decoder_attention(attention, device, self.precision.half, "decoder reranker")
         self.decoder = decoder.PackedDecoder(self.model, head_vector(self.model, self.scoring).to(device), path)
         self.prefix_reuse = spec.prefix_reuse if prefix_reuse is None else bool(prefix_reuse)
         self.budget = TokenBudget(int(token_budget or spec.token_budget or default_token_budget(device)))

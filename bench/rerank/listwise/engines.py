@@ -34,13 +34,13 @@ from typing import Sequence
 import numpy as np
 
 from ... import lazy, models
-from ...engine import decoder, packed
+from ...engine import decoder
 from ...engine.batching import TokenBudget
 from ...engine.common import default_token_budget, load_error, usable_positions
 from ...engine.device import matmul_precision, resolve_precision
 from ...errors import BenchError
 from ..common import EngineBase, QueryCandidates
-from ..decoder_fast import prefix_cache, run_packed
+from ..decoder_fast import check_packed_decoder, packed_decoder_attention, prefix_cache, run_packed
 from ..decoder_hf import DECODER_AUTO_CUDA, left_padded
 from ..scoring import _tokenizer
 from .known import known_listwise
@@ -347,17 +347,9 @@ class FirstFast(FirstEngine):
         if asked:
             raise BenchError(f"fast engine, FIRST: {', '.join(asked)} are encoder options; FIRST takes attention, "
                              "token_budget, prefix_reuse")
-        if forward not in ("auto", "packed"):
-            raise BenchError(f"fast engine, FIRST: forward {forward!r}; the Hugging Face forward is engine = "
-                             "'transformers'")
-        reason = decoder.unsupported_reason(config)
-        if reason:
-            raise BenchError(f"fast engine cannot run {spec.model!r}: {reason}; use engine = 'transformers'")
+        check_packed_decoder(spec, config, forward, "FIRST")
         super().__init__(spec, device, cache_dir, config=config)
-        path = packed.choose_attention(attention, device, self.precision.half)
-        if path == "varlen-aten":
-            raise BenchError("fast engine, FIRST: needs torch.nn.attention.varlen for flash attention; use "
-                             "attention = 'sdpa-padded'")
+        path = packed_decoder_attention(attention, device, self.precision.half, "FIRST")
         self.decoder = decoder.PackedDecoder(self.model, None, path)
         self.lm_head = self.model.get_output_embeddings()
         self.padded = path == "sdpa-padded"
