@@ -26,23 +26,20 @@ class KnownListwise:
 
 _CMD = "rank_llm 2cr/msmarco-v1-passage.yaml, condition {}: run_rank_llm.py {}"
 _ZEPHYR = {"prompt_template": "rank_zephyr", "variable_passages": True}
+_ZEPHYR_ARGS = "--prompt_template_path=rank_zephyr_template.yaml --context_size=4096 --variable_passages"
 KNOWN_LISTWISE: dict[str, KnownListwise] = {
     "castorini/rank_zephyr_7b_v1_full": KnownListwise(
-        "listwise", _ZEPHYR, _CMD.format("rank_zephyr_7b_v1_full_bm25", "--prompt_template_path=rank_zephyr_template.yaml "
-                                         "--context_size=4096 --variable_passages")),
+        "listwise", _ZEPHYR, _CMD.format("rank_zephyr_7b_v1_full_bm25", _ZEPHYR_ARGS)),
     "castorini/rank_vicuna_7b_v1": KnownListwise(
-        "listwise", _ZEPHYR, _CMD.format("rank_vicuna_7b_v1_bm25", "--prompt_template_path=rank_zephyr_template.yaml "
-                                         "--context_size=4096 --variable_passages")),
+        "listwise", _ZEPHYR, _CMD.format("rank_vicuna_7b_v1_bm25", _ZEPHYR_ARGS)),
     "castorini/first_mistral": KnownListwise(
         "first", {"prompt_template": "rank_zephyr_alpha", "variable_passages": True},
         _CMD.format("firstmistral", "--prompt_template_path=rank_zephyr_alpha_template.yaml --context_size=4096 "
                     "--variable_passages --use_alpha --use_logits")),
     "Qwen/Qwen2.5-7B-Instruct": KnownListwise(
-        "listwise", _ZEPHYR, _CMD.format("qwen_2.5_7b_inst", "--prompt_template_path=rank_zephyr_template.yaml "
-                                         "--context_size=4096 --variable_passages")),
+        "listwise", _ZEPHYR, _CMD.format("qwen_2.5_7b_inst", _ZEPHYR_ARGS)),
     "meta-llama/Llama-3.1-8B-Instruct": KnownListwise(
-        "listwise", _ZEPHYR, _CMD.format("llama_3.1_8b_inst", "--prompt_template_path=rank_zephyr_template.yaml "
-                                         "--context_size=4096 --variable_passages")),
+        "listwise", _ZEPHYR, _CMD.format("llama_3.1_8b_inst", _ZEPHYR_ARGS)),
 }
 
 
