@@ -177,6 +177,12 @@ class ListwiseEngine(EngineBase):
     def rank_windows(self, windows: list[Window], prompts: list[WindowPrompt]) -> list[Repair]:
         raise NotImplementedError
 
+    @property
+    def pad_id(self) -> int:
+        """Left padding of the Hugging Face forwards: the tokenizer's pad token, else its end of sequence."""
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.tokenizer.eos_token_id
+
     # -- counters and record ------------------------------------------------------------------------
     def stats(self) -> dict:
         return {**super().stats(), **{k: int(self.counters[k]) for k in FAMILY_COUNTERS}}
@@ -210,8 +216,6 @@ class GenerationListwise(ListwiseEngine):
     def __init__(self, spec, device: str = "cpu", cache_dir=None, *, config=None):
         super().__init__(spec, device, cache_dir, config=config)
         self.batch_size = spec.batch_size
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
-            else self.tokenizer.eos_token_id
 
     def rank_windows(self, windows, prompts):
         repairs: list[Repair | None] = [None] * len(windows)
@@ -314,8 +318,6 @@ class FirstReference(FirstEngine):
     def __init__(self, spec, device: str = "cpu", cache_dir=None, *, config=None):
         super().__init__(spec, device, cache_dir, config=config)
         self.batch_size = spec.batch_size
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
-            else self.tokenizer.eos_token_id
 
     def _window_logits(self, prompts):
         out = []
